@@ -1,0 +1,48 @@
+//! The Wireway Kubernetes API: group `wireway.dev`, version `v1alpha1`.
+//!
+//! Three namespaced kinds, written by users and reconciled by the operator:
+//!
+//! | kind | says | short name |
+//! |---|---|---|
+//! | [`NetworkService`] | there is a flat L3 domain with this address space | `nsvc` |
+//! | [`Endpoint`] | these workloads (pods by selector, or an external host) attach to it | `nsep` |
+//! | [`Admission`] | workloads with these identities may (or may not) join it | `nsadm` |
+//!
+//! This crate holds the types, their generated CustomResourceDefinitions ([`crds`]), the
+//! typed values the planner works with ([`SpiffeId`], [`Cidr`]) and a local validator
+//! ([`validation`]) that applies the CRDs' OpenAPI schema and CEL rules the way the API
+//! server does, so manifests can be checked without a cluster.
+//!
+//! Spec fields stay plain strings on the wire: the API server validates them with the
+//! schema and CEL rules generated here, and a value that slipped past (an object stored
+//! before a rule existed) must surface as a status condition, not as a deserialisation
+//! error that stops a watch. The planner parses them with [`SpiffeId`] and [`Cidr`].
+//!
+//! Promises: no IO, no async runtime; deterministic output.
+
+pub mod admission;
+pub mod cidr;
+pub mod conditions;
+pub mod endpoint;
+mod generate;
+pub mod manifest;
+pub mod network_service;
+mod schema;
+pub mod spiffe;
+pub mod validation;
+
+pub use admission::{Admission, AdmissionRule, AdmissionSpec, AdmissionStatus};
+pub use cidr::{Cidr, CidrError};
+pub use endpoint::{
+    Endpoint, EndpointSpec, EndpointStatus, ExternalEndpoint, MemberStatus, NetworkServiceRef,
+};
+pub use generate::{CrdFile, crd_files};
+pub use network_service::{NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix};
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+
+/// The API group of every Wireway kind.
+pub const GROUP: &str = "wireway.dev";
+/// The API version of every Wireway kind.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "wireway.dev/v1alpha1";

@@ -1,0 +1,76 @@
+//! Splitting a YAML file into the Kubernetes objects it holds.
+
+use serde_json::Value;
+
+/// One object of a multi-document YAML file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Line (from 1) where the document starts, for messages a person can follow.
+    pub line: usize,
+    /// The object.
+    pub value: Value,
+}
+
+/// A document that is not valid YAML.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("document starting at line {line} is not valid YAML: {message}")]
+pub struct DocumentError {
+    /// Line (from 1) where the document starts.
+    pub line: usize,
+    /// The parser's account, with positions inside the document.
+    pub message: String,
+}
+
+/// Splits `text` at `---` lines and parses each document; empty documents (only comments
+/// or whitespace) are skipped. A broken document does not hide the others.
+pub fn documents(text: &str) -> Vec<Result<Document, DocumentError>> {
+    let mut chunks: Vec<(usize, String)> = vec![(1, String::new())];
+    for (index, line) in text.lines().enumerate() {
+        if line == "---" || line.starts_with("--- ") {
+            chunks.push((index + 2, String::new()));
+        } else if let Some((_, chunk)) = chunks.last_mut() {
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    chunks
+        .into_iter()
+        .filter_map(
+            |(line, chunk)| match serde_saphyr::from_str::<Option<Value>>(&chunk) {
+                Ok(Some(Value::Null) | None) => None,
+                Ok(Some(value)) => Some(Ok(Document { line, value })),
+                Err(e) => Some(Err(DocumentError {
+                    line,
+                    message: e.to_string(),
+                })),
+            },
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_documents_and_keeps_their_lines() {
+        let text = "# comment only\n---\na: 1\n---\n# nothing\n--- \nb: [2\n---\nc: 3\n";
+        let docs = documents(text);
+        assert_eq!(docs.len(), 3);
+        assert_eq!(
+            docs[0],
+            Ok(Document {
+                line: 3,
+                value: serde_json::json!({"a": 1})
+            })
+        );
+        assert!(matches!(&docs[1], Err(DocumentError { line: 7, .. })));
+        assert_eq!(
+            docs[2],
+            Ok(Document {
+                line: 9,
+                value: serde_json::json!({"c": 3})
+            })
+        );
+    }
+}
