@@ -5,7 +5,8 @@ use serde_json::Value;
 /// One object of a multi-document YAML file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
-    /// Line (from 1) where the document starts, for messages a person can follow.
+    /// Line (from 1) of the document's first content (not a comment), for messages a
+    /// person can follow.
     pub line: usize,
     /// The object.
     pub value: Value,
@@ -24,27 +25,30 @@ pub struct DocumentError {
 /// Splits `text` at `---` lines and parses each document; empty documents (only comments
 /// or whitespace) are skipped. A broken document does not hide the others.
 pub fn documents(text: &str) -> Vec<Result<Document, DocumentError>> {
-    let mut chunks: Vec<(usize, String)> = vec![(1, String::new())];
+    // (line of the first content line, text); content is anything but blanks and comments.
+    let mut chunks: Vec<(Option<usize>, String)> = vec![(None, String::new())];
     for (index, line) in text.lines().enumerate() {
         if line == "---" || line.starts_with("--- ") {
-            chunks.push((index + 2, String::new()));
-        } else if let Some((_, chunk)) = chunks.last_mut() {
+            chunks.push((None, String::new()));
+        } else if let Some((first, chunk)) = chunks.last_mut() {
+            let trimmed = line.trim_start();
+            if first.is_none() && !trimmed.is_empty() && !trimmed.starts_with('#') {
+                *first = Some(index + 1);
+            }
             chunk.push_str(line);
             chunk.push('\n');
         }
     }
     chunks
         .into_iter()
-        .filter_map(
-            |(line, chunk)| match serde_saphyr::from_str::<Option<Value>>(&chunk) {
+        .filter_map(|(line, chunk)| {
+            let line = line?;
+            match serde_saphyr::from_str::<Option<Value>>(&chunk) {
                 Ok(Some(Value::Null) | None) => None,
                 Ok(Some(value)) => Some(Ok(Document { line, value })),
-                Err(e) => Some(Err(DocumentError {
-                    line,
-                    message: e.to_string(),
-                })),
-            },
-        )
+                Err(e) => Some(Err(DocumentError { line, message: e.to_string() })),
+            }
+        })
         .collect()
 }
 
@@ -54,7 +58,7 @@ mod tests {
 
     #[test]
     fn splits_documents_and_keeps_their_lines() {
-        let text = "# comment only\n---\na: 1\n---\n# nothing\n--- \nb: [2\n---\nc: 3\n";
+        let text = "# comment only\n---\na: 1\n---\n# nothing\n--- \nb: [2\n---\n# c\n\nc: 3\n";
         let docs = documents(text);
         assert_eq!(docs.len(), 3);
         assert_eq!(
@@ -68,7 +72,7 @@ mod tests {
         assert_eq!(
             docs[2],
             Ok(Document {
-                line: 9,
+                line: 11,
                 value: serde_json::json!({"c": 3})
             })
         );
