@@ -45,7 +45,11 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
         tally.skipped,
         files.len()
     );
-    if tally.invalid > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if tally.invalid > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Adds `path` (a file) or the YAML files below it (a directory), sorted.
@@ -54,8 +58,9 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         files.push(path.to_owned());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
     entries.sort();
     for entry in entries {
         let is_yaml = entry.extension().is_some_and(|e| e == "yaml" || e == "yml");
@@ -116,7 +121,10 @@ fn check_file(
 /// `NetworkService red/red`, as a person would name the object.
 fn describe(object: &Value) -> String {
     let field = |path: &str| object.pointer(path).and_then(Value::as_str).unwrap_or("?");
-    let name = match object.pointer("/metadata/namespace").and_then(Value::as_str) {
+    let name = match object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+    {
         Some(ns) => format!("{ns}/{}", field("/metadata/name")),
         None => field("/metadata/name").to_owned(),
     };

@@ -1,5 +1,7 @@
 //! `wireway validate` run as a user runs it.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
+
 use std::path::Path;
 use std::process::Command;
 
@@ -10,15 +12,24 @@ fn wireway(args: &[&str]) -> (bool, String) {
         .current_dir(repo)
         .output()
         .expect("wireway runs");
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn validate_accepts_the_samples() {
     let (ok, out) = wireway(&["validate", "config/samples"]);
     assert!(ok, "{out}");
-    assert!(out.contains("config/samples/10-red.yaml:7: NetworkService red/red: valid"), "{out}");
-    assert!(out.contains("Pod red/red-a: skipped (not wireway.dev)"), "{out}");
+    assert!(
+        out.contains("config/samples/10-red.yaml:7: NetworkService red/red: valid"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Pod red/red-a: skipped (not wireway.dev)"),
+        "{out}"
+    );
     assert!(out.contains(" 0 invalid"), "{out}");
 }
 

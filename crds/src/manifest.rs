@@ -46,7 +46,10 @@ pub fn documents(text: &str) -> Vec<Result<Document, DocumentError>> {
             match serde_saphyr::from_str::<Option<Value>>(&chunk) {
                 Ok(Some(Value::Null) | None) => None,
                 Ok(Some(value)) => Some(Ok(Document { line, value })),
-                Err(e) => Some(Err(DocumentError { line, message: e.to_string() })),
+                Err(e) => Some(Err(DocumentError {
+                    line,
+                    message: e.to_string(),
+                })),
             }
         })
         .collect()

@@ -1,6 +1,8 @@
 //! The samples users apply and the corpus of invalid manifests, checked with the
 //! generated CRDs' OpenAPI schema and CEL rules (see `wireway_crds::validation`).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
+
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 

@@ -1,1 +1,1 @@
-
+//! The Wireway node API: the messages between the operator and the node agents.

