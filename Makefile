@@ -18,7 +18,6 @@ validate: ## check config/samples against the CRDs' schema and CEL rules
 
 test: tools ## run every test (unit, manifests, kustomize, CRD validity)
 	cargo nextest run --workspace --no-fail-fast
-	cargo test --workspace --doc --quiet
 
 tools: $(TOOLS)/.installed ## install the test tools (kubectl, kubernetes-validate) into .tools/
 
