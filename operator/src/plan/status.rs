@@ -1,0 +1,30 @@
+//! Conditions, kept the Kubernetes way: `lastTransitionTime` moves only when the status
+//! of a condition changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use wireway_crds::conditions::READY;
+
+/// The `Ready` condition, keeping the transition time of `previous` when its status is
+/// unchanged.
+pub fn ready(
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Vec<Condition> {
+    let status = if ready { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == READY && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    vec![Condition {
+        type_: READY.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }]
+}

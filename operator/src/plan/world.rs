@@ -1,0 +1,81 @@
+//! The planner's input: a plain snapshot of everything that matters.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use wireway_crds::{Admission, Endpoint, NetworkService};
+
+/// Labels of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// Everything the planner looks at. Order of the vectors does not matter: the planner
+/// sorts what it reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct World {
+    /// This cluster's SPIFFE trust domain (`cluster.local` by default): pods get
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    pub trust_domain: String,
+    /// The time conditions that change now are stamped with. An input, so planning stays
+    /// free of clocks: the same World gives the same Plan.
+    pub now: Time,
+    /// Nodes that may host members.
+    pub nodes: Vec<Node>,
+    /// Namespaces and their labels, for Admission namespace selectors.
+    pub namespaces: Vec<Namespace>,
+    /// Workloads.
+    pub pods: Vec<Pod>,
+    /// The Wireway objects, with the statuses last written (they carry the allocations
+    /// that must survive an operator restart).
+    pub network_services: Vec<NetworkService>,
+    /// See [`World::network_services`].
+    pub endpoints: Vec<Endpoint>,
+    /// See [`World::network_services`].
+    pub admissions: Vec<Admission>,
+}
+
+/// A node, as far as its agent has told.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// The node's WireGuard public key; `None` until its agent has published one. A node
+    /// without a key still gets its state, but no other node can peer with it yet.
+    pub public_key: Option<String>,
+    /// Address other nodes reach it at.
+    pub underlay: Option<IpAddr>,
+    /// MTU of its underlay; 1500 when unknown.
+    pub underlay_mtu: Option<u32>,
+    /// Highest NodeState version the node has seen (from its agent's hello), so versions
+    /// keep increasing across operator restarts.
+    pub seen_version: u64,
+}
+
+/// A namespace and its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Namespace {
+    /// Namespace name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+/// A workload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name, unique in the namespace; the key that keeps a StatefulSet pod's address.
+    pub name: String,
+    /// UID; the agent resolves it to the pod's network namespace when `netns` is unset.
+    pub uid: String,
+    /// Node it runs on; `None` while unscheduled (it is then not a member yet).
+    pub node: Option<String>,
+    /// Service account, which gives the pod its SPIFFE ID.
+    pub service_account: String,
+    /// Labels, for Endpoint pod selectors.
+    pub labels: Labels,
+    /// An explicit network-namespace path (lab and VM workloads); pods in a cluster leave
+    /// it unset and are found by UID.
+    pub netns: Option<String>,
+}
