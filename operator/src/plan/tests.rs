@@ -704,3 +704,149 @@ fn input_order_does_not_matter() {
     shuffled.nodes.reverse();
     assert_eq!(plan(&w, None), plan(&shuffled, None));
 }
+
+mod properties {
+    use std::collections::BTreeSet;
+
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMESPACES: [&str; 3] = ["ns0", "ns1", "ns2"];
+    const COLORS: [&str; 3] = ["red", "green", "blue"];
+
+    /// Random worlds: a few nodes, services of small IPv4 and IPv6 pools (so pools run
+    /// out), pods with random labels and accounts, Endpoints across namespaces, and
+    /// Admissions with random allow and deny rules.
+    fn worlds() -> impl Strategy<Value = World> {
+        let services = prop::collection::vec((0..3usize, any::<bool>(), 0..3u8), 1..4);
+        let pods = prop::collection::vec((0..3usize, 0..3usize, 0..5usize, 0..2usize), 0..30);
+        let endpoints = prop::collection::vec((0..3usize, 0..3usize, 0..3usize), 0..6);
+        let admissions =
+            prop::collection::vec((0..3usize, any::<bool>(), 0..3usize, 0..3usize), 0..4);
+        (services, pods, endpoints, admissions).prop_map(
+            |(services, pods, endpoints, admissions)| {
+                let mut w = world();
+                w.nodes.extend([node("node-4", 4), node("node-5", 5)]);
+                for (i, (ns, v6, size)) in services.iter().enumerate() {
+                    let (cidr, len) = match (v6, size) {
+                        (false, 0) => (format!("10.{i}.0.0/29"), 30),
+                        (false, _) => (format!("10.{i}.0.0/24"), 26 + i32::from(*size)),
+                        (true, _) => (format!("fd00:{i}::/120"), 124 + i32::from(*size)),
+                    };
+                    w.network_services
+                        .push(service(NAMESPACES[*ns], COLORS[i], &cidr, len));
+                }
+                for (i, (ns, color, node, sa)) in pods.iter().enumerate() {
+                    w.pods.push(
+                        pod(NAMESPACES[*ns], &format!("p{i}"))
+                            .on(&format!("node-{}", node + 1))
+                            .labelled(&[("net", COLORS[*color])])
+                            .account(["default", "db"][*sa]),
+                    );
+                }
+                for (i, (ns, color, target_ns)) in endpoints.iter().enumerate() {
+                    let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
+                    w.endpoints.push(attach(
+                        NAMESPACES[*ns],
+                        &format!("e{i}"),
+                        &target,
+                        &[("net", COLORS[*color])],
+                    ));
+                }
+                for (i, (ns, deny, color, subject_ns)) in admissions.iter().enumerate() {
+                    let rule = prefix(&format!(
+                        "spiffe://cluster.local/ns/{}",
+                        NAMESPACES[*subject_ns]
+                    ));
+                    let (allow, deny) = if *deny {
+                        (vec![], vec![rule])
+                    } else {
+                        (vec![rule], vec![])
+                    };
+                    w.admissions.push(admission(
+                        NAMESPACES[*ns],
+                        &format!("a{i}"),
+                        COLORS[*color],
+                        allow,
+                        deny,
+                    ));
+                }
+                w
+            },
+        )
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("the planner writes valid prefixes")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn addresses_are_unique_and_nested(w in worlds()) {
+            let plan = plan(&w, None);
+            let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+            for state in plan.nodes.values() {
+                for svc in &state.services {
+                    let cidr = net(&svc.cidr);
+                    let node_prefix = net(&svc.node_prefix);
+                    prop_assert!(cidr.contains(&node_prefix));
+                    for m in &svc.members {
+                        let addr: IpAddr = m.address.parse().expect("an address");
+                        prop_assert!(node_prefix.contains(&addr), "{} outside {}", addr, node_prefix);
+                        prop_assert!(seen.insert((svc.name.clone(), m.address.clone())), "{} used twice in {}", addr, svc.name);
+                    }
+                    for peer in &svc.peers {
+                        for allowed in &peer.allowed_ips {
+                            prop_assert!(cidr.contains(&net(allowed)), "peer {} crosses services", peer.name);
+                        }
+                    }
+                    for route in &svc.routes {
+                        prop_assert!(cidr.contains(&net(&route.destination)), "route {} crosses services", route.destination);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn only_admitted_workloads_reach_a_node(w in worlds()) {
+            let plan = plan(&w, None);
+            let admitted: BTreeSet<(String, String)> = plan
+                .endpoints
+                .iter()
+                .flat_map(|(k, st)| st.members.iter().filter(|m| m.admitted).map(move |m| (k.namespace.clone(), m.workload.clone())))
+                .collect();
+            for state in plan.nodes.values() {
+                for svc in &state.services {
+                    for m in &svc.members {
+                        let (ns, pod) = m.id.split_once('/').expect("ns/pod");
+                        prop_assert!(admitted.contains(&(ns.to_owned(), pod.to_owned())), "{} is in {} unadmitted", m.id, svc.name);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn input_order_never_matters(w in worlds()) {
+            let mut shuffled = w.clone();
+            shuffled.pods.reverse();
+            shuffled.endpoints.reverse();
+            shuffled.admissions.reverse();
+            shuffled.network_services.reverse();
+            prop_assert_eq!(plan(&w, None), plan(&shuffled, None));
+        }
+
+        #[test]
+        fn replanning_after_a_restart_keeps_every_address(w in worlds()) {
+            let first = plan(&w, None);
+            let mut restarted = w.clone();
+            record(&mut restarted, &first);
+            let second = plan(&restarted, Some(&first));
+            prop_assert_eq!(addresses(&first), addresses(&second));
+            prop_assert!(second.changed_nodes.is_empty());
+        }
+    }
+}
