@@ -111,15 +111,7 @@ impl Policy {
     /// Decides whether `candidate` may join the service, which lives in `service_namespace`.
     pub fn decide(&self, candidate: Candidate<'_>, service_namespace: &str) -> Decision {
         if let Some(rule) = self.deny.iter().find(|r| r.matches(candidate)) {
-            return Decision {
-                admitted: false,
-                reason: reason::DENIED,
-                message: format!(
-                    "denied by Admission {} ({}: {})",
-                    rule.admission, rule.at, rule.what
-                ),
-                by: Some(rule.admission.clone()),
-            };
+            return rule.decision(false, reason::DENIED, "denied");
         }
         if candidate
             .local_namespace
@@ -133,15 +125,7 @@ impl Policy {
             };
         }
         match self.allow.iter().find(|r| r.matches(candidate)) {
-            Some(rule) => Decision {
-                admitted: true,
-                reason: reason::ADMITTED,
-                message: format!(
-                    "allowed by Admission {} ({}: {})",
-                    rule.admission, rule.at, rule.what
-                ),
-                by: Some(rule.admission.clone()),
-            },
+            Some(rule) => rule.decision(true, reason::ADMITTED, "allowed"),
             None => Decision {
                 admitted: false,
                 reason: reason::NOT_ADMITTED,
@@ -156,6 +140,19 @@ impl Policy {
 }
 
 impl Rule {
+    /// The decision this rule makes, naming itself: `denied by Admission red/x (deny[0]: ...)`.
+    fn decision(&self, admitted: bool, reason: &'static str, verb: &str) -> Decision {
+        Decision {
+            admitted,
+            reason,
+            message: format!(
+                "{verb} by Admission {} ({}: {})",
+                self.admission, self.at, self.what
+            ),
+            by: Some(self.admission.clone()),
+        }
+    }
+
     fn matches(&self, candidate: Candidate<'_>) -> bool {
         match &self.matcher {
             Matcher::Exact(id) => candidate.identity == id,

@@ -18,9 +18,12 @@
 //! * a node whose state did not change keeps its version.
 
 pub mod admission;
+mod index;
 pub mod ipam;
 pub mod key;
 pub mod names;
+mod nodes;
+mod planner;
 pub mod selector;
 mod service;
 mod status;
@@ -32,7 +35,8 @@ use wireway_crds::{AdmissionStatus, EndpointStatus, NetworkServiceStatus};
 use wireway_proto::NodeState;
 
 pub use key::ObjectKey;
-pub use world::{Labels, Namespace, Node, Pod, World};
+pub use planner::Planner;
+pub use world::{Change, Labels, Namespace, Node, Pod, World};
 
 /// What the planner decided: a desired state per node and a status per object.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -50,25 +54,10 @@ pub struct Plan {
     pub admissions: BTreeMap<ObjectKey, AdmissionStatus>,
 }
 
-/// Plans `world`. `previous` is the last plan, whose node versions are carried on.
+/// Plans `world` from scratch. `previous` is the last plan, whose node versions (and host
+/// veth names) are carried on.
 pub fn plan(world: &World, previous: Option<&Plan>) -> Plan {
-    let mut plan = service::plan_services(world);
-    for (name, state) in &mut plan.nodes {
-        let before = previous.and_then(|p| p.nodes.get(name));
-        let seen = world
-            .nodes
-            .iter()
-            .find(|n| &n.name == name)
-            .map_or(0, |n| n.seen_version);
-        match before {
-            Some(before) if before.services == state.services => state.version = before.version,
-            _ => {
-                state.version = before.map_or(0, |b| b.version).max(seen) + 1;
-                plan.changed_nodes.insert(name.clone());
-            }
-        }
-    }
-    plan
+    Planner::new(world.clone(), previous).plan().clone()
 }
 
 #[cfg(test)]

@@ -452,6 +452,9 @@ fn record(w: &mut World, plan: &Plan) {
     for e in &mut w.endpoints {
         e.status = plan.endpoints.get(&ObjectKey::of(&e.metadata)).cloned();
     }
+    for a in &mut w.admissions {
+        a.status = plan.admissions.get(&ObjectKey::of(&a.metadata)).cloned();
+    }
 }
 
 fn addresses(plan: &Plan) -> Vec<(String, String)> {
@@ -782,6 +785,78 @@ mod properties {
         s.parse().expect("the planner writes valid prefixes")
     }
 
+    /// A change of kind `op` to the `n`-th object of its kind (wrapping), as a watch
+    /// would deliver it.
+    fn change_for(w: &World, op: usize, n: usize, color: usize) -> Change {
+        let color = COLORS[color];
+        let pick = |len: usize| if len == 0 { None } else { Some(n % len) };
+        match (
+            op,
+            pick(w.pods.len()),
+            pick(w.endpoints.len()),
+            pick(w.admissions.len()),
+        ) {
+            (0, _, _, _) | (1..=3, None, _, _) => Change::Pod(
+                pod(NAMESPACES[n % 3], &format!("new{n}"))
+                    .on(&format!("node-{}", n % 5 + 1))
+                    .labelled(&[("net", color)]),
+            ),
+            (1, Some(i), _, _) => {
+                Change::PodDeleted(w.pods[i].namespace.clone(), w.pods[i].name.clone())
+            }
+            (2, Some(i), _, _) => Change::Pod(w.pods[i].clone().labelled(&[("net", color)])),
+            (3, Some(i), _, _) => Change::Pod(w.pods[i].clone().on(&format!("node-{}", n % 5 + 1))),
+            (4, _, Some(i), _) => Change::EndpointDeleted(ObjectKey::of(&w.endpoints[i].metadata)),
+            (5, _, _, Some(i)) => {
+                Change::AdmissionDeleted(ObjectKey::of(&w.admissions[i].metadata))
+            }
+            (6, _, _, _) => {
+                let mut node = node(&format!("node-{}", n % 5 + 1), (n % 5 + 1) as u8);
+                node.public_key = Some(format!("rotated-{n}"));
+                node.underlay_mtu = Some(1400 + n as u32);
+                Change::Node(node)
+            }
+            (7, _, _, _) if !w.network_services.is_empty() => Change::NetworkServiceDeleted(
+                ObjectKey::of(&w.network_services[n % w.network_services.len()].metadata),
+            ),
+            _ => Change::Admission(admission(
+                NAMESPACES[n % 3],
+                &format!("new{n}"),
+                color,
+                vec![prefix("spiffe://cluster.local/ns")],
+                vec![],
+            )),
+        }
+    }
+
+    /// The same change applied to a World, as a source would have it.
+    fn apply_to_world(w: &mut World, change: &Change) {
+        fn upsert<T: Clone>(items: &mut Vec<T>, item: &T, same: impl Fn(&T) -> bool) {
+            items.retain(|x| !same(x));
+            items.push(item.clone());
+        }
+        match change {
+            Change::Pod(p) => upsert(&mut w.pods, p, |x| {
+                x.namespace == p.namespace && x.name == p.name
+            }),
+            Change::PodDeleted(ns, name) => {
+                w.pods.retain(|x| !(&x.namespace == ns && &x.name == name))
+            }
+            Change::Node(n) => upsert(&mut w.nodes, n, |x| x.name == n.name),
+            Change::EndpointDeleted(k) => w.endpoints.retain(|e| &ObjectKey::of(&e.metadata) != k),
+            Change::AdmissionDeleted(k) => {
+                w.admissions.retain(|a| &ObjectKey::of(&a.metadata) != k)
+            }
+            Change::NetworkServiceDeleted(k) => w
+                .network_services
+                .retain(|s| &ObjectKey::of(&s.metadata) != k),
+            Change::Admission(a) => upsert(&mut w.admissions, a, |x| {
+                x.metadata.name == a.metadata.name && x.metadata.namespace == a.metadata.namespace
+            }),
+            other => panic!("the generator makes no {other:?}"),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -837,6 +912,29 @@ mod properties {
             shuffled.admissions.reverse();
             shuffled.network_services.reverse();
             prop_assert_eq!(plan(&w, None), plan(&shuffled, None));
+        }
+
+        #[test]
+        fn incremental_planning_equals_planning_from_scratch(
+            w in worlds(),
+            ops in prop::collection::vec((0..8usize, 0..40usize, 0..3usize), 1..6),
+        ) {
+            let mut planner = Planner::new(w.clone(), None);
+            let first = planner.plan().clone();
+            let mut changed = w.clone();
+            for (op, n, color) in ops {
+                let change = change_for(&changed, op, n, color);
+                apply_to_world(&mut changed, &change);
+                planner.apply(change);
+            }
+            let incremental = planner.plan().clone();
+            record(&mut changed, &first);
+            let scratch = plan(&changed, Some(&first));
+            prop_assert_eq!(&incremental.nodes, &scratch.nodes);
+            prop_assert_eq!(&incremental.changed_nodes, &scratch.changed_nodes);
+            prop_assert_eq!(&incremental.network_services, &scratch.network_services);
+            prop_assert_eq!(&incremental.endpoints, &scratch.endpoints);
+            prop_assert_eq!(&incremental.admissions, &scratch.admissions);
         }
 
         #[test]

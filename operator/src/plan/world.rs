@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wireway_crds::{Admission, Endpoint, NetworkService};
 
+use super::ObjectKey;
+
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;
 
@@ -78,4 +80,34 @@ pub struct Pod {
     /// An explicit network-namespace path (lab and VM workloads); pods in a cluster leave
     /// it unset and are found by UID.
     pub netns: Option<String>,
+}
+
+/// One change to the World, as a watch delivers it: an object created or updated
+/// (upsert), or deleted (by key).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A node appeared or changed.
+    Node(Node),
+    /// A node is gone.
+    NodeDeleted(String),
+    /// A namespace appeared or its labels changed.
+    Namespace(Namespace),
+    /// A namespace is gone.
+    NamespaceDeleted(String),
+    /// A pod appeared or changed.
+    Pod(Pod),
+    /// A pod is gone: namespace and name.
+    PodDeleted(String, String),
+    /// A NetworkService appeared or changed.
+    NetworkService(NetworkService),
+    /// A NetworkService is gone.
+    NetworkServiceDeleted(ObjectKey),
+    /// An Endpoint appeared or changed.
+    Endpoint(Endpoint),
+    /// An Endpoint is gone.
+    EndpointDeleted(ObjectKey),
+    /// An Admission appeared or changed.
+    Admission(Admission),
+    /// An Admission is gone.
+    AdmissionDeleted(ObjectKey),
 }

@@ -1,0 +1,323 @@
+//! The World, keyed and cross-referenced, and what each change to it affects.
+//!
+//! Planning is done per *target*: the key of a NetworkService, whether or not the service
+//! exists. A target's plan depends only on the service, the Endpoints naming it (and the
+//! pods they select), the Admissions naming it, the namespaces' labels, the nodes hosting
+//! it, and the listen port and interface name it was assigned. [`Index::apply`] says
+//! which targets (and nodes) a change can affect, so only those are planned again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use wireway_crds::{Admission, Endpoint, NetworkService, TrustDomain};
+
+use super::world::{Change, Labels, Node, Pod, World};
+use super::{ObjectKey, selector};
+
+/// The World, keyed.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// The cluster's trust domain, parsed.
+    pub trust_domain: Result<TrustDomain, String>,
+    /// See [`World::now`].
+    pub now: Time,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// Namespace labels by namespace.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// Pods by namespace, then name.
+    pub pods: BTreeMap<String, BTreeMap<String, Pod>>,
+    /// NetworkServices by key.
+    pub services: BTreeMap<ObjectKey, NetworkService>,
+    /// Endpoints by key.
+    pub endpoints: BTreeMap<ObjectKey, Endpoint>,
+    /// Admissions by key.
+    pub admissions: BTreeMap<ObjectKey, Admission>,
+    /// Endpoints by the target they name.
+    endpoints_by_target: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Admissions by the target they govern.
+    admissions_by_target: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+}
+
+/// What a change can affect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Affected {
+    /// Targets to plan again.
+    pub targets: BTreeSet<ObjectKey>,
+    /// Nodes whose own record changed: the targets they host must be planned again, and
+    /// their state reassembled.
+    pub nodes: BTreeSet<String>,
+}
+
+/// The target an Endpoint names.
+pub fn endpoint_target(e: &Endpoint) -> ObjectKey {
+    let own = e.metadata.namespace.as_deref().unwrap_or_default();
+    let ns = e.spec.network_service.namespace.as_deref().unwrap_or(own);
+    ObjectKey::new(ns, &e.spec.network_service.name)
+}
+
+/// The target an Admission governs: a service of its own namespace.
+pub fn admission_target(a: &Admission) -> ObjectKey {
+    ObjectKey::new(
+        a.metadata.namespace.as_deref().unwrap_or_default(),
+        &a.spec.network_service,
+    )
+}
+
+/// Of two objects claiming one key (a World that is inconsistent), keep one regardless of
+/// input order.
+fn keep_one<T: std::fmt::Debug>(slot: &mut Option<T>, new: T) {
+    match slot {
+        Some(old) if format!("{old:?}") >= format!("{new:?}") => {}
+        _ => *slot = Some(new),
+    }
+}
+
+fn keyed<T: std::fmt::Debug>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> ObjectKey,
+) -> BTreeMap<ObjectKey, T> {
+    let mut slots: BTreeMap<ObjectKey, Option<T>> = BTreeMap::new();
+    for item in items {
+        keep_one(slots.entry(key(&item)).or_default(), item);
+    }
+    slots
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+}
+
+impl Index {
+    /// Indexes a World.
+    pub fn new(world: World) -> Self {
+        let nodes = keyed(world.nodes, |n| ObjectKey::new("", &n.name))
+            .into_iter()
+            .map(|(k, n)| (k.name, n))
+            .collect();
+        let namespaces = keyed(world.namespaces, |n| ObjectKey::new("", &n.name))
+            .into_iter()
+            .map(|(k, n)| (k.name, n.labels))
+            .collect();
+        let mut pods: BTreeMap<String, BTreeMap<String, Pod>> = BTreeMap::new();
+        for (key, pod) in keyed(world.pods, |p| ObjectKey::new(&p.namespace, &p.name)) {
+            pods.entry(key.namespace).or_default().insert(key.name, pod);
+        }
+        let mut index = Self {
+            trust_domain: world
+                .trust_domain
+                .parse()
+                .map_err(|e| format!("the cluster's trust domain: {e}")),
+            now: world.now,
+            nodes,
+            namespaces,
+            pods,
+            services: keyed(world.network_services, |s| ObjectKey::of(&s.metadata)),
+            endpoints: keyed(world.endpoints, |e| ObjectKey::of(&e.metadata)),
+            admissions: keyed(world.admissions, |a| ObjectKey::of(&a.metadata)),
+            endpoints_by_target: BTreeMap::new(),
+            admissions_by_target: BTreeMap::new(),
+        };
+        for (key, e) in &index.endpoints {
+            index
+                .endpoints_by_target
+                .entry(endpoint_target(e))
+                .or_default()
+                .insert(key.clone());
+        }
+        for (key, a) in &index.admissions {
+            index
+                .admissions_by_target
+                .entry(admission_target(a))
+                .or_default()
+                .insert(key.clone());
+        }
+        index
+    }
+
+    /// Every target: existing services and the services Endpoints and Admissions name.
+    pub fn targets(&self) -> BTreeSet<ObjectKey> {
+        self.services
+            .keys()
+            .chain(self.endpoints_by_target.keys())
+            .chain(self.admissions_by_target.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// The Endpoints naming `target`, sorted by key.
+    pub fn endpoints_for<'a>(
+        &'a self,
+        target: &ObjectKey,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Endpoint)> {
+        self.endpoints_by_target
+            .get(target)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.endpoints.get_key_value(k))
+    }
+
+    /// The Admissions governing `target`, sorted by key.
+    pub fn admissions_for<'a>(&'a self, target: &ObjectKey) -> impl Iterator<Item = &'a Admission> {
+        self.admissions_by_target
+            .get(target)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.admissions.get(k))
+    }
+
+    /// The pods of a namespace, sorted by name.
+    pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Pod> {
+        self.pods
+            .get(namespace)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// Applies one change and says what it affects.
+    ///
+    /// The status of a Wireway object already indexed is kept when the object is updated:
+    /// the planner records its own statuses ([`Index::record`]), and a watch may deliver an
+    /// update that still carries an older one.
+    pub fn apply(&mut self, change: Change) -> Affected {
+        let mut affected = Affected::default();
+        match change {
+            Change::Node(node) => {
+                affected.nodes.insert(node.name.clone());
+                self.nodes.insert(node.name.clone(), node);
+            }
+            Change::NodeDeleted(name) => {
+                self.nodes.remove(&name);
+                affected.nodes.insert(name);
+            }
+            Change::Namespace(ns) => {
+                self.affect_namespace_selectors(&mut affected);
+                self.namespaces.insert(ns.name, ns.labels);
+            }
+            Change::NamespaceDeleted(name) => {
+                self.affect_namespace_selectors(&mut affected);
+                self.namespaces.remove(&name);
+            }
+            Change::Pod(pod) => {
+                let old = self
+                    .pods
+                    .get(&pod.namespace)
+                    .and_then(|p| p.get(&pod.name))
+                    .cloned();
+                self.affect_selecting(old.as_ref(), &mut affected);
+                self.affect_selecting(Some(&pod), &mut affected);
+                self.pods
+                    .entry(pod.namespace.clone())
+                    .or_default()
+                    .insert(pod.name.clone(), pod);
+            }
+            Change::PodDeleted(namespace, name) => {
+                let old = self.pods.get_mut(&namespace).and_then(|p| p.remove(&name));
+                self.affect_selecting(old.as_ref(), &mut affected);
+            }
+            Change::NetworkService(mut svc) => {
+                let key = ObjectKey::of(&svc.metadata);
+                if let Some(old) = self.services.get(&key) {
+                    svc.status = old.status.clone();
+                }
+                self.services.insert(key.clone(), svc);
+                affected.targets.insert(key);
+            }
+            Change::NetworkServiceDeleted(key) => {
+                self.services.remove(&key);
+                affected.targets.insert(key);
+            }
+            Change::Endpoint(mut e) => {
+                let key = ObjectKey::of(&e.metadata);
+                if let Some(old) = self.remove_endpoint(&key, &mut affected) {
+                    e.status = old.status;
+                }
+                let target = endpoint_target(&e);
+                self.endpoints_by_target
+                    .entry(target.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.endpoints.insert(key, e);
+                affected.targets.insert(target);
+            }
+            Change::EndpointDeleted(key) => {
+                self.remove_endpoint(&key, &mut affected);
+            }
+            Change::Admission(mut a) => {
+                let key = ObjectKey::of(&a.metadata);
+                if let Some(old) = self.remove_admission(&key, &mut affected) {
+                    a.status = old.status;
+                }
+                let target = admission_target(&a);
+                self.admissions_by_target
+                    .entry(target.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.admissions.insert(key, a);
+                affected.targets.insert(target);
+            }
+            Change::AdmissionDeleted(key) => {
+                self.remove_admission(&key, &mut affected);
+            }
+        }
+        affected
+    }
+
+    fn remove_endpoint(&mut self, key: &ObjectKey, affected: &mut Affected) -> Option<Endpoint> {
+        let old = self.endpoints.remove(key)?;
+        let target = endpoint_target(&old);
+        if let Some(set) = self.endpoints_by_target.get_mut(&target) {
+            set.remove(key);
+            if set.is_empty() {
+                self.endpoints_by_target.remove(&target);
+            }
+        }
+        affected.targets.insert(target);
+        Some(old)
+    }
+
+    fn remove_admission(&mut self, key: &ObjectKey, affected: &mut Affected) -> Option<Admission> {
+        let old = self.admissions.remove(key)?;
+        let target = admission_target(&old);
+        if let Some(set) = self.admissions_by_target.get_mut(&target) {
+            set.remove(key);
+            if set.is_empty() {
+                self.admissions_by_target.remove(&target);
+            }
+        }
+        affected.targets.insert(target);
+        Some(old)
+    }
+
+    /// Targets of the Endpoints in the pod's namespace whose selector matches it.
+    fn affect_selecting(&self, pod: Option<&Pod>, affected: &mut Affected) {
+        let Some(pod) = pod else { return };
+        for (target, keys) in &self.endpoints_by_target {
+            let selects = keys.iter().filter_map(|k| self.endpoints.get(k)).any(|e| {
+                e.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
+                    && e.spec
+                        .pod_selector
+                        .as_ref()
+                        .is_some_and(|sel| selector::matches(sel, &pod.labels).unwrap_or(false))
+            });
+            if selects {
+                affected.targets.insert(target.clone());
+            }
+        }
+    }
+
+    /// Targets with an Admission that selects namespaces by label.
+    fn affect_namespace_selectors(&self, affected: &mut Affected) {
+        for (target, keys) in &self.admissions_by_target {
+            let uses_labels = keys.iter().filter_map(|k| self.admissions.get(k)).any(|a| {
+                a.spec
+                    .allow
+                    .iter()
+                    .chain(&a.spec.deny)
+                    .any(|r| r.namespace_selector.is_some())
+            });
+            if uses_labels {
+                affected.targets.insert(target.clone());
+            }
+        }
+    }
+}

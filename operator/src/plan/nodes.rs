@@ -1,0 +1,73 @@
+//! Assembling one node's state from the services it hosts.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use wireway_proto::{NodeState, Route, ServiceState};
+
+use super::names;
+
+/// The state of `node` holding `services` (sorted by name, host veth names unset).
+///
+/// Host veth names must be unique on the node across services. A member keeps the name
+/// it had in `previous`; new members take the first candidate nobody holds. So a member
+/// joining or leaving never renames another member's veth.
+pub fn assemble(
+    node: &str,
+    mut services: Vec<ServiceState>,
+    previous: Option<&NodeState>,
+) -> NodeState {
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut fresh: Vec<(usize, usize)> = Vec::new();
+    for (s, svc) in services.iter_mut().enumerate() {
+        let before = previous.and_then(|p| p.services.iter().find(|b| b.name == svc.name));
+        for (m, member) in svc.members.iter_mut().enumerate() {
+            let kept = before
+                .and_then(|b| b.members.iter().find(|old| old.id == member.id))
+                .map(|old| old.host_interface_name.clone())
+                .filter(|name| name.starts_with(names::HOST_VETH_PREFIX) && !taken.contains(name));
+            match kept {
+                Some(name) => {
+                    taken.insert(name.clone());
+                    member.host_interface_name = name;
+                }
+                None => fresh.push((s, m)),
+            }
+        }
+    }
+    for (s, m) in fresh {
+        let svc = &mut services[s];
+        let member = &mut svc.members[m];
+        let name = names::host_veth_candidates(&svc.name, &member.id)
+            .find(|n| !taken.contains(n))
+            .unwrap_or_default();
+        taken.insert(name.clone());
+        member.host_interface_name = name;
+    }
+    for svc in &mut services {
+        // The whole cidr goes to WireGuard, which routes by peer; each local member's own
+        // address, more specific, goes to its veth.
+        let mut routes: Vec<Route> = svc
+            .members
+            .iter()
+            .filter_map(|m| {
+                Some(Route {
+                    destination: IpNet::from(m.address.parse::<IpAddr>().ok()?).to_string(),
+                    device: m.host_interface_name.clone(),
+                })
+            })
+            .chain([Route {
+                destination: svc.cidr.clone(),
+                device: svc.interface_name.clone(),
+            }])
+            .collect();
+        routes.sort_by(|a, b| a.destination.cmp(&b.destination));
+        svc.routes = routes;
+    }
+    NodeState {
+        node: node.to_owned(),
+        version: 0,
+        services,
+    }
+}
