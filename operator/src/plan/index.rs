@@ -6,6 +6,7 @@
 //! it, and the listen port and interface name it was assigned. [`Index::apply`] says
 //! which targets (and nodes) a change can affect, so only those are planned again.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -64,27 +65,26 @@ pub fn admission_target(a: &Admission) -> ObjectKey {
     )
 }
 
-/// Of two objects claiming one key (a World that is inconsistent), keep one regardless of
-/// input order.
-fn keep_one<T: std::fmt::Debug>(slot: &mut Option<T>, new: T) {
-    match slot {
-        Some(old) if format!("{old:?}") >= format!("{new:?}") => {}
-        _ => *slot = Some(new),
-    }
-}
-
+/// Keys items; of two claiming one key (a World that is inconsistent), keeps one
+/// regardless of input order.
 fn keyed<T: std::fmt::Debug>(
     items: Vec<T>,
     key: impl Fn(&T) -> ObjectKey,
 ) -> BTreeMap<ObjectKey, T> {
-    let mut slots: BTreeMap<ObjectKey, Option<T>> = BTreeMap::new();
+    let mut map = BTreeMap::new();
     for item in items {
-        keep_one(slots.entry(key(&item)).or_default(), item);
+        match map.entry(key(&item)) {
+            Entry::Vacant(slot) => {
+                slot.insert(item);
+            }
+            Entry::Occupied(mut slot) => {
+                if format!("{item:?}") > format!("{:?}", slot.get()) {
+                    slot.insert(item);
+                }
+            }
+        }
     }
-    slots
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
-        .collect()
+    map
 }
 
 impl Index {

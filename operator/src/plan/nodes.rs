@@ -1,33 +1,39 @@
-//! Assembling one node's state from the services it hosts.
+//! Completing a node's services: names unique on the node, and routes.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use wireway_proto::{NodeState, Route, ServiceState};
+use wireway_proto::{Route, ServiceState};
 
 use super::names;
 
-/// The state of `node` holding `services` (sorted by name, host veth names unset).
+/// Completes the services being (re)placed on a node: host veth names and routes.
 ///
-/// Host veth names must be unique on the node across services. A member keeps the name
-/// it had in `previous`; new members take the first candidate nobody holds. So a member
-/// joining or leaving never renames another member's veth.
+/// Host veth names are unique on the node across services: `kept` (services staying as
+/// they are) hold theirs; a member of `services` keeps the name it had in `replaced` (its
+/// service's previous state) when free, and new members take the first candidate nobody
+/// holds. So a member joining or leaving never renames another member's veth.
 pub fn assemble(
-    node: &str,
     mut services: Vec<ServiceState>,
-    previous: Option<&NodeState>,
-) -> NodeState {
-    let mut taken: BTreeSet<String> = BTreeSet::new();
+    kept: &[ServiceState],
+    replaced: &[ServiceState],
+) -> Vec<ServiceState> {
+    let mut taken: BTreeSet<String> = kept
+        .iter()
+        .flat_map(|s| &s.members)
+        .map(|m| m.host_interface_name.clone())
+        .collect();
     let mut fresh: Vec<(usize, usize)> = Vec::new();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
     for (s, svc) in services.iter_mut().enumerate() {
-        let before = previous.and_then(|p| p.services.iter().find(|b| b.name == svc.name));
+        let before = replaced.iter().find(|b| b.name == svc.name);
         for (m, member) in svc.members.iter_mut().enumerate() {
-            let kept = before
+            let name = before
                 .and_then(|b| b.members.iter().find(|old| old.id == member.id))
                 .map(|old| old.host_interface_name.clone())
                 .filter(|name| name.starts_with(names::HOST_VETH_PREFIX) && !taken.contains(name));
-            match kept {
+            match name {
                 Some(name) => {
                     taken.insert(name.clone());
                     member.host_interface_name = name;
@@ -65,9 +71,5 @@ pub fn assemble(
         routes.sort_by(|a, b| a.destination.cmp(&b.destination));
         svc.routes = routes;
     }
-    NodeState {
-        node: node.to_owned(),
-        version: 0,
-        services,
-    }
+    services
 }

@@ -5,21 +5,34 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use wireway_proto::{NodeState, ServiceState};
 
 use super::index::Index;
 use super::service::{self, Assigned, FIRST_LISTEN_PORT, TargetPlan};
 use super::world::{Change, World};
 use super::{ObjectKey, Plan, names, nodes};
 
+/// What the planner keeps of a planned target: the objects whose statuses it wrote, and
+/// the nodes hosting it. (Its share of each node lives in that node's state only.)
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Placed {
+    endpoints: Vec<ObjectKey>,
+    admissions: Vec<ObjectKey>,
+    nodes: BTreeSet<String>,
+}
+
 /// Plans a World and keeps planning it as it changes.
 #[derive(Debug, Clone)]
 pub struct Planner {
     index: Index,
-    targets: BTreeMap<ObjectKey, TargetPlan>,
+    targets: BTreeMap<ObjectKey, Placed>,
     assigned: BTreeMap<ObjectKey, Assigned>,
     plan: Plan,
     dirty_targets: BTreeSet<ObjectKey>,
     dirty_nodes: BTreeSet<String>,
+    /// Until the first plan, node states come from `previous` (for versions and veth
+    /// names) and every service in them is rebuilt.
+    rebuild: bool,
 }
 
 impl Planner {
@@ -41,6 +54,7 @@ impl Planner {
             plan,
             dirty_targets,
             dirty_nodes,
+            rebuild: true,
         }
     }
 
@@ -52,7 +66,7 @@ impl Planner {
             let hosted = self
                 .targets
                 .iter()
-                .filter(|(_, t)| t.nodes.contains_key(node))
+                .filter(|(_, t)| t.nodes.contains(node))
                 .map(|(k, _)| k.clone());
             self.dirty_targets.extend(hosted.collect::<Vec<_>>());
         }
@@ -69,22 +83,32 @@ impl Planner {
     /// nodes whose state differs from the last call's.
     pub fn plan(&mut self) -> &Plan {
         self.reassign();
-        let mut nodes_touched = std::mem::take(&mut self.dirty_nodes);
+        let mut touched = std::mem::take(&mut self.dirty_nodes);
+        let mut shares: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
+        let replanned: BTreeSet<String> =
+            self.dirty_targets.iter().map(ToString::to_string).collect();
         for target in std::mem::take(&mut self.dirty_targets) {
-            let fresh = service::plan_target(&self.index, &target, self.assigned.get(&target));
+            let mut fresh = service::plan_target(&self.index, &target, self.assigned.get(&target));
             let old = self.targets.remove(&target).unwrap_or_default();
-            nodes_touched.extend(old.nodes.keys().cloned());
-            nodes_touched.extend(fresh.nodes.keys().cloned());
+            touched.extend(old.nodes.iter().cloned());
             self.forget(&old);
-            self.record(&target, &fresh);
-            if fresh != TargetPlan::default() {
-                self.targets.insert(target, fresh);
+            let nodes = std::mem::take(&mut fresh.nodes);
+            let mut placed = self.record(&target, fresh);
+            for (node, share) in nodes {
+                touched.insert(node.clone());
+                placed.nodes.insert(node.clone());
+                shares.entry(node).or_default().push(share);
+            }
+            if placed != Placed::default() {
+                self.targets.insert(target, placed);
             }
         }
         self.plan.changed_nodes.clear();
-        for node in nodes_touched {
-            self.reassemble(&node);
+        for node in touched {
+            let share = shares.remove(&node).unwrap_or_default();
+            self.reassemble(&node, share, &replanned);
         }
+        self.rebuild = false;
         &self.plan
     }
 
@@ -133,68 +157,82 @@ impl Planner {
     }
 
     /// Removes a target's statuses from the plan.
-    fn forget(&mut self, old: &TargetPlan) {
-        for key in old.endpoints.keys() {
+    fn forget(&mut self, old: &Placed) {
+        for key in &old.endpoints {
             self.plan.endpoints.remove(key);
         }
-        for key in old.admissions.keys() {
+        for key in &old.admissions {
             self.plan.admissions.remove(key);
         }
     }
 
     /// Puts a target's statuses into the plan and into the index, where they are the
-    /// recorded allocations the next planning keeps.
-    fn record(&mut self, target: &ObjectKey, fresh: &TargetPlan) {
-        match &fresh.service {
+    /// recorded allocations the next planning keeps; keeps what node assembly needs.
+    fn record(&mut self, target: &ObjectKey, fresh: TargetPlan) -> Placed {
+        match fresh.service {
             Some(status) => {
                 self.plan
                     .network_services
                     .insert(target.clone(), status.clone());
+                if let Some(svc) = self.index.services.get_mut(target) {
+                    svc.status = Some(status);
+                }
             }
             None => {
                 self.plan.network_services.remove(target);
             }
         }
-        if let (Some(svc), Some(status)) = (self.index.services.get_mut(target), &fresh.service) {
-            svc.status = Some(status.clone());
-        }
-        for (key, status) in &fresh.endpoints {
+        let mut placed = Placed::default();
+        for (key, status) in fresh.endpoints {
             self.plan.endpoints.insert(key.clone(), status.clone());
-            if let Some(e) = self.index.endpoints.get_mut(key) {
-                e.status = Some(status.clone());
+            if let Some(e) = self.index.endpoints.get_mut(&key) {
+                e.status = Some(status);
             }
+            placed.endpoints.push(key);
         }
-        for (key, status) in &fresh.admissions {
+        for (key, status) in fresh.admissions {
             self.plan.admissions.insert(key.clone(), status.clone());
-            if let Some(a) = self.index.admissions.get_mut(key) {
-                a.status = Some(status.clone());
+            if let Some(a) = self.index.admissions.get_mut(&key) {
+                a.status = Some(status);
             }
+            placed.admissions.push(key);
         }
+        placed
     }
 
     /// Rebuilds one node's state; a node whose state changed gets the next version.
-    fn reassemble(&mut self, node: &str) {
-        let services: Vec<_> = self
-            .targets
-            .values()
-            .filter_map(|t| t.nodes.get(node).cloned())
-            .collect();
+    ///
+    /// The node's services of targets not planned again stay as they are; those of
+    /// `replanned` targets are replaced by `shares`.
+    fn reassemble(&mut self, node: &str, shares: Vec<ServiceState>, replanned: &BTreeSet<String>) {
+        let previous = self.plan.nodes.remove(node);
+        let (version, before) = previous.map_or((0, Vec::new()), |p| (p.version, p.services));
+        let (replaced, kept): (Vec<ServiceState>, Vec<ServiceState>) = before
+            .into_iter()
+            .partition(|s| self.rebuild || replanned.contains(&s.name));
+        let fresh = nodes::assemble(shares, &kept, &replaced);
         let known = self.index.nodes.get(node);
-        let previous = self.plan.nodes.get(node);
-        if services.is_empty() && known.is_none() {
-            self.plan.nodes.remove(node);
+        if fresh.is_empty() && kept.is_empty() && known.is_none() {
             return;
         }
-        let mut state = nodes::assemble(node, services, previous);
-        let seen = known.map_or(0, |n| n.seen_version);
-        match previous {
-            Some(before) if before.services == state.services => state.version = before.version,
-            _ => {
-                state.version = previous.map_or(0, |b| b.version).max(seen) + 1;
-                self.plan.changed_nodes.insert(node.to_owned());
-            }
-        }
-        self.plan.nodes.insert(node.to_owned(), state);
+        let changed = fresh != replaced;
+        let mut services = kept;
+        services.extend(fresh);
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let version = if changed || version == 0 {
+            self.plan.changed_nodes.insert(node.to_owned());
+            version.max(known.map_or(0, |n| n.seen_version)) + 1
+        } else {
+            version
+        };
+        self.plan.nodes.insert(
+            node.to_owned(),
+            NodeState {
+                node: node.to_owned(),
+                version,
+                services,
+            },
+        );
     }
 }
 
