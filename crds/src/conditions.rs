@@ -28,6 +28,9 @@ pub mod reason {
     /// No rule admits the workload: it is outside the service's namespace and no allow
     /// rule matches it.
     pub const NOT_ADMITTED: &str = "NotAdmitted";
+    /// A pod would get two interfaces of one name, from Endpoints of two services; the
+    /// Endpoint that claimed the name first keeps it.
+    pub const INTERFACE_NAME_CONFLICT: &str = "InterfaceNameConflict";
     /// Members were admitted but not all nodes have applied the state that carries them.
     pub const PROGRESSING: &str = "Progressing";
     /// The pod selector selects no pod.

@@ -122,7 +122,7 @@ pub struct EndpointStatus {
     /// Current state: `Ready` is True when every selected workload is admitted, has an
     /// address and is in place on its node; otherwise False with a reason
     /// (NetworkServiceNotFound, NotAdmitted, Denied, AddressPoolExhausted, NoMembers,
-    /// InvalidSpec, Progressing).
+    /// InterfaceNameConflict, InvalidSpec, Progressing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,

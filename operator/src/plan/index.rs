@@ -165,6 +165,16 @@ impl Index {
             .filter_map(|k| self.admissions.get(k))
     }
 
+    /// The Endpoints of a namespace, sorted by key.
+    pub fn endpoints_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Endpoint)> {
+        self.endpoints
+            .range(ObjectKey::new(namespace, "")..)
+            .take_while(move |(k, _)| k.namespace == namespace)
+    }
+
     /// The pods of a namespace, sorted by name.
     pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Pod> {
         self.pods
@@ -228,6 +238,7 @@ impl Index {
             }
             Change::Endpoint(mut e) => {
                 let key = ObjectKey::of(&e.metadata);
+                self.affect_namespace_endpoints(&key.namespace, &mut affected);
                 if let Some(old) = self.remove_endpoint(&key, &mut affected) {
                     e.status = old.status;
                 }
@@ -240,6 +251,7 @@ impl Index {
                 affected.targets.insert(target);
             }
             Change::EndpointDeleted(key) => {
+                self.affect_namespace_endpoints(&key.namespace, &mut affected);
                 self.remove_endpoint(&key, &mut affected);
             }
             Change::Admission(mut a) => {
@@ -303,6 +315,16 @@ impl Index {
                 affected.targets.insert(target.clone());
             }
         }
+    }
+
+    /// Targets of every Endpoint of a namespace: two of them may claim one interface name
+    /// in a pod, and an Endpoint's change can settle or start such a conflict.
+    fn affect_namespace_endpoints(&self, namespace: &str, affected: &mut Affected) {
+        let targets: Vec<ObjectKey> = self
+            .endpoints_in(namespace)
+            .map(|(_, e)| endpoint_target(e))
+            .collect();
+        affected.targets.extend(targets);
     }
 
     /// Targets with an Admission that selects namespaces by label.

@@ -14,7 +14,7 @@ use wireway_crds::{
 use wireway_proto::{Member, NetnsLocator, Peer, ServiceState, netns_locator};
 
 use super::admission::{Candidate, InvalidRule, Policy};
-use super::index::Index;
+use super::index::{Index, endpoint_target};
 use super::world::{Labels, Pod};
 use super::{ObjectKey, ipam, names, selector, status};
 
@@ -206,6 +206,7 @@ pub fn plan_target(index: &Index, target: &ObjectKey, assigned: Option<&Assigned
 
     let (mut entries, endpoint_problems) = gather(index, target);
     let admission_counts = admit(index, &policy, target, &mut entries);
+    resolve_interface_conflicts(index, target, &mut entries);
     let external_addresses = place_externals(&spec, &mut entries);
     let hosting: Vec<&str> = entries
         .iter()
@@ -487,6 +488,56 @@ fn admit(
         }
     }
     counts
+}
+
+/// Stage: a pod cannot hold two interfaces of one name. When an Endpoint of another
+/// service selects the same pod with the same interface name, the Endpoint that already
+/// has the pod as a member keeps the name; if neither or both do, the first by key does.
+/// (Conservative: the other Endpoint's pod may not be admitted there, but deciding that
+/// here would make this service's plan depend on that one's.)
+fn resolve_interface_conflicts(index: &Index, target: &ObjectKey, entries: &mut [Entry<'_>]) {
+    let holds = |e: &Endpoint, pod: &str| {
+        e.status.as_ref().is_some_and(|s| {
+            s.members
+                .iter()
+                .any(|m| m.workload == pod && m.admitted && m.address.is_some())
+        })
+    };
+    for entry in entries.iter_mut().filter(|e| e.admitted) {
+        let Workload::Pod { pod, interface } = &entry.kind else {
+            continue;
+        };
+        let Some(mine) = index.endpoints.get(&entry.endpoint) else {
+            continue;
+        };
+        let rival = index.endpoints_in(&pod.namespace).find(|(key, other)| {
+            let other_target = endpoint_target(other);
+            let other_interface = other
+                .spec
+                .interface_name
+                .clone()
+                .unwrap_or_else(|| names::default_member_interface(&other_target.name));
+            let selects = other
+                .spec
+                .pod_selector
+                .as_ref()
+                .is_some_and(|sel| selector::matches(sel, &pod.labels).unwrap_or(false));
+            let wins = match (holds(other, &pod.name), holds(mine, &pod.name)) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => *key < &entry.endpoint,
+            };
+            &other_target != target && selects && &other_interface == interface && wins
+        });
+        if let Some((key, other)) = rival {
+            let message = format!(
+                "pod {} already gets interface {interface} from Endpoint {key} (NetworkService {}); set spec.interfaceName",
+                pod.name,
+                endpoint_target(other)
+            );
+            entry.reject(reason::INTERFACE_NAME_CONFLICT, message);
+        }
+    }
 }
 
 /// Stage: external hosts' addresses must lie in the cidr and be theirs alone. Returns the

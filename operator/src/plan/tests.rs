@@ -638,6 +638,68 @@ fn missing_services_and_invalid_specs_are_conditions() {
 }
 
 #[test]
+fn two_services_cannot_give_a_pod_one_interface_name_twice() {
+    let mut w = seeds();
+    // A second service named red, in namespace green, that bridge also asks to join: both
+    // would be nsm-red inside bridge.
+    w.network_services
+        .push(service("green", "red", "10.150.0.0/16", 24));
+    w.endpoints.push(attach(
+        "red",
+        "bridge-to-green-red",
+        "green/red",
+        &[("app", "bridge")],
+    ));
+    w.admissions.push(admission(
+        "green",
+        "admit-bridge-red",
+        "red",
+        vec![spiffe("spiffe://cluster.local/ns/red/sa/bridge")],
+        vec![],
+    ));
+    let conflicted = plan(&w, None);
+    // red/bridge-to-green-red sorts before red/red-members, so it wins on a first plan.
+    assert!(member(&conflicted, "red/bridge-to-green-red", "bridge").admitted);
+    let loser = member(&conflicted, "red/red-members", "bridge");
+    assert_eq!(loser.reason, reason::INTERFACE_NAME_CONFLICT);
+    assert!(
+        loser.message.contains("set spec.interfaceName"),
+        "{}",
+        loser.message
+    );
+
+    // Once a membership is in place, a newcomer loses whatever its name.
+    let mut recorded = seeds();
+    let first = plan(&recorded, None);
+    record(&mut recorded, &first);
+    recorded
+        .network_services
+        .push(service("green", "red", "10.150.0.0/16", 24));
+    recorded.endpoints.push(attach(
+        "red",
+        "bridge-to-green-red",
+        "green/red",
+        &[("app", "bridge")],
+    ));
+    recorded.admissions.push(admission(
+        "green",
+        "admit-bridge-red",
+        "red",
+        vec![spiffe("spiffe://cluster.local/ns/red/sa/bridge")],
+        vec![],
+    ));
+    let second = plan(&recorded, None);
+    assert!(
+        member(&second, "red/red-members", "bridge").admitted,
+        "the working membership stays"
+    );
+    assert_eq!(
+        member(&second, "red/bridge-to-green-red", "bridge").reason,
+        reason::INTERFACE_NAME_CONFLICT
+    );
+}
+
+#[test]
 fn ipv6_services_work_like_ipv4_ones() {
     let mut w = world();
     w.network_services = vec![service("v6", "blue", "fd00:100::/48", 64)];
@@ -725,7 +787,8 @@ mod properties {
     fn worlds() -> impl Strategy<Value = World> {
         let services = prop::collection::vec((0..3usize, any::<bool>(), 0..3u8), 1..4);
         let pods = prop::collection::vec((0..3usize, 0..3usize, 0..5usize, 0..2usize), 0..30);
-        let endpoints = prop::collection::vec((0..3usize, 0..3usize, 0..3usize), 0..6);
+        let endpoints =
+            prop::collection::vec((0..3usize, 0..3usize, 0..3usize, any::<bool>()), 0..6);
         let admissions =
             prop::collection::vec((0..3usize, any::<bool>(), 0..3usize, 0..3usize), 0..4);
         (services, pods, endpoints, admissions).prop_map(
@@ -745,18 +808,31 @@ mod properties {
                     w.pods.push(
                         pod(NAMESPACES[*ns], &format!("p{i}"))
                             .on(&format!("node-{}", node + 1))
-                            .labelled(&[("net", COLORS[*color])])
+                            .labelled(&[("net", COLORS[*color]), ("all", "yes")])
                             .account(["default", "db"][*sa]),
                     );
                 }
-                for (i, (ns, color, target_ns)) in endpoints.iter().enumerate() {
-                    let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
-                    w.endpoints.push(attach(
-                        NAMESPACES[*ns],
-                        &format!("e{i}"),
-                        &target,
-                        &[("net", COLORS[*color])],
-                    ));
+                for (i, (ns, color, target_ns, wide)) in endpoints.iter().enumerate() {
+                    let e = if *wide {
+                        // A wide Endpoint lives beside an existing service, selects every
+                        // pod of the namespace and names the interface "nsm-x": pods
+                        // attached to two services this way conflict.
+                        let s = &w.network_services[*color % w.network_services.len()];
+                        let ns = s.metadata.namespace.clone().unwrap_or_default();
+                        let name = s.metadata.name.clone().unwrap_or_default();
+                        let mut e = attach(&ns, &format!("e{i}"), &name, &[("all", "yes")]);
+                        e.spec.interface_name = Some("nsm-x".into());
+                        e
+                    } else {
+                        let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
+                        attach(
+                            NAMESPACES[*ns],
+                            &format!("e{i}"),
+                            &target,
+                            &[("net", COLORS[*color])],
+                        )
+                    };
+                    w.endpoints.push(e);
                 }
                 for (i, (ns, deny, color, subject_ns)) in admissions.iter().enumerate() {
                     let rule = prefix(&format!(
@@ -865,6 +941,10 @@ mod properties {
             let plan = plan(&w, None);
             let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
             for state in plan.nodes.values() {
+                let mut interfaces: BTreeSet<(&str, &str)> = BTreeSet::new();
+                for m in state.services.iter().flat_map(|s| &s.members) {
+                    prop_assert!(interfaces.insert((&m.id, &m.interface_name)), "{} has two {}", m.id, m.interface_name);
+                }
                 for svc in &state.services {
                     let cidr = net(&svc.cidr);
                     let node_prefix = net(&svc.node_prefix);
