@@ -801,8 +801,12 @@ mod properties {
                         (false, _) => (format!("10.{i}.0.0/24"), 26 + i32::from(*size)),
                         (true, _) => (format!("fd00:{i}::/120"), 124 + i32::from(*size)),
                     };
-                    w.network_services
-                        .push(service(NAMESPACES[*ns], COLORS[i], &cidr, len));
+                    let mut svc = service(NAMESPACES[*ns], COLORS[i], &cidr, len);
+                    if !v6 && *size == 2 {
+                        // This cluster's slice of the service: the upper half.
+                        svc.spec.cluster_prefix = Some(format!("10.{i}.0.128/25"));
+                    }
+                    w.network_services.push(svc);
                 }
                 for (i, (ns, color, node, sa)) in pods.iter().enumerate() {
                     w.pods.push(
@@ -948,7 +952,9 @@ mod properties {
                 for svc in &state.services {
                     let cidr = net(&svc.cidr);
                     let node_prefix = net(&svc.node_prefix);
-                    prop_assert!(cidr.contains(&node_prefix));
+                    let spec = &w.network_services.iter().find(|s| format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or_default(), s.metadata.name.as_deref().unwrap_or_default()) == svc.name).expect("the service").spec;
+                    let pool = net(spec.cluster_prefix.as_deref().unwrap_or(&spec.cidr));
+                    prop_assert!(pool.contains(&node_prefix), "{} outside the pool {}", node_prefix, pool);
                     for m in &svc.members {
                         let addr: IpAddr = m.address.parse().expect("an address");
                         prop_assert!(node_prefix.contains(&addr), "{} outside {}", addr, node_prefix);
