@@ -1,0 +1,176 @@
+//! From a NodeState to the data plane it asks for.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use wireway_proto::{NetnsLocator, NodeState, ServiceState};
+
+use super::model::{Dataplane, MemberLink, NetnsId, Peer, Route, Rule, WireGuard, WorkloadSide};
+
+/// The IPv4 gateway every member routes its service through. Nobody holds it: the host
+/// side of the veth answers ARP for it (proxy ARP), because the service's table routes it
+/// elsewhere, so the host is not reachable at it.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
+/// The IPv6 gateway: a link-local address on the host side of every member veth (IPv6 has
+/// no proxy for whole ranges).
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x77, 1);
+
+/// A part of the NodeState that cannot be applied, with the service it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service {service}: {message}")]
+pub struct DesiredError {
+    /// The service (`namespace/name`).
+    pub service: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A workload's network namespace, found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedNetns {
+    /// A path that opens it.
+    pub path: String,
+    /// Its identity.
+    pub id: NetnsId,
+}
+
+/// The data plane `state` asks for. `resolve` finds a member's network namespace; a member
+/// whose namespace cannot be found (its pod is still starting) is left out and reported.
+/// A service with a value that does not parse is left out whole and reported; the others
+/// are unaffected.
+pub fn desired(
+    state: &NodeState,
+    resolve: impl Fn(&NetnsLocator) -> Option<ResolvedNetns>,
+) -> (Dataplane, Vec<DesiredError>) {
+    let mut plane = Dataplane::default();
+    let mut errors = Vec::new();
+    for service in &state.services {
+        let error = |message: String| DesiredError {
+            service: service.name.clone(),
+            message,
+        };
+        match add_service(&mut plane, service, &resolve) {
+            Ok(missing) => errors.extend(missing.into_iter().map(error)),
+            Err(message) => errors.push(error(message)),
+        }
+    }
+    (plane, errors)
+}
+
+fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{what} {value:?} does not parse"))
+}
+
+/// Adds one service; returns the members left out, or why the whole service is.
+fn add_service(
+    plane: &mut Dataplane,
+    service: &ServiceState,
+    resolve: &impl Fn(&NetnsLocator) -> Option<ResolvedNetns>,
+) -> Result<Vec<String>, String> {
+    let cidr: IpNet = parse("cidr", &service.cidr)?;
+    let ipv4 = matches!(cidr, IpNet::V4(_));
+    let listen_port = u16::try_from(service.listen_port)
+        .map_err(|_| format!("listen port {} is out of range", service.listen_port))?;
+    let table = service.route_table;
+    let wg = service.interface_name.clone();
+    let mut peers = std::collections::BTreeMap::new();
+    for p in &service.peers {
+        let allowed_ips = p
+            .allowed_ips
+            .iter()
+            .map(|a| parse::<IpNet>("allowed IP", a))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let peer = Peer {
+            endpoint: (!p.endpoint.is_empty()).then(|| p.endpoint.clone()),
+            allowed_ips,
+            persistent_keepalive: u16::try_from(p.persistent_keepalive).unwrap_or(u16::MAX),
+        };
+        peers.insert(p.public_key.clone(), peer);
+    }
+    let mut members = Vec::new();
+    let mut missing = Vec::new();
+    for m in &service.members {
+        let address: IpAddr = parse("member address", &m.address)?;
+        let Some(netns) = m.netns.as_ref().and_then(resolve) else {
+            missing.push(format!(
+                "member {}: its network namespace was not found (yet)",
+                m.id
+            ));
+            continue;
+        };
+        members.push((m, IpNet::from(address), netns));
+    }
+
+    plane.wireguard.insert(
+        wg.clone(),
+        WireGuard {
+            listen_port,
+            mtu: service.mtu,
+            up: true,
+            peers,
+        },
+    );
+    let (gateway, host_addresses, family_ipv4) = if ipv4 {
+        (IpAddr::V4(GATEWAY_V4), BTreeSet::new(), true)
+    } else {
+        let link_local = IpNet::new(IpAddr::V6(GATEWAY_V6), 64).map_err(|e| e.to_string())?;
+        (IpAddr::V6(GATEWAY_V6), BTreeSet::from([link_local]), false)
+    };
+    plane.routes.insert(Route {
+        table,
+        destination: cidr,
+        device: wg.clone(),
+    });
+    if ipv4 {
+        // The gateway routes away from the veth, so proxy ARP on the veth answers for it.
+        plane.routes.insert(Route {
+            table,
+            destination: IpNet::from(IpAddr::V4(GATEWAY_V4)),
+            device: wg.clone(),
+        });
+    }
+    for iif in std::iter::once(wg.clone()).chain(
+        members
+            .iter()
+            .map(|(m, _, _)| m.host_interface_name.clone()),
+    ) {
+        plane.rules.insert(Rule::Lookup {
+            iif: iif.clone(),
+            table,
+            ipv4: family_ipv4,
+        });
+        plane.rules.insert(Rule::Reject {
+            iif,
+            ipv4: family_ipv4,
+        });
+    }
+    for (m, address, netns) in members {
+        plane.routes.insert(Route {
+            table,
+            destination: address,
+            device: m.host_interface_name.clone(),
+        });
+        plane.members.insert(
+            m.host_interface_name.clone(),
+            MemberLink {
+                mtu: service.mtu,
+                up: true,
+                proxy_arp: ipv4,
+                addresses: host_addresses.clone(),
+                workload: Some(WorkloadSide {
+                    netns: netns.id,
+                    netns_path: netns.path,
+                    name: m.interface_name.clone(),
+                    mtu: service.mtu,
+                    up: true,
+                    addresses: BTreeSet::from([address]),
+                    routes: BTreeSet::from([(cidr, gateway)]),
+                }),
+            },
+        );
+    }
+    Ok(missing)
+}

@@ -1,0 +1,120 @@
+//! The two inputs of converging: what the node must hold, and what the kernel holds now
+//! of the objects the agent owns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// A WireGuard peer as the agent sets it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    /// Where to send its packets (host:port); `None` when the peer dials in.
+    pub endpoint: Option<String>,
+    /// Prefixes it may send from and is routed.
+    pub allowed_ips: BTreeSet<IpNet>,
+    /// Seconds between keepalives; 0 for none.
+    pub persistent_keepalive: u16,
+}
+
+/// A WireGuard interface: desired or observed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WireGuard {
+    /// UDP port it listens on.
+    pub listen_port: u16,
+    /// MTU.
+    pub mtu: u32,
+    /// Whether the link is up.
+    pub up: bool,
+    /// Peers by public key.
+    pub peers: BTreeMap<String, Peer>,
+}
+
+/// The workload side of a member veth, inside the workload's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkloadSide {
+    /// Identity of the network namespace (device and inode of its nsfs file), so a veth
+    /// left in a namespace the workload no longer uses is told apart.
+    pub netns: NetnsId,
+    /// Path to open the namespace by (desired state; empty when observed).
+    pub netns_path: String,
+    /// Interface name inside the namespace.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Whether the link is up.
+    pub up: bool,
+    /// Addresses (host prefixes: /32 or /128).
+    pub addresses: BTreeSet<IpNet>,
+    /// Routes: destination via gateway.
+    pub routes: BTreeSet<(IpNet, IpAddr)>,
+}
+
+/// A network namespace's identity: (device, inode) of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NetnsId {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// A member veth pair: its host side, and what is inside the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberLink {
+    /// MTU of the host side.
+    pub mtu: u32,
+    /// Whether the host side is up.
+    pub up: bool,
+    /// Whether the host side answers ARP for the gateway (proxy ARP).
+    pub proxy_arp: bool,
+    /// Addresses on the host side (the IPv6 link-local gateway).
+    pub addresses: BTreeSet<IpNet>,
+    /// The workload side; `None` when it could not be found (observed) .
+    pub workload: Option<WorkloadSide>,
+}
+
+/// A route in one of the agent's tables.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    /// Routing table.
+    pub table: u32,
+    /// Destination.
+    pub destination: IpNet,
+    /// Output interface.
+    pub device: String,
+}
+
+/// A policy rule of the agent's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// `iif <device> lookup <table>`, for one address family.
+    Lookup {
+        /// Input interface.
+        iif: String,
+        /// Table.
+        table: u32,
+        /// IPv4 (true) or IPv6.
+        ipv4: bool,
+    },
+    /// `iif <device> unreachable`: what the service's table did not route goes nowhere.
+    Reject {
+        /// Input interface.
+        iif: String,
+        /// IPv4 (true) or IPv6.
+        ipv4: bool,
+    },
+}
+
+/// Everything of the agent's on one node: desired, or observed in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Dataplane {
+    /// WireGuard interfaces by name.
+    pub wireguard: BTreeMap<String, WireGuard>,
+    /// Member veths by host-side name.
+    pub members: BTreeMap<String, MemberLink>,
+    /// Routes in the agent's tables.
+    pub routes: BTreeSet<Route>,
+    /// The agent's policy rules.
+    pub rules: BTreeSet<Rule>,
+}
