@@ -7,6 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // and service traits.
     tonic_prost_build::configure()
         .build_transport(false)
+        // NodeState is also a file format (`wireway-agent apply --node-state`): JSON or
+        // YAML with camelCase fields, every field optional.
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .message_attribute(".", "#[serde(rename_all = \"camelCase\", default)]")
+        .enum_attribute(".", "#[serde(rename_all = \"camelCase\")]")
         .compile_with_config(
             config,
             &["proto/wireway/node/v1alpha1/node.proto"],

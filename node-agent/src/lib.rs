@@ -9,4 +9,6 @@
 //! reports now, it derives the ordered operations to apply. The appliers that talk to the
 //! kernel are a thin shell around it.
 
+pub mod agent;
 pub mod converge;
+pub mod dataplane;

@@ -11,3 +11,12 @@
 )]
 
 tonic::include_proto!("wireway.node.v1alpha1");
+
+/// Prefix of every WireGuard interface Wireway creates (`ww-red`). The agent owns, and
+/// only ever touches, links with this prefix or [`HOST_VETH_PREFIX`].
+pub const WIREGUARD_PREFIX: &str = "ww-";
+/// Prefix of the host end of every member veth (`wwv1a2b3c4d`).
+pub const HOST_VETH_PREFIX: &str = "wwv";
+/// Service routing tables are this plus the service's listen port; the agent owns the
+/// tables from here to `ROUTE_TABLE_BASE + 65535`.
+pub const ROUTE_TABLE_BASE: u32 = 0x5757_0000;

@@ -1,10 +1,7 @@
 //! Names of the interfaces the agents create: deterministic, at most 15 bytes, with a
 //! recognisable prefix so an agent knows what it owns.
 
-/// Prefix of every WireGuard interface Wireway creates (`ww-red`).
-pub const WIREGUARD_PREFIX: &str = "ww-";
-/// Prefix of the host end of every member veth (`wwv1a2b3c4d`).
-pub const HOST_VETH_PREFIX: &str = "wwv";
+pub use wireway_proto::{HOST_VETH_PREFIX, WIREGUARD_PREFIX};
 /// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
 pub const MAX_INTERFACE_NAME: usize = 15;
 

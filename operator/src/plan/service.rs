@@ -11,7 +11,7 @@ use wireway_crds::{
     AdmissionStatus, Cidr, Endpoint, EndpointStatus, MemberStatus, NetworkService,
     NetworkServiceStatus, NodePrefix, SpiffeId,
 };
-use wireway_proto::{Member, NetnsLocator, Peer, ServiceState, netns_locator};
+use wireway_proto::{Member, NetnsLocator, Peer, ROUTE_TABLE_BASE, ServiceState, netns_locator};
 
 use super::admission::{Candidate, InvalidRule, Policy};
 use super::index::{Index, endpoint_target};
@@ -24,9 +24,6 @@ pub const FIRST_LISTEN_PORT: u16 = 51820;
 pub const WIREGUARD_OVERHEAD: u32 = 80;
 /// MTU assumed for an underlay that did not report its own.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
-/// Routing tables of services are this plus the service's listen port (unique per
-/// service), far from the tables distributions and CNIs use.
-pub const ROUTE_TABLE_BASE: u32 = 0x5757_0000;
 
 /// A NetworkService's spec, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]

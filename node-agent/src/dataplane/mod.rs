@@ -1,0 +1,546 @@
+//! The kernel side: read back what the agent owns ([`Kernel::observe`]) and apply the
+//! converger's operations ([`Kernel::apply`]), through netlink and the WireGuard backend.
+//!
+//! Every read goes to the kernel, never to a cache: the kernel drops routes when links
+//! change, and people run `ip` and `wg` by hand.
+
+pub mod netlink;
+pub mod wireguard;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use ipnet::IpNet;
+use wireway_proto::{
+    HOST_VETH_PREFIX, NetnsLocator, ROUTE_TABLE_BASE, WIREGUARD_PREFIX, netns_locator,
+};
+
+use crate::converge::{
+    Dataplane, MemberLink, NetnsId, Op, ResolvedNetns, Route, Rule, WireGuard, WorkloadSide,
+};
+use netlink::{Link, Netlink, NetlinkError};
+use wireguard::{Userspace, WireGuardError};
+
+/// Priority of the rules `iif <dev> lookup <table>`.
+pub const RULE_PRIORITY_LOOKUP: u32 = 22359;
+/// Priority of the rules `iif <dev> unreachable`, right after the lookups.
+pub const RULE_PRIORITY_REJECT: u32 = 22360;
+
+/// Why applying an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A netlink request failed.
+    #[error("failed to {action}")]
+    Netlink {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: NetlinkError,
+    },
+    /// WireGuard refused.
+    #[error("failed to {action}")]
+    WireGuard {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: WireGuardError,
+    },
+    /// A link the operation needs is not there.
+    #[error("failed to {action}: link {link} is missing")]
+    Missing {
+        /// What was being done.
+        action: String,
+        /// The link.
+        link: String,
+    },
+    /// A file (namespace, sysctl) could not be used.
+    #[error("failed to {action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ApplyError {
+    /// A fixed category for metrics and reports.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Netlink { .. } | Self::Missing { .. } => "netlink",
+            Self::WireGuard { .. } => "wireguard",
+            Self::Io { .. } => "system",
+        }
+    }
+}
+
+/// Finds a workload's network namespace: a path is opened as is; pod UIDs are resolved by
+/// the Kubernetes integration (not here yet), so they are not found.
+pub fn resolve(locator: &NetnsLocator) -> Option<ResolvedNetns> {
+    match &locator.locator {
+        Some(netns_locator::Locator::Path(path)) => {
+            let meta = std::fs::metadata(path).ok()?;
+            Some(ResolvedNetns {
+                path: path.clone(),
+                id: NetnsId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The kernel of one node (the network namespace the agent was started in).
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    netlink: Netlink,
+    wireguard: Userspace,
+    private_key: String,
+}
+
+fn sysctl_path(ipv4: bool, device: &str, key: &str) -> String {
+    let family = if ipv4 { "ipv4" } else { "ipv6" };
+    format!("/proc/sys/net/{family}/conf/{device}/{key}")
+}
+
+impl Kernel {
+    /// The kernel of the calling thread's network namespace.
+    pub fn new(netlink: Netlink, wireguard: Userspace, private_key: String) -> Self {
+        Self {
+            netlink,
+            wireguard,
+            private_key,
+        }
+    }
+
+    /// Netlink writes so far (WireGuard configuration is not counted).
+    pub fn writes(&self) -> u64 {
+        self.netlink.writes()
+    }
+
+    /// Turns on forwarding, which every service needs (packets go from a veth to
+    /// WireGuard and back). Writes only what is not already set.
+    pub fn prepare(&self) -> Result<(), ApplyError> {
+        for path in [
+            "/proc/sys/net/ipv4/ip_forward",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ] {
+            let io = |source| ApplyError::Io {
+                action: format!("enable forwarding ({path})"),
+                source,
+            };
+            if std::fs::read_to_string(path).map_err(io)?.trim() != "1" {
+                std::fs::write(path, "1").map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the kernel holds of the agent's objects. Workload sides are looked up in the
+    /// namespaces `desired` names for them.
+    pub async fn observe(&self, desired: &Dataplane) -> Result<Dataplane, ApplyError> {
+        let read = |source| ApplyError::Netlink {
+            action: "read the kernel's state".into(),
+            source,
+        };
+        let links = self.netlink.links().await.map_err(read)?;
+        let names: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+        let mut plane = Dataplane::default();
+        for link in &links {
+            if link.name.starts_with(WIREGUARD_PREFIX) {
+                let device = self.wireguard.get(&link.name).unwrap_or_default();
+                plane.wireguard.insert(
+                    link.name.clone(),
+                    WireGuard {
+                        listen_port: device.listen_port,
+                        mtu: link.mtu,
+                        up: link.up,
+                        peers: device.peers,
+                    },
+                );
+            } else if link.name.starts_with(HOST_VETH_PREFIX) {
+                let ipv4_proxy =
+                    std::fs::read_to_string(sysctl_path(true, &link.name, "proxy_arp"))
+                        .map(|v| v.trim() == "1")
+                        .unwrap_or(false);
+                let addresses = self.netlink.addresses(link.index).await.map_err(read)?;
+                let addresses = addresses
+                    .into_iter()
+                    .filter(|a| !is_kernel_link_local(a))
+                    .collect();
+                let workload = match desired
+                    .members
+                    .get(&link.name)
+                    .and_then(|m| m.workload.as_ref())
+                {
+                    Some(want) => self.observe_workload(link, want).await,
+                    None => None,
+                };
+                plane.members.insert(
+                    link.name.clone(),
+                    MemberLink {
+                        mtu: link.mtu,
+                        up: link.up,
+                        proxy_arp: ipv4_proxy,
+                        addresses,
+                        workload,
+                    },
+                );
+            }
+        }
+        for route in self.netlink.routes().await.map_err(read)? {
+            let owned = (ROUTE_TABLE_BASE..=ROUTE_TABLE_BASE + 0xffff).contains(&route.table);
+            if let (true, Some(device)) = (owned, route.oif.and_then(|i| names.get(&i))) {
+                plane.routes.insert(Route {
+                    table: route.table,
+                    destination: route.destination,
+                    device: (*device).to_owned(),
+                });
+            }
+        }
+        for rule in self.netlink.rules().await.map_err(read)? {
+            let Some(iif) = rule.iif else { continue };
+            match rule.priority {
+                RULE_PRIORITY_LOOKUP if !rule.unreachable => {
+                    plane.rules.insert(Rule::Lookup {
+                        iif,
+                        table: rule.table,
+                        ipv4: rule.ipv4,
+                    });
+                }
+                RULE_PRIORITY_REJECT if rule.unreachable => {
+                    plane.rules.insert(Rule::Reject {
+                        iif,
+                        ipv4: rule.ipv4,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(plane)
+    }
+
+    /// The workload side of `host`, if it is where `want` says: in that namespace, named
+    /// as desired, and the peer of `host`.
+    async fn observe_workload(&self, host: &Link, want: &WorkloadSide) -> Option<WorkloadSide> {
+        let inside = self
+            .netlink
+            .connect_in(Path::new(&want.netns_path))
+            .await
+            .ok()?;
+        let links = inside.links().await.ok()?;
+        let link = links
+            .iter()
+            .find(|l| l.name == want.name && l.peer_index == Some(host.index))?;
+        let addresses = inside.addresses(link.index).await.ok()?;
+        let routes = inside
+            .routes()
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|r| r.oif == Some(link.index) && r.table == 254)
+            .filter_map(|r| Some((r.destination, r.gateway?)))
+            .collect();
+        Some(WorkloadSide {
+            netns: want.netns,
+            netns_path: String::new(),
+            name: link.name.clone(),
+            mtu: link.mtu,
+            up: link.up,
+            addresses: addresses
+                .into_iter()
+                .filter(|a| !is_kernel_link_local(a))
+                .collect(),
+            routes,
+        })
+    }
+
+    async fn index_of(&self, name: &str, action: &str) -> Result<u32, ApplyError> {
+        let links = self
+            .netlink
+            .links()
+            .await
+            .map_err(|source| ApplyError::Netlink {
+                action: action.to_owned(),
+                source,
+            })?;
+        links
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.index)
+            .ok_or_else(|| ApplyError::Missing {
+                action: action.to_owned(),
+                link: name.to_owned(),
+            })
+    }
+
+    /// Applies operations in order. A failed operation is reported and the next ones are
+    /// still tried: what does not depend on it still converges.
+    pub async fn apply(&self, ops: &[Op]) -> Vec<ApplyError> {
+        let mut errors = Vec::new();
+        for op in ops {
+            if let Err(e) = self.apply_one(op).await {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    async fn apply_one(&self, op: &Op) -> Result<(), ApplyError> {
+        let action = describe(op);
+        let nl = |source| ApplyError::Netlink {
+            action: action.clone(),
+            source,
+        };
+        let wg = |source| ApplyError::WireGuard {
+            action: action.clone(),
+            source,
+        };
+        match op {
+            Op::DeleteLink { name } if name.starts_with(WIREGUARD_PREFIX) => {
+                self.wireguard.delete(name).map_err(wg)
+            }
+            Op::DeleteLink { name } => {
+                let index = self.index_of(name, &action).await?;
+                self.netlink.delete_link(index).await.map_err(nl)
+            }
+            Op::RemoveRule(rule) => {
+                let (ipv4, priority, iif, table) = rule_parts(rule);
+                self.netlink
+                    .remove_rule(ipv4, priority, iif, table)
+                    .await
+                    .map_err(nl)
+            }
+            Op::RemoveRoute(route) => {
+                let index = self.index_of(&route.device, &action).await?;
+                self.netlink
+                    .remove_route(route.table, route.destination, index, None)
+                    .await
+                    .map_err(nl)
+            }
+            Op::CreateWireGuard { name } => {
+                self.wireguard.create(name, &self.private_key).map_err(wg)
+            }
+            Op::SetListenPort { name, port } => {
+                self.wireguard.set_listen_port(name, *port).map_err(wg)
+            }
+            Op::SetPeer {
+                interface,
+                public_key,
+                peer,
+            } => self
+                .wireguard
+                .set_peer(interface, public_key, peer)
+                .map_err(wg),
+            Op::RemovePeer {
+                interface,
+                public_key,
+            } => self
+                .wireguard
+                .remove_peer(interface, public_key)
+                .map_err(wg),
+            Op::SetLink { name, mtu, up } => {
+                let index = self.index_of(name, &action).await?;
+                self.netlink
+                    .set_link(index, None, *mtu, *up)
+                    .await
+                    .map_err(nl)
+            }
+            Op::CreateMember {
+                host,
+                netns_path,
+                workload,
+            } => {
+                // The peer gets a temporary name of ours, then moves and takes its name
+                // inside the workload's namespace.
+                let temporary = format!("wwp{}", &host[HOST_VETH_PREFIX.len()..]);
+                self.netlink
+                    .create_veth(host, &temporary)
+                    .await
+                    .map_err(nl)?;
+                let peer = self.index_of(&temporary, &action).await?;
+                let netns = File::open(netns_path).map_err(|source| ApplyError::Io {
+                    action: action.clone(),
+                    source,
+                })?;
+                self.netlink.move_to(peer, &netns).await.map_err(nl)?;
+                let inside = self
+                    .netlink
+                    .connect_in(Path::new(netns_path))
+                    .await
+                    .map_err(nl)?;
+                let links = inside.links().await.map_err(nl)?;
+                let moved = links.iter().find(|l| l.name == temporary).ok_or_else(|| {
+                    ApplyError::Missing {
+                        action: action.clone(),
+                        link: temporary.clone(),
+                    }
+                })?;
+                inside
+                    .set_link(moved.index, Some(workload), moved.mtu, false)
+                    .await
+                    .map_err(nl)
+            }
+            Op::ConfigureHost {
+                host,
+                proxy_arp,
+                add,
+                remove,
+            } => {
+                let path = sysctl_path(true, host, "proxy_arp");
+                std::fs::write(&path, if *proxy_arp { "1" } else { "0" }).map_err(|source| {
+                    ApplyError::Io {
+                        action: action.clone(),
+                        source,
+                    }
+                })?;
+                let index = self.index_of(host, &action).await?;
+                for net in remove {
+                    self.netlink.remove_address(index, *net).await.map_err(nl)?;
+                }
+                for net in add {
+                    self.netlink.add_address(index, *net).await.map_err(nl)?;
+                }
+                Ok(())
+            }
+            Op::ConfigureWorkload {
+                netns_path,
+                name,
+                mtu,
+                add_addresses,
+                remove_addresses,
+                add_routes,
+                remove_routes,
+                ..
+            } => {
+                let inside = self
+                    .netlink
+                    .connect_in(Path::new(netns_path))
+                    .await
+                    .map_err(nl)?;
+                let links = inside.links().await.map_err(nl)?;
+                let link =
+                    links
+                        .iter()
+                        .find(|l| &l.name == name)
+                        .ok_or_else(|| ApplyError::Missing {
+                            action: action.clone(),
+                            link: name.clone(),
+                        })?;
+                if link.mtu != *mtu || !link.up {
+                    inside
+                        .set_link(link.index, None, *mtu, true)
+                        .await
+                        .map_err(nl)?;
+                }
+                for (destination, gateway) in remove_routes {
+                    inside
+                        .remove_route(254, *destination, link.index, Some(*gateway))
+                        .await
+                        .map_err(nl)?;
+                }
+                for net in remove_addresses {
+                    inside.remove_address(link.index, *net).await.map_err(nl)?;
+                }
+                for net in add_addresses {
+                    inside.add_address(link.index, *net).await.map_err(nl)?;
+                }
+                for (destination, gateway) in add_routes {
+                    inside
+                        .add_route(254, *destination, link.index, Some(*gateway))
+                        .await
+                        .map_err(nl)?;
+                }
+                Ok(())
+            }
+            Op::AddRule(rule) => {
+                let (ipv4, priority, iif, table) = rule_parts(rule);
+                self.netlink
+                    .add_rule(ipv4, priority, iif, table)
+                    .await
+                    .map_err(nl)
+            }
+            Op::AddRoute(route) => {
+                let index = self.index_of(&route.device, &action).await?;
+                self.netlink
+                    .add_route(route.table, route.destination, index, None)
+                    .await
+                    .map_err(nl)
+            }
+        }
+    }
+}
+
+/// Link-local addresses the kernel puts on IPv6 links by itself (fe80::/64 from the MAC)
+/// are not the agent's; the agent's gateway address is the one it set.
+fn is_kernel_link_local(net: &IpNet) -> bool {
+    match net {
+        IpNet::V6(v6) => {
+            v6.addr().segments()[0] == 0xfe80 && v6.addr() != crate::converge::GATEWAY_V6
+        }
+        IpNet::V4(_) => false,
+    }
+}
+
+fn rule_parts(rule: &Rule) -> (bool, u32, &str, Option<u32>) {
+    match rule {
+        Rule::Lookup { iif, table, ipv4 } => {
+            (*ipv4, RULE_PRIORITY_LOOKUP, iif.as_str(), Some(*table))
+        }
+        Rule::Reject { iif, ipv4 } => (*ipv4, RULE_PRIORITY_REJECT, iif.as_str(), None),
+    }
+}
+
+/// What an operation does, for error messages: "add route 10.100.0.0/16 dev ww-red table 1465319916".
+pub fn describe(op: &Op) -> String {
+    match op {
+        Op::DeleteLink { name } => format!("delete link {name}"),
+        Op::RemoveRule(rule) => format!("remove rule {}", rule_text(rule)),
+        Op::RemoveRoute(r) => format!(
+            "remove route {} dev {} table {}",
+            r.destination, r.device, r.table
+        ),
+        Op::CreateWireGuard { name } => format!("create WireGuard interface {name}"),
+        Op::SetListenPort { name, port } => format!("set listen port {port} on {name}"),
+        Op::CreateMember {
+            host,
+            netns_path,
+            workload,
+        } => format!("create veth {host} into {netns_path} as {workload}"),
+        Op::SetLink { name, mtu, up } => {
+            format!("set {name} mtu {mtu} {}", if *up { "up" } else { "down" })
+        }
+        Op::ConfigureHost { host, .. } => format!("configure host side {host}"),
+        Op::ConfigureWorkload {
+            name, netns_path, ..
+        } => format!("configure {name} in {netns_path}"),
+        Op::RemovePeer {
+            interface,
+            public_key,
+        } => format!("remove peer {public_key} from {interface}"),
+        Op::SetPeer {
+            interface,
+            public_key,
+            ..
+        } => format!("set peer {public_key} on {interface}"),
+        Op::AddRule(rule) => format!("add rule {}", rule_text(rule)),
+        Op::AddRoute(r) => format!(
+            "add route {} dev {} table {}",
+            r.destination, r.device, r.table
+        ),
+    }
+}
+
+fn rule_text(rule: &Rule) -> String {
+    match rule {
+        Rule::Lookup { iif, table, .. } => format!("iif {iif} lookup {table}"),
+        Rule::Reject { iif, .. } => format!("iif {iif} unreachable"),
+    }
+}

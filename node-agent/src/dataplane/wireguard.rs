@@ -1,0 +1,428 @@
+//! WireGuard, userspace backend: one boringtun device per interface, each in a child
+//! process of its own.
+//!
+//! Why a child process: boringtun blocks SIGINT and SIGTERM in the threads it creates and
+//! consumes them, and its teardown can hang; in a child it can do neither to the agent.
+//! The child outlives the agent on purpose, so an agent restart drops no packet; the next
+//! agent finds it by its control socket and carries on.
+//!
+//! Why not boringtun's own control socket: it is always `/var/run/wireguard/<name>.sock`,
+//! shared by every network namespace of the machine, so two nodes of a lab (or a test)
+//! could not both have `ww-red`. The child hands boringtun one end of a socket pair
+//! instead, and serves the WireGuard UAPI text protocol on a socket in the agent's own
+//! state directory, passing each request through.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ipnet::IpNet;
+
+use crate::converge::Peer;
+
+/// Why a WireGuard operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireGuardError {
+    /// Talking to the device failed.
+    #[error("failed to talk to the WireGuard device {interface}")]
+    Io {
+        /// The interface.
+        interface: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device refused a configuration.
+    #[error("the WireGuard device {interface} refused the configuration (errno {errno})")]
+    Refused {
+        /// The interface.
+        interface: String,
+        /// The error number it answered.
+        errno: i32,
+    },
+    /// A peer's endpoint does not resolve.
+    #[error("endpoint {0:?} of a peer does not resolve to an address")]
+    Endpoint(String),
+    /// A key is not 32 bytes of base64.
+    #[error("a WireGuard key is not 32 bytes of base64")]
+    Key,
+    /// The device did not come up.
+    #[error("the WireGuard device {0} did not start")]
+    Start(String),
+}
+
+/// A peer's health as the device reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerStats {
+    /// Seconds since the last handshake (boringtun reports an age, not a time); `None`
+    /// if none yet.
+    pub handshake_age: Option<u64>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// What a device reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceState {
+    /// Listen port.
+    pub listen_port: u16,
+    /// Peers by base64 public key.
+    pub peers: BTreeMap<String, Peer>,
+    /// Their health.
+    pub stats: BTreeMap<String, PeerStats>,
+}
+
+/// The userspace backend: devices run as children of `program` (the agent binary, with
+/// the `wireguard-userspace` subcommand), controlled through sockets in `socket_dir`.
+#[derive(Debug, Clone)]
+pub struct Userspace {
+    /// The agent binary.
+    pub program: PathBuf,
+    /// Where control sockets live (the agent's state directory).
+    pub socket_dir: PathBuf,
+}
+
+impl Userspace {
+    fn socket(&self, interface: &str) -> PathBuf {
+        self.socket_dir.join(format!("{interface}.sock"))
+    }
+
+    /// The interfaces whose device answers.
+    pub fn interfaces(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.socket_dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".sock").map(str::to_owned))
+            .filter(|n| self.request(n, "get=1\n\n").is_ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Starts a device named `interface` with `private_key` (base64), in the calling
+    /// thread's network namespace, and waits until it answers.
+    pub fn create(&self, interface: &str, private_key: &str) -> Result<(), WireGuardError> {
+        let io = |source| WireGuardError::Io {
+            interface: interface.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(&self.socket_dir).map_err(io)?;
+        let socket = self.socket(interface);
+        let _ = std::fs::remove_file(&socket);
+        let mut command = Command::new(&self.program);
+        command
+            .args(["wireguard-userspace", "--interface", interface, "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // Its own process group: a Ctrl-C or SIGTERM to the agent's group leaves it be.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        command.spawn().map_err(io)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.request(interface, "get=1\n\n").is_err() {
+            if Instant::now() > deadline {
+                return Err(WireGuardError::Start(interface.to_owned()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.set(
+            interface,
+            &format!("private_key={}\n", hex(&key_bytes(private_key)?)),
+        )
+    }
+
+    /// Stops the device: the child exits and the kernel removes its TUN interface.
+    pub fn delete(&self, interface: &str) -> Result<(), WireGuardError> {
+        // boringtun exits when its control connection closes; ask the child to stop by
+        // closing ours: the child ends on a request to quit.
+        let result = self.request(interface, "quit=1\n\n");
+        let _ = std::fs::remove_file(self.socket(interface));
+        match result {
+            Ok(_) | Err(WireGuardError::Io { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The device's state; `None` if no device answers.
+    pub fn get(&self, interface: &str) -> Option<DeviceState> {
+        let response = self.request(interface, "get=1\n\n").ok()?;
+        Some(parse_get(&response))
+    }
+
+    /// Sets the listen port.
+    pub fn set_listen_port(&self, interface: &str, port: u16) -> Result<(), WireGuardError> {
+        self.set(interface, &format!("listen_port={port}\n"))
+    }
+
+    /// Adds a peer, or replaces its configuration in place.
+    pub fn set_peer(
+        &self,
+        interface: &str,
+        public_key: &str,
+        peer: &Peer,
+    ) -> Result<(), WireGuardError> {
+        let mut body = format!(
+            "public_key={}\nreplace_allowed_ips=true\n",
+            hex(&key_bytes(public_key)?)
+        );
+        if let Some(endpoint) = &peer.endpoint {
+            let address = resolve(endpoint)?;
+            body.push_str(&format!("endpoint={address}\n"));
+        }
+        body.push_str(&format!(
+            "persistent_keepalive_interval={}\n",
+            peer.persistent_keepalive
+        ));
+        for ip in &peer.allowed_ips {
+            body.push_str(&format!("allowed_ip={ip}\n"));
+        }
+        self.set(interface, &body)
+    }
+
+    /// Removes a peer.
+    pub fn remove_peer(&self, interface: &str, public_key: &str) -> Result<(), WireGuardError> {
+        self.set(
+            interface,
+            &format!("public_key={}\nremove=true\n", hex(&key_bytes(public_key)?)),
+        )
+    }
+
+    fn set(&self, interface: &str, body: &str) -> Result<(), WireGuardError> {
+        let response = self.request(interface, &format!("set=1\n{body}\n"))?;
+        match errno(&response) {
+            0 => Ok(()),
+            errno => Err(WireGuardError::Refused {
+                interface: interface.to_owned(),
+                errno,
+            }),
+        }
+    }
+
+    /// One UAPI exchange: the request (ending in an empty line), the response (likewise).
+    fn request(&self, interface: &str, request: &str) -> Result<String, WireGuardError> {
+        let io = |source| WireGuardError::Io {
+            interface: interface.to_owned(),
+            source,
+        };
+        let mut stream = UnixStream::connect(self.socket(interface)).map_err(io)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(io)?;
+        stream.write_all(request.as_bytes()).map_err(io)?;
+        read_message(&mut BufReader::new(stream)).map_err(io)
+    }
+}
+
+/// Reads lines up to and including an empty line.
+fn read_message(reader: &mut impl BufRead) -> std::io::Result<String> {
+    let mut message = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        message.push_str(&line);
+        if line == "\n" {
+            return Ok(message);
+        }
+    }
+}
+
+fn errno(response: &str) -> i32 {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("errno="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn resolve(endpoint: &str) -> Result<SocketAddr, WireGuardError> {
+    endpoint
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| WireGuardError::Endpoint(endpoint.to_owned()))
+}
+
+fn key_bytes(key: &str) -> Result<[u8; 32], WireGuardError> {
+    BASE64
+        .decode(key)
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or(WireGuardError::Key)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn base64_of_hex(hex: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    Some(BASE64.encode(bytes?))
+}
+
+/// Parses a `get=1` response.
+fn parse_get(response: &str) -> DeviceState {
+    let mut state = DeviceState::default();
+    let mut current: Option<String> = None;
+    for line in response.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key == "public_key" {
+            current = base64_of_hex(value);
+            if let Some(peer) = &current {
+                state.peers.insert(
+                    peer.clone(),
+                    Peer {
+                        endpoint: None,
+                        allowed_ips: BTreeSet::new(),
+                        persistent_keepalive: 0,
+                    },
+                );
+                state.stats.insert(peer.clone(), PeerStats::default());
+            }
+            continue;
+        }
+        let Some(peer) = current.as_ref() else {
+            if key == "listen_port" {
+                state.listen_port = value.parse().unwrap_or(0);
+            }
+            continue;
+        };
+        let (Some(p), Some(s)) = (state.peers.get_mut(peer), state.stats.get_mut(peer)) else {
+            continue;
+        };
+        match key {
+            "endpoint" => p.endpoint = Some(value.to_owned()),
+            "allowed_ip" => {
+                if let Ok(net) = value.parse::<IpNet>() {
+                    p.allowed_ips.insert(net);
+                }
+            }
+            "persistent_keepalive_interval" => p.persistent_keepalive = value.parse().unwrap_or(0),
+            "last_handshake_time_sec" => s.handshake_age = value.parse().ok(),
+            "rx_bytes" => s.rx_bytes = value.parse().unwrap_or(0),
+            "tx_bytes" => s.tx_bytes = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    state
+}
+
+/// The child process: runs one boringtun device and serves its control socket until asked
+/// to quit. Never returns on success.
+pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> {
+    let io = |source| WireGuardError::Io {
+        interface: interface.to_owned(),
+        source,
+    };
+    let (ours, theirs) = UnixStream::pair().map_err(io)?;
+    let config = boringtun::device::DeviceConfig {
+        n_threads: 2,
+        use_connected_socket: true,
+        use_multi_queue: false,
+        // boringtun takes ownership of this end and serves the UAPI on it.
+        uapi_fd: theirs.into_raw_fd(),
+    };
+    let _device = boringtun::device::DeviceHandle::new(interface, config)
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(io)?;
+    let mut device = BufReader::new(ours);
+    for connection in listener.incoming() {
+        let Ok(connection) = connection else { continue };
+        let mut client = BufReader::new(connection);
+        let Ok(request) = read_message(&mut client) else {
+            continue;
+        };
+        if request.starts_with("quit=1") {
+            let _ = std::fs::remove_file(socket);
+            std::process::exit(0);
+        }
+        let exchanged = device
+            .get_mut()
+            .write_all(request.as_bytes())
+            .and_then(|()| read_message(&mut device))
+            .and_then(|response| client.get_mut().write_all(response.as_bytes()));
+        if let Err(e) = exchanged {
+            return Err(io(e));
+        }
+    }
+    Ok(())
+}
+
+/// A new private key (base64) and its public key, from the kernel's random source.
+pub fn generate_key() -> std::io::Result<(String, String)> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let secret = boringtun::x25519::StaticSecret::from(bytes);
+    let public = boringtun::x25519::PublicKey::from(&secret);
+    Ok((
+        BASE64.encode(secret.to_bytes()),
+        BASE64.encode(public.as_bytes()),
+    ))
+}
+
+/// The public key (base64) of a private key (base64).
+pub fn public_key(private_key: &str) -> Result<String, WireGuardError> {
+    let secret = boringtun::x25519::StaticSecret::from(key_bytes(private_key)?);
+    Ok(BASE64.encode(boringtun::x25519::PublicKey::from(&secret).as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_boringtun_reports() {
+        let key = "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=";
+        let hex_key = hex(&key_bytes(key).unwrap());
+        let response = format!(
+            "own_public_key=00\nlisten_port=51820\npublic_key={hex_key}\nendpoint=192.0.2.1:51820\nallowed_ip=10.100.1.0/24\npersistent_keepalive_interval=25\nlast_handshake_time_sec=3\nrx_bytes=10\ntx_bytes=20\nerrno=0\n\n"
+        );
+        let state = parse_get(&response);
+        assert_eq!(state.listen_port, 51820);
+        let peer = &state.peers[key];
+        assert_eq!(peer.endpoint.as_deref(), Some("192.0.2.1:51820"));
+        assert_eq!(
+            peer.allowed_ips,
+            BTreeSet::from(["10.100.1.0/24".parse().unwrap()])
+        );
+        assert_eq!(peer.persistent_keepalive, 25);
+        assert_eq!(
+            state.stats[key],
+            PeerStats {
+                handshake_age: Some(3),
+                rx_bytes: 10,
+                tx_bytes: 20
+            }
+        );
+        assert_eq!(errno(&response), 0);
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let (private, public) = generate_key().unwrap();
+        assert_eq!(public_key(&private).unwrap(), public);
+        assert_eq!(
+            base64_of_hex(&hex(&key_bytes(&public).unwrap())).as_deref(),
+            Some(public.as_str())
+        );
+    }
+}
