@@ -120,13 +120,18 @@ impl Userspace {
         std::fs::create_dir_all(&self.socket_dir).map_err(io)?;
         let socket = self.socket(interface);
         let _ = std::fs::remove_file(&socket);
+        // The device outlives the agent, so it must not hold the agent's output open (a
+        // caller waiting for the agent's output would wait for the device too): it logs to
+        // a file beside its socket.
+        let log =
+            std::fs::File::create(self.socket_dir.join(format!("{interface}.log"))).map_err(io)?;
         let mut command = Command::new(&self.program);
         command
             .args(["wireguard-userspace", "--interface", interface, "--socket"])
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         // Its own process group: a Ctrl-C or SIGTERM to the agent's group leaves it be.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         command.spawn().map_err(io)?;

@@ -1,0 +1,542 @@
+//! The agent against the real kernel: "nodes" and "workloads" are fresh network
+//! namespaces (unique names per test, removed even when a test fails), nodes joined by an
+//! underlay bridge; `wireway-agent apply` runs inside each node's namespace as it would on
+//! a host; packets are real pings through userspace WireGuard.
+//!
+//! These tests need root. Under CI they must run: without root they fail there, and
+//! elsewhere they say they were skipped.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{Value, json};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_wireway-agent");
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn root_or_skip(test: &str) -> bool {
+    let root = nix_uid_is_root();
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs root, and CI runs as root"
+        );
+        eprintln!("skipped {test}: needs root (run as root, as CI does)");
+    }
+    root
+}
+
+fn nix_uid_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Namespaces, state directories and processes of one test, removed on drop.
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    dir: PathBuf,
+    underlay: BTreeMap<String, String>,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let prefix = format!(
+            "wwk{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut lab = Self {
+            prefix,
+            namespaces: Vec::new(),
+            dir,
+            underlay: BTreeMap::new(),
+        };
+        let switch = lab.netns("switch");
+        ok(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ok(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
+        lab
+    }
+
+    fn netns(&mut self, name: &str) -> String {
+        let full = format!("{}-{name}", self.prefix);
+        ok(&["ip", "netns", "add", &full]);
+        ok(&["ip", "-n", &full, "link", "set", "lo", "up"]);
+        self.namespaces.push(full.clone());
+        full
+    }
+
+    /// A node: a namespace with `eth0` on the underlay bridge at 192.168.77.<n>.
+    fn node(&mut self, name: &str, n: u8) -> String {
+        let ns = self.netns(name);
+        let switch = format!("{}-switch", self.prefix);
+        let port = format!("p{n}");
+        ok(&[
+            "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", &port, "netns",
+            &switch,
+        ]);
+        ok(&[
+            "ip", "-n", &switch, "link", "set", &port, "master", "br0", "up",
+        ]);
+        let address = format!("192.168.77.{n}");
+        ok(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        self.underlay.insert(name.to_owned(), address);
+        ns
+    }
+
+    fn state_dir(&self, node: &str) -> String {
+        self.dir.join(node).to_string_lossy().into_owned()
+    }
+
+    fn public_key(&self, node: &str) -> String {
+        ok(&[AGENT, "--state-dir", &self.state_dir(node), "public-key"])
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs `wireway-agent apply` in the node's namespace; returns (operations, writes).
+    fn apply(&self, node: &str, state: &Value) -> (usize, u64) {
+        let file = self.dir.join(format!("{node}.json"));
+        std::fs::write(&file, state.to_string()).unwrap();
+        let ns = format!("{}-{node}", self.prefix);
+        let out = ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            AGENT,
+            "--state-dir",
+            &self.state_dir(node),
+            "apply",
+            "--node-state",
+            file.to_str().unwrap(),
+        ]);
+        let summary = out.lines().last().unwrap_or_default().to_owned();
+        let numbers: Vec<u64> = summary
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(numbers.len(), 3, "unexpected summary {summary:?}");
+        assert_eq!(numbers[2], 0, "errors: {out}");
+        (numbers[0] as usize, numbers[1])
+    }
+
+    fn ping(&self, from: &str, to: &str) -> bool {
+        let ns = format!("{}-{from}", self.prefix);
+        run(&["ip", "netns", "exec", &ns, "ping", "-c", "1", "-W", "2", to])
+            .status
+            .success()
+    }
+
+    /// Pings until one answer (WireGuard handshakes and ARP take a moment), then once more.
+    fn reachable(&self, from: &str, to: &str) -> bool {
+        (0..4).any(|_| self.ping(from, to)) && self.ping(from, to)
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // The userspace WireGuard devices are processes started from our state dirs.
+        let _ = run(&["pkill", "-f", &self.dir.to_string_lossy()]);
+        for ns in self.namespaces.iter().rev() {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A service for the NodeStates of these tests: members are (node, workload, address);
+/// each node's prefix is the member address's /24.
+struct Service {
+    name: &'static str,
+    interface: &'static str,
+    port: u32,
+    cidr: &'static str,
+    members: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+fn prefix_of(address: &str) -> String {
+    let mut parts: Vec<&str> = address.split('.').collect();
+    parts[3] = "0";
+    format!("{}/24", parts.join("."))
+}
+
+/// The NodeState of `node`, as the operator would send it.
+fn node_state(
+    lab: &Lab,
+    node: &str,
+    services: &[&Service],
+    keys: &BTreeMap<String, String>,
+) -> Value {
+    let mut states = Vec::new();
+    for svc in services {
+        let local: Vec<_> = svc.members.iter().filter(|m| m.0 == node).collect();
+        let Some(first) = local.first() else { continue };
+        let members: Vec<Value> = local
+            .iter()
+            .map(|(_, workload, address)| {
+                json!({
+                    "id": format!("{}/{workload}", svc.name),
+                    "netns": {"locator": {"path": format!("/run/netns/{}", lab.ns(workload))}},
+                    "interfaceName": format!("nsm-{}", svc.name),
+                    "hostInterfaceName": format!("wwv{}{}", &svc.name[..1], workload.len() + workload.bytes().map(usize::from).sum::<usize>()),
+                    "address": address,
+                })
+            })
+            .collect();
+        let mut peers: BTreeMap<&str, String> = BTreeMap::new();
+        for (other, _, address) in svc.members.iter().filter(|m| m.0 != node) {
+            peers.insert(other, prefix_of(address));
+        }
+        let peers: Vec<Value> = peers
+            .iter()
+            .map(|(other, prefix)| {
+                json!({
+                    "name": other,
+                    "publicKey": keys[*other],
+                    "endpoint": format!("{}:{}", lab.underlay[*other], svc.port),
+                    "allowedIps": [prefix],
+                })
+            })
+            .collect();
+        states.push(json!({
+            "name": format!("{0}/{0}", svc.name),
+            "interfaceName": svc.interface,
+            "listenPort": svc.port,
+            "mtu": 1420,
+            "cidr": svc.cidr,
+            "nodePrefix": prefix_of(first.2),
+            "routeTable": 0x5757_0000 + svc.port,
+            "members": members,
+            "peers": peers,
+        }));
+    }
+    json!({"node": node, "version": 1, "services": states})
+}
+
+fn red() -> Service {
+    Service {
+        name: "red",
+        interface: "ww-red",
+        port: 51821,
+        cidr: "10.100.0.0/16",
+        members: vec![
+            ("n1", "red-a", "10.100.1.1"),
+            ("n2", "red-b", "10.100.2.1"),
+            ("n3", "bridge", "10.100.3.1"),
+        ],
+    }
+}
+
+fn green() -> Service {
+    Service {
+        name: "green",
+        interface: "ww-green",
+        port: 51820,
+        cidr: "10.200.0.0/16",
+        members: vec![
+            ("n1", "green-a", "10.200.1.1"),
+            ("n2", "green-b", "10.200.2.1"),
+            ("n3", "bridge", "10.200.3.1"),
+        ],
+    }
+}
+
+/// The seeds' picture on three nodes.
+fn seeds(lab: &mut Lab) -> BTreeMap<String, String> {
+    for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
+        lab.node(node, i as u8 + 1);
+    }
+    for workload in ["red-a", "red-b", "green-a", "green-b", "bridge", "loner"] {
+        lab.netns(workload);
+    }
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| ((*n).to_owned(), lab.public_key(n)))
+        .collect()
+}
+
+fn apply_all(
+    lab: &Lab,
+    services: &[&Service],
+    keys: &BTreeMap<String, String>,
+) -> Vec<(usize, u64)> {
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| lab.apply(n, &node_state(lab, n, services, keys)))
+        .collect()
+}
+
+#[test]
+fn red_reaches_red_green_reaches_green_bridge_reaches_both_nothing_else() {
+    if !root_or_skip("red_reaches_red...") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    apply_all(&lab, &[&red(), &green()], &keys);
+
+    assert!(lab.reachable("red-a", "10.100.2.1"), "red-a -> red-b");
+    assert!(lab.reachable("red-b", "10.100.3.1"), "red-b -> bridge");
+    assert!(lab.reachable("green-a", "10.200.2.1"), "green-a -> green-b");
+    assert!(lab.reachable("bridge", "10.200.1.1"), "bridge -> green-a");
+    assert!(lab.reachable("bridge", "10.100.1.1"), "bridge -> red-a");
+
+    assert!(
+        !lab.ping("red-a", "10.200.2.1"),
+        "red-a must not reach green-b"
+    );
+    assert!(
+        !lab.ping("green-b", "10.100.1.1"),
+        "green-b must not reach red-a"
+    );
+    assert!(!lab.ping("loner", "10.100.1.1"), "loner has no way in");
+
+    // A green workload that forges its way toward red: a route to red's cidr through its
+    // green interface and a red source address. Green's table knows no red address and
+    // its fence rejects the rest, so nothing arrives.
+    let green_a = lab.ns("green-a");
+    ok(&[
+        "ip",
+        "-n",
+        &green_a,
+        "route",
+        "add",
+        "10.100.0.0/16",
+        "via",
+        "169.254.77.1",
+        "dev",
+        "nsm-green",
+        "onlink",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &green_a,
+        "addr",
+        "add",
+        "10.100.9.9/32",
+        "dev",
+        "nsm-green",
+    ]);
+    assert!(
+        !lab.ping("green-a", "10.100.1.1"),
+        "forged green -> red must be dropped"
+    );
+    let forged = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &green_a,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-I",
+        "10.100.9.9",
+        "10.100.2.1",
+    ]);
+    assert!(
+        !forged.status.success(),
+        "spoofed source toward red must be dropped"
+    );
+}
+
+#[test]
+fn a_second_pass_and_a_restarted_agent_change_nothing_and_drop_nothing() {
+    if !root_or_skip("a_second_pass...") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    let first = apply_all(&lab, &[&red(), &green()], &keys);
+    assert!(first.iter().all(|(ops, writes)| *ops > 0 && *writes > 0));
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+
+    // Ping every 10 ms across a new agent process applying the same state everywhere.
+    let pinger: Child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("red-a"),
+            "ping",
+            "-i",
+            "0.01",
+            "-c",
+            "300",
+            "-W",
+            "1",
+            "10.100.2.1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = apply_all(&lab, &[&red(), &green()], &keys);
+    let output = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        second,
+        vec![(0, 0); 3],
+        "in sync: no operation, no netlink write"
+    );
+    assert!(
+        text.contains("300 packets transmitted, 300 received"),
+        "{text}"
+    );
+}
+
+#[test]
+fn drift_is_restored_exactly() {
+    if !root_or_skip("drift_is_restored_exactly") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    apply_all(&lab, &[&red()], &keys);
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+    let n1 = lab.ns("n1");
+    let state = node_state(&lab, "n1", &[&red()], &keys);
+    let table = (0x5757_0000u32 + 51821).to_string();
+
+    ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "del",
+        "10.100.0.0/16",
+        "table",
+        &table,
+    ]);
+    assert!(!lab.ping("red-a", "10.100.2.1"));
+    assert_eq!(lab.apply("n1", &state).0, 1, "one route restored");
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+
+    ok(&[
+        "ip", "-n", &n1, "rule", "del", "priority", "22359", "iif", "ww-red",
+    ]);
+    assert_eq!(lab.apply("n1", &state).0, 1, "one rule restored");
+    assert!(lab.reachable("red-b", "10.100.1.1"));
+
+    // A peer removed behind the agent's back, through the device's control socket.
+    let socket = format!("{}/wireguard/ww-red.sock", lab.state_dir("n1"));
+    let key_hex: String = {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&keys["n2"])
+            .unwrap();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!("set=1\npublic_key={key_hex}\nremove=true\n\n").as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut answer).unwrap();
+    assert_eq!(answer.trim(), "errno=0");
+    assert!(!lab.ping("red-a", "10.100.2.1"));
+    assert_eq!(lab.apply("n1", &state).0, 1, "one peer restored");
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+
+    // A member's veth deleted: the pair is rebuilt, configured and routed.
+    let host = state["services"][0]["members"][0]["hostInterfaceName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&["ip", "-n", &n1, "link", "del", &host]);
+    let (ops, _) = lab.apply("n1", &state);
+    assert!(ops >= 4, "pair, both sides, route: {ops}");
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+    assert_eq!(lab.apply("n1", &state), (0, 0));
+}
+
+#[test]
+fn removing_a_service_removes_all_it_made_and_nothing_else() {
+    if !root_or_skip("removing_a_service...") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    apply_all(&lab, &[&red(), &green()], &keys);
+    let n3 = lab.ns("n3");
+    // Something of someone else's, which must survive.
+    ok(&[
+        "ip", "-n", &n3, "link", "add", "other0", "type", "veth", "peer", "other1",
+    ]);
+    ok(&[
+        "ip", "-n", &n3, "rule", "add", "priority", "1000", "iif", "other0", "lookup", "100",
+    ]);
+    apply_all(&lab, &[&red()], &keys);
+
+    let links = ok(&["ip", "-n", &n3, "-o", "link"]);
+    assert!(!links.contains("ww-green"), "{links}");
+    assert!(
+        links.contains("ww-red") && links.contains("other0"),
+        "{links}"
+    );
+    let green_veths = links.lines().filter(|l| l.contains("wwvg")).count();
+    assert_eq!(green_veths, 0, "{links}");
+    let rules = ok(&["ip", "-n", &n3, "rule"]);
+    assert!(
+        !rules.contains("ww-green") && !rules.contains("wwvg"),
+        "{rules}"
+    );
+    assert!(rules.contains("iif other0 lookup 100"), "{rules}");
+    let bridge_links = ok(&["ip", "-n", &lab.ns("bridge"), "-o", "link"]);
+    assert!(
+        !bridge_links.contains("nsm-green") && bridge_links.contains("nsm-red"),
+        "{bridge_links}"
+    );
+    let green_table = (0x5757_0000u32 + 51820).to_string();
+    let routes = ok(&["ip", "-n", &n3, "route", "show", "table", &green_table]);
+    assert!(routes.trim().is_empty(), "{routes}");
+    assert!(lab.reachable("bridge", "10.100.1.1"), "red still works");
+}
