@@ -98,11 +98,13 @@ pub fn resolve(locator: &NetnsLocator) -> Option<ResolvedNetns> {
 }
 
 /// The kernel of one node (the network namespace the agent was started in).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Kernel {
     netlink: Netlink,
     wireguard: Userspace,
     private_key: String,
+    /// Connections into workload namespaces, for one pass (cleared by `observe`).
+    namespaces: tokio::sync::Mutex<BTreeMap<String, Netlink>>,
 }
 
 fn sysctl_path(ipv4: bool, device: &str, key: &str) -> String {
@@ -117,6 +119,7 @@ impl Kernel {
             netlink,
             wireguard,
             private_key,
+            namespaces: tokio::sync::Mutex::default(),
         }
     }
 
@@ -146,6 +149,7 @@ impl Kernel {
     /// What the kernel holds of the agent's objects. Workload sides are looked up in the
     /// namespaces `desired` names for them.
     pub async fn observe(&self, desired: &Dataplane) -> Result<Dataplane, ApplyError> {
+        self.namespaces.lock().await.clear();
         let read = |source| ApplyError::Netlink {
             action: "read the kernel's state".into(),
             source,
@@ -230,15 +234,13 @@ impl Kernel {
     /// The workload side of `host`, if it is where `want` says: in that namespace, named
     /// as desired, and the peer of `host`.
     async fn observe_workload(&self, host: &Link, want: &WorkloadSide) -> Option<WorkloadSide> {
-        let inside = self
-            .netlink
-            .connect_in(Path::new(&want.netns_path))
+        let inside = self.netlink_in(&want.netns_path).await.ok()?;
+        let link = inside
+            .link(&want.name)
             .await
-            .ok()?;
-        let links = inside.links().await.ok()?;
-        let link = links
-            .iter()
-            .find(|l| l.name == want.name && l.peer_index == Some(host.index))?;
+            .ok()
+            .flatten()
+            .filter(|l| l.peer_index == Some(host.index))?;
         let addresses = inside.addresses(link.index).await.ok()?;
         let routes = inside
             .routes()
@@ -263,32 +265,49 @@ impl Kernel {
     }
 
     async fn index_of(&self, name: &str, action: &str) -> Result<u32, ApplyError> {
-        let links = self
-            .netlink
-            .links()
+        link_named(&self.netlink, name, action)
             .await
-            .map_err(|source| ApplyError::Netlink {
-                action: action.to_owned(),
-                source,
-            })?;
-        links
-            .iter()
-            .find(|l| l.name == name)
             .map(|l| l.index)
-            .ok_or_else(|| ApplyError::Missing {
-                action: action.to_owned(),
-                link: name.to_owned(),
-            })
+    }
+
+    /// A netlink connection in a workload's namespace, opened once per pass: a namespace
+    /// path can be reused by a new namespace between passes (a recreated pod), and a
+    /// socket stays in the namespace it was opened in.
+    async fn netlink_in(&self, path: &str) -> Result<Netlink, NetlinkError> {
+        let mut open = self.namespaces.lock().await;
+        if let Some(netlink) = open.get(path) {
+            return Ok(netlink.clone());
+        }
+        let netlink = self.netlink.connect_in(Path::new(path)).await?;
+        open.insert(path.to_owned(), netlink.clone());
+        Ok(netlink)
     }
 
     /// Applies operations in order. A failed operation is reported and the next ones are
-    /// still tried: what does not depend on it still converges.
+    /// still tried: what does not depend on it still converges. Consecutive peer changes
+    /// of one interface go to the device as one transaction.
     pub async fn apply(&self, ops: &[Op]) -> Vec<ApplyError> {
         let mut errors = Vec::new();
-        for op in ops {
-            if let Err(e) = self.apply_one(op).await {
+        let mut i = 0;
+        while i < ops.len() {
+            let batch = peer_batch(&ops[i..]);
+            let result = match batch.first() {
+                Some((interface, _)) => {
+                    let changes: Vec<(&str, Option<&crate::converge::Peer>)> =
+                        batch.iter().map(|(_, change)| *change).collect();
+                    self.wireguard
+                        .configure_peers(interface, &changes)
+                        .map_err(|source| ApplyError::WireGuard {
+                            action: format!("configure {} peers of {interface}", changes.len()),
+                            source,
+                        })
+                }
+                None => self.apply_one(&ops[i]).await,
+            };
+            if let Err(e) = result {
                 errors.push(e);
             }
+            i += batch.len().max(1);
         }
         errors
     }
@@ -337,14 +356,14 @@ impl Kernel {
                 peer,
             } => self
                 .wireguard
-                .set_peer(interface, public_key, peer)
+                .configure_peers(interface, &[(public_key, Some(peer))])
                 .map_err(wg),
             Op::RemovePeer {
                 interface,
                 public_key,
             } => self
                 .wireguard
-                .remove_peer(interface, public_key)
+                .configure_peers(interface, &[(public_key, None)])
                 .map_err(wg),
             Op::SetLink { name, mtu, up } => {
                 let index = self.index_of(name, &action).await?;
@@ -371,18 +390,8 @@ impl Kernel {
                     source,
                 })?;
                 self.netlink.move_to(peer, &netns).await.map_err(nl)?;
-                let inside = self
-                    .netlink
-                    .connect_in(Path::new(netns_path))
-                    .await
-                    .map_err(nl)?;
-                let links = inside.links().await.map_err(nl)?;
-                let moved = links.iter().find(|l| l.name == temporary).ok_or_else(|| {
-                    ApplyError::Missing {
-                        action: action.clone(),
-                        link: temporary.clone(),
-                    }
-                })?;
+                let inside = self.netlink_in(netns_path).await.map_err(nl)?;
+                let moved = link_named(&inside, &temporary, &action).await?;
                 inside
                     .set_link(moved.index, Some(workload), moved.mtu, false)
                     .await
@@ -420,20 +429,8 @@ impl Kernel {
                 remove_routes,
                 ..
             } => {
-                let inside = self
-                    .netlink
-                    .connect_in(Path::new(netns_path))
-                    .await
-                    .map_err(nl)?;
-                let links = inside.links().await.map_err(nl)?;
-                let link =
-                    links
-                        .iter()
-                        .find(|l| &l.name == name)
-                        .ok_or_else(|| ApplyError::Missing {
-                            action: action.clone(),
-                            link: name.clone(),
-                        })?;
+                let inside = self.netlink_in(netns_path).await.map_err(nl)?;
+                let link = link_named(&inside, name, &action).await?;
                 if link.mtu != *mtu || !link.up {
                     inside
                         .set_link(link.index, None, *mtu, true)
@@ -476,6 +473,51 @@ impl Kernel {
             }
         }
     }
+}
+
+/// The link called `name` in the namespace of `netlink`.
+async fn link_named(netlink: &Netlink, name: &str, action: &str) -> Result<Link, ApplyError> {
+    match netlink.link(name).await {
+        Ok(Some(link)) => Ok(link),
+        Ok(None) => Err(ApplyError::Missing {
+            action: action.to_owned(),
+            link: name.to_owned(),
+        }),
+        Err(source) => Err(ApplyError::Netlink {
+            action: action.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// A peer change: (interface, (public key, the peer, or `None` to remove it)).
+type PeerChange<'a> = (&'a str, (&'a str, Option<&'a crate::converge::Peer>));
+
+fn peer_change(op: &Op) -> Option<PeerChange<'_>> {
+    match op {
+        Op::SetPeer {
+            interface,
+            public_key,
+            peer,
+        } => Some((interface, (public_key, Some(peer)))),
+        Op::RemovePeer {
+            interface,
+            public_key,
+        } => Some((interface, (public_key, None))),
+        _ => None,
+    }
+}
+
+/// The run of peer changes of one interface at the head of `ops`.
+fn peer_batch(ops: &[Op]) -> Vec<PeerChange<'_>> {
+    let mut batch: Vec<PeerChange<'_>> = Vec::new();
+    for change in ops.iter().map(peer_change) {
+        match change {
+            Some(c) if batch.first().is_none_or(|(i, _)| *i == c.0) => batch.push(c),
+            _ => break,
+        }
+    }
+    batch
 }
 
 /// Link-local addresses the kernel puts on IPv6 links by itself (fe80::/64 from the MAC)

@@ -136,6 +136,24 @@ impl Netlink {
         Ok(messages.iter().map(link_of).collect())
     }
 
+    /// One link, by name; `None` if there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let found: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_collect()
+            .await;
+        match found {
+            Ok(messages) => Ok(messages.first().map(link_of)),
+            // The kernel answers "no such device" for a name it does not have.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Addresses of one link.
     pub async fn addresses(&self, index: u32) -> Result<BTreeSet<IpNet>, NetlinkError> {
         let messages: Vec<_> = self

@@ -171,37 +171,34 @@ impl Userspace {
         self.set(interface, &format!("listen_port={port}\n"))
     }
 
-    /// Adds a peer, or replaces its configuration in place.
-    pub fn set_peer(
+    /// Adds, updates (in place) and removes peers, all in one configuration transaction:
+    /// a node with a thousand peers is configured in one exchange, not a thousand.
+    /// `peer: None` removes the peer.
+    pub fn configure_peers(
         &self,
         interface: &str,
-        public_key: &str,
-        peer: &Peer,
+        changes: &[(&str, Option<&Peer>)],
     ) -> Result<(), WireGuardError> {
-        let mut body = format!(
-            "public_key={}\nreplace_allowed_ips=true\n",
-            hex(&key_bytes(public_key)?)
-        );
-        if let Some(endpoint) = &peer.endpoint {
-            let address = resolve(endpoint)?;
-            body.push_str(&format!("endpoint={address}\n"));
-        }
-        body.push_str(&format!(
-            "persistent_keepalive_interval={}\n",
-            peer.persistent_keepalive
-        ));
-        for ip in &peer.allowed_ips {
-            body.push_str(&format!("allowed_ip={ip}\n"));
+        let mut body = String::new();
+        for (public_key, peer) in changes {
+            body.push_str(&format!("public_key={}\n", hex(&key_bytes(public_key)?)));
+            let Some(peer) = peer else {
+                body.push_str("remove=true\n");
+                continue;
+            };
+            body.push_str("replace_allowed_ips=true\n");
+            if let Some(endpoint) = &peer.endpoint {
+                body.push_str(&format!("endpoint={}\n", resolve(endpoint)?));
+            }
+            body.push_str(&format!(
+                "persistent_keepalive_interval={}\n",
+                peer.persistent_keepalive
+            ));
+            for ip in &peer.allowed_ips {
+                body.push_str(&format!("allowed_ip={ip}\n"));
+            }
         }
         self.set(interface, &body)
-    }
-
-    /// Removes a peer.
-    pub fn remove_peer(&self, interface: &str, public_key: &str) -> Result<(), WireGuardError> {
-        self.set(
-            interface,
-            &format!("public_key={}\nremove=true\n", hex(&key_bytes(public_key)?)),
-        )
     }
 
     fn set(&self, interface: &str, body: &str) -> Result<(), WireGuardError> {
