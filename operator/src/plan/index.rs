@@ -65,6 +65,20 @@ pub fn admission_target(a: &Admission) -> ObjectKey {
     )
 }
 
+/// Drops `key` from the objects naming `target`.
+fn unlink(
+    by_target: &mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    target: &ObjectKey,
+    key: &ObjectKey,
+) {
+    if let Some(set) = by_target.get_mut(target) {
+        set.remove(key);
+        if set.is_empty() {
+            by_target.remove(target);
+        }
+    }
+}
+
 /// Keys items; of two claiming one key (a World that is inconsistent), keeps one
 /// regardless of input order.
 fn keyed<T: std::fmt::Debug>(
@@ -277,12 +291,7 @@ impl Index {
     fn remove_endpoint(&mut self, key: &ObjectKey, affected: &mut Affected) -> Option<Endpoint> {
         let old = self.endpoints.remove(key)?;
         let target = endpoint_target(&old);
-        if let Some(set) = self.endpoints_by_target.get_mut(&target) {
-            set.remove(key);
-            if set.is_empty() {
-                self.endpoints_by_target.remove(&target);
-            }
-        }
+        unlink(&mut self.endpoints_by_target, &target, key);
         affected.targets.insert(target);
         Some(old)
     }
@@ -290,12 +299,7 @@ impl Index {
     fn remove_admission(&mut self, key: &ObjectKey, affected: &mut Affected) -> Option<Admission> {
         let old = self.admissions.remove(key)?;
         let target = admission_target(&old);
-        if let Some(set) = self.admissions_by_target.get_mut(&target) {
-            set.remove(key);
-            if set.is_empty() {
-                self.admissions_by_target.remove(&target);
-            }
-        }
+        unlink(&mut self.admissions_by_target, &target, key);
         affected.targets.insert(target);
         Some(old)
     }

@@ -637,11 +637,9 @@ fn missing_services_and_invalid_specs_are_conditions() {
     );
 }
 
-#[test]
-fn two_services_cannot_give_a_pod_one_interface_name_twice() {
-    let mut w = seeds();
-    // A second service named red, in namespace green, that bridge also asks to join: both
-    // would be nsm-red inside bridge.
+/// A second service named red, in namespace green, that bridge also asks to join: both
+/// would be nsm-red inside bridge.
+fn second_red_for_bridge(w: &mut World) {
     w.network_services
         .push(service("green", "red", "10.150.0.0/16", 24));
     w.endpoints.push(attach(
@@ -657,6 +655,12 @@ fn two_services_cannot_give_a_pod_one_interface_name_twice() {
         vec![spiffe("spiffe://cluster.local/ns/red/sa/bridge")],
         vec![],
     ));
+}
+
+#[test]
+fn two_services_cannot_give_a_pod_one_interface_name_twice() {
+    let mut w = seeds();
+    second_red_for_bridge(&mut w);
     let conflicted = plan(&w, None);
     // red/bridge-to-green-red sorts before red/red-members, so it wins on a first plan.
     assert!(member(&conflicted, "red/bridge-to-green-red", "bridge").admitted);
@@ -672,22 +676,7 @@ fn two_services_cannot_give_a_pod_one_interface_name_twice() {
     let mut recorded = seeds();
     let first = plan(&recorded, None);
     record(&mut recorded, &first);
-    recorded
-        .network_services
-        .push(service("green", "red", "10.150.0.0/16", 24));
-    recorded.endpoints.push(attach(
-        "red",
-        "bridge-to-green-red",
-        "green/red",
-        &[("app", "bridge")],
-    ));
-    recorded.admissions.push(admission(
-        "green",
-        "admit-bridge-red",
-        "red",
-        vec![spiffe("spiffe://cluster.local/ns/red/sa/bridge")],
-        vec![],
-    ));
+    second_red_for_bridge(&mut recorded);
     let second = plan(&recorded, None);
     assert!(
         member(&second, "red/red-members", "bridge").admitted,
