@@ -7,7 +7,7 @@ use wireway_proto::NodeState;
 use crate::converge::{self, DesiredError, Op};
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::wireguard::{self, Userspace};
-use crate::dataplane::{ApplyError, Kernel, resolve};
+use crate::dataplane::{ApplyError, Backend, Kernel, resolve};
 
 /// Where the agent keeps what must survive it: the node's private key, and the control
 /// sockets of its userspace WireGuard devices.
@@ -88,15 +88,21 @@ pub struct Agent {
 impl Agent {
     /// An agent for the calling thread's network namespace, keeping its state in
     /// `state`; `program` is the agent binary (run again for userspace WireGuard devices).
-    pub fn new(state: &StateDir, program: &Path) -> Result<Self, StartError> {
+    pub async fn new(state: &StateDir, program: &Path) -> Result<Self, StartError> {
         let private_key = state.private_key()?;
-        let wireguard = Userspace {
+        let userspace = Userspace {
             program: program.to_owned(),
             socket_dir: state.sockets(),
         };
+        let backend = Backend::detect(userspace).await;
         Ok(Self {
-            kernel: Kernel::new(Netlink::connect()?, wireguard, private_key),
+            kernel: Kernel::new(Netlink::connect()?, backend, private_key),
         })
+    }
+
+    /// The WireGuard backend in use: `kernel` or `userspace`.
+    pub fn backend(&self) -> &'static str {
+        self.kernel.backend()
     }
 
     /// Converges the kernel to `state` once.

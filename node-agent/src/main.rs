@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
-        let agent = match Agent::new(&state, &program) {
+        let agent = match Agent::new(&state, &program).await {
             Ok(a) => a,
             Err(e) => return fail(&e),
         };
@@ -117,10 +117,11 @@ fn main() -> ExitCode {
                             eprintln!("error: {}", chain(e));
                         }
                         println!(
-                            "{} operations, {} netlink writes, {} errors",
+                            "{} operations, {} netlink writes, {} errors ({} WireGuard)",
                             pass.ops.len(),
                             pass.writes,
-                            pass.apply_errors.len()
+                            pass.apply_errors.len(),
+                            agent.backend()
                         );
                         if pass.apply_errors.is_empty() {
                             ExitCode::SUCCESS

@@ -103,7 +103,7 @@ for line in sys.stdin:
     cat > "$script" <<SCRIPT
 set -e
 echo "vm: kernel \$(uname -r); WireGuard module: \$(ip link add wwvmcheck type wireguard && ip link del wwvmcheck && echo present)"
-cd "$repo/node-agent" && CI=true "$bin" --test-threads 1 --color never
+cd "$repo/node-agent" && CI=true WIREWAY_EXPECT_BACKEND=kernel "$bin" --test-threads 1 --color never --nocapture
 SCRIPT
     run "$script"
 }

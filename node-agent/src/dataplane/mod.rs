@@ -6,6 +6,7 @@
 
 pub mod netlink;
 pub mod wireguard;
+pub mod wireguard_kernel;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,7 +22,8 @@ use crate::converge::{
     Dataplane, MemberLink, NetnsId, Op, ResolvedNetns, Route, Rule, WireGuard, WorkloadSide,
 };
 use netlink::{Link, Netlink, NetlinkError};
-use wireguard::{Userspace, WireGuardError};
+use wireguard::{DeviceState, Userspace, WireGuardError};
+use wireguard_kernel::KernelWireGuard;
 
 /// Priority of the rules `iif <dev> lookup <table>`.
 pub const RULE_PRIORITY_LOOKUP: u32 = 22359;
@@ -97,11 +99,63 @@ pub fn resolve(locator: &NetnsLocator) -> Option<ResolvedNetns> {
     }
 }
 
+/// The WireGuard implementation the agent drives, chosen at start.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The kernel module, through netlink.
+    Kernel(KernelWireGuard),
+    /// boringtun in child processes.
+    Userspace(Userspace),
+}
+
+impl Backend {
+    /// The kernel backend when the kernel has WireGuard, else the userspace one.
+    pub async fn detect(userspace: Userspace) -> Self {
+        match KernelWireGuard::connect().await {
+            Some(kernel) => Self::Kernel(kernel),
+            None => Self::Userspace(userspace),
+        }
+    }
+
+    /// `kernel` or `userspace`, for reports and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Kernel(_) => "kernel",
+            Self::Userspace(_) => "userspace",
+        }
+    }
+
+    async fn get(&self, interface: &str) -> Option<DeviceState> {
+        match self {
+            Self::Kernel(k) => k.get(interface).await,
+            Self::Userspace(u) => u.get(interface),
+        }
+    }
+
+    async fn set_listen_port(&self, interface: &str, port: u16) -> Result<(), WireGuardError> {
+        match self {
+            Self::Kernel(k) => k.set_listen_port(interface, port).await,
+            Self::Userspace(u) => u.set_listen_port(interface, port),
+        }
+    }
+
+    async fn configure_peers(
+        &self,
+        interface: &str,
+        changes: &[(&str, Option<&crate::converge::Peer>)],
+    ) -> Result<(), WireGuardError> {
+        match self {
+            Self::Kernel(k) => k.configure_peers(interface, changes).await,
+            Self::Userspace(u) => u.configure_peers(interface, changes),
+        }
+    }
+}
+
 /// The kernel of one node (the network namespace the agent was started in).
 #[derive(Debug)]
 pub struct Kernel {
     netlink: Netlink,
-    wireguard: Userspace,
+    wireguard: Backend,
     private_key: String,
     /// Connections into workload namespaces, for one pass (cleared by `observe`).
     namespaces: tokio::sync::Mutex<BTreeMap<String, Netlink>>,
@@ -114,13 +168,18 @@ fn sysctl_path(ipv4: bool, device: &str, key: &str) -> String {
 
 impl Kernel {
     /// The kernel of the calling thread's network namespace.
-    pub fn new(netlink: Netlink, wireguard: Userspace, private_key: String) -> Self {
+    pub fn new(netlink: Netlink, wireguard: Backend, private_key: String) -> Self {
         Self {
             netlink,
             wireguard,
             private_key,
             namespaces: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// The WireGuard backend in use.
+    pub fn backend(&self) -> &'static str {
+        self.wireguard.name()
     }
 
     /// Netlink writes so far (WireGuard configuration is not counted).
@@ -159,7 +218,7 @@ impl Kernel {
         let mut plane = Dataplane::default();
         for link in &links {
             if link.name.starts_with(WIREGUARD_PREFIX) {
-                let device = self.wireguard.get(&link.name).unwrap_or_default();
+                let device = self.wireguard.get(&link.name).await.unwrap_or_default();
                 plane.wireguard.insert(
                     link.name.clone(),
                     WireGuard {
@@ -297,6 +356,7 @@ impl Kernel {
                         batch.iter().map(|(_, change)| *change).collect();
                     self.wireguard
                         .configure_peers(interface, &changes)
+                        .await
                         .map_err(|source| ApplyError::WireGuard {
                             action: format!("configure {} peers of {interface}", changes.len()),
                             source,
@@ -324,7 +384,13 @@ impl Kernel {
         };
         match op {
             Op::DeleteLink { name } if name.starts_with(WIREGUARD_PREFIX) => {
-                self.wireguard.delete(name).map_err(wg)
+                match &self.wireguard {
+                    Backend::Userspace(u) => u.delete(name).map_err(wg),
+                    Backend::Kernel(_) => {
+                        let index = self.index_of(name, &action).await?;
+                        self.netlink.delete_link(index).await.map_err(nl)
+                    }
+                }
             }
             Op::DeleteLink { name } => {
                 let index = self.index_of(name, &action).await?;
@@ -344,12 +410,18 @@ impl Kernel {
                     .await
                     .map_err(nl)
             }
-            Op::CreateWireGuard { name } => {
-                self.wireguard.create(name, &self.private_key).map_err(wg)
-            }
-            Op::SetListenPort { name, port } => {
-                self.wireguard.set_listen_port(name, *port).map_err(wg)
-            }
+            Op::CreateWireGuard { name } => match &self.wireguard {
+                Backend::Userspace(u) => u.create(name, &self.private_key).map_err(wg),
+                Backend::Kernel(k) => {
+                    self.netlink.create_wireguard(name).await.map_err(nl)?;
+                    k.set_private_key(name, &self.private_key).await.map_err(wg)
+                }
+            },
+            Op::SetListenPort { name, port } => self
+                .wireguard
+                .set_listen_port(name, *port)
+                .await
+                .map_err(wg),
             Op::SetPeer {
                 interface,
                 public_key,
@@ -357,6 +429,7 @@ impl Kernel {
             } => self
                 .wireguard
                 .configure_peers(interface, &[(public_key, Some(peer))])
+                .await
                 .map_err(wg),
             Op::RemovePeer {
                 interface,
@@ -364,6 +437,7 @@ impl Kernel {
             } => self
                 .wireguard
                 .configure_peers(interface, &[(public_key, None)])
+                .await
                 .map_err(wg),
             Op::SetLink { name, mtu, up } => {
                 let index = self.index_of(name, &action).await?;

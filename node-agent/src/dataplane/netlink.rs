@@ -15,7 +15,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, LinkWireguard, RouteMessageBuilder};
 
 /// Why a netlink call failed.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +221,17 @@ impl Netlink {
         self.handle
             .link()
             .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a kernel WireGuard interface.
+    pub async fn create_wireguard(&self, name: &str) -> Result<(), NetlinkError> {
+        self.count();
+        self.handle
+            .link()
+            .add(LinkWireguard::new(name).build())
             .execute()
             .await?;
         Ok(())

@@ -250,7 +250,7 @@ fn errno(response: &str) -> i32 {
         .unwrap_or(-1)
 }
 
-fn resolve(endpoint: &str) -> Result<SocketAddr, WireGuardError> {
+pub(crate) fn resolve(endpoint: &str) -> Result<SocketAddr, WireGuardError> {
     endpoint
         .to_socket_addrs()
         .ok()
@@ -258,7 +258,7 @@ fn resolve(endpoint: &str) -> Result<SocketAddr, WireGuardError> {
         .ok_or_else(|| WireGuardError::Endpoint(endpoint.to_owned()))
 }
 
-fn key_bytes(key: &str) -> Result<[u8; 32], WireGuardError> {
+pub(crate) fn key_bytes(key: &str) -> Result<[u8; 32], WireGuardError> {
     BASE64
         .decode(key)
         .ok()
