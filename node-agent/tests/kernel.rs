@@ -134,11 +134,12 @@ impl Lab {
             .to_owned()
     }
 
-    /// Runs `wireway-agent apply` in the node's namespace; returns (operations, writes).
-    fn apply(&self, node: &str, state: &Value) -> (usize, u64) {
+    /// Runs `wireway-agent apply` in the node's namespace with the state file of the
+    /// node's last `apply`; returns the summary line.
+    fn pass(&self, node: &str) -> String {
         let file = self.dir.join(format!("{node}.json"));
-        std::fs::write(&file, state.to_string()).unwrap();
         let ns = format!("{}-{node}", self.prefix);
+        let state_dir = self.state_dir(node);
         let out = ok(&[
             "ip",
             "netns",
@@ -146,42 +147,34 @@ impl Lab {
             &ns,
             AGENT,
             "--state-dir",
-            &self.state_dir(node),
+            &state_dir,
             "apply",
             "--node-state",
             file.to_str().unwrap(),
         ]);
         let summary = out.lines().last().unwrap_or_default().to_owned();
+        assert!(summary.contains(" 0 errors"), "errors: {out}");
+        summary
+    }
+
+    /// Applies `state` on `node`; returns (operations, netlink writes).
+    fn apply(&self, node: &str, state: &Value) -> (usize, u64) {
+        std::fs::write(self.dir.join(format!("{node}.json")), state.to_string()).unwrap();
+        let summary = self.pass(node);
         let numbers: Vec<u64> = summary
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect();
         assert_eq!(numbers.len(), 3, "unexpected summary {summary:?}");
-        assert_eq!(numbers[2], 0, "errors: {out}");
         (numbers[0] as usize, numbers[1])
     }
 
-    /// The WireGuard backend the node's agent uses (`kernel` or `userspace`), from the
-    /// summary line of its last pass.
+    /// The WireGuard backend the node's agent uses (`kernel` or `userspace`), as the
+    /// summary of a pass over its last state names it.
     fn backend(&self, node: &str) -> String {
-        let ns = format!("{}-{node}", self.prefix);
-        let out = ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            AGENT,
-            "--state-dir",
-            &self.state_dir(node),
-            "apply",
-            "--node-state",
-            self.dir.join(format!("{node}.json")).to_str().unwrap(),
-        ]);
-        let summary = out.lines().last().unwrap_or_default();
-        summary
-            .rsplit('(')
-            .next()
-            .unwrap_or_default()
+        let summary = self.pass(node);
+        let named = summary.rsplit('(').next().unwrap_or_default();
+        named
             .split_whitespace()
             .next()
             .unwrap_or_default()
