@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::Value;
-use wireway_crds::manifest::documents;
+use wireway_crds::manifest::{documents, yaml_files};
 use wireway_crds::validation::{Checked, Validator};
 
 /// Tally of a run.
@@ -26,7 +26,7 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
     };
     let mut files = Vec::new();
     for path in paths {
-        if let Err(e) = collect(path, &mut files) {
+        if let Err(e) = yaml_files(path, &mut files) {
             eprintln!("error: failed to read {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
@@ -50,26 +50,6 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Adds `path` (a file) or the YAML files below it (a directory), sorted.
-fn collect(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if !path.is_dir() {
-        files.push(path.to_owned());
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for entry in entries {
-        let is_yaml = entry.extension().is_some_and(|e| e == "yaml" || e == "yml");
-        let is_kustomization = entry.file_stem().is_some_and(|s| s == "kustomization");
-        if entry.is_dir() || (is_yaml && !is_kustomization) {
-            collect(&entry, files)?;
-        }
-    }
-    Ok(())
 }
 
 fn check_file(

@@ -40,6 +40,18 @@ pub use generate::{CrdFile, crd_files};
 pub use network_service::{NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 
+/// Annotations Wireway reads (and its agent writes) on core objects.
+pub mod annotations {
+    /// On a Pod that runs outside Kubernetes (a manifest directory): the path of its
+    /// network namespace, such as `/run/netns/db-0`. Pods in a cluster are found by UID.
+    pub const NETNS: &str = "wireway.dev/netns";
+    /// On a Node: its WireGuard public key, published by the node's agent.
+    pub const PUBLIC_KEY: &str = "wireway.dev/public-key";
+    /// On a Node: the address other nodes reach its WireGuard ports at, published by the
+    /// node's agent.
+    pub const UNDERLAY_ADDRESS: &str = "wireway.dev/underlay-address";
+}
+
 /// The API group of every Wireway kind.
 pub const GROUP: &str = "wireway.dev";
 /// The API version of every Wireway kind.

@@ -1,6 +1,36 @@
-//! Splitting a YAML file into the Kubernetes objects it holds.
+//! Finding manifest files, and splitting a YAML file into the Kubernetes objects it holds.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+/// Adds `path` (a file) or the YAML files below it (a directory), sorted, to `files`.
+/// `kustomization.yaml` files and names starting with `.` (editors' and tools' temporary
+/// files) are not manifests and are left out.
+pub fn yaml_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if !path.is_dir() {
+        files.push(path.to_owned());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for entry in entries {
+        let hidden = entry
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let is_yaml = entry.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        let is_kustomization = entry.file_stem().is_some_and(|s| s == "kustomization");
+        if hidden {
+            continue;
+        }
+        if entry.is_dir() || (is_yaml && !is_kustomization) {
+            yaml_files(&entry, files)?;
+        }
+    }
+    Ok(())
+}
 
 /// One object of a multi-document YAML file.
 #[derive(Debug, Clone, PartialEq)]

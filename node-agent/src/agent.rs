@@ -1,13 +1,19 @@
 //! One converge pass: NodeState → desired data plane → observe → operations → apply.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use wireway_proto::NodeState;
+use wireway_proto::{NetnsLocator, NodeState};
 
-use crate::converge::{self, DesiredError, Op};
+use crate::converge::{self, DesiredError, Lookup, Op, ResolvedNetns};
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::wireguard::{self, Userspace};
-use crate::dataplane::{ApplyError, Backend, Kernel, resolve};
+use crate::dataplane::wireguard::{self, PeerStats, Userspace};
+use crate::dataplane::{ApplyError, Backend, Kernel, NetnsFinder};
+
+/// How long a peer endpoint's host name may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the agent keeps what must survive it: the node's private key, and the control
 /// sockets of its userspace WireGuard devices.
@@ -79,16 +85,63 @@ pub struct Pass {
     pub writes: u64,
 }
 
+impl Pass {
+    /// What was not applied, for a person: the parts of the state left out and the
+    /// operations that failed.
+    pub fn problems(&self) -> Vec<String> {
+        let left_out = self.desired_errors.iter().map(ToString::to_string);
+        let failed = self.apply_errors.iter().map(|e| crate::chain(e));
+        left_out.chain(failed).collect()
+    }
+}
+
 /// The agent's hold on its node's kernel.
 #[derive(Debug)]
 pub struct Agent {
     kernel: Kernel,
+    netns: NetnsFinder,
+}
+
+/// What [`converge::desired`] looks up, found: namespaces now, endpoints resolved before.
+struct Found<'a> {
+    netns: &'a NetnsFinder,
+    endpoints: &'a BTreeMap<String, SocketAddr>,
+}
+
+impl Lookup for Found<'_> {
+    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+        self.netns.find(locator)
+    }
+
+    fn endpoint(&self, host_port: &str) -> Option<SocketAddr> {
+        self.endpoints.get(host_port).copied()
+    }
+}
+
+/// Resolves host names of peer endpoints; a name that does not resolve in time is left out.
+async fn resolve_endpoints(
+    names: impl IntoIterator<Item = String>,
+) -> BTreeMap<String, SocketAddr> {
+    let mut found = BTreeMap::new();
+    for name in names {
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name.clone()));
+        if let Ok(Ok(mut addresses)) = lookup.await
+            && let Some(address) = addresses.next()
+        {
+            found.insert(name, address);
+        }
+    }
+    found
 }
 
 impl Agent {
     /// An agent for the calling thread's network namespace, keeping its state in
     /// `state`; `program` is the agent binary (run again for userspace WireGuard devices).
-    pub async fn new(state: &StateDir, program: &Path) -> Result<Self, StartError> {
+    pub async fn new(
+        state: &StateDir,
+        program: &Path,
+        netns: NetnsFinder,
+    ) -> Result<Self, StartError> {
         let private_key = state.private_key()?;
         let userspace = Userspace {
             program: program.to_owned(),
@@ -97,6 +150,7 @@ impl Agent {
         let backend = Backend::detect(userspace).await;
         Ok(Self {
             kernel: Kernel::new(Netlink::connect()?, backend, private_key),
+            netns,
         })
     }
 
@@ -109,7 +163,12 @@ impl Agent {
     pub async fn converge(&self, state: &NodeState) -> Result<Pass, ApplyError> {
         let before = self.kernel.writes();
         self.kernel.prepare()?;
-        let (desired, desired_errors) = converge::desired(state, resolve);
+        let endpoints = resolve_endpoints(converge::endpoint_names(state)).await;
+        let found = Found {
+            netns: &self.netns,
+            endpoints: &endpoints,
+        };
+        let (desired, desired_errors) = converge::desired(state, found);
         let observed = self.kernel.observe(&desired).await?;
         let ops = converge::converge(&desired, &observed);
         let apply_errors = self.kernel.apply(&ops).await;
@@ -119,6 +178,17 @@ impl Agent {
             apply_errors,
             writes: self.kernel.writes() - before,
         })
+    }
+
+    /// MTU of the link that holds `address` (the underlay's), if one does.
+    pub async fn mtu_of(&self, address: std::net::IpAddr) -> Option<u32> {
+        self.kernel.mtu_of(address).await
+    }
+
+    /// Every peer of every WireGuard interface with its health: (interface, public key,
+    /// stats).
+    pub async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {
+        self.kernel.peer_stats().await
     }
 
     /// What the kernel holds of the agent's objects (workload sides are not looked up).

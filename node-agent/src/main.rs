@@ -1,13 +1,21 @@
 //! `wireway-agent`: converges a node's kernel (WireGuard, veths, addresses, routes, policy
 //! rules) to the NodeState the operator serves.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use wireway_agent::agent::{Agent, StateDir};
-use wireway_agent::dataplane::{describe, wireguard};
+use wireway_agent::dataplane::{NetnsFinder, describe, wireguard};
+use wireway_agent::link::{self, Link, store::StateFile};
+use wireway_agent::metrics::Metrics;
 use wireway_proto::NodeState;
+use wireway_runtime::http::{self, Readiness};
+use wireway_runtime::listen::Address;
+use wireway_runtime::tls::{OPERATOR_SERVER_NAME, TlsArgs};
 
 /// The Wireway node agent.
 #[derive(Debug, Parser)]
@@ -21,12 +29,50 @@ struct Cli {
         env = "WIREWAY_STATE_DIR"
     )]
     state_dir: PathBuf,
+    /// A directory in which each pod's network namespace is the file named by its UID
+    /// (or a link to it), for pods the operator names by UID outside Kubernetes.
+    #[arg(long, global = true, env = "WIREWAY_NETNS_DIR")]
+    netns_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+/// How `run` reaches the operator and serves its metrics.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// This node's name, as the operator knows it.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The operator's node API: HOST:PORT or unix:PATH.
+    #[arg(long, env = "WIREWAY_OPERATOR")]
+    operator: Address,
+    /// The DNS name the operator's certificate must carry.
+    #[arg(long, default_value = OPERATOR_SERVER_NAME, env = "WIREWAY_OPERATOR_NAME")]
+    operator_name: String,
+    /// The address other nodes reach this node's WireGuard ports at; by default the
+    /// source address of this node's default route.
+    #[arg(long, env = "WIREWAY_UNDERLAY_ADDRESS")]
+    underlay_address: Option<IpAddr>,
+    /// Where metrics (/metrics) and health (/healthz, /readyz) are served: HOST:PORT or
+    /// unix:PATH.
+    #[arg(long, default_value = "0.0.0.0:9091", env = "WIREWAY_HTTP_LISTEN")]
+    http_listen: Address,
+    /// Seconds between re-applications of the applied state (repairs what was changed by
+    /// hand).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    resync_interval: u64,
+    /// Seconds between reports of tunnel health to the operator.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    report_interval: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Follow the operator: converge the kernel to each NodeState it serves for this node,
+    /// and report back. The long-running mode of a node.
+    Run(Box<RunArgs>),
     /// Converge the kernel once to a NodeState read from a file (JSON or YAML), and print
     /// what changed.
     Apply {
@@ -73,6 +119,9 @@ fn main() -> ExitCode {
         };
     }
     let state = StateDir(cli.state_dir.clone());
+    let netns = NetnsFinder {
+        pod_dir: cli.netns_dir.clone(),
+    };
     if let Command::PublicKey = &cli.command {
         return match state.private_key().map(|k| wireguard::public_key(&k)) {
             Ok(Ok(public)) => {
@@ -83,6 +132,10 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
+    if let Command::Run(args) = cli.command {
+        wireway_runtime::logging::init();
+        return run(&state, netns, *args);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +145,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
-        let agent = match Agent::new(&state, &program).await {
+        let agent = match Agent::new(&state, &program, netns).await {
             Ok(a) => a,
             Err(e) => return fail(&e),
         };
@@ -139,20 +192,82 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(&e),
             },
-            Command::PublicKey | Command::WireguardUserspace { .. } => ExitCode::SUCCESS,
+            Command::Run(_) | Command::PublicKey | Command::WireguardUserspace { .. } => {
+                ExitCode::SUCCESS
+            }
         }
     })
 }
 
-/// An error with its causes, one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
+use wireway_agent::chain;
+
+/// The address this node's default route leaves from (no packet is sent).
+fn default_source_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// `wireway-agent run`.
+fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    runtime.block_on(async {
+        let pem = match args.tls.load() {
+            Ok(pem) => pem,
+            Err(e) => return fail(&e),
+        };
+        let Some(underlay) = args.underlay_address.or_else(default_source_address) else {
+            eprintln!("error: this node has no default route to take its underlay address from; pass --underlay-address");
+            return ExitCode::FAILURE;
+        };
+        let public_key = match state.private_key().map(|k| wireguard::public_key(&k)) {
+            Ok(Ok(key)) => key,
+            Ok(Err(e)) => return fail(&e),
+            Err(e) => return fail(&e),
+        };
+        let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
+        let agent = match Agent::new(state, &program, netns).await {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let underlay_mtu = agent.mtu_of(underlay).await.unwrap_or(1500);
+        let listener = match args.http_listen.bind().await {
+            Ok(l) => l,
+            Err(e) => return fail(&e),
+        };
+        let (metrics, registry) = Metrics::new(agent.backend());
+        let readiness = Readiness::new("waiting for a first state from the operator");
+        let router = http::router(Arc::new(registry), readiness.clone());
+        tokio::spawn(http::serve(listener, router, std::future::pending()));
+        tracing::info!(
+            node = args.node,
+            operator = %args.operator,
+            %underlay,
+            backend = agent.backend(),
+            "wireway-agent {} started",
+            env!("CARGO_PKG_VERSION")
+        );
+        let config = link::Config {
+            operator: args.operator,
+            server_name: args.operator_name,
+            tls: pem,
+            node: args.node,
+            underlay,
+            underlay_mtu,
+            public_key,
+            resync: Duration::from_secs(args.resync_interval.max(1)),
+            report_every: Duration::from_secs(args.report_interval.max(1)),
+        };
+        let file = StateFile(state.0.join("node-state.json"));
+        Link::new(agent, config, metrics, readiness, file).run().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

@@ -2,8 +2,14 @@
 //!
 //! It watches NetworkService, Endpoint and Admission objects (and the pods, nodes and
 //! namespaces they refer to), turns them into a desired state per node with the pure
-//! planner in [`plan`], serves those states to the node agents, and writes every object's
-//! status. The planner holds all decisions; everything that talks to the API server or
-//! the network is a thin layer around it.
+//! planner in [`plan`], serves those states to the node agents over gRPC ([`serve`]), and
+//! publishes every object's status. The planner holds all decisions; the sources
+//! ([`source`]), the [`engine`] that drives the planner, and the servers are a thin
+//! layer around it.
 
+pub mod engine;
+pub mod metrics;
 pub mod plan;
+pub mod serve;
+pub mod snapshot;
+pub mod source;

@@ -20,3 +20,23 @@ pub const HOST_VETH_PREFIX: &str = "wwv";
 /// Service routing tables are this plus the service's listen port; the agent owns the
 /// tables from here to `ROUTE_TABLE_BASE + 65535`.
 pub const ROUTE_TABLE_BASE: u32 = 0x5757_0000;
+
+impl WireGuardBackend {
+    /// The word reports, metrics and statuses use: `kernel`, `userspace` or `unknown`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WireguardBackendKernel => "kernel",
+            Self::WireguardBackendUserspace => "userspace",
+            Self::WireguardBackendUnspecified => "unknown",
+        }
+    }
+
+    /// The backend a [`WireGuardBackend::label`] names.
+    pub fn from_label(label: &str) -> Self {
+        match label {
+            "kernel" => Self::WireguardBackendKernel,
+            "userspace" => Self::WireguardBackendUserspace,
+            _ => Self::WireguardBackendUnspecified,
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! From a NodeState to the data plane it asks for.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 use wireway_proto::{NetnsLocator, NodeState, ServiceState};
@@ -35,14 +35,45 @@ pub struct ResolvedNetns {
     pub id: NetnsId,
 }
 
-/// The data plane `state` asks for. `resolve` finds a member's network namespace; a member
-/// whose namespace cannot be found (its pod is still starting) is left out and reported.
-/// A service with a value that does not parse is left out whole and reported; the others
-/// are unaffected.
-pub fn desired(
-    state: &NodeState,
-    resolve: impl Fn(&NetnsLocator) -> Option<ResolvedNetns>,
-) -> (Dataplane, Vec<DesiredError>) {
+/// What [`desired`] needs found outside the NodeState.
+pub trait Lookup {
+    /// A workload's network namespace; `None` while there is none (its pod is starting).
+    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns>;
+    /// The address of a peer's endpoint given by host name (`host:port`); `None` when it
+    /// does not resolve.
+    fn endpoint(&self, host_port: &str) -> Option<SocketAddr>;
+}
+
+/// A function that finds namespaces is a [`Lookup`] in which no host name resolves.
+impl<F: Fn(&NetnsLocator) -> Option<ResolvedNetns>> Lookup for F {
+    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+        self(locator)
+    }
+
+    fn endpoint(&self, _: &str) -> Option<SocketAddr> {
+        None
+    }
+}
+
+/// Endpoints of `state`'s peers given by host name rather than address: the names a
+/// [`Lookup`] must resolve before [`desired`].
+pub fn endpoint_names(state: &NodeState) -> BTreeSet<String> {
+    state
+        .services
+        .iter()
+        .flat_map(|s| &s.peers)
+        .map(|p| p.endpoint.as_str())
+        .filter(|e| !e.is_empty() && e.parse::<SocketAddr>().is_err())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The data plane `state` asks for. `lookup` finds members' network namespaces and peers'
+/// endpoints. A member whose namespace cannot be found (its pod is still starting) is left
+/// out and reported; a peer whose endpoint does not resolve is set without one (it can
+/// still connect to this node) and reported. A service with a value that does not parse
+/// is left out whole and reported; the others are unaffected.
+pub fn desired(state: &NodeState, lookup: impl Lookup) -> (Dataplane, Vec<DesiredError>) {
     let mut plane = Dataplane::default();
     let mut errors = Vec::new();
     for service in &state.services {
@@ -50,7 +81,7 @@ pub fn desired(
             service: service.name.clone(),
             message,
         };
-        match add_service(&mut plane, service, &resolve) {
+        match add_service(&mut plane, service, &lookup) {
             Ok(missing) => errors.extend(missing.into_iter().map(error)),
             Err(message) => errors.push(error(message)),
         }
@@ -64,11 +95,11 @@ fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String> {
         .map_err(|_| format!("{what} {value:?} does not parse"))
 }
 
-/// Adds one service; returns the members left out, or why the whole service is.
+/// Adds one service; returns what of it is left out, or why the whole service is.
 fn add_service(
     plane: &mut Dataplane,
     service: &ServiceState,
-    resolve: &impl Fn(&NetnsLocator) -> Option<ResolvedNetns>,
+    lookup: &impl Lookup,
 ) -> Result<Vec<String>, String> {
     let cidr: IpNet = parse("cidr", &service.cidr)?;
     let ipv4 = matches!(cidr, IpNet::V4(_));
@@ -77,24 +108,38 @@ fn add_service(
     let table = service.route_table;
     let wg = service.interface_name.clone();
     let mut peers = std::collections::BTreeMap::new();
+    let mut missing = Vec::new();
     for p in &service.peers {
         let allowed_ips = p
             .allowed_ips
             .iter()
             .map(|a| parse::<IpNet>("allowed IP", a))
             .collect::<Result<BTreeSet<_>, _>>()?;
+        let endpoint = match p.endpoint.as_str() {
+            "" => None,
+            text => {
+                let found = text.parse().ok().or_else(|| lookup.endpoint(text));
+                if found.is_none() {
+                    missing.push(format!(
+                        "peer {}: endpoint {text} does not resolve; the peer is set without one and can still connect to this node",
+                        p.name
+                    ));
+                }
+                // Written as the kernel reports it, so an address in sync compares equal.
+                found.map(|a: SocketAddr| a.to_string())
+            }
+        };
         let peer = Peer {
-            endpoint: (!p.endpoint.is_empty()).then(|| p.endpoint.clone()),
+            endpoint,
             allowed_ips,
             persistent_keepalive: u16::try_from(p.persistent_keepalive).unwrap_or(u16::MAX),
         };
         peers.insert(p.public_key.clone(), peer);
     }
     let mut members = Vec::new();
-    let mut missing = Vec::new();
     for m in &service.members {
         let address: IpAddr = parse("member address", &m.address)?;
-        let Some(netns) = m.netns.as_ref().and_then(resolve) else {
+        let Some(netns) = m.netns.as_ref().and_then(|l| lookup.netns(l)) else {
             missing.push(format!(
                 "member {}: its network namespace was not found (yet)",
                 m.id

@@ -15,7 +15,9 @@
 mod desired;
 mod model;
 
-pub use desired::{DesiredError, GATEWAY_V4, GATEWAY_V6, ResolvedNetns, desired};
+pub use desired::{
+    DesiredError, GATEWAY_V4, GATEWAY_V6, Lookup, ResolvedNetns, desired, endpoint_names,
+};
 pub use model::{Dataplane, MemberLink, NetnsId, Peer, Route, Rule, WireGuard, WorkloadSide};
 
 use std::collections::BTreeSet;
@@ -119,6 +121,16 @@ pub enum Op {
     AddRoute(Route),
 }
 
+/// Whether a peer is as wanted. A peer wanted without an endpoint dials in, and WireGuard
+/// then learns its endpoint from its packets: that is not a difference.
+fn peer_in_sync(want: &Peer, have: Option<&Peer>) -> bool {
+    have.is_some_and(|have| {
+        (want.endpoint.is_none() || want.endpoint == have.endpoint)
+            && want.allowed_ips == have.allowed_ips
+            && want.persistent_keepalive == have.persistent_keepalive
+    })
+}
+
 /// The operations that take `observed` to `desired`.
 pub fn converge(desired: &Dataplane, observed: &Dataplane) -> Vec<Op> {
     let mut ops = Vec::new();
@@ -195,7 +207,7 @@ pub fn converge(desired: &Dataplane, observed: &Dataplane) -> Vec<Op> {
             });
         }
         for (key, peer) in &want.peers {
-            if have.peers.get(key) != Some(peer) {
+            if !peer_in_sync(peer, have.peers.get(key)) {
                 ops.push(Op::SetPeer {
                     interface: name.clone(),
                     public_key: key.clone(),

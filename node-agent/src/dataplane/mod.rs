@@ -11,7 +11,7 @@ pub mod wireguard_kernel;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use wireway_proto::{
@@ -22,7 +22,7 @@ use crate::converge::{
     Dataplane, MemberLink, NetnsId, Op, ResolvedNetns, Route, Rule, WireGuard, WorkloadSide,
 };
 use netlink::{Link, Netlink, NetlinkError};
-use wireguard::{DeviceState, Userspace, WireGuardError};
+use wireguard::{DeviceState, PeerStats, Userspace, WireGuardError};
 use wireguard_kernel::KernelWireGuard;
 
 /// Priority of the rules `iif <dev> lookup <table>`.
@@ -81,22 +81,39 @@ impl ApplyError {
     }
 }
 
-/// Finds a workload's network namespace: a path is opened as is; pod UIDs are resolved by
-/// the Kubernetes integration (not here yet), so they are not found.
-pub fn resolve(locator: &NetnsLocator) -> Option<ResolvedNetns> {
-    match &locator.locator {
-        Some(netns_locator::Locator::Path(path)) => {
-            let meta = std::fs::metadata(path).ok()?;
-            Some(ResolvedNetns {
-                path: path.clone(),
-                id: NetnsId {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                },
-            })
-        }
-        _ => None,
+/// Finds workloads' network namespaces.
+#[derive(Debug, Clone, Default)]
+pub struct NetnsFinder {
+    /// A directory in which a pod's network namespace is the file named by the pod's UID
+    /// (or a link to it): what the lab, or a VM's own tooling, provides.
+    pub pod_dir: Option<PathBuf>,
+}
+
+impl NetnsFinder {
+    /// The namespace `locator` names: a path as is, a pod UID in the pod directory.
+    /// `None` while it is not there.
+    pub fn find(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+        let path = match &locator.locator {
+            Some(netns_locator::Locator::Path(path)) => PathBuf::from(path),
+            Some(netns_locator::Locator::PodUid(uid)) if is_uid(uid) => {
+                self.pod_dir.as_ref()?.join(uid)
+            }
+            _ => return None,
+        };
+        let meta = std::fs::metadata(&path).ok()?;
+        Some(ResolvedNetns {
+            path: path.to_string_lossy().into_owned(),
+            id: NetnsId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+        })
     }
+}
+
+/// A UID can name a file in the pod directory and nothing outside it.
+fn is_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 /// The WireGuard implementation the agent drives, chosen at start.
@@ -203,6 +220,43 @@ impl Kernel {
             }
         }
         Ok(())
+    }
+
+    /// MTU of the link that holds `address` (the underlay's), if one does.
+    pub async fn mtu_of(&self, address: std::net::IpAddr) -> Option<u32> {
+        for link in self.netlink.links().await.ok()? {
+            let addresses = self.netlink.addresses(link.index).await.ok()?;
+            if addresses.iter().any(|a| a.addr() == address) {
+                return Some(link.mtu);
+            }
+        }
+        None
+    }
+
+    /// Every peer of every WireGuard interface of the agent's, with its health:
+    /// (interface, public key, stats).
+    pub async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {
+        let links = self
+            .netlink
+            .links()
+            .await
+            .map_err(|source| ApplyError::Netlink {
+                action: "read the kernel's links".into(),
+                source,
+            })?;
+        let mut peers = Vec::new();
+        for link in links
+            .iter()
+            .filter(|l| l.name.starts_with(WIREGUARD_PREFIX))
+        {
+            let Some(device) = self.wireguard.get(&link.name).await else {
+                continue;
+            };
+            for (key, stats) in device.stats {
+                peers.push((link.name.clone(), key, stats));
+            }
+        }
+        Ok(peers)
     }
 
     /// What the kernel holds of the agent's objects. Workload sides are looked up in the

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -47,8 +47,8 @@ pub enum WireGuardError {
         /// The error number it answered.
         errno: i32,
     },
-    /// A peer's endpoint does not resolve.
-    #[error("endpoint {0:?} of a peer does not resolve to an address")]
+    /// A peer's endpoint is not an address.
+    #[error("endpoint {0:?} of a peer is not an address (ip:port)")]
     Endpoint(String),
     /// A key is not 32 bytes of base64.
     #[error("a WireGuard key is not 32 bytes of base64")]
@@ -188,7 +188,7 @@ impl Userspace {
             };
             body.push_str("replace_allowed_ips=true\n");
             if let Some(endpoint) = &peer.endpoint {
-                body.push_str(&format!("endpoint={}\n", resolve(endpoint)?));
+                body.push_str(&format!("endpoint={}\n", endpoint_address(endpoint)?));
             }
             body.push_str(&format!(
                 "persistent_keepalive_interval={}\n",
@@ -250,12 +250,12 @@ fn errno(response: &str) -> i32 {
         .unwrap_or(-1)
 }
 
-pub(crate) fn resolve(endpoint: &str) -> Result<SocketAddr, WireGuardError> {
+/// A peer's endpoint as an address. The converger gives only addresses (host names are
+/// resolved before converging, so no DNS lookup blocks a kernel write).
+pub(crate) fn endpoint_address(endpoint: &str) -> Result<SocketAddr, WireGuardError> {
     endpoint
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| WireGuardError::Endpoint(endpoint.to_owned()))
+        .parse()
+        .map_err(|_| WireGuardError::Endpoint(endpoint.to_owned()))
 }
 
 pub(crate) fn key_bytes(key: &str) -> Result<[u8; 32], WireGuardError> {

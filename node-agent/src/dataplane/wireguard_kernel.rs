@@ -15,7 +15,7 @@ use netlink_packet_wireguard::{
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
 };
 
-use super::wireguard::{DeviceState, PeerStats, WireGuardError, key_bytes, resolve};
+use super::wireguard::{DeviceState, PeerStats, WireGuardError, endpoint_address, key_bytes};
 use crate::converge::Peer;
 
 /// The kernel backend: a generic netlink connection to the `wireguard` family.
@@ -123,7 +123,9 @@ impl KernelWireGuard {
                         WireguardPeerFlags::ReplaceAllowedIps,
                     ));
                     if let Some(endpoint) = &peer.endpoint {
-                        attributes.push(WireguardPeerAttribute::Endpoint(resolve(endpoint)?));
+                        attributes.push(WireguardPeerAttribute::Endpoint(endpoint_address(
+                            endpoint,
+                        )?));
                     }
                     attributes.push(WireguardPeerAttribute::PersistentKeepalive(
                         peer.persistent_keepalive,

@@ -24,9 +24,10 @@ pub mod key;
 pub mod names;
 mod nodes;
 mod planner;
+pub mod progress;
 pub mod selector;
 mod service;
-mod status;
+pub mod status;
 pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,7 @@ use wireway_proto::NodeState;
 
 pub use key::ObjectKey;
 pub use planner::Planner;
+pub use progress::Statuses;
 pub use world::{Change, Labels, Namespace, Node, Pod, World};
 
 /// What the planner decided: a desired state per node and a status per object.

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use wireway_crds::{Admission, Endpoint, NetworkService};
 use wireway_proto::{NodeState, ServiceState};
 
 use super::index::Index;
@@ -77,6 +78,41 @@ impl Planner {
     /// Sets the time conditions that change from now on are stamped with.
     pub fn set_now(&mut self, now: Time) {
         self.index.now = now;
+    }
+
+    /// The time conditions are stamped with.
+    pub fn now(&self) -> Time {
+        self.index.now.clone()
+    }
+
+    /// The result of the last [`Planner::plan`] (empty before the first).
+    pub fn last_plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The nodes of the World.
+    pub fn nodes(&self) -> impl Iterator<Item = &super::Node> {
+        self.index.nodes.values()
+    }
+
+    /// The NetworkServices of the World, with the statuses last planned.
+    pub fn network_services(&self) -> impl Iterator<Item = &NetworkService> {
+        self.index.services.values()
+    }
+
+    /// The Endpoints of the World, with the statuses last planned.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.index.endpoints.values()
+    }
+
+    /// The Admissions of the World, with the statuses last planned.
+    pub fn admissions(&self) -> impl Iterator<Item = &Admission> {
+        self.index.admissions.values()
+    }
+
+    /// One Endpoint of the World.
+    pub fn endpoint(&self, key: &ObjectKey) -> Option<&Endpoint> {
+        self.index.endpoints.get(key)
     }
 
     /// Plans what changed since the last call. `changed_nodes` of the result lists the
@@ -219,9 +255,13 @@ impl Planner {
         let mut services = kept;
         services.extend(fresh);
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        let version = if changed || version == 0 {
+        // A node that has seen a newer version than this one (this operator lost its
+        // state, another one planned for it) gets a version above it: an agent applies
+        // only versions newer than its own.
+        let seen = known.map_or(0, |n| n.seen_version);
+        let version = if changed || version == 0 || version < seen {
             self.plan.changed_nodes.insert(node.to_owned());
-            version.max(known.map_or(0, |n| n.seen_version)) + 1
+            version.max(seen) + 1
         } else {
             version
         };

@@ -28,3 +28,14 @@ pub fn ready(
         last_transition_time,
     }]
 }
+
+/// Keeps each condition's `lastTransitionTime` from `previous` (what was last published)
+/// when its status did not change, and stamps `now` when it did or is new.
+pub fn carry_transitions(conditions: &mut [Condition], previous: &[Condition], now: &Time) {
+    for condition in conditions {
+        condition.last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == condition.type_ && c.status == condition.status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    }
+}

@@ -1,0 +1,387 @@
+//! The agent's link to the operator: it says hello, follows its node's stream of
+//! NodeStates, converges the kernel to each newer one, and reports what it applied and
+//! how its tunnels are doing.
+//!
+//! Guarantees:
+//! * nothing is torn down because the operator is unreachable, restarting or slow: the
+//!   kernel stays at the last applied state, which is re-applied (repairing drift) every
+//!   resync interval, with or without the operator;
+//! * the last applied state is kept on disk and re-applied at start, before the operator
+//!   is reached, so an agent restart changes nothing;
+//! * only versions newer than the applied one are applied;
+//! * the agent reconnects with exponential backoff (100 ms to 10 s).
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+use wireway_proto::node_api_client::NodeApiClient;
+use wireway_proto::{AgentHello, AgentReport, ErrorCount, NodeState, PeerStatus, WireGuardBackend};
+use wireway_runtime::http::Readiness;
+use wireway_runtime::listen::Address;
+use wireway_runtime::tls::Pem;
+
+use crate::agent::Agent;
+use crate::metrics::{Metrics, PeerSample, category};
+use store::StateFile;
+
+/// First wait after a failed connection; doubled after each failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Retry interval while the last pass left something out (a pod still starting).
+const RETRY_PROBLEMS: Duration = Duration::from_secs(1);
+
+/// How the agent reaches the operator and introduces itself.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The operator's node API.
+    pub operator: Address,
+    /// The name the operator's certificate must carry.
+    pub server_name: String,
+    /// Mutual TLS; `None` for plaintext.
+    pub tls: Option<Pem>,
+    /// This node's name.
+    pub node: String,
+    /// Where other nodes reach this node's WireGuard ports.
+    pub underlay: IpAddr,
+    /// MTU of the underlay interface.
+    pub underlay_mtu: u32,
+    /// This node's WireGuard public key.
+    pub public_key: String,
+    /// How often the applied state is re-applied to repair drift.
+    pub resync: Duration,
+    /// How often tunnel health is reported.
+    pub report_every: Duration,
+}
+
+/// The link's state.
+#[derive(Debug)]
+pub struct Link {
+    agent: Agent,
+    config: Config,
+    metrics: Metrics,
+    readiness: Readiness,
+    file: StateFile,
+    /// The state in the kernel.
+    applied: Option<NodeState>,
+    /// What the last pass left out or failed at.
+    problems: Vec<String>,
+    /// Errors since start by category: count and last message.
+    errors: BTreeMap<&'static str, (u64, String)>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Received(Result<Option<NodeState>, tonic::Status>),
+    Connect,
+    Resync,
+    Report,
+    Stop,
+}
+
+type Connected = (NodeApiClient<Channel>, Streaming<NodeState>);
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Link {
+    /// A link for `agent`, keeping the applied state in `file`.
+    pub fn new(
+        agent: Agent,
+        config: Config,
+        metrics: Metrics,
+        readiness: Readiness,
+        file: StateFile,
+    ) -> Self {
+        Self {
+            agent,
+            config,
+            metrics,
+            readiness,
+            file,
+            applied: None,
+            problems: Vec::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn error(&mut self, category: &'static str, message: String) {
+        self.metrics.error(category);
+        let entry = self.errors.entry(category).or_default();
+        entry.0 += 1;
+        entry.1 = message;
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub async fn run(mut self) {
+        match self.file.load() {
+            Ok(Some(state)) => {
+                tracing::info!(
+                    version = state.version,
+                    "re-applying the last applied state"
+                );
+                self.converge(state).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %crate::chain(&e), "starting from no state");
+                self.error(category::STORE, crate::chain(&e));
+            }
+        }
+        let mut link: Option<Connected> = None;
+        let mut backoff = FIRST_BACKOFF;
+        let mut connect_at = Instant::now();
+        let mut resync_at = Instant::now() + self.resync_interval();
+        let mut report_at = Instant::now() + self.config.report_every;
+        let stop = wireway_runtime::signal::terminated();
+        tokio::pin!(stop);
+        loop {
+            let wake = tokio::select! {
+                received = async {
+                    match &mut link {
+                        Some((_, stream)) => stream.message().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Received(received),
+                () = tokio::time::sleep_until(connect_at), if link.is_none() => Wake::Connect,
+                () = tokio::time::sleep_until(resync_at) => Wake::Resync,
+                () = tokio::time::sleep_until(report_at), if link.is_some() => Wake::Report,
+                () = &mut stop => Wake::Stop,
+            };
+            match wake {
+                Wake::Connect => match self.open().await {
+                    Ok(connected) => {
+                        tracing::info!(operator = %self.config.operator, "following the operator");
+                        self.metrics.operator_connected.set(1);
+                        link = Some(connected);
+                    }
+                    Err(message) => {
+                        self.error(category::OPERATOR, message.clone());
+                        tracing::warn!(operator = %self.config.operator, error = message, retry_in = ?backoff, "cannot reach the operator");
+                        connect_at = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                },
+                Wake::Received(Ok(Some(state))) => {
+                    backoff = FIRST_BACKOFF;
+                    self.metrics
+                        .desired_version
+                        .set(i64::try_from(state.version).unwrap_or(i64::MAX));
+                    if state.version > self.applied_version() {
+                        self.converge(state).await;
+                        resync_at = Instant::now() + self.resync_interval();
+                        if let Some((client, _)) = &mut link {
+                            self.report(client).await;
+                        }
+                        report_at = Instant::now() + self.config.report_every;
+                    }
+                }
+                Wake::Received(end) => {
+                    let why = match end {
+                        Err(status) => format!("the stream failed: {}", status.message()),
+                        _ => "the operator closed the stream".to_owned(),
+                    };
+                    tracing::warn!(reason = why, "lost the operator; keeping the applied state");
+                    self.error(category::OPERATOR, why);
+                    self.metrics.operator_connected.set(0);
+                    link = None;
+                    connect_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Wake::Resync => {
+                    if let Some(state) = self.applied.clone() {
+                        self.converge(state).await;
+                    }
+                    resync_at = Instant::now() + self.resync_interval();
+                }
+                Wake::Report => {
+                    if let Some((client, _)) = &mut link {
+                        self.report(client).await;
+                    }
+                    report_at = Instant::now() + self.config.report_every;
+                }
+                Wake::Stop => {
+                    tracing::info!("stopping; the kernel keeps the applied state");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn applied_version(&self) -> u64 {
+        self.applied.as_ref().map_or(0, |s| s.version)
+    }
+
+    fn resync_interval(&self) -> Duration {
+        if self.problems.is_empty() {
+            self.config.resync
+        } else {
+            RETRY_PROBLEMS.min(self.config.resync)
+        }
+    }
+
+    /// Connects and opens the stream.
+    async fn open(&self) -> Result<Connected, String> {
+        let config = &self.config;
+        let uri = config.operator.grpc_uri(config.tls.is_some());
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        if let Some(pem) = &config.tls {
+            endpoint = endpoint
+                .tls_config(pem.client(&config.server_name))
+                .map_err(|e| crate::chain(&e))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| crate::chain(&e))?;
+        let mut client = NodeApiClient::new(channel);
+        let hello = AgentHello {
+            node: config.node.clone(),
+            public_key: config.public_key.clone(),
+            underlay_address: config.underlay.to_string(),
+            backend: WireGuardBackend::from_label(self.agent.backend()).into(),
+            capabilities: vec!["ipv6".to_owned()],
+            applied_version: self.applied_version(),
+            underlay_mtu: config.underlay_mtu,
+        };
+        let stream = client
+            .watch(hello)
+            .await
+            .map_err(|status| format!("the operator refused: {}", status.message()))?
+            .into_inner();
+        Ok((client, stream))
+    }
+
+    /// Converges the kernel to `state` and keeps it as applied.
+    async fn converge(&mut self, state: NodeState) {
+        let started = std::time::Instant::now();
+        let result = self.agent.converge(&state).await;
+        self.metrics
+            .pass_duration
+            .observe(started.elapsed().as_secs_f64());
+        let pass = match result {
+            Ok(pass) => pass,
+            Err(e) => {
+                // The kernel could not even be read: nothing was changed.
+                let message = crate::chain(&e);
+                tracing::error!(
+                    error = message,
+                    version = state.version,
+                    "converge pass failed"
+                );
+                self.metrics
+                    .passes
+                    .get_or_create(&[("result", "failed")])
+                    .inc();
+                self.error(e.category(), message.clone());
+                self.problems = vec![message];
+                return;
+            }
+        };
+        self.metrics.operations.inc_by(pass.ops.len() as u64);
+        let result = if pass.apply_errors.is_empty() {
+            "ok"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .passes
+            .get_or_create(&[("result", result)])
+            .inc();
+        for e in &pass.apply_errors {
+            self.error(e.category(), crate::chain(e));
+        }
+        for e in &pass.desired_errors {
+            self.error(category::STATE, e.to_string());
+        }
+        self.problems = pass.problems();
+        if !pass.ops.is_empty() || !self.problems.is_empty() {
+            tracing::info!(
+                version = state.version,
+                operations = pass.ops.len(),
+                writes = pass.writes,
+                problems = ?self.problems,
+                "converged"
+            );
+        }
+        if self.applied.as_ref() != Some(&state) {
+            if let Err(e) = self.file.save(&state) {
+                self.error(category::STORE, crate::chain(&e));
+            }
+        }
+        self.metrics
+            .applied_version
+            .set(i64::try_from(state.version).unwrap_or(i64::MAX));
+        self.applied = Some(state);
+        self.readiness.set_ready();
+    }
+
+    /// Reads the tunnels' health and tells the operator; updates the peer metrics.
+    async fn report(&mut self, client: &mut NodeApiClient<Channel>) {
+        let names: BTreeMap<&str, &str> = self
+            .applied
+            .iter()
+            .flat_map(|s| &s.services)
+            .flat_map(|s| &s.peers)
+            .map(|p| (p.public_key.as_str(), p.name.as_str()))
+            .collect();
+        let now = unix_now();
+        let stats = self.agent.peer_stats().await.unwrap_or_default();
+        let mut peers = Vec::new();
+        let mut samples = Vec::new();
+        for (interface, key, s) in stats {
+            let last_handshake = s
+                .handshake_age
+                .map(|age| now - i64::try_from(age).unwrap_or(i64::MAX).min(now));
+            samples.push(PeerSample {
+                interface: interface.clone(),
+                peer: names
+                    .get(key.as_str())
+                    .map_or_else(|| key.clone(), |n| (*n).to_owned()),
+                last_handshake,
+                rx_bytes: s.rx_bytes,
+                tx_bytes: s.tx_bytes,
+            });
+            peers.push(PeerStatus {
+                interface_name: interface,
+                public_key: key,
+                last_handshake_unix_seconds: last_handshake.unwrap_or(0),
+                rx_bytes: s.rx_bytes,
+                tx_bytes: s.tx_bytes,
+            });
+        }
+        self.metrics.peers.set(samples);
+        let report = AgentReport {
+            node: self.config.node.clone(),
+            applied_version: self.applied_version(),
+            peers,
+            errors: self
+                .errors
+                .iter()
+                .map(|(category, (count, last))| ErrorCount {
+                    category: (*category).to_owned(),
+                    count: *count,
+                    last_message: last.clone(),
+                })
+                .collect(),
+            problems: self.problems.clone(),
+        };
+        if let Err(status) = client.report(report).await {
+            self.error(
+                category::OPERATOR,
+                format!("report refused: {}", status.message()),
+            );
+        }
+    }
+}

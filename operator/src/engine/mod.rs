@@ -1,0 +1,618 @@
+//! The engine: one task that owns the planner. It takes the sources' changes and what
+//! agents say, plans, publishes each changed node's state and the statuses on the
+//! [`Hub`], and keeps the [`store`] up to date.
+//!
+//! Guarantees:
+//! * nothing is served before every source has synced (a state made from half a World
+//!   would drop peers and members);
+//! * after a restart, nothing is served that drops a peer only because its agent has not
+//!   said hello yet: keys come back from the store, and a node whose key is unknown is
+//!   waited for (up to the agent grace) before the first plan;
+//! * a node's state is published only when it changed;
+//! * inputs are handled in batches: all that is waiting, then one plan.
+
+pub mod hub;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use tokio::sync::mpsc;
+use wireway_crds::{Admission, Endpoint, NetworkService};
+use wireway_proto::{AgentHello, AgentReport, WireGuardBackend};
+use wireway_runtime::http::Readiness;
+
+use crate::metrics::{Metrics, category};
+use crate::plan::status::carry_transitions;
+use crate::plan::{Change, Node, ObjectKey, Plan, Planner, Statuses, World};
+use crate::snapshot::{NodeSummary, Snapshot};
+use crate::source::{self, Problem};
+pub use hub::Hub;
+use store::{AgentRecord, Store, StoreError, Stored};
+
+/// What the engine is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A source's event.
+    Source(source::Event),
+    /// An agent opened a stream (its identity already checked).
+    Hello(AgentHello),
+    /// An agent reported (its identity already checked).
+    Report(AgentReport),
+    /// A stream of the node's agent closed.
+    Disconnected(String),
+}
+
+impl From<source::Event> for Input {
+    fn from(event: source::Event) -> Self {
+        Self::Source(event)
+    }
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This cluster's SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Where to keep the operator's state (see [`store`]); `None` keeps nothing.
+    pub state_dir: Option<PathBuf>,
+    /// How long the first plan waits for agents of nodes whose key is unknown.
+    pub agent_grace: Duration,
+}
+
+/// What the engine knows of an agent beyond what it stores.
+#[derive(Debug, Clone, Default)]
+struct Agent {
+    record: AgentRecord,
+    /// Streams open now.
+    connections: u32,
+    /// When the last report arrived (ms since the Unix epoch).
+    applied_at_ms: Option<u64>,
+    /// What the agent could not apply in its last pass.
+    problems: Vec<String>,
+}
+
+/// The engine's state.
+#[derive(Debug)]
+pub struct Engine {
+    planner: Planner,
+    config: Config,
+    started: Instant,
+    synced: bool,
+    /// Changes since the last plan.
+    dirty: bool,
+    /// Something shown in the snapshot changed since the last one.
+    stale: bool,
+    plans: u64,
+    declared: BTreeMap<String, Node>,
+    agents: BTreeMap<String, Agent>,
+    problems: Vec<Problem>,
+    published: Statuses,
+    /// Statuses from the store, given to objects that arrive before the first plan.
+    restored: Option<Stored>,
+    store: Option<Store>,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn backend_name(backend: i32) -> &'static str {
+    WireGuardBackend::try_from(backend)
+        .unwrap_or(WireGuardBackend::WireguardBackendUnspecified)
+        .label()
+}
+
+impl Engine {
+    /// An engine that publishes on `hub`; with a state directory, it starts from what the
+    /// store holds.
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        readiness: Readiness,
+    ) -> Result<Self, StoreError> {
+        let (store, stored) = match &config.state_dir {
+            Some(dir) => {
+                let (store, stored) = Store::open(dir)?;
+                (Some(store), stored)
+            }
+            None => (None, Stored::default()),
+        };
+        let world = World {
+            trust_domain: config.trust_domain.clone(),
+            now: Time(Timestamp::now()),
+            nodes: Vec::new(),
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+            network_services: Vec::new(),
+            endpoints: Vec::new(),
+            admissions: Vec::new(),
+        };
+        let previous = Plan {
+            nodes: stored.node_states.clone(),
+            ..Plan::default()
+        };
+        let mut engine = Self {
+            planner: Planner::new(world, Some(&previous)),
+            config,
+            started: Instant::now(),
+            synced: false,
+            dirty: false,
+            stale: true,
+            plans: 0,
+            declared: BTreeMap::new(),
+            agents: stored
+                .agents
+                .iter()
+                .map(|(node, record)| {
+                    let agent = Agent {
+                        record: record.clone(),
+                        ..Agent::default()
+                    };
+                    (node.clone(), agent)
+                })
+                .collect(),
+            problems: Vec::new(),
+            published: Statuses::default(),
+            restored: Some(stored),
+            store,
+            hub,
+            metrics,
+            readiness,
+        };
+        let known: Vec<String> = engine.agents.keys().cloned().collect();
+        for node in known {
+            engine.update_node(&node);
+        }
+        Ok(engine)
+    }
+
+    /// Handles inputs until `inputs` closes: each batch of waiting inputs, then one step.
+    pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        loop {
+            let input = match self.grace_deadline() {
+                Some(deadline) => tokio::select! {
+                    input = inputs.recv() => input.map(Some),
+                    () = tokio::time::sleep_until(deadline.into()) => Some(None),
+                },
+                None => inputs.recv().await.map(Some),
+            };
+            let Some(input) = input else { return };
+            if let Some(input) = input {
+                self.handle(input);
+            }
+            while let Ok(input) = inputs.try_recv() {
+                self.handle(input);
+            }
+            self.step();
+        }
+    }
+
+    /// Takes one input.
+    pub fn handle(&mut self, input: Input) {
+        self.stale = true;
+        match input {
+            Input::Source(source::Event::Changes(changes)) => {
+                for change in changes {
+                    self.source_change(change);
+                }
+            }
+            Input::Source(source::Event::Problems(problems)) => {
+                let new = problems
+                    .iter()
+                    .filter(|p| !self.problems.contains(p))
+                    .count();
+                for _ in 0..new {
+                    self.metrics.error(category::MANIFEST);
+                }
+                self.problems = problems;
+            }
+            Input::Source(source::Event::Synced) => {
+                self.synced = true;
+                self.dirty = true;
+            }
+            Input::Hello(hello) => {
+                let agent = self.agents.entry(hello.node.clone()).or_default();
+                agent.connections += 1;
+                agent.record = AgentRecord {
+                    public_key: hello.public_key,
+                    underlay: hello.underlay_address.parse().ok(),
+                    underlay_mtu: (hello.underlay_mtu > 0).then_some(hello.underlay_mtu),
+                    backend: backend_name(hello.backend).to_owned(),
+                    hello_version: hello.applied_version,
+                    applied_version: hello.applied_version,
+                };
+                self.update_node(&hello.node);
+            }
+            Input::Report(report) => {
+                self.metrics.reports.inc();
+                let agent = self.agents.entry(report.node.clone()).or_default();
+                agent.record.applied_version = report.applied_version;
+                agent.applied_at_ms = Some(now_ms());
+                agent.problems = report.problems;
+            }
+            Input::Disconnected(node) => {
+                if let Some(agent) = self.agents.get_mut(&node) {
+                    agent.connections = agent.connections.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// A change from a source. Nodes are merged with what their agents said; objects that
+    /// arrive before the first plan get their stored status back.
+    fn source_change(&mut self, mut change: Change) {
+        match change {
+            Change::Node(node) => {
+                let name = node.name.clone();
+                self.declared.insert(name.clone(), node);
+                self.update_node(&name);
+                return;
+            }
+            Change::NodeDeleted(name) => {
+                self.declared.remove(&name);
+                self.update_node(&name);
+                return;
+            }
+            Change::NetworkService(ref mut o) => {
+                restore(&mut self.restored, o, |s| &mut s.network_services)
+            }
+            Change::Endpoint(ref mut o) => restore(&mut self.restored, o, |s| &mut s.endpoints),
+            Change::Admission(ref mut o) => restore(&mut self.restored, o, |s| &mut s.admissions),
+            _ => {}
+        }
+        self.planner.apply(change);
+        self.dirty = true;
+    }
+
+    /// Gives the planner a node's record (declared, and what its agent said) if it changed.
+    fn update_node(&mut self, name: &str) {
+        let declared = self.declared.get(name);
+        let agent = self.agents.get(name).map(|a| &a.record);
+        let merged = match (declared, agent) {
+            (None, None) => None,
+            _ => Some(Node {
+                name: name.to_owned(),
+                public_key: agent
+                    .map(|a| a.public_key.clone())
+                    .filter(|k| !k.is_empty())
+                    .or_else(|| declared.and_then(|d| d.public_key.clone())),
+                underlay: agent
+                    .and_then(|a| a.underlay)
+                    .or_else(|| declared.and_then(|d| d.underlay)),
+                underlay_mtu: agent
+                    .and_then(|a| a.underlay_mtu)
+                    .or_else(|| declared.and_then(|d| d.underlay_mtu)),
+                seen_version: agent.map_or(0, |a| a.hello_version),
+            }),
+        };
+        let current = self.planner.nodes().find(|n| n.name == name);
+        if merged.as_ref() == current {
+            return;
+        }
+        self.planner.apply(match merged {
+            Some(node) => Change::Node(node),
+            None => Change::NodeDeleted(name.to_owned()),
+        });
+        self.dirty = true;
+    }
+
+    /// Nodes declared or known whose WireGuard key is not known yet.
+    fn keys_missing(&self) -> Vec<&str> {
+        self.planner
+            .nodes()
+            .filter(|n| n.public_key.is_none())
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+
+    /// Until the first plan, the moment the grace for missing agents ends (if any are).
+    fn grace_deadline(&self) -> Option<Instant> {
+        let waiting = self.synced && self.plans == 0 && !self.keys_missing().is_empty();
+        waiting.then(|| self.started + self.config.agent_grace)
+    }
+
+    /// Plans if there is anything to plan and the World may be served; then publishes.
+    pub fn step(&mut self) {
+        if !self.synced {
+            self.readiness
+                .set_not_ready("waiting for the sources to sync");
+        } else if let Some(deadline) = self.grace_deadline()
+            && Instant::now() < deadline
+        {
+            let missing = self.keys_missing().join(", ");
+            self.readiness
+                .set_not_ready(&format!("waiting for the agents of {missing} to say hello"));
+        } else if self.dirty {
+            self.plan();
+        }
+        if self.stale {
+            self.refresh();
+        }
+    }
+
+    fn plan(&mut self) {
+        let first = self.plans == 0;
+        let started = Instant::now();
+        self.planner.set_now(Time(Timestamp::now()));
+        let plan = self.planner.plan();
+        self.metrics.plans.inc();
+        self.metrics
+            .plan_duration
+            .observe(started.elapsed().as_secs_f64());
+        let pushed: Vec<&String> = if first {
+            plan.nodes.keys().collect()
+        } else {
+            plan.changed_nodes.iter().collect()
+        };
+        for node in pushed {
+            if let Some(state) = plan.nodes.get(node) {
+                self.hub.publish(state.clone());
+            }
+        }
+        self.plans += 1;
+        self.dirty = false;
+        self.stale = true;
+        self.restored = None;
+        self.readiness.set_ready();
+    }
+
+    /// Publishes the statuses and the snapshot, updates the metrics and saves the store.
+    fn refresh(&mut self) {
+        self.stale = false;
+        let applied = |node: &str| {
+            self.agents
+                .get(node)
+                .map_or(0, |a| a.record.applied_version)
+        };
+        let mut statuses = self.planner.statuses(applied);
+        let now = self.planner.now();
+        carry(
+            &mut statuses.network_services,
+            &self.published.network_services,
+            &now,
+        );
+        carry(&mut statuses.endpoints, &self.published.endpoints, &now);
+        carry(&mut statuses.admissions, &self.published.admissions, &now);
+        self.published = statuses;
+        let snapshot = self.snapshot();
+        self.update_metrics(&snapshot);
+        self.hub.publish_snapshot(snapshot);
+        self.save();
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let plan = self.planner.last_plan();
+        let mut names: Vec<&String> = plan.nodes.keys().chain(self.agents.keys()).collect();
+        names.extend(self.declared.keys());
+        names.sort();
+        names.dedup();
+        let nodes = names
+            .into_iter()
+            .map(|name| {
+                let agent = self.agents.get(name);
+                let node = self.planner.nodes().find(|n| &n.name == name);
+                let state = plan.nodes.get(name);
+                NodeSummary {
+                    name: name.clone(),
+                    connected: agent.is_some_and(|a| a.connections > 0),
+                    backend: agent.map(|a| a.record.backend.clone()),
+                    public_key: node.and_then(|n| n.public_key.clone()),
+                    underlay: node.and_then(|n| n.underlay).map(|u: IpAddr| u.to_string()),
+                    desired_version: state.map_or(0, |s| s.version),
+                    applied_version: agent.map_or(0, |a| a.record.applied_version),
+                    applied_at_ms: agent.and_then(|a| a.applied_at_ms),
+                    services: state
+                        .map(|s| s.services.iter().map(|s| s.name.clone()).collect())
+                        .unwrap_or_default(),
+                    problems: agent.map(|a| a.problems.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let waiting_for = self.readiness.reason();
+        Snapshot {
+            ready: waiting_for.is_none(),
+            waiting_for,
+            plans: self.plans,
+            problems: self.problems.clone(),
+            nodes,
+            network_services: shown(
+                self.planner.network_services(),
+                &self.published.network_services,
+            ),
+            endpoints: shown(self.planner.endpoints(), &self.published.endpoints),
+            admissions: shown(self.planner.admissions(), &self.published.admissions),
+        }
+    }
+
+    fn update_metrics(&self, snapshot: &Snapshot) {
+        let m = &self.metrics;
+        let connected = snapshot.nodes.iter().filter(|n| n.connected).count();
+        m.agents_connected.set(count(connected));
+        let planned = snapshot.nodes.iter().filter(|n| n.desired_version > 0);
+        let (current, behind): (Vec<&NodeSummary>, Vec<&NodeSummary>) =
+            planned.partition(|n| n.applied_version >= n.desired_version);
+        m.nodes
+            .get_or_create(&[("state", "current")])
+            .set(count(current.len()));
+        m.nodes
+            .get_or_create(&[("state", "behind")])
+            .set(count(behind.len()));
+        let lag = behind
+            .iter()
+            .map(|n| n.desired_version - n.applied_version)
+            .max()
+            .unwrap_or(0);
+        m.version_lag_max
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        m.objects
+            .get_or_create(&[("kind", "NetworkService")])
+            .set(count(snapshot.network_services.len()));
+        m.objects
+            .get_or_create(&[("kind", "Endpoint")])
+            .set(count(snapshot.endpoints.len()));
+        m.objects
+            .get_or_create(&[("kind", "Admission")])
+            .set(count(snapshot.admissions.len()));
+        m.source_problems.set(count(self.problems.len()));
+    }
+
+    /// Saves the store, once there is a plan (before, it would save a half World).
+    fn save(&mut self) {
+        if self.plans == 0 {
+            return;
+        }
+        let Some(store) = &mut self.store else { return };
+        let keyed = |key: &ObjectKey| key.to_string();
+        let stored = Stored {
+            agents: self
+                .agents
+                .iter()
+                .filter(|(_, a)| !a.record.public_key.is_empty())
+                .map(|(n, a)| (n.clone(), a.record.clone()))
+                .collect(),
+            node_states: self.planner.last_plan().nodes.clone(),
+            network_services: statuses_of(self.planner.network_services(), keyed),
+            endpoints: statuses_of(self.planner.endpoints(), keyed),
+            admissions: statuses_of(self.planner.admissions(), keyed),
+        };
+        if let Err(e) = store.save(&stored) {
+            self.metrics.error(category::STORE);
+            tracing::error!(error = %chain(&e), "the operator's state is not saved; a restart may renumber");
+        }
+    }
+}
+
+/// The text of an error and its causes.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The Wireway kinds, as the engine handles them alike.
+trait Object: Clone {
+    type Status: Clone;
+    fn key(&self) -> ObjectKey;
+    fn status_mut(&mut self) -> &mut Option<Self::Status>;
+    fn status(&self) -> Option<&Self::Status>;
+}
+
+macro_rules! object {
+    ($kind:ty, $status:ty) => {
+        impl Object for $kind {
+            type Status = $status;
+            fn key(&self) -> ObjectKey {
+                ObjectKey::of(&self.metadata)
+            }
+            fn status_mut(&mut self) -> &mut Option<$status> {
+                &mut self.status
+            }
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+        }
+    };
+}
+object!(NetworkService, wireway_crds::NetworkServiceStatus);
+object!(Endpoint, wireway_crds::EndpointStatus);
+object!(Admission, wireway_crds::AdmissionStatus);
+
+/// Gives an object that arrives with no status the one stored for it.
+fn restore<O: Object>(
+    restored: &mut Option<Stored>,
+    object: &mut O,
+    statuses: impl Fn(&mut Stored) -> &mut BTreeMap<String, O::Status>,
+) {
+    if let Some(stored) = restored
+        && object.status().is_none()
+    {
+        *object.status_mut() = statuses(stored).remove(&object.key().to_string());
+    }
+}
+
+/// Objects as shown: with the statuses in effect.
+fn shown<'a, O: Object + 'a>(
+    objects: impl Iterator<Item = &'a O>,
+    statuses: &BTreeMap<ObjectKey, O::Status>,
+) -> Vec<O> {
+    objects
+        .map(|o| {
+            let mut o = o.clone();
+            *o.status_mut() = statuses.get(&o.key()).cloned();
+            o
+        })
+        .collect()
+}
+
+fn statuses_of<'a, O: Object + 'a>(
+    objects: impl Iterator<Item = &'a O>,
+    key: impl Fn(&ObjectKey) -> String,
+) -> BTreeMap<String, O::Status> {
+    objects
+        .filter_map(|o| Some((key(&o.key()), o.status()?.clone())))
+        .collect()
+}
+
+/// Statuses with conditions.
+trait Conditions {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut [Condition];
+}
+
+macro_rules! conditions {
+    ($($status:ty),*) => {$(
+        impl Conditions for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut [Condition] {
+                &mut self.conditions
+            }
+        }
+    )*};
+}
+conditions!(
+    wireway_crds::NetworkServiceStatus,
+    wireway_crds::EndpointStatus,
+    wireway_crds::AdmissionStatus
+);
+
+/// Keeps the transition times of conditions whose status did not change since they were
+/// last published.
+fn carry<S: Conditions>(
+    statuses: &mut BTreeMap<ObjectKey, S>,
+    published: &BTreeMap<ObjectKey, S>,
+    now: &Time,
+) {
+    for (key, status) in statuses.iter_mut() {
+        let previous = published
+            .get(key)
+            .map(Conditions::conditions)
+            .unwrap_or_default();
+        carry_transitions(status.conditions_mut(), previous, now);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! The operator's servers: the node API over gRPC ([`NodeApiService`]) and the status
+//! route of its HTTP port ([`status_route`]).
+//!
+//! The gRPC side is a thin shell over the engine's [`Hub`]: an agent's hello and reports
+//! go to the engine as [`Input`]s, and its stream follows its node's watch channel, so an
+//! agent is sent a state only when its own node's state changed. Under mutual TLS a
+//! request is served only for the node the client certificate names.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use base64::Engine as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use wireway_proto::node_api_server::NodeApi;
+use wireway_proto::{AgentHello, AgentReport, NodeState, ReportAck};
+use wireway_runtime::tls;
+
+use crate::engine::{Hub, Input};
+use crate::metrics::{Metrics, category};
+
+pub use wireway_proto::node_api_server::NodeApiServer;
+
+/// How agents prove who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// A client certificate naming `spiffe://<trust_domain>/wireway/node/<node>`.
+    MutualTls {
+        /// The trust domain node identities must belong to.
+        trust_domain: String,
+    },
+    /// Nothing: any client may claim any node (debugging only).
+    Plaintext,
+}
+
+/// The node API.
+#[derive(Debug, Clone)]
+pub struct NodeApiService {
+    hub: Arc<Hub>,
+    inputs: mpsc::Sender<Input>,
+    auth: Auth,
+    metrics: Metrics,
+}
+
+impl NodeApiService {
+    /// The service, feeding `inputs` and serving from `hub`.
+    pub fn new(hub: Arc<Hub>, inputs: mpsc::Sender<Input>, auth: Auth, metrics: Metrics) -> Self {
+        Self {
+            hub,
+            inputs,
+            auth,
+            metrics,
+        }
+    }
+
+    /// Refuses a request that is not from `node`'s agent.
+    fn authorize<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+        let Auth::MutualTls { trust_domain } = &self.auth else {
+            return Ok(());
+        };
+        let uris = tls::peer_uris(request);
+        let proven: Vec<&str> = uris
+            .iter()
+            .filter_map(|u| tls::node_of(u, trust_domain))
+            .collect();
+        if proven.contains(&node) {
+            return Ok(());
+        }
+        let expected = tls::node_identity(trust_domain, node);
+        Err(self.refuse(Status::permission_denied(match proven.first() {
+            Some(other) => format!(
+                "the client certificate proves node {other}, not node {node} (expected the URI {expected})"
+            ),
+            None => format!("the client certificate carries no node identity (expected the URI {expected})"),
+        })))
+    }
+
+    fn refuse(&self, status: Status) -> Status {
+        self.metrics.error(category::AGENT_REFUSED);
+        tracing::warn!(reason = status.message(), "refused an agent's request");
+        status
+    }
+
+    async fn tell(&self, input: Input) -> Result<(), Status> {
+        self.inputs
+            .send(input)
+            .await
+            .map_err(|_| Status::unavailable("the operator is shutting down"))
+    }
+}
+
+/// Closes the node's connection in the engine's books when its stream ends.
+#[derive(Debug)]
+struct Connection {
+    node: String,
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let inputs = self.inputs.clone();
+        let node = std::mem::take(&mut self.node);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = inputs.send(Input::Disconnected(node)).await;
+            });
+        }
+    }
+}
+
+/// Why a hello cannot be taken, for the agent's operator.
+pub fn check_hello(hello: &AgentHello) -> Result<(), String> {
+    check_node_name(&hello.node)?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&hello.public_key)
+        .map_err(|_| "public_key is not base64".to_owned())?;
+    if key.len() != 32 {
+        return Err(format!(
+            "public_key has {} bytes, a WireGuard key 32",
+            key.len()
+        ));
+    }
+    hello.underlay_address.parse::<std::net::IpAddr>().map_err(|_| {
+        format!(
+            "underlay_address {:?} is not an IP address (the address other nodes reach this one at)",
+            hello.underlay_address
+        )
+    })?;
+    Ok(())
+}
+
+fn check_node_name(node: &str) -> Result<(), String> {
+    let valid = !node.is_empty()
+        && node.len() <= 253
+        && node.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "node {node:?} is not a valid node name (a lowercase DNS subdomain)"
+        ))
+    }
+}
+
+type StateStream = Pin<Box<dyn Stream<Item = Result<NodeState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeApi for NodeApiService {
+    type WatchStream = StateStream;
+
+    async fn watch(&self, request: Request<AgentHello>) -> Result<Response<StateStream>, Status> {
+        let node = request.get_ref().node.clone();
+        check_hello(request.get_ref()).map_err(|e| self.refuse(Status::invalid_argument(e)))?;
+        self.authorize(&request, &node)?;
+        let hello = request.into_inner();
+        tracing::info!(
+            node,
+            underlay = hello.underlay_address,
+            applied_version = hello.applied_version,
+            "agent connected"
+        );
+        self.tell(Input::Hello(hello)).await?;
+        let connection = Connection {
+            node: node.clone(),
+            inputs: self.inputs.clone(),
+        };
+        let pushes = self.metrics.pushes.clone();
+        let states = WatchStream::new(self.hub.subscribe(&node)).filter_map(move |state| {
+            let _open = &connection;
+            let state = state?;
+            pushes.inc();
+            Some(Ok(NodeState::clone(&state)))
+        });
+        Ok(Response::new(Box::pin(states)))
+    }
+
+    async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
+        let node = request.get_ref().node.clone();
+        check_node_name(&node).map_err(|e| self.refuse(Status::invalid_argument(e)))?;
+        self.authorize(&request, &node)?;
+        self.tell(Input::Report(request.into_inner())).await?;
+        Ok(Response::new(ReportAck {}))
+    }
+}
+
+/// `GET /status`: the latest [`Snapshot`](crate::snapshot::Snapshot) as JSON.
+pub fn status_route(hub: Arc<Hub>) -> Router {
+    Router::new().route(
+        "/status",
+        get(move || {
+            let hub = hub.clone();
+            async move { axum::Json(hub.snapshot().as_ref().clone()) }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> AgentHello {
+        AgentHello {
+            node: "node-a".into(),
+            public_key: "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=".into(),
+            underlay_address: "192.168.1.10".into(),
+            ..AgentHello::default()
+        }
+    }
+
+    #[test]
+    fn a_hello_is_checked_field_by_field() {
+        assert_eq!(check_hello(&hello()), Ok(()));
+        type Break = fn(&mut AgentHello);
+        let cases: [(Break, &str); 5] = [
+            (|h| h.node = String::new(), "not a valid node name"),
+            (|h| h.node = "Node_A".into(), "not a valid node name"),
+            (|h| h.public_key = "not base64!".into(), "not base64"),
+            (|h| h.public_key = "AAAA".into(), "has 3 bytes"),
+            (
+                |h| h.underlay_address = "node-a.example".into(),
+                "not an IP address",
+            ),
+        ];
+        for (break_it, expected) in cases {
+            let mut h = hello();
+            break_it(&mut h);
+            let err = check_hello(&h).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+        }
+    }
+}

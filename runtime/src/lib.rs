@@ -1,0 +1,16 @@
+//! What the Wireway binaries share, so the operator and the agent listen, prove who they
+//! are, expose metrics and log the same way:
+//!
+//! * [`listen`]: a listen address is `HOST:PORT` or `unix:PATH`, for gRPC and HTTP alike
+//!   (the lab runs every server on Unix sockets, so it needs no ports and no address in
+//!   the host's network namespace);
+//! * [`tls`]: mutual TLS from PEM files, and the SPIFFE identities in certificates (a node
+//!   agent proves `spiffe://<trust-domain>/wireway/node/<node>`);
+//! * [`http`]: `/metrics` (Prometheus text), `/healthz` and `/readyz`;
+//! * [`logging`]: structured logs through `tracing`; [`signal`]: when to stop.
+
+pub mod http;
+pub mod listen;
+pub mod logging;
+pub mod signal;
+pub mod tls;

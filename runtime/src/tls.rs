@@ -1,0 +1,183 @@
+//! Mutual TLS between the operator and the agents, from PEM files, and the identities the
+//! certificates carry.
+//!
+//! Every Wireway certificate is signed by one CA. The operator's certificate names the
+//! DNS names agents dial (`wireway-operator`, and the in-cluster service name); an
+//! agent's certificate carries the URI `spiffe://<trust-domain>/wireway/node/<node>`, and
+//! the operator serves a node's state only to the agent that proves that node's identity.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// The DNS name agents expect in the operator's certificate unless told otherwise.
+pub const OPERATOR_SERVER_NAME: &str = "wireway-operator";
+
+/// Where a binary finds its TLS files, and whether TLS is off.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// PEM file of the CA that signs every Wireway certificate (the operator's and the
+    /// agents').
+    #[arg(
+        long = "tls-ca",
+        env = "WIREWAY_TLS_CA",
+        default_value = "/etc/wireway/tls/ca.crt"
+    )]
+    pub ca: PathBuf,
+    /// PEM file of this binary's certificate.
+    #[arg(
+        long = "tls-cert",
+        env = "WIREWAY_TLS_CERT",
+        default_value = "/etc/wireway/tls/tls.crt"
+    )]
+    pub cert: PathBuf,
+    /// PEM file of this binary's private key.
+    #[arg(
+        long = "tls-key",
+        env = "WIREWAY_TLS_KEY",
+        default_value = "/etc/wireway/tls/tls.key"
+    )]
+    pub key: PathBuf,
+    /// Talk gRPC without TLS. Anyone who reaches the port can then claim to be any node:
+    /// for debugging only.
+    #[arg(long, env = "WIREWAY_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+}
+
+/// Why the TLS files are unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read the TLS {what} {} (or pass --insecure-plaintext to run without TLS, for debugging)", path.display())]
+pub struct TlsError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The PEM contents of a CA, a certificate and its key.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl TlsArgs {
+    /// The files' contents, or `None` in plaintext mode.
+    pub fn load(&self) -> Result<Option<Pem>, TlsError> {
+        if self.insecure_plaintext {
+            return Ok(None);
+        }
+        let read = |what, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Ok(Some(Pem {
+            ca: read("CA certificate", &self.ca)?,
+            cert: read("certificate", &self.cert)?,
+            key: read("private key", &self.key)?,
+        }))
+    }
+}
+
+impl Pem {
+    /// A server that presents this certificate and requires clients signed by the CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+
+    /// A client that presents this certificate and accepts a server signed by the CA
+    /// under `server_name`.
+    pub fn client(&self, server_name: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .domain_name(server_name)
+    }
+}
+
+/// The identity a node agent proves: `spiffe://<trust-domain>/wireway/node/<node>`.
+pub fn node_identity(trust_domain: &str, node: &str) -> String {
+    format!("spiffe://{trust_domain}/wireway/node/{node}")
+}
+
+/// The operator's identity: `spiffe://<trust-domain>/wireway/operator`.
+pub fn operator_identity(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/wireway/operator")
+}
+
+/// The node a URI names, if it is a node identity of `trust_domain`.
+pub fn node_of<'a>(uri: &'a str, trust_domain: &str) -> Option<&'a str> {
+    let node = uri
+        .strip_prefix("spiffe://")?
+        .strip_prefix(trust_domain)?
+        .strip_prefix("/wireway/node/")?;
+    (!node.is_empty() && !node.contains('/')).then_some(node)
+}
+
+/// The URIs in the subject alternative names of the client's certificate, when the
+/// request came over mutual TLS (TCP or Unix socket); empty otherwise.
+pub fn peer_uris<T>(request: &tonic::Request<T>) -> Vec<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
+    let extensions = request.extensions();
+    let certs = extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<UdsConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs)
+        });
+    certs
+        .and_then(|certs| certs.first().map(|leaf| uris(leaf.as_ref())))
+        .unwrap_or_default()
+}
+
+/// The URI subject alternative names of a DER certificate.
+pub fn uris(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_identities_round_trip() {
+        let id = node_identity("cluster.local", "node-a");
+        assert_eq!(id, "spiffe://cluster.local/wireway/node/node-a");
+        assert_eq!(node_of(&id, "cluster.local"), Some("node-a"));
+        assert_eq!(node_of(&id, "other.example"), None);
+        assert_eq!(
+            node_of("spiffe://cluster.local/wireway/node/", "cluster.local"),
+            None
+        );
+        assert_eq!(
+            node_of("spiffe://cluster.local/wireway/node/a/b", "cluster.local"),
+            None
+        );
+        assert_eq!(
+            node_of(&operator_identity("cluster.local"), "cluster.local"),
+            None
+        );
+    }
+}
