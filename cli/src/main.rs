@@ -3,13 +3,27 @@
 //! * `wireway validate PATH...` checks manifests against the Wireway CRDs (schema and CEL
 //!   rules) without a cluster, the way the API server will: for pre-commit hooks and CI of
 //!   GitOps repositories.
+//! * `wireway status` prints the operator's view of every node and object.
+//! * `wireway certs` issues the certificates of mutual TLS between operator and agents.
+//! * `wireway lab` runs a whole mesh on this machine from the same manifests.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wireway_runtime::listen::Address;
 
+mod certs;
+mod http;
+mod lab;
+mod status;
+mod table;
 mod validate;
+
+/// The text of an error and its causes.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    wireway_operator::engine::chain(e)
+}
 
 /// Wireway: flat L3 network services over WireGuard, across nodes, clusters and companies.
 #[derive(Debug, Parser)]
@@ -29,10 +43,145 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Show every node, NetworkService, Endpoint and Admission with its Ready condition,
+    /// as the operator sees them (its HTTP port's /status).
+    Status {
+        /// The operator's HTTP port: HOST:PORT or unix:PATH (default: the lab's).
+        #[arg(
+            long,
+            env = "WIREWAY_OPERATOR_HTTP",
+            default_value = "unix:/run/wireway/lab/operator-http.sock"
+        )]
+        operator: Address,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: status::Output,
+    },
+    /// Issue the certificates of mutual TLS between the operator and the agents.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// A whole Wireway mesh on this machine: one network namespace per node and per pod,
+    /// the real operator and agents, real WireGuard and real packets.
+    Lab(lab::commands::LabArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a CA: DIR/ca.crt and DIR/ca.key.
+    Ca {
+        /// Directory to write to.
+        #[arg(long)]
+        out: PathBuf,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Issue the operator's certificate: OUT/tls.crt, OUT/tls.key and OUT/ca.crt.
+    Operator {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Directory to write to.
+        #[arg(long)]
+        out: PathBuf,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// DNS names agents dial (default: wireway-operator and its in-cluster names).
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
+    },
+    /// Issue a node agent's certificate, proving spiffe://<trust-domain>/wireway/node/NODE.
+    Node {
+        /// The node's name.
+        node: String,
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Directory to write to.
+        #[arg(long)]
+        out: PathBuf,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+}
+
+fn certs(command: CertsCommand) -> ExitCode {
+    let result = match command {
+        CertsCommand::Ca { out, trust_domain } => certs::create_ca_in(&out, &trust_domain),
+        CertsCommand::Operator {
+            ca,
+            out,
+            trust_domain,
+            dns_names,
+        } => {
+            let names = if dns_names.is_empty() {
+                certs::OPERATOR_DNS_NAMES.map(str::to_owned).to_vec()
+            } else {
+                dns_names
+            };
+            certs::issue_into(&ca, &out, &trust_domain, &certs::Subject::Operator(names))
+        }
+        CertsCommand::Node {
+            node,
+            ca,
+            out,
+            trust_domain,
+        } => certs::issue_into(&ca, &out, &trust_domain, &certs::Subject::Node(node)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn status(operator: &Address, output: status::Output) -> ExitCode {
+    match status::fetch(operator).await {
+        Ok(snapshot) => {
+            match output {
+                status::Output::Json => match serde_json::to_string_pretty(&snapshot) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("error: {e}"),
+                },
+                status::Output::Table => print!("{}", status::render_snapshot(&snapshot, false)),
+                status::Output::Wide => print!("{}", status::render_snapshot(&snapshot, true)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match cli.command {
         Command::Validate { paths } => validate::run(&paths),
+        Command::Certs(command) => certs(command),
+        Command::Status { operator, output } => match runtime() {
+            Ok(rt) => rt.block_on(status(&operator, output)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Lab(args) => match runtime() {
+            Ok(rt) => rt.block_on(lab::commands::run(args)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

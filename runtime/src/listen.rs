@@ -134,6 +134,40 @@ pub async fn serve_grpc(
     }
 }
 
+/// A gRPC channel to `address`, over mutual TLS when `tls` is given.
+///
+/// tonic refuses TLS on its own Unix-socket endpoints, so a Unix socket is dialled by a
+/// connector of ours under the server name TLS checks, and TLS runs over it as over TCP.
+pub async fn grpc_channel(
+    address: &Address,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::Endpoint;
+    let uri = match address {
+        Address::Unix(_) if tls.is_some() => "https://wireway-operator".to_owned(),
+        other => other.grpc_uri(tls.is_some()),
+    };
+    let mut endpoint = configure(Endpoint::from_shared(uri)?);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    match address {
+        Address::Unix(path) if endpoint.uri().scheme_str() == Some("https") => {
+            let path = path.clone();
+            let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            });
+            endpoint.connect_with_connector(connector).await
+        }
+        _ => endpoint.connect().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,11 +19,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wireway_proto::node_api_client::NodeApiClient;
 use wireway_proto::{AgentHello, AgentReport, ErrorCount, NodeState, PeerStatus, WireGuardBackend};
 use wireway_runtime::http::Readiness;
-use wireway_runtime::listen::Address;
+use wireway_runtime::listen::{Address, grpc_channel};
 use wireway_runtime::tls::Pem;
 
 use crate::agent::Agent;
@@ -232,19 +232,19 @@ impl Link {
     /// Connects and opens the stream.
     async fn open(&self) -> Result<Connected, String> {
         let config = &self.config;
-        let uri = config.operator.grpc_uri(config.tls.is_some());
-        let mut endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        if let Some(pem) = &config.tls {
-            endpoint = endpoint
-                .tls_config(pem.client(&config.server_name))
-                .map_err(|e| crate::chain(&e))?;
-        }
-        let channel = endpoint.connect().await.map_err(|e| crate::chain(&e))?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|pem| pem.client(&config.server_name));
+        let channel = grpc_channel(&config.operator, tls, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+        })
+        .await
+        .map_err(|e| crate::chain(&e))?;
         let mut client = NodeApiClient::new(channel);
         let hello = AgentHello {
             node: config.node.clone(),

@@ -1,0 +1,294 @@
+//! The `wireway lab` subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use wireway_operator::source::manifests::Manifests;
+
+use super::{Inventory, Lab, binaries, is_root, lab_dir, supervise};
+use crate::status::render_snapshot;
+
+/// Which lab.
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// The lab's name; its network namespaces are called ww<name>-*.
+    #[arg(long, global = true, default_value = "lab", value_parser = lab_name)]
+    pub name: String,
+    /// The lab's directory (default /run/wireway/<name>).
+    #[arg(long, global = true)]
+    pub dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+fn lab_name(name: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= 8
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err("1 to 8 lowercase letters or digits".to_owned())
+    }
+}
+
+/// What to do with the lab.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Make a mesh on this machine from the manifests in DIR, wait until every agent has
+    /// applied its state, and print who reaches whom. Exits 1 when that differs from what
+    /// the plan and the admission rules say.
+    Up {
+        /// Manifest files or directories (the ones you would `kubectl apply`).
+        #[arg(required = true, value_name = "DIR")]
+        manifests: Vec<PathBuf>,
+        /// Nodes the lab makes of its own (default: 3 when the manifests declare no Node).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// The SPIFFE trust domain of the lab's cluster.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Where wireway-operator and wireway-agent are (default: beside this program).
+        #[arg(long, env = "WIREWAY_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Seconds to wait for the agents.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Print the matrix as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the reachability matrix again (after the agents have converged).
+    Matrix {
+        /// Seconds to wait for the agents.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Print the matrix as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start whatever of the lab is not running (after a crash, or after stopping a part
+    /// of it to see what happens).
+    Start,
+    /// Remove everything the lab made, and only that; also after a crash.
+    Down,
+    /// Follow the manifests and keep the lab in step (started by `up`).
+    #[command(hide = true)]
+    Supervise,
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+/// Runs a lab subcommand.
+pub async fn run(args: LabArgs) -> ExitCode {
+    let dir = args.dir.clone().unwrap_or_else(|| lab_dir(&args.name));
+    if !is_root() {
+        return fail("the lab makes network namespaces: run it as root (sudo)");
+    }
+    match args.command {
+        LabCommand::Up {
+            manifests,
+            nodes,
+            trust_domain,
+            bin_dir,
+            timeout,
+            json,
+        } => {
+            let up = Up {
+                name: args.name,
+                dir,
+                manifests,
+                nodes,
+                trust_domain,
+                bin_dir,
+                timeout: Duration::from_secs(timeout),
+                json,
+            };
+            up.run().await
+        }
+        LabCommand::Matrix { timeout, json } => match Lab::open(dir) {
+            Ok(lab) => matrix(&lab, Duration::from_secs(timeout), json).await,
+            Err(e) => fail(&e),
+        },
+        LabCommand::Start => match Lab::open(dir).and_then(|mut lab| lab.start_all()) {
+            Ok(started) if started.is_empty() => {
+                println!("everything runs");
+                ExitCode::SUCCESS
+            }
+            Ok(started) => {
+                println!("started {}", started.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        LabCommand::Down => match Lab::open(dir.clone()) {
+            Ok(lab) => {
+                let name = lab.record.name.clone();
+                let errors = lab.down();
+                for e in &errors {
+                    eprintln!("error: {e}");
+                }
+                if errors.is_empty() {
+                    println!("lab {name} removed");
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => fail(&e),
+        },
+        LabCommand::Supervise => match supervise(dir).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+/// `wireway lab up`.
+struct Up {
+    name: String,
+    dir: PathBuf,
+    manifests: Vec<PathBuf>,
+    nodes: Option<usize>,
+    trust_domain: String,
+    bin_dir: Option<PathBuf>,
+    timeout: Duration,
+    json: bool,
+}
+
+fn step(what: &str) {
+    eprintln!("  {what}");
+}
+
+impl Up {
+    async fn run(self) -> ExitCode {
+        let started = Instant::now();
+        let mut roots = Vec::new();
+        for path in &self.manifests {
+            match std::path::absolute(path) {
+                Ok(p) if p.exists() => roots.push(p),
+                _ => return fail(&format!("{} does not exist", path.display())),
+            }
+        }
+        let binaries = match binaries(self.bin_dir.as_deref()) {
+            Ok(b) => b,
+            Err(e) => return fail(&e),
+        };
+        let mut manifests = match Manifests::new(roots.clone()) {
+            Ok(m) => m,
+            Err(e) => return fail(&e.to_string()),
+        };
+        let scan = manifests.scan();
+        for problem in &scan.problems {
+            eprintln!("warning: {problem} (not in effect)");
+        }
+        let inventory = Inventory::of(&manifests);
+        let own_nodes = self
+            .nodes
+            .unwrap_or(if inventory.nodes.is_empty() { 3 } else { 0 });
+        eprintln!(
+            "lab {}: {} pods from {}, on {} nodes of its own{}",
+            self.name,
+            inventory.pods.len(),
+            self.manifests
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            own_nodes,
+            if inventory.nodes.is_empty() {
+                String::new()
+            } else {
+                format!(" and {} declared", inventory.nodes.len())
+            }
+        );
+        let mut lab = match Lab::create(
+            self.dir.clone(),
+            &self.name,
+            roots,
+            &self.trust_domain,
+            own_nodes,
+            binaries,
+        ) {
+            Ok(lab) => lab,
+            Err(e) => return fail(&e),
+        };
+        let made = lab
+            .create_pki()
+            .and_then(|()| lab.create_underlay())
+            .and_then(|()| {
+                step("certificates (one CA; the operator's, one per node) and the underlay bridge");
+                lab.reconcile(&inventory, false)
+            });
+        match made {
+            Ok(done) => {
+                for line in done {
+                    step(&line);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                eprintln!("(`wireway lab down` removes what was made)");
+                return ExitCode::FAILURE;
+            }
+        }
+        match lab.start_all() {
+            Ok(started) => step(&format!(
+                "started {} (logs in {})",
+                started.join(", "),
+                lab.dir.display()
+            )),
+            Err(e) => return fail(&e),
+        }
+        let converged = lab.wait_converged(self.timeout, step).await;
+        let snapshot = match converged {
+            Ok(s) => s,
+            Err(e) => return fail(&e),
+        };
+        eprintln!("converged in {:.1} s\n", started.elapsed().as_secs_f64());
+        if !self.json {
+            println!("{}", render_snapshot(&snapshot, false));
+        }
+        report(&lab, &snapshot, self.json).await
+    }
+}
+
+/// Measures and prints the matrix; the exit code says whether it is as planned.
+async fn report(
+    lab: &Lab,
+    snapshot: &wireway_operator::snapshot::Snapshot,
+    json: bool,
+) -> ExitCode {
+    let measured = match lab.measure(lab.expectation(snapshot)).await {
+        Ok(m) => m,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        match serde_json::to_string_pretty(&measured) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(&e.to_string()),
+        }
+    } else {
+        print!("{}", super::matrix::render_matrix(&measured));
+    }
+    if measured.as_expected() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `wireway lab matrix`.
+async fn matrix(lab: &Lab, timeout: Duration, json: bool) -> ExitCode {
+    match lab.wait_converged(timeout, step).await {
+        Ok(snapshot) => report(lab, &snapshot, json).await,
+        Err(e) => fail(&e),
+    }
+}

@@ -1,0 +1,115 @@
+//! The lab's network: namespaces, the underlay bridge and the nodes' links, made with
+//! iproute2 (`ip`), and processes started inside them.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Runs `ip` with `args`; an error carries what `ip` said.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("failed to run ip (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether a network namespace of this name exists.
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Makes a network namespace with its loopback up (unless it exists).
+pub fn add_netns(name: &str) -> Result<(), String> {
+    if !netns_exists(name) {
+        ip(&["netns", "add", name])?;
+    }
+    ip(&["-n", name, "link", "set", "lo", "up"])
+}
+
+/// Removes a network namespace and every process in it; a namespace that is gone is fine.
+pub fn delete_netns(name: &str) -> Result<(), String> {
+    if !netns_exists(name) {
+        return Ok(());
+    }
+    for pid in netns_pids(name) {
+        kill(pid);
+    }
+    ip(&["netns", "del", name])
+}
+
+/// The processes in a network namespace.
+pub fn netns_pids(name: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends SIGKILL to `pid` (ignoring a process that is gone).
+pub fn kill(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether `pid` is alive and its command line mentions `marker` (so a reused pid of
+/// someone else's process is never taken for ours).
+pub fn running(pid: u32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(marker))
+        .unwrap_or(false)
+}
+
+/// Starts `program` with `args` in the background, in its own process group (a Ctrl-C
+/// of the lab command leaves it be), inside network namespace `netns` if given, with its
+/// output appended to `log`. Returns its pid.
+pub fn spawn(
+    program: &Path,
+    args: &[OsString],
+    netns: Option<&str>,
+    log: &Path,
+) -> Result<u32, String> {
+    use std::os::unix::process::CommandExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("failed to open {}: {e}", log.display()))
+    };
+    let mut command = match netns {
+        Some(ns) => {
+            // `ip netns exec` becomes the program: the pid is the program's.
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(open()?)
+        .stderr(open()?)
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|e| format!("failed to start {}: {e}", program.display()))?;
+    Ok(child.id())
+}
