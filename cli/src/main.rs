@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wireway_runtime::listen::Address;
+use wireway_runtime::pki;
 
-mod certs;
 mod http;
 mod lab;
 mod status;
@@ -109,7 +109,7 @@ enum CertsCommand {
 
 fn certs(command: CertsCommand) -> ExitCode {
     let result = match command {
-        CertsCommand::Ca { out, trust_domain } => certs::create_ca_in(&out, &trust_domain),
+        CertsCommand::Ca { out, trust_domain } => pki::create_ca_in(&out, &trust_domain),
         CertsCommand::Operator {
             ca,
             out,
@@ -117,18 +117,18 @@ fn certs(command: CertsCommand) -> ExitCode {
             dns_names,
         } => {
             let names = if dns_names.is_empty() {
-                certs::OPERATOR_DNS_NAMES.map(str::to_owned).to_vec()
+                pki::OPERATOR_DNS_NAMES.map(str::to_owned).to_vec()
             } else {
                 dns_names
             };
-            certs::issue_into(&ca, &out, &trust_domain, &certs::Subject::Operator(names))
+            pki::issue_into(&ca, &out, &trust_domain, &pki::Subject::Operator(names))
         }
         CertsCommand::Node {
             node,
             ca,
             out,
             trust_domain,
-        } => certs::issue_into(&ca, &out, &trust_domain, &certs::Subject::Node(node)),
+        } => pki::issue_into(&ca, &out, &trust_domain, &pki::Subject::Node(node)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

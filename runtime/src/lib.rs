@@ -6,11 +6,13 @@
 //!   the host's network namespace);
 //! * [`tls`]: mutual TLS from PEM files, and the SPIFFE identities in certificates (a node
 //!   agent proves `spiffe://<trust-domain>/wireway/node/<node>`);
+//! * [`pki`]: issuing those certificates;
 //! * [`http`]: `/metrics` (Prometheus text), `/healthz` and `/readyz`;
 //! * [`logging`]: structured logs through `tracing`; [`signal`]: when to stop.
 
 pub mod http;
 pub mod listen;
 pub mod logging;
+pub mod pki;
 pub mod signal;
 pub mod tls;

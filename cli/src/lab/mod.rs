@@ -29,11 +29,11 @@ use wireway_operator::snapshot::Snapshot;
 use wireway_operator::source::manifests::Manifests;
 use wireway_runtime::listen::Address;
 
-use crate::certs::{self, Subject};
 use crate::status;
 use matrix::{Expectation, Matrix};
 use record::{Binaries, LabNode, LabPod, Record};
 use topology::PodSpec;
+use wireway_runtime::pki::{self as certs, Subject};
 
 /// The underlay: node `n` gets 172.31.x.y/16 on one bridge.
 const UNDERLAY_PREFIX: u32 = u32::from_be_bytes([172, 31, 0, 0]);

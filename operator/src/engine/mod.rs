@@ -308,13 +308,26 @@ impl Engine {
         self.dirty = true;
     }
 
-    /// Nodes declared or known whose WireGuard key is not known yet.
+    /// Nodes (declared, known from agents, or running pods) whose WireGuard key is not
+    /// known yet.
     fn keys_missing(&self) -> Vec<&str> {
-        self.planner
+        let mut missing: Vec<&str> = self
+            .planner
             .nodes()
             .filter(|n| n.public_key.is_none())
             .map(|n| n.name.as_str())
-            .collect()
+            .collect();
+        let known: std::collections::BTreeSet<&str> =
+            self.planner.nodes().map(|n| n.name.as_str()).collect();
+        missing.extend(
+            self.planner
+                .pods()
+                .filter_map(|p| p.node.as_deref())
+                .filter(|n| !known.contains(n)),
+        );
+        missing.sort_unstable();
+        missing.dedup();
+        missing
     }
 
     /// Until the first plan, the moment the grace for missing agents ends (if any are).

@@ -1,1 +1,279 @@
+//! The engine without servers: source events and agents' words in, published states,
+//! statuses and the store out.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use wireway_proto::NodeState;
+use crate::source::manifests::Manifests;
+
+const RED: &str = "\
+apiVersion: wireway.dev/v1alpha1
+kind: NetworkService
+metadata: {name: red, namespace: red}
+spec: {cidr: 10.100.0.0/16, nodePrefixLength: 24}
+---
+apiVersion: wireway.dev/v1alpha1
+kind: Endpoint
+metadata: {name: members, namespace: red}
+spec:
+  networkService: {name: red}
+  podSelector: {matchLabels: {net: red}}
+";
+
+/// A pod of red on `node`.
+fn pod(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: red, labels: {{net: red}}}}\n\
+         spec: {{nodeName: {node}, containers: [{{name: app, image: busybox}}]}}\n"
+    )
+}
+
+const KEY_A: &str = "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=";
+const KEY_B: &str = "nYawvXhOHue5ouGv9rGhEK6LbnT80hcmihwil+S9b1E=";
+
+fn hello(node: &str, key: &str, applied: u64) -> Input {
+    Input::Hello(AgentHello {
+        node: node.into(),
+        public_key: key.into(),
+        underlay_address: "192.0.2.1".into(),
+        backend: WireGuardBackend::WireguardBackendUserspace.into(),
+        applied_version: applied,
+        ..AgentHello::default()
+    })
+}
+
+fn report(node: &str, applied: u64) -> Input {
+    Input::Report(AgentReport {
+        node: node.into(),
+        applied_version: applied,
+        ..AgentReport::default()
+    })
+}
+
+/// A directory of manifests, as the source sees it.
+struct Files {
+    source: Manifests,
+    texts: BTreeMap<PathBuf, String>,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self {
+            source: Manifests::new(vec![PathBuf::from("/m")]).unwrap(),
+            texts: BTreeMap::new(),
+        }
+    }
+
+    /// Writes (or with `None` removes) a file; the changes the source delivers.
+    fn write(&mut self, path: &str, text: Option<String>) -> Input {
+        match text {
+            Some(text) => self.texts.insert(PathBuf::from(path), text),
+            None => self.texts.remove(Path::new(path)),
+        };
+        let texts = self
+            .texts
+            .iter()
+            .map(|(p, t)| (p.clone(), Ok(t.clone())))
+            .collect();
+        let scan = self.source.update(texts);
+        assert_eq!(scan.problems, []);
+        Input::Source(source::Event::Changes(scan.changes))
+    }
+}
+
+/// The changes a manifest source delivers for `files`, read once.
+fn changes(files: &[(&str, String)]) -> Input {
+    let mut dir = Files::new();
+    dir.texts = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.clone()))
+        .collect();
+    let (path, text) = &files[0];
+    dir.write(path, Some(text.clone()))
+}
+
+fn engine(state_dir: Option<&Path>, grace: Duration) -> (Engine, Arc<Hub>, Readiness) {
+    let hub = Arc::new(Hub::default());
+    let readiness = Readiness::new("starting");
+    let config = Config {
+        trust_domain: "cluster.local".into(),
+        state_dir: state_dir.map(Path::to_owned),
+        agent_grace: grace,
+    };
+    let (metrics, _) = Metrics::new();
+    let engine = Engine::new(config, hub.clone(), metrics, readiness.clone()).unwrap();
+    (engine, hub, readiness)
+}
+
+fn two_nodes() -> Input {
+    changes(&[
+        ("/m/red.yaml", RED.to_owned()),
+        ("/m/a.yaml", pod("red-a", "node-a")),
+        ("/m/b.yaml", pod("red-b", "node-b")),
+    ])
+}
+
+fn version(hub: &Hub, node: &str) -> u64 {
+    hub.current(node).map_or(0, |s| s.version)
+}
+
+fn peers(hub: &Hub, node: &str) -> Vec<String> {
+    hub.current(node)
+        .map(|s| {
+            s.services
+                .iter()
+                .flat_map(|s| s.peers.iter().map(|p| p.name.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ready(hub: &Hub) -> (String, String) {
+    let snapshot = hub.snapshot();
+    let status = snapshot.network_services[0].status.clone().unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    (ready.status.clone(), ready.reason.clone())
+}
+
+#[test]
+fn nothing_is_served_before_the_sources_sync() {
+    let (mut engine, hub, readiness) = engine(None, Duration::ZERO);
+    engine.handle(two_nodes());
+    engine.handle(hello("node-a", KEY_A, 0));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    assert!(hub.current("node-a").is_none());
+    assert_eq!(readiness.reason().as_deref(), Some("waiting for the sources to sync"));
+    assert!(!hub.snapshot().ready);
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), 1);
+    assert_eq!(peers(&hub, "node-a"), ["node-b"]);
+    assert_eq!(readiness.reason(), None);
+}
+
+#[test]
+fn the_first_plan_waits_for_agents_whose_key_is_unknown() {
+    let (mut engine, hub, readiness) = engine(None, Duration::from_secs(3600));
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-a", KEY_A, 0));
+    engine.step();
+    assert!(hub.current("node-a").is_none(), "node-b's key is unknown: no peers to serve yet");
+    assert!(engine.grace_deadline().is_some());
+    let reason = readiness.reason().unwrap();
+    assert!(reason.contains("node-b"), "{reason}");
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    assert_eq!(peers(&hub, "node-a"), ["node-b"]);
+    assert_eq!(peers(&hub, "node-b"), ["node-a"]);
+}
+
+#[test]
+fn only_nodes_whose_state_changed_get_a_new_version() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-a", KEY_A, 0));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    let (a, b) = (hub.current("node-a").unwrap(), hub.current("node-b").unwrap());
+    // A second member on node-a: only node-a's state changes.
+    engine.handle(changes(&[
+        ("/m/red.yaml", RED.to_owned()),
+        ("/m/a.yaml", pod("red-a", "node-a")),
+        ("/m/a2.yaml", pod("red-a2", "node-a")),
+        ("/m/b.yaml", pod("red-b", "node-b")),
+    ]));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), a.version + 1);
+    assert!(Arc::ptr_eq(&hub.current("node-b").unwrap(), &b), "node-b was not published again");
+    // A reconnecting agent that says the same changes nothing.
+    engine.handle(hello("node-b", KEY_B, b.version));
+    engine.step();
+    assert!(Arc::ptr_eq(&hub.current("node-b").unwrap(), &b));
+}
+
+#[test]
+fn objects_are_ready_once_every_node_has_applied_them() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-a", KEY_A, 0));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    assert_eq!(ready(&hub), ("False".into(), "Progressing".into()));
+    let message = hub.snapshot().network_services[0].status.clone().unwrap().conditions[0]
+        .message
+        .clone();
+    assert!(message.contains("2 of 2 nodes"), "{message}");
+    engine.handle(report("node-a", version(&hub, "node-a")));
+    engine.step();
+    assert_eq!(ready(&hub).1, "Progressing");
+    engine.handle(report("node-b", version(&hub, "node-b")));
+    engine.step();
+    assert_eq!(ready(&hub), ("True".into(), "Ready".into()));
+    let node = hub.snapshot().nodes.iter().find(|n| n.name == "node-b").cloned().unwrap();
+    assert!(node.connected && node.applied_at_ms.is_some());
+    assert_eq!(node.backend.as_deref(), Some("userspace"));
+    engine.handle(Input::Disconnected("node-b".into()));
+    engine.step();
+    assert!(!hub.snapshot().nodes.iter().any(|n| n.name == "node-b" && n.connected));
+}
+
+#[test]
+fn an_agent_ahead_of_the_operator_gets_a_newer_version() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), 1);
+    // node-a's agent applied version 50 from an operator that lost its state.
+    engine.handle(hello("node-a", KEY_A, 50));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), 51);
+}
+
+#[test]
+fn a_restarted_operator_serves_exactly_what_it_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let served: BTreeMap<String, Arc<NodeState>> = {
+        let (mut engine, hub, _) = engine(Some(dir.path()), Duration::ZERO);
+        let mut files = Files::new();
+        engine.handle(files.write("/m/red.yaml", Some(RED.to_owned())));
+        engine.handle(files.write("/m/a.yaml", Some(pod("red-a", "node-a"))));
+        engine.handle(files.write("/m/b.yaml", Some(pod("red-b", "node-b"))));
+        engine.handle(Input::Source(source::Event::Synced));
+        engine.handle(hello("node-a", KEY_A, 0));
+        engine.handle(hello("node-b", KEY_B, 0));
+        engine.step();
+        // History that a fresh allocation would not repeat: red-a2 arrives, then red-c,
+        // then red-a2 goes; planned from scratch, red-c would get red-a2's address.
+        engine.handle(files.write("/m/a2.yaml", Some(pod("red-a2", "node-a"))));
+        engine.step();
+        engine.handle(files.write("/m/c.yaml", Some(pod("red-c", "node-a"))));
+        engine.step();
+        engine.handle(files.write("/m/a2.yaml", None));
+        engine.step();
+        assert_eq!(version(&hub, "node-a"), 4);
+        ["node-a", "node-b"]
+            .map(|n| (n.to_owned(), hub.current(n).unwrap()))
+            .into()
+    };
+    // No agent has said hello to the new operator yet: the keys come from the store.
+    let (mut engine, hub, _) = engine(Some(dir.path()), Duration::from_secs(3600));
+    engine.handle(changes(&[
+        ("/m/red.yaml", RED.to_owned()),
+        ("/m/a.yaml", pod("red-a", "node-a")),
+        ("/m/b.yaml", pod("red-b", "node-b")),
+        ("/m/c.yaml", pod("red-c", "node-a")),
+    ]));
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.step();
+    for (node, state) in served {
+        assert_eq!(hub.current(&node).as_deref(), Some(state.as_ref()), "{node}");
+    }
+}

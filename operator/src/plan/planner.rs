@@ -95,6 +95,11 @@ impl Planner {
         self.index.nodes.values()
     }
 
+    /// The pods of the World.
+    pub fn pods(&self) -> impl Iterator<Item = &super::Pod> {
+        self.index.pods.values().flat_map(|p| p.values())
+    }
+
     /// The NetworkServices of the World, with the statuses last planned.
     pub fn network_services(&self) -> impl Iterator<Item = &NetworkService> {
         self.index.services.values()

@@ -1,4 +1,5 @@
-//! `wireway certs`: the certificates of mutual TLS between the operator and the agents.
+//! Issuing the certificates of mutual TLS between the operator and the agents (`wireway
+//! certs`, the lab, tests).
 //!
 //! One CA signs everything. The operator's certificate carries the DNS names agents dial
 //! and `spiffe://<trust-domain>/wireway/operator`; a node's carries
@@ -8,11 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::tls::{OPERATOR_SERVER_NAME, node_identity, operator_identity};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use wireway_runtime::tls::{OPERATOR_SERVER_NAME, node_identity, operator_identity};
 
 /// Why a certificate could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +218,7 @@ mod tests {
         )
         .unwrap();
         assert!(key.contains("PRIVATE KEY"));
-        let uris = wireway_runtime::tls::uris(&der(&cert));
+        let uris = crate::tls::uris(&der(&cert));
         assert_eq!(uris, ["spiffe://cluster.local/wireway/node/node-a"]);
         let (operator, _) = issue(
             &ca_cert,
@@ -227,7 +228,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            wireway_runtime::tls::uris(&der(&operator)),
+            crate::tls::uris(&der(&operator)),
             ["spiffe://cluster.local/wireway/operator"]
         );
     }
