@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -48,22 +48,77 @@ impl Readiness {
     }
 }
 
-/// The content type of the text exposition format prometheus-client writes.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of OpenMetrics, which prometheus-client writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the classic Prometheus text format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4), for scrapers and
+/// tools that do not ask for OpenMetrics (`promtool check metrics`, `curl`): a counter's
+/// and an info metric's family take their samples' names (`_total`, `_info`), an info
+/// metric is a gauge, and `# UNIT` and `# EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = rest.split_once(' ').or(Some((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_owned(), "untyped"),
+                other => (name.to_owned(), other),
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        if line
+            .split(['{', ' '])
+            .next()
+            .is_some_and(|n| n.ends_with("_created"))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
 
 /// `/metrics`, `/healthz` and `/readyz`.
 pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let registry = registry.clone();
                 async move {
                     let mut body = String::new();
+                    let openmetrics = headers
+                        .get(header::ACCEPT)
+                        .and_then(|a| a.to_str().ok())
+                        .is_some_and(|a| a.contains("application/openmetrics-text"));
                     match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                        Ok(()) => {
-                            ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response()
+                        Ok(()) if openmetrics => {
+                            ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body)
+                                .into_response()
                         }
+                        Ok(()) => (
+                            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+                            to_prometheus_text(&body),
+                        )
+                            .into_response(),
                         Err(e) => (
                             StatusCode::INTERNAL_SERVER_ERROR,
                             format!("failed to encode metrics: {e}\n"),
@@ -108,5 +163,45 @@ pub async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_classic_text() {
+        let openmetrics = "\
+# HELP ww_plans Plans made.
+# TYPE ww_plans counter
+ww_plans_total 3
+# HELP ww_backend The backend.
+# TYPE ww_backend info
+ww_backend_info{backend=\"kernel\"} 1
+# HELP ww_duration_seconds Time.
+# TYPE ww_duration_seconds histogram
+# UNIT ww_duration_seconds seconds
+ww_duration_seconds_sum 0.5
+ww_duration_seconds_count 1
+ww_duration_seconds_bucket{le=\"+Inf\"} 1
+# EOF
+";
+        assert_eq!(
+            to_prometheus_text(openmetrics),
+            "\
+# HELP ww_plans_total Plans made.
+# TYPE ww_plans_total counter
+ww_plans_total 3
+# HELP ww_backend_info The backend.
+# TYPE ww_backend_info gauge
+ww_backend_info{backend=\"kernel\"} 1
+# HELP ww_duration_seconds Time.
+# TYPE ww_duration_seconds histogram
+ww_duration_seconds_sum 0.5
+ww_duration_seconds_count 1
+ww_duration_seconds_bucket{le=\"+Inf\"} 1
+"
+        );
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use wireway_proto::NodeState;
 use crate::source::manifests::Manifests;
+use wireway_proto::NodeState;
 
 const RED: &str = "\
 apiVersion: wireway.dev/v1alpha1
@@ -133,7 +133,11 @@ fn peers(hub: &Hub, node: &str) -> Vec<String> {
 fn ready(hub: &Hub) -> (String, String) {
     let snapshot = hub.snapshot();
     let status = snapshot.network_services[0].status.clone().unwrap();
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
     (ready.status.clone(), ready.reason.clone())
 }
 
@@ -145,7 +149,10 @@ fn nothing_is_served_before_the_sources_sync() {
     engine.handle(hello("node-b", KEY_B, 0));
     engine.step();
     assert!(hub.current("node-a").is_none());
-    assert_eq!(readiness.reason().as_deref(), Some("waiting for the sources to sync"));
+    assert_eq!(
+        readiness.reason().as_deref(),
+        Some("waiting for the sources to sync")
+    );
     assert!(!hub.snapshot().ready);
     engine.handle(Input::Source(source::Event::Synced));
     engine.step();
@@ -161,7 +168,10 @@ fn the_first_plan_waits_for_agents_whose_key_is_unknown() {
     engine.handle(Input::Source(source::Event::Synced));
     engine.handle(hello("node-a", KEY_A, 0));
     engine.step();
-    assert!(hub.current("node-a").is_none(), "node-b's key is unknown: no peers to serve yet");
+    assert!(
+        hub.current("node-a").is_none(),
+        "node-b's key is unknown: no peers to serve yet"
+    );
     assert!(engine.grace_deadline().is_some());
     let reason = readiness.reason().unwrap();
     assert!(reason.contains("node-b"), "{reason}");
@@ -179,7 +189,10 @@ fn only_nodes_whose_state_changed_get_a_new_version() {
     engine.handle(hello("node-a", KEY_A, 0));
     engine.handle(hello("node-b", KEY_B, 0));
     engine.step();
-    let (a, b) = (hub.current("node-a").unwrap(), hub.current("node-b").unwrap());
+    let (a, b) = (
+        hub.current("node-a").unwrap(),
+        hub.current("node-b").unwrap(),
+    );
     // A second member on node-a: only node-a's state changes.
     engine.handle(changes(&[
         ("/m/red.yaml", RED.to_owned()),
@@ -189,7 +202,10 @@ fn only_nodes_whose_state_changed_get_a_new_version() {
     ]));
     engine.step();
     assert_eq!(version(&hub, "node-a"), a.version + 1);
-    assert!(Arc::ptr_eq(&hub.current("node-b").unwrap(), &b), "node-b was not published again");
+    assert!(
+        Arc::ptr_eq(&hub.current("node-b").unwrap(), &b),
+        "node-b was not published again"
+    );
     // A reconnecting agent that says the same changes nothing.
     engine.handle(hello("node-b", KEY_B, b.version));
     engine.step();
@@ -205,7 +221,11 @@ fn objects_are_ready_once_every_node_has_applied_them() {
     engine.handle(hello("node-b", KEY_B, 0));
     engine.step();
     assert_eq!(ready(&hub), ("False".into(), "Progressing".into()));
-    let message = hub.snapshot().network_services[0].status.clone().unwrap().conditions[0]
+    let message = hub.snapshot().network_services[0]
+        .status
+        .clone()
+        .unwrap()
+        .conditions[0]
         .message
         .clone();
     assert!(message.contains("2 of 2 nodes"), "{message}");
@@ -215,12 +235,23 @@ fn objects_are_ready_once_every_node_has_applied_them() {
     engine.handle(report("node-b", version(&hub, "node-b")));
     engine.step();
     assert_eq!(ready(&hub), ("True".into(), "Ready".into()));
-    let node = hub.snapshot().nodes.iter().find(|n| n.name == "node-b").cloned().unwrap();
+    let node = hub
+        .snapshot()
+        .nodes
+        .iter()
+        .find(|n| n.name == "node-b")
+        .cloned()
+        .unwrap();
     assert!(node.connected && node.applied_at_ms.is_some());
     assert_eq!(node.backend.as_deref(), Some("userspace"));
     engine.handle(Input::Disconnected("node-b".into()));
     engine.step();
-    assert!(!hub.snapshot().nodes.iter().any(|n| n.name == "node-b" && n.connected));
+    assert!(
+        !hub.snapshot()
+            .nodes
+            .iter()
+            .any(|n| n.name == "node-b" && n.connected)
+    );
 }
 
 #[test]
@@ -274,6 +305,10 @@ fn a_restarted_operator_serves_exactly_what_it_served() {
     engine.handle(Input::Source(source::Event::Synced));
     engine.step();
     for (node, state) in served {
-        assert_eq!(hub.current(&node).as_deref(), Some(state.as_ref()), "{node}");
+        assert_eq!(
+            hub.current(&node).as_deref(),
+            Some(state.as_ref()),
+            "{node}"
+        );
     }
 }

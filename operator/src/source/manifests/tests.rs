@@ -70,7 +70,10 @@ fn reads_the_samples_as_a_cluster_would() {
         "Endpoint red/bridge-to-green",
         "Admission green/partner-access",
     ] {
-        assert!(changes.contains(&expected.to_owned()), "{expected} missing from {changes:?}");
+        assert!(
+            changes.contains(&expected.to_owned()),
+            "{expected} missing from {changes:?}"
+        );
     }
     let bridge = source.pods().find(|p| p.name == "bridge").unwrap();
     assert_eq!(bridge.service_account, "bridge");
@@ -87,7 +90,11 @@ fn pods_get_their_node_namespace_and_identity() {
     let scan = s.update(texts(&[("/m/a.yaml", POD), ("/m/b.yaml", binding)]));
     assert_eq!(scan.problems, []);
     let pod = s.pods().next().unwrap();
-    assert_eq!(pod.node.as_deref(), Some("node-b"), "a Binding places the pod");
+    assert_eq!(
+        pod.node.as_deref(),
+        Some("node-b"),
+        "a Binding places the pod"
+    );
     assert_eq!(pod.netns.as_deref(), Some("/run/netns/red-a"));
     assert_eq!(pod.service_account, "app");
     assert_eq!(pod.labels.get("net").map(String::as_str), Some("red"));
@@ -101,21 +108,37 @@ fn pods_get_their_node_namespace_and_identity() {
 fn a_broken_file_keeps_its_last_good_content_and_says_where() {
     let mut s = source();
     let first = s.update(texts(&[("/m/red.yaml", SERVICE), ("/m/pod.yaml", POD)]));
-    assert_eq!(kinds(&first.changes), ["Pod red/red-a", "NetworkService red/red"]);
+    assert_eq!(
+        kinds(&first.changes),
+        ["Pod red/red-a", "NetworkService red/red"]
+    );
     let broken = format!("{SERVICE}---\napiVersion: v1\nkind: Pod\nmetadata: [unclosed\n");
     let scan = s.update(texts(&[("/m/red.yaml", &broken), ("/m/pod.yaml", POD)]));
-    assert_eq!(scan.changes, [], "nothing of the broken file changes, nothing is removed");
+    assert_eq!(
+        scan.changes,
+        [],
+        "nothing of the broken file changes, nothing is removed"
+    );
     assert_eq!(scan.problems.len(), 1);
     let problem = &scan.problems[0];
-    assert_eq!((problem.location.as_str(), problem.line), ("/m/red.yaml", Some(10)));
+    assert_eq!(
+        (problem.location.as_str(), problem.line),
+        ("/m/red.yaml", Some(10))
+    );
     assert!(problem.message.contains("invalid YAML"), "{problem}");
     // Another file still changes as usual.
     let relabelled = POD.replace("net: red", "net: blue");
-    let scan = s.update(texts(&[("/m/red.yaml", &broken), ("/m/pod.yaml", &relabelled)]));
+    let scan = s.update(texts(&[
+        ("/m/red.yaml", &broken),
+        ("/m/pod.yaml", &relabelled),
+    ]));
     assert_eq!(kinds(&scan.changes), ["Pod red/red-a"]);
     assert_eq!(scan.problems.len(), 1, "the broken file is still reported");
     // Mended, the file is read again; nothing changed in effect.
-    let scan = s.update(texts(&[("/m/red.yaml", SERVICE), ("/m/pod.yaml", &relabelled)]));
+    let scan = s.update(texts(&[
+        ("/m/red.yaml", SERVICE),
+        ("/m/pod.yaml", &relabelled),
+    ]));
     assert_eq!((scan.changes, scan.problems), (vec![], vec![]));
 }
 
@@ -127,13 +150,21 @@ fn objects_a_cluster_refuses_are_refused_with_the_rule() {
     let host_bits = SERVICE.replace("10.100.0.0/16", "10.100.0.1/16");
     let scan = s.update(texts(&[("/m/red.yaml", &host_bits)]));
     assert_eq!(scan.changes, []);
-    assert!(scan.problems[0].message.contains("host bits"), "{}", scan.problems[0]);
+    assert!(
+        scan.problems[0].message.contains("host bits"),
+        "{}",
+        scan.problems[0]
+    );
     assert_eq!(scan.problems[0].line, Some(1));
     // Changing an immutable field: a transition rule, checked against the accepted object.
     let renumbered = SERVICE.replace("10.100.0.0/16", "10.101.0.0/16");
     let scan = s.update(texts(&[("/m/red.yaml", &renumbered)]));
     assert_eq!(scan.changes, []);
-    assert!(scan.problems[0].message.contains("immutable"), "{}", scan.problems[0]);
+    assert!(
+        scan.problems[0].message.contains("immutable"),
+        "{}",
+        scan.problems[0]
+    );
     // A new object may have any valid cidr.
     let other = renumbered.replace("name: red\n", "name: blue\n");
     let scan = s.update(texts(&[("/m/red.yaml", SERVICE), ("/m/blue.yaml", &other)]));
@@ -161,7 +192,11 @@ fn the_first_of_two_objects_with_one_name_wins() {
     assert_eq!(kinds(&scan.changes), ["NetworkService red/red"]);
     assert_eq!(scan.problems.len(), 1);
     assert_eq!(scan.problems[0].location, "/m/b.yaml");
-    assert!(scan.problems[0].message.contains("also defined at /m/a.yaml:1"));
+    assert!(
+        scan.problems[0]
+            .message
+            .contains("also defined at /m/a.yaml:1")
+    );
 }
 
 #[test]
@@ -201,7 +236,10 @@ async fn the_watcher_delivers_a_change_written_to_a_file() {
     let (events, mut received) = mpsc::channel::<Event>(8);
     tokio::spawn(source.watch(events));
     let first = received.recv().await.unwrap();
-    assert!(matches!(&first, Event::Changes(c) if c.len() == 1), "{first:?}");
+    assert!(
+        matches!(&first, Event::Changes(c) if c.len() == 1),
+        "{first:?}"
+    );
     assert_eq!(received.recv().await, Some(Event::Problems(vec![])));
     assert_eq!(received.recv().await, Some(Event::Synced));
     // Written the way editors and `kubectl`-like tools do: a new file renamed over.
@@ -210,5 +248,8 @@ async fn the_watcher_delivers_a_change_written_to_a_file() {
     let next = tokio::time::timeout(Duration::from_secs(5), received.recv())
         .await
         .expect("a change within 5 s");
-    assert!(matches!(&next, Some(Event::Changes(c)) if kinds(c) == ["Pod red/red-a"]), "{next:?}");
+    assert!(
+        matches!(&next, Some(Event::Changes(c)) if kinds(c) == ["Pod red/red-a"]),
+        "{next:?}"
+    );
 }

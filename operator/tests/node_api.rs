@@ -1,0 +1,238 @@
+//! The node API over real gRPC and real mutual TLS, on TCP and on a Unix socket: an agent
+//! gets its node's state only when its certificate proves that node.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use wireway_operator::engine::{Config, Engine, Hub, Input};
+use wireway_operator::metrics::Metrics;
+use wireway_operator::serve::{Auth, NodeApiServer, NodeApiService};
+use wireway_operator::source::{self, manifests::Manifests};
+use wireway_proto::node_api_client::NodeApiClient;
+use wireway_proto::{AgentHello, AgentReport};
+use wireway_runtime::http::Readiness;
+use wireway_runtime::listen::{Address, Listener, grpc_channel, serve_grpc};
+use wireway_runtime::pki::{self, Subject};
+use wireway_runtime::tls::{OPERATOR_SERVER_NAME, Pem, TlsArgs};
+
+const MANIFESTS: &str = "\
+apiVersion: wireway.dev/v1alpha1
+kind: NetworkService
+metadata: {name: red, namespace: red}
+spec: {cidr: 10.100.0.0/16, nodePrefixLength: 24}
+---
+apiVersion: wireway.dev/v1alpha1
+kind: Endpoint
+metadata: {name: members, namespace: red}
+spec:
+  networkService: {name: red}
+  podSelector: {matchLabels: {net: red}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: red-a, namespace: red, labels: {net: red}}
+spec: {nodeName: node-a, containers: [{name: app, image: busybox}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: red-b, namespace: red, labels: {net: red}}
+spec: {nodeName: node-b, containers: [{name: app, image: busybox}]}
+";
+
+const KEY_A: &str = "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=";
+
+/// A CA and certificates for the operator and two nodes, in `dir`.
+fn certificates(dir: &Path) -> impl Fn(&str) -> Pem {
+    let ca = dir.join("ca");
+    pki::create_ca_in(&ca, "cluster.local").unwrap();
+    let names = vec![OPERATOR_SERVER_NAME.to_owned()];
+    pki::issue_into(
+        &ca,
+        &dir.join("operator"),
+        "cluster.local",
+        &Subject::Operator(names),
+    )
+    .unwrap();
+    for node in ["node-a", "node-b"] {
+        pki::issue_into(
+            &ca,
+            &dir.join(node),
+            "cluster.local",
+            &Subject::Node(node.into()),
+        )
+        .unwrap();
+    }
+    let dir = dir.to_owned();
+    move |who: &str| {
+        let files = dir.join(who);
+        TlsArgs {
+            ca: files.join("ca.crt"),
+            cert: files.join("tls.crt"),
+            key: files.join("tls.key"),
+            insecure_plaintext: false,
+        }
+        .load()
+        .unwrap()
+        .unwrap()
+    }
+}
+
+/// An operator (engine and node API) serving the manifests above on `address`.
+async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
+    let hub = Arc::new(Hub::default());
+    let (metrics, _) = Metrics::new();
+    let config = Config {
+        trust_domain: "cluster.local".into(),
+        state_dir: None,
+        agent_grace: Duration::ZERO,
+    };
+    let engine = Engine::new(
+        config,
+        hub.clone(),
+        metrics.clone(),
+        Readiness::new("starting"),
+    )
+    .unwrap();
+    let (inputs, received) = mpsc::channel(64);
+    tokio::spawn(engine.run(received));
+    let mut source = Manifests::new(vec![PathBuf::from("/m")]).unwrap();
+    let scan = source.update([(PathBuf::from("/m/red.yaml"), Ok(MANIFESTS.to_owned()))].into());
+    inputs
+        .send(Input::Source(source::Event::Changes(scan.changes)))
+        .await
+        .unwrap();
+    inputs
+        .send(Input::Source(source::Event::Synced))
+        .await
+        .unwrap();
+    let auth = Auth::MutualTls {
+        trust_domain: "cluster.local".into(),
+    };
+    let service = NodeApiService::new(hub.clone(), inputs, auth, metrics);
+    let listener = address.bind().await.unwrap();
+    let bound = match &listener {
+        Listener::Tcp(tcp) => Address::Tcp(tcp.local_addr().unwrap()),
+        Listener::Unix(_) => address.clone(),
+    };
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls.server())
+        .unwrap()
+        .add_service(NodeApiServer::new(service));
+    tokio::spawn(serve_grpc(router, listener, std::future::pending()));
+    (bound, hub)
+}
+
+fn hello(node: &str) -> AgentHello {
+    AgentHello {
+        node: node.into(),
+        public_key: KEY_A.into(),
+        underlay_address: "192.0.2.1".into(),
+        ..AgentHello::default()
+    }
+}
+
+async fn client(
+    address: &Address,
+    tls: Option<Pem>,
+) -> Result<NodeApiClient<tonic::transport::Channel>, String> {
+    let tls = tls.map(|pem| pem.client(OPERATOR_SERVER_NAME));
+    let channel = grpc_channel(address, tls, |e| e.connect_timeout(Duration::from_secs(5)))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(NodeApiClient::new(channel))
+}
+
+async fn scenario(listen: Address) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificates(dir.path());
+    let (address, hub) = operator(&listen, pem("operator")).await;
+
+    // node-a's agent, proving node-a: its state, with node-b's member routed to node-b.
+    let mut a = client(&address, Some(pem("node-a"))).await.unwrap();
+    let mut stream = a.watch(hello("node-a")).await.unwrap().into_inner();
+    let state = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a state within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.node, "node-a");
+    assert!(state.version >= 1);
+    assert_eq!(state.services[0].members[0].id, "red/red-a");
+
+    // It reports; the operator shows what it applied.
+    a.report(AgentReport {
+        node: "node-a".into(),
+        applied_version: state.version,
+        ..AgentReport::default()
+    })
+    .await
+    .unwrap();
+    let applied = async {
+        loop {
+            let snapshot = hub.snapshot();
+            let node = snapshot.nodes.iter().find(|n| n.name == "node-a").cloned();
+            if node.is_some_and(|n| n.connected && n.applied_version == state.version) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), applied)
+        .await
+        .expect("the report is shown");
+
+    // node-b's certificate cannot watch, or report for, node-a.
+    let mut b = client(&address, Some(pem("node-b"))).await.unwrap();
+    let refused = b.watch(hello("node-a")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused
+            .message()
+            .contains("proves node node-b, not node node-a"),
+        "{}",
+        refused.message()
+    );
+    let refused = b
+        .report(AgentReport {
+            node: "node-a".into(),
+            ..AgentReport::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    // A malformed hello is refused with what is wrong.
+    let mut bad = hello("node-b");
+    bad.underlay_address = "not-an-ip".into();
+    let refused = b.watch(bad).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("underlay_address"),
+        "{}",
+        refused.message()
+    );
+
+    // Without a client certificate (plaintext), nothing is served.
+    let plaintext = match client(&address, None).await {
+        Ok(mut c) => c
+            .watch(hello("node-a"))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    assert!(plaintext.is_err(), "a plaintext client must not be served");
+}
+
+#[tokio::test]
+async fn mutual_tls_over_tcp() {
+    scenario("127.0.0.1:0".parse().unwrap()).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    scenario(Address::Unix(dir.path().join("operator.sock"))).await;
+}
