@@ -271,7 +271,18 @@ async fn report(
         Err(e) => return fail(&e),
     };
     if json {
-        match serde_json::to_string_pretty(&measured) {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Verdict<'a> {
+            as_expected: bool,
+            #[serde(flatten)]
+            matrix: &'a super::matrix::Matrix,
+        }
+        let verdict = Verdict {
+            as_expected: measured.as_expected(),
+            matrix: &measured,
+        };
+        match serde_json::to_string_pretty(&verdict) {
             Ok(text) => println!("{text}"),
             Err(e) => return fail(&e.to_string()),
         }

@@ -1,0 +1,609 @@
+//! `wireway lab` for real: network namespaces, the operator and agents as processes,
+//! userspace WireGuard, real pings. Each test runs its own lab (its own name and
+//! directory) and removes it, also when it fails.
+//!
+//! These tests need root. Under CI they must run: without root they fail there, and
+//! elsewhere they say they were skipped.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const WIREWAY: &str = env!("CARGO_BIN_EXE_wireway");
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn root_or_skip(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs root, and CI runs as root"
+        );
+        eprintln!("skipped {test}: needs root (run as root, as CI does)");
+    }
+    root
+}
+
+fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples")
+}
+
+/// A lab of this test's own, removed on drop.
+struct Lab {
+    name: String,
+    dir: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let bin_dir = Path::new(WIREWAY).parent().unwrap();
+        for binary in ["wireway-operator", "wireway-agent"] {
+            assert!(
+                bin_dir.join(binary).is_file(),
+                "{binary} is not built beside {WIREWAY}: run `cargo build --workspace --bins` (make test does)"
+            );
+        }
+        let name = format!(
+            "t{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let parent = tempfile::Builder::new()
+            .prefix("wwlab")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Self {
+            name,
+            dir: parent.path().join("lab"),
+            _parent: parent,
+        }
+    }
+
+    fn wireway(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(WIREWAY);
+        command
+            .args(["lab", "--name", &self.name, "--dir"])
+            .arg(&self.dir)
+            .args(args);
+        command.output().unwrap()
+    }
+
+    /// `wireway lab up DIR --json`: the measured matrix, and whether it exited 0.
+    fn up(&self, manifests: &Path) -> (Value, bool) {
+        let out = self.wireway(&[
+            "up",
+            manifests.to_str().unwrap(),
+            "--json",
+            "--timeout",
+            "90",
+        ]);
+        (matrix_of(&out), out.status.success())
+    }
+
+    /// `wireway lab matrix --json`.
+    fn matrix(&self) -> (Value, bool) {
+        let out = self.wireway(&["matrix", "--json"]);
+        (matrix_of(&out), out.status.success())
+    }
+
+    /// Measures until `accept` takes the matrix (the lab follows files in well under a
+    /// second; this leaves room for a loaded machine).
+    fn matrix_until(&self, what: &str, accept: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (matrix, as_expected) = self.matrix();
+            if as_expected && accept(&matrix) {
+                return matrix;
+            }
+            assert!(Instant::now() < deadline, "{what}: last matrix {matrix:#}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn record(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.dir.join("lab.json")).unwrap()).unwrap()
+    }
+
+    fn status(&self) -> Value {
+        let socket = format!("unix:{}", self.dir.join("operator-http.sock").display());
+        let out = Command::new(WIREWAY)
+            .args(["status", "--operator", &socket, "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn netns(&self, pod: &str) -> String {
+        self.record()["pods"][pod]["netns"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn node_netns(&self, node: &str) -> String {
+        self.record()["nodes"][node]["netns"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn pid(&self, role: &str) -> u32 {
+        self.record()["processes"][role].as_u64().unwrap() as u32
+    }
+
+    fn log(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.wireway(&["down"]);
+        if !out.status.success() {
+            eprintln!("lab down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+fn matrix_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no matrix: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The cells of a matrix: (from, to, service) -> (expected, reached).
+fn cells(matrix: &Value) -> BTreeMap<(String, String, String), (bool, bool)> {
+    let rows = matrix["rows"].as_array().unwrap();
+    let columns = matrix["columns"].as_array().unwrap();
+    let mut out = BTreeMap::new();
+    for (r, row) in rows.iter().enumerate() {
+        for (c, column) in columns.iter().enumerate() {
+            let expected = &matrix["expected"][r][c];
+            let reached = &matrix["reached"][r][c];
+            if let (Some(e), Some(g)) = (expected.as_bool(), reached.as_bool()) {
+                let key = (
+                    row.as_str().unwrap().to_owned(),
+                    column["workload"].as_str().unwrap().to_owned(),
+                    column["service"].as_str().unwrap().to_owned(),
+                );
+                out.insert(key, (e, g));
+            }
+        }
+    }
+    out
+}
+
+fn reaches(matrix: &Value, from: &str, to: &str, service: &str) -> Option<bool> {
+    cells(matrix)
+        .get(&(from.into(), to.into(), service.into()))
+        .map(|(_, reached)| *reached)
+}
+
+fn rows(matrix: &Value) -> Vec<String> {
+    matrix["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn promtool(metrics: &str) {
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is needed: .ci/run installs it");
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), metrics.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn scrape(socket: &Path) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(socket)
+        .arg("http://lab/metrics")
+        .output()
+        .expect("curl is needed");
+    assert!(out.status.success(), "scraping {}", socket.display());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_samples_reach_as_the_seeds_say() {
+    if !root_or_skip("the_samples_reach_as_the_seeds_say") {
+        return;
+    }
+    let lab = Lab::new();
+    let (matrix, ok) = lab.up(&samples());
+    assert!(ok, "lab up: the matrix differs from the plan: {matrix:#}");
+    assert_eq!(matrix["asExpected"], true);
+    // Red reaches red, green reaches green, bridge reaches both, across nodes.
+    assert_eq!(
+        reaches(&matrix, "red/red-a", "red/red-b", "red/red"),
+        Some(true)
+    );
+    assert_eq!(
+        reaches(&matrix, "red/red-a", "red/bridge", "red/red"),
+        Some(true)
+    );
+    assert_eq!(
+        reaches(&matrix, "green/green-a", "green/green-b", "green/green"),
+        Some(true)
+    );
+    assert_eq!(
+        reaches(&matrix, "red/bridge", "green/green-a", "green/green"),
+        Some(true)
+    );
+    assert_eq!(
+        reaches(&matrix, "green/green-b", "red/bridge", "green/green"),
+        Some(true)
+    );
+    assert_eq!(
+        reaches(&matrix, "red/bridge", "red/red-b", "red/red"),
+        Some(true)
+    );
+    // Nothing else reaches anything: across services, from outside, the refused.
+    assert_eq!(
+        reaches(&matrix, "red/red-a", "green/green-a", "green/green"),
+        Some(false)
+    );
+    assert_eq!(
+        reaches(&matrix, "green/green-a", "red/bridge", "red/red"),
+        Some(false)
+    );
+    for target in ["red/red-a", "red/bridge"] {
+        assert_eq!(
+            reaches(&matrix, "other/loner", target, "red/red"),
+            Some(false)
+        );
+        assert_eq!(
+            reaches(&matrix, "other/intruder", target, "red/red"),
+            Some(false)
+        );
+    }
+    let refused = matrix["notAdmitted"].to_string();
+    assert!(
+        refused.contains("other/intruder is not in red/red: NotAdmitted"),
+        "{refused}"
+    );
+    let externals = matrix["externals"].to_string();
+    assert!(externals.contains("red/backup-vm") && externals.contains("green/partner-reporter"));
+    let all = cells(&matrix);
+    assert_eq!(all.len(), 36);
+    assert!(all.values().all(|(expected, reached)| expected == reached));
+    assert_eq!(all.values().filter(|(e, _)| *e).count(), 12);
+
+    // Statuses: every service and admitted Endpoint Ready, the intruder's not.
+    let status = lab.status();
+    for service in status["networkServices"].as_array().unwrap() {
+        assert_eq!(
+            service["status"]["conditions"][0]["status"], "True",
+            "{service:#}"
+        );
+    }
+    let join_red = status["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["metadata"]["name"] == "join-red")
+        .unwrap();
+    assert_eq!(join_red["status"]["conditions"][0]["reason"], "NotAdmitted");
+
+    // Both binaries' metrics, scraped for real, pass promtool.
+    promtool(&scrape(&lab.dir.join("operator-http.sock")));
+    for node in lab.record()["nodes"].as_object().unwrap().keys() {
+        let metrics = scrape(&lab.dir.join("nodes").join(node).join("http.sock"));
+        assert!(
+            metrics.contains("wireway_agent_peer_receive_bytes_total{"),
+            "{metrics}"
+        );
+        promtool(&metrics);
+    }
+}
+
+/// The samples in a directory of the test's own, to change.
+fn copy_samples() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(samples()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Replaces a file the way editors do: a new file renamed over the old.
+fn write(dir: &Path, name: &str, text: &str) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, dir.join(name)).unwrap();
+}
+
+#[test]
+fn the_matrix_follows_the_manifests() {
+    if !root_or_skip("the_matrix_follows_the_manifests") {
+        return;
+    }
+    let manifests = copy_samples();
+    let dir = manifests.path();
+    let lab = Lab::new();
+    let (matrix, ok) = lab.up(dir);
+    assert!(ok, "{matrix:#}");
+
+    // A member joins red.
+    write(
+        dir,
+        "70-red-c.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: red-c, namespace: red, labels: {net: red}}\n\
+         spec: {containers: [{name: app, image: busybox}]}\n",
+    );
+    let matrix = lab.matrix_until("red-c joins red", |m| {
+        reaches(m, "red/red-c", "red/red-a", "red/red") == Some(true)
+            && reaches(m, "red/bridge", "red/red-c", "red/red") == Some(true)
+    });
+    assert_eq!(
+        reaches(&matrix, "red/red-c", "green/green-a", "green/green"),
+        Some(false)
+    );
+
+    // A member leaves green: green-b's Pod is removed.
+    let green = std::fs::read_to_string(dir.join("20-green.yaml")).unwrap();
+    let without_b = green
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: green-b"))
+        .collect::<Vec<_>>();
+    write(dir, "20-green.yaml", &without_b.join("\n---\n"));
+    lab.matrix_until("green-b leaves", |m| {
+        !rows(m).contains(&"green/green-b".to_owned())
+    });
+
+    // An Admission changes: green no longer admits bridge.
+    let bridge = std::fs::read_to_string(dir.join("30-bridge.yaml")).unwrap();
+    let endpoint_only = bridge.split("\n---\n").next().unwrap();
+    write(dir, "30-bridge.yaml", endpoint_only);
+    let matrix = lab.matrix_until("bridge loses green", |m| {
+        reaches(m, "red/bridge", "green/green-a", "green/green") == Some(false)
+            && m["notAdmitted"]
+                .to_string()
+                .contains("red/bridge is not in green/green")
+    });
+    assert_eq!(
+        reaches(&matrix, "red/bridge", "red/red-a", "red/red"),
+        Some(true),
+        "red stays"
+    );
+
+    // A node is added, with a pod pinned to it.
+    write(
+        dir,
+        "80-edge.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: edge}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: edge-red, namespace: red, labels: {net: red}}\n\
+         spec: {nodeName: edge, containers: [{name: app, image: busybox}]}\n",
+    );
+    let before_break = lab.matrix_until("the edge node joins red", |m| {
+        reaches(m, "red/edge-red", "red/red-a", "red/red") == Some(true)
+            && reaches(m, "red/red-b", "red/edge-red", "red/red") == Some(true)
+    });
+    assert!(lab.record()["nodes"]["edge"].is_object());
+
+    // A file breaks: nothing changes, and the operator says where.
+    let red = std::fs::read_to_string(dir.join("10-red.yaml")).unwrap();
+    write(
+        dir,
+        "10-red.yaml",
+        &format!("{red}\n---\nkind: [this is not YAML\n"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let problem = loop {
+        let problems = lab.status()["problems"].clone();
+        if let Some(p) = problems.as_array().and_then(|p| p.first()).cloned() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the broken file is not reported");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        problem["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("10-red.yaml"),
+        "{problem}"
+    );
+    assert!(problem["line"].as_u64().is_some(), "{problem}");
+    let (after_break, ok) = lab.matrix();
+    assert!(ok);
+    assert_eq!(
+        cells(&after_break),
+        cells(&before_break),
+        "the broken file changed the mesh"
+    );
+}
+
+/// Pings `address` from a namespace every 10 ms until stopped.
+fn ping_flood(netns: &str, address: &str) -> Child {
+    Command::new("ip")
+        .args([
+            "netns", "exec", netns, "ping", "-n", "-q", "-i", "0.01", address,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a ping with SIGINT; (sent, received) from its summary.
+fn stop(ping: Child) -> (u64, u64) {
+    let _ = Command::new("kill")
+        .args(["-INT", &ping.id().to_string()])
+        .status();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Every link the agents made, by node: name -> ifindex.
+fn links(lab: &Lab) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for node in lab.record()["nodes"].as_object().unwrap().keys() {
+        let listing = Command::new("ip")
+            .args(["-n", &lab.node_netns(node), "-o", "link"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&listing.stdout).lines() {
+            let mut parts = line.split(": ");
+            let (index, name) = (parts.next().unwrap(), parts.next().unwrap());
+            let name = name.split('@').next().unwrap();
+            if name.starts_with("ww") {
+                out.insert(format!("{node}/{name}"), index.to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn losing_the_operator_or_an_agent_loses_no_packet() {
+    if !root_or_skip("losing_the_operator_or_an_agent_loses_no_packet") {
+        return;
+    }
+    let lab = Lab::new();
+    let (matrix, ok) = lab.up(&samples());
+    assert!(ok, "{matrix:#}");
+    let address = |workload: &str, service: &str| {
+        matrix["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["workload"] == workload && c["service"] == service)
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let before = links(&lab);
+    // Across the mesh: red between three nodes, green between two, both ways.
+    let pings = [
+        ping_flood(&lab.netns("red/red-a"), &address("red/red-b", "red/red")),
+        ping_flood(&lab.netns("red/red-b"), &address("red/bridge", "red/red")),
+        ping_flood(&lab.netns("red/bridge"), &address("red/red-a", "red/red")),
+        ping_flood(
+            &lab.netns("green/green-a"),
+            &address("red/bridge", "green/green"),
+        ),
+        ping_flood(
+            &lab.netns("red/bridge"),
+            &address("green/green-b", "green/green"),
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The operator dies and stays away for 60 s.
+    let operator = lab.pid("operator");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &operator.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(60));
+    // Back: it serves what it served, no agent changes anything.
+    let out = lab.wireway(&["start"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (after_operator, ok) = lab.matrix();
+    assert!(ok, "{after_operator:#}");
+    assert_eq!(
+        links(&lab),
+        before,
+        "an interface was recreated after the operator's restart"
+    );
+
+    // An agent dies and is started again.
+    let node = lab.record()["pods"]["red/red-a"]["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = lab.pid(&format!("agent/{node}"));
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &agent.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let out = lab.wireway(&["start"]);
+    assert!(out.status.success());
+    let (after_agent, ok) = lab.matrix();
+    assert!(ok, "{after_agent:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        links(&lab),
+        before,
+        "an interface was recreated after the agent's restart"
+    );
+    let agent_log = lab.log(&format!("nodes/{node}/agent.log"));
+    assert!(
+        agent_log.contains("re-applying the last applied state"),
+        "{agent_log}"
+    );
+
+    // ping -i 0.01 sends at most 100 a second; a loaded 2-core machine manages fewer.
+    let counts: Vec<(u64, u64)> = pings.into_iter().map(stop).collect();
+    for (sent, received) in &counts {
+        assert_eq!(
+            sent,
+            received,
+            "{} of {sent} pings lost ({counts:?})",
+            sent - received
+        );
+        assert!(
+            *sent > 3_000,
+            "only {sent} pings sent in more than 70 s ({counts:?})"
+        );
+    }
+}
