@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use wireway_operator::snapshot::Snapshot;
 use wireway_operator::source::manifests::Manifests;
 
 use super::{Inventory, Lab, binaries, is_root, lab_dir, supervise};
@@ -76,6 +77,27 @@ pub enum LabCommand {
     Start,
     /// Remove everything the lab made, and only that; also after a crash.
     Down,
+    /// Measure how fast changes take effect: make a lab of NODES nodes running one
+    /// service, make CHANGES changes to its manifests one after another, and print the
+    /// latency from each file written to the last agent's report of the state it
+    /// produced (p50, p99, max). Removes the lab afterwards.
+    Bench {
+        /// Nodes in the lab.
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Changes to make.
+        #[arg(long, default_value_t = 52)]
+        changes: usize,
+        /// Where wireway-operator and wireway-agent are (default: beside this program).
+        #[arg(long, env = "WIREWAY_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Print every change's latency as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Leave the lab up afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Follow the manifests and keep the lab in step (started by `up`).
     #[command(hide = true)]
     Supervise,
@@ -144,6 +166,53 @@ pub async fn run(args: LabArgs) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        LabCommand::Bench {
+            nodes,
+            changes,
+            bin_dir,
+            json,
+            keep,
+        } => {
+            let manifests = dir.join("bench-manifests");
+            if let Err(e) = super::bench::write_manifests(&manifests, nodes.max(4)) {
+                return fail(&format!("failed to write {}: {e}", manifests.display()));
+            }
+            let up = Up {
+                name: args.name,
+                dir,
+                manifests: vec![manifests.clone()],
+                nodes: Some(0),
+                trust_domain: "cluster.local".into(),
+                bin_dir,
+                timeout: Duration::from_secs(300),
+                json,
+            };
+            let (lab, _) = match up.start().await {
+                Ok(up) => up,
+                Err(e) => return fail(&e),
+            };
+            eprintln!("making {changes} changes");
+            let results = super::bench::run(&lab, &manifests, nodes.max(4), changes).await;
+            if !keep {
+                for e in lab.down() {
+                    eprintln!("error: {e}");
+                }
+            }
+            match results {
+                Ok(r) if json => match serde_json::to_string_pretty(&r) {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e.to_string()),
+                },
+                Ok(r) => {
+                    print!("{}", r.render());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         LabCommand::Supervise => match supervise(dir).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -152,104 +221,26 @@ pub async fn run(args: LabArgs) -> ExitCode {
 }
 
 /// `wireway lab up`.
-struct Up {
-    name: String,
-    dir: PathBuf,
-    manifests: Vec<PathBuf>,
-    nodes: Option<usize>,
-    trust_domain: String,
-    bin_dir: Option<PathBuf>,
-    timeout: Duration,
-    json: bool,
+pub(super) struct Up {
+    pub(super) name: String,
+    pub(super) dir: PathBuf,
+    pub(super) manifests: Vec<PathBuf>,
+    pub(super) nodes: Option<usize>,
+    pub(super) trust_domain: String,
+    pub(super) bin_dir: Option<PathBuf>,
+    pub(super) timeout: Duration,
+    pub(super) json: bool,
 }
 
-fn step(what: &str) {
+pub(super) fn step(what: &str) {
     eprintln!("  {what}");
 }
 
 impl Up {
     async fn run(self) -> ExitCode {
         let started = Instant::now();
-        let mut roots = Vec::new();
-        for path in &self.manifests {
-            match std::path::absolute(path) {
-                Ok(p) if p.exists() => roots.push(p),
-                _ => return fail(&format!("{} does not exist", path.display())),
-            }
-        }
-        let binaries = match binaries(self.bin_dir.as_deref()) {
-            Ok(b) => b,
-            Err(e) => return fail(&e),
-        };
-        let mut manifests = match Manifests::new(roots.clone()) {
-            Ok(m) => m,
-            Err(e) => return fail(&e.to_string()),
-        };
-        let scan = manifests.scan();
-        for problem in &scan.problems {
-            eprintln!("warning: {problem} (not in effect)");
-        }
-        let inventory = Inventory::of(&manifests);
-        let own_nodes = self
-            .nodes
-            .unwrap_or(if inventory.nodes.is_empty() { 3 } else { 0 });
-        eprintln!(
-            "lab {}: {} pods from {}, on {} nodes of its own{}",
-            self.name,
-            inventory.pods.len(),
-            self.manifests
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-            own_nodes,
-            if inventory.nodes.is_empty() {
-                String::new()
-            } else {
-                format!(" and {} declared", inventory.nodes.len())
-            }
-        );
-        let mut lab = match Lab::create(
-            self.dir.clone(),
-            &self.name,
-            roots,
-            &self.trust_domain,
-            own_nodes,
-            binaries,
-        ) {
-            Ok(lab) => lab,
-            Err(e) => return fail(&e),
-        };
-        let made = lab
-            .create_pki()
-            .and_then(|()| lab.create_underlay())
-            .and_then(|()| {
-                step("certificates (one CA; the operator's, one per node) and the underlay bridge");
-                lab.reconcile(&inventory, false)
-            });
-        match made {
-            Ok(done) => {
-                for line in done {
-                    step(&line);
-                }
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                eprintln!("(`wireway lab down` removes what was made)");
-                return ExitCode::FAILURE;
-            }
-        }
-        match lab.start_all() {
-            Ok(started) => step(&format!(
-                "started {} (logs in {})",
-                started.join(", "),
-                lab.dir.display()
-            )),
-            Err(e) => return fail(&e),
-        }
-        let converged = lab.wait_converged(self.timeout, step).await;
-        let snapshot = match converged {
-            Ok(s) => s,
+        let (lab, snapshot) = match self.start().await {
+            Ok(up) => up,
             Err(e) => return fail(&e),
         };
         eprintln!("converged in {:.1} s\n", started.elapsed().as_secs_f64());
@@ -258,14 +249,69 @@ impl Up {
         }
         report(&lab, &snapshot, self.json).await
     }
+
+    /// Makes the lab, starts it and waits until it has converged.
+    pub(super) async fn start(&self) -> Result<(Lab, Snapshot), String> {
+        let mut roots = Vec::new();
+        for path in &self.manifests {
+            match std::path::absolute(path) {
+                Ok(p) if p.exists() => roots.push(p),
+                _ => return Err(format!("{} does not exist", path.display())),
+            }
+        }
+        let binaries = binaries(self.bin_dir.as_deref())?;
+        let mut manifests = Manifests::new(roots.clone()).map_err(|e| e.to_string())?;
+        for problem in manifests.scan().problems {
+            eprintln!("warning: {problem} (not in effect)");
+        }
+        let inventory = Inventory::of(&manifests);
+        let own_nodes = self
+            .nodes
+            .unwrap_or(if inventory.nodes.is_empty() { 3 } else { 0 });
+        let sources: Vec<String> = self
+            .manifests
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "lab {}: {} pods from {}, on {own_nodes} nodes of its own and {} declared",
+            self.name,
+            inventory.pods.len(),
+            sources.join(" "),
+            inventory.nodes.len(),
+        );
+        let mut lab = Lab::create(
+            self.dir.clone(),
+            &self.name,
+            roots,
+            &self.trust_domain,
+            own_nodes,
+            binaries,
+        )?;
+        let made = lab
+            .create_pki()
+            .and_then(|()| lab.create_underlay())
+            .and_then(|()| {
+                step("certificates (one CA; the operator's, one per node) and the underlay bridge");
+                lab.reconcile(&inventory, false)
+            })
+            .map_err(|e| format!("{e} (`wireway lab down` removes what was made)"))?;
+        for line in made {
+            step(&line);
+        }
+        let started = lab.start_all()?;
+        step(&format!(
+            "started {} (logs in {})",
+            started.join(", "),
+            lab.dir.display()
+        ));
+        let snapshot = lab.wait_converged(self.timeout, step).await?;
+        Ok((lab, snapshot))
+    }
 }
 
 /// Measures and prints the matrix; the exit code says whether it is as planned.
-async fn report(
-    lab: &Lab,
-    snapshot: &wireway_operator::snapshot::Snapshot,
-    json: bool,
-) -> ExitCode {
+async fn report(lab: &Lab, snapshot: &Snapshot, json: bool) -> ExitCode {
     let measured = match lab.measure(lab.expectation(snapshot)).await {
         Ok(m) => m,
         Err(e) => return fail(&e),

@@ -13,6 +13,7 @@
 //! port and changes nothing in the host's network namespace. Everything it makes is in
 //! its record (`lab.json`) before it is made, and `wireway lab down` removes exactly that.
 
+pub mod bench;
 pub mod commands;
 pub mod matrix;
 pub mod net;

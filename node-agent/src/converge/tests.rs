@@ -549,3 +549,76 @@ proptest! {
         }
     }
 }
+
+/// Finds namespaces like [`resolve`], and knows one host name.
+struct Dns;
+
+impl Lookup for Dns {
+    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+        resolve(locator)
+    }
+
+    fn endpoint(&self, host_port: &str) -> Option<std::net::SocketAddr> {
+        (host_port == "vm.example:51820").then(|| "192.0.2.10:51820".parse().unwrap())
+    }
+}
+
+#[test]
+fn endpoints_by_name_are_resolved_or_left_out_and_reported() {
+    let mut svc = red();
+    svc.peers = vec![
+        peer("key-b", "vm.example:51820", "10.100.255.10/32"),
+        peer("key-c", "nowhere.example:51820", "10.100.255.11/32"),
+        peer("key-d", "[fd00::1]:51820", "10.100.255.12/32"),
+    ];
+    assert_eq!(
+        endpoint_names(&state(vec![svc.clone()])),
+        BTreeSet::from([
+            "vm.example:51820".to_owned(),
+            "nowhere.example:51820".to_owned()
+        ])
+    );
+    let (plane, errors) = desired(&state(vec![svc]), Dns);
+    let peers = &plane.wireguard["ww-red"].peers;
+    assert_eq!(peers["key-b"].endpoint.as_deref(), Some("192.0.2.10:51820"));
+    assert_eq!(
+        peers["key-c"].endpoint, None,
+        "set without an endpoint: it can dial in"
+    );
+    assert_eq!(peers["key-d"].endpoint.as_deref(), Some("[fd00::1]:51820"));
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]
+            .message
+            .contains("nowhere.example:51820 does not resolve"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(plane.members.len(), 1, "the rest of the service is applied");
+}
+
+#[test]
+fn a_peer_that_dials_in_is_in_sync_wherever_it_came_from() {
+    let mut svc = red();
+    svc.peers = vec![peer("key-b", "", "10.100.1.0/24")];
+    let want = plane(vec![svc]);
+    let mut have = want.clone();
+    // WireGuard learned the peer's endpoint from its packets.
+    if let Some(p) = have
+        .wireguard
+        .get_mut("ww-red")
+        .and_then(|w| w.peers.get_mut("key-b"))
+    {
+        p.endpoint = Some("198.51.100.7:40000".into());
+    }
+    assert_eq!(converge(&want, &have), []);
+    // An allowed IP that differs is still a change.
+    if let Some(p) = have
+        .wireguard
+        .get_mut("ww-red")
+        .and_then(|w| w.peers.get_mut("key-b"))
+    {
+        p.allowed_ips.clear();
+    }
+    assert_eq!(converge(&want, &have).len(), 1);
+}
