@@ -1,6 +1,8 @@
 //! The node API over real gRPC and real mutual TLS, on TCP and on a Unix socket: an agent
 //! gets its node's state only when its certificate proves that node.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by panicking
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
