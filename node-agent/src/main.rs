@@ -42,10 +42,11 @@ struct Cli {
 struct RunArgs {
     /// This node's name, as the operator knows it.
     #[arg(long, env = "NODE_NAME")]
-    node: String,
-    /// The operator's node API: HOST:PORT or unix:PATH.
+    node_name: String,
+    /// The operator's node API: a URL such as
+    /// https://wireway-operator.wireway-system.svc:9443, or unix:PATH.
     #[arg(long, env = "WIREWAY_OPERATOR")]
-    operator: Address,
+    operator: String,
     /// The DNS name the operator's certificate must carry.
     #[arg(long, default_value = OPERATOR_SERVER_NAME, env = "WIREWAY_OPERATOR_NAME")]
     operator_name: String,
@@ -55,8 +56,8 @@ struct RunArgs {
     underlay_address: Option<IpAddr>,
     /// Where metrics (/metrics) and health (/healthz, /readyz) are served: HOST:PORT or
     /// unix:PATH.
-    #[arg(long, default_value = "0.0.0.0:9091", env = "WIREWAY_HTTP_LISTEN")]
-    http_listen: Address,
+    #[arg(long, default_value = "0.0.0.0:9090", env = "WIREWAY_LISTEN_HTTP")]
+    listen_http: Address,
     /// Seconds between re-applications of the applied state (repairs what was changed by
     /// hand).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
@@ -237,7 +238,7 @@ fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
             Err(e) => return fail(&e),
         };
         let underlay_mtu = agent.mtu_of(underlay).await.unwrap_or(1500);
-        let listener = match args.http_listen.bind().await {
+        let listener = match args.listen_http.bind().await {
             Ok(l) => l,
             Err(e) => return fail(&e),
         };
@@ -246,8 +247,8 @@ fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
         let router = http::router(Arc::new(registry), readiness.clone());
         tokio::spawn(http::serve(listener, router, std::future::pending()));
         tracing::info!(
-            node = args.node,
-            operator = %args.operator,
+            node = args.node_name,
+            operator = args.operator,
             %underlay,
             backend = agent.backend(),
             "wireway-agent {} started",
@@ -257,7 +258,7 @@ fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
             operator: args.operator,
             server_name: args.operator_name,
             tls: pem,
-            node: args.node,
+            node: args.node_name,
             underlay,
             underlay_mtu,
             public_key,

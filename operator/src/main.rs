@@ -29,12 +29,12 @@ struct Args {
     #[arg(long = "manifests", required = true, value_name = "PATH")]
     manifests: Vec<PathBuf>,
     /// Where the node API (gRPC) listens: HOST:PORT or unix:PATH.
-    #[arg(long, default_value = "0.0.0.0:9443", env = "WIREWAY_LISTEN")]
-    listen: Address,
+    #[arg(long, default_value = "0.0.0.0:9443", env = "WIREWAY_LISTEN_GRPC")]
+    listen_grpc: Address,
     /// Where metrics (/metrics), health (/healthz, /readyz) and object statuses
     /// (/status) are served: HOST:PORT or unix:PATH.
-    #[arg(long, default_value = "0.0.0.0:9090", env = "WIREWAY_HTTP_LISTEN")]
-    http_listen: Address,
+    #[arg(long, default_value = "0.0.0.0:8080", env = "WIREWAY_LISTEN_HTTP")]
+    listen_http: Address,
     /// Directory for the operator's own state (agents' keys, served states, statuses), so
     /// a restart serves exactly what was served before.
     #[arg(
@@ -92,11 +92,11 @@ async fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail("cannot open the state directory", &e),
     };
-    let grpc = match args.listen.bind().await {
+    let grpc = match args.listen_grpc.bind().await {
         Ok(l) => l,
         Err(e) => return fail("cannot serve the node API", &e),
     };
-    let web = match args.http_listen.bind().await {
+    let web = match args.listen_http.bind().await {
         Ok(l) => l,
         Err(e) => return fail("cannot serve HTTP", &e),
     };
@@ -128,8 +128,8 @@ async fn main() -> ExitCode {
     let router = server.add_service(NodeApiServer::new(service));
     let web_router = http::router(Arc::new(registry), readiness).merge(status_route(hub));
     tracing::info!(
-        node_api = %args.listen,
-        http = %args.http_listen,
+        node_api = %args.listen_grpc,
+        http = %args.listen_http,
         manifests = ?args.manifests,
         "wireway-operator {} started",
         env!("CARGO_PKG_VERSION")

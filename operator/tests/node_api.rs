@@ -140,9 +140,11 @@ async fn client(
     tls: Option<Pem>,
 ) -> Result<NodeApiClient<tonic::transport::Channel>, String> {
     let tls = tls.map(|pem| pem.client(OPERATOR_SERVER_NAME));
-    let channel = grpc_channel(address, tls, |e| e.connect_timeout(Duration::from_secs(5)))
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let channel = grpc_channel(&address.to_string(), tls, |e| {
+        e.connect_timeout(Duration::from_secs(5))
+    })
+    .await
+    .map_err(|e| format!("{e:?}"))?;
     Ok(NodeApiClient::new(channel))
 }
 

@@ -84,15 +84,6 @@ impl Address {
             }
         }
     }
-
-    /// The URI a client gives tonic: `http://HOST:PORT` (or `https://` with TLS), or
-    /// `unix:PATH`.
-    pub fn grpc_uri(&self, tls: bool) -> String {
-        match self {
-            Self::Tcp(addr) => format!("{}://{addr}", if tls { "https" } else { "http" }),
-            Self::Unix(path) => format!("unix:{}", path.display()),
-        }
-    }
 }
 
 fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
@@ -134,27 +125,35 @@ pub async fn serve_grpc(
     }
 }
 
-/// A gRPC channel to `address`, over mutual TLS when `tls` is given.
+/// A gRPC channel to `target`: a URL (`https://wireway-operator.wireway-system.svc:9443`;
+/// `HOST:PORT` alone gets `https://`, or `http://` without TLS) or `unix:PATH`; over
+/// mutual TLS when `tls` is given.
 ///
 /// tonic refuses TLS on its own Unix-socket endpoints, so a Unix socket is dialled by a
-/// connector of ours under the server name TLS checks, and TLS runs over it as over TCP.
+/// connector of ours, and TLS runs over it as over TCP (the server name comes from `tls`).
 pub async fn grpc_channel(
-    address: &Address,
+    target: &str,
     tls: Option<tonic::transport::ClientTlsConfig>,
     configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     use tonic::transport::Endpoint;
-    let uri = match address {
-        Address::Unix(_) if tls.is_some() => "https://wireway-operator".to_owned(),
-        other => other.grpc_uri(tls.is_some()),
+    let socket = target.strip_prefix("unix:").map(|p| {
+        let p = p.strip_prefix("//").unwrap_or(p);
+        PathBuf::from(p)
+    });
+    let uri = match (&socket, tls.is_some()) {
+        (Some(_), true) => "https://wireway-operator".to_owned(),
+        (Some(path), false) => format!("unix:{}", path.display()),
+        (None, _) if target.contains("://") => target.to_owned(),
+        (None, true) => format!("https://{target}"),
+        (None, false) => format!("http://{target}"),
     };
     let mut endpoint = configure(Endpoint::from_shared(uri)?);
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls)?;
     }
-    match address {
-        Address::Unix(path) if endpoint.uri().scheme_str() == Some("https") => {
-            let path = path.clone();
+    match socket {
+        Some(path) if endpoint.uri().scheme_str() == Some("https") => {
             let connector = tower::service_fn(move |_: tonic::transport::Uri| {
                 let path = path.clone();
                 async move {
@@ -189,14 +188,5 @@ mod tests {
         let err = "localhost".parse::<Address>().unwrap_err();
         assert!(err.to_string().contains("HOST:PORT"), "{err}");
         assert!("unix:".parse::<Address>().is_err());
-    }
-
-    #[test]
-    fn grpc_uris() {
-        let tcp: Address = "[::1]:9443".parse().unwrap();
-        assert_eq!(tcp.grpc_uri(true), "https://[::1]:9443");
-        assert_eq!(tcp.grpc_uri(false), "http://[::1]:9443");
-        let unix: Address = "unix:/a/b.sock".parse().unwrap();
-        assert_eq!(unix.grpc_uri(true), "unix:/a/b.sock");
     }
 }

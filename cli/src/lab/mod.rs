@@ -510,8 +510,8 @@ impl Lab {
             args.push("--manifests".into());
             args.push(root.into());
         }
-        args.extend(os(&["--listen", &self.operator_grpc().to_string()]));
-        args.extend(os(&["--http-listen", &self.operator_http().to_string()]));
+        args.extend(os(&["--listen-grpc", &self.operator_grpc().to_string()]));
+        args.extend(os(&["--listen-http", &self.operator_http().to_string()]));
         args.push("--state-dir".into());
         args.push(self.dir.join("operator").into());
         args.extend(os(&[
@@ -548,13 +548,13 @@ impl Lab {
         args.push(self.dir.join("netns").into());
         args.extend(os(&[
             "run",
-            "--node",
+            "--node-name",
             node,
             "--operator",
             &self.operator_grpc().to_string(),
         ]));
         args.extend(os(&["--underlay-address", &lab_node.address]));
-        args.extend(os(&["--http-listen", &self.agent_http(node).to_string()]));
+        args.extend(os(&["--listen-http", &self.agent_http(node).to_string()]));
         args.extend(self.tls_args(&self.pki().join("nodes").join(node)));
         let pid = net::spawn(
             &self.record.binaries.agent,
@@ -651,6 +651,9 @@ impl Lab {
                 progress(&summary);
                 last = summary;
             }
+            if let Some(dead) = self.dead_process() {
+                return Err(dead);
+            }
             match (done, settled, snapshot) {
                 (true, Some((p, since)), Some(s))
                     if p == plans && since.elapsed() >= Duration::from_millis(300) =>
@@ -669,6 +672,27 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A process of the lab that is not running, with the end of its log.
+    fn dead_process(&self) -> Option<String> {
+        let (role, _) = self
+            .record
+            .processes
+            .iter()
+            .find(|(role, _)| !self.is_running(role))?;
+        let log = match role.strip_prefix("agent/") {
+            Some(node) => self.dir.join("nodes").join(node).join("agent.log"),
+            None => self.dir.join(format!("{role}.log")),
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Some(format!(
+            "{role} is not running; the end of {}:\n{}",
+            log.display(),
+            tail.join("\n")
+        ))
     }
 
     /// Whether the lab has converged, and a line saying how far it is.

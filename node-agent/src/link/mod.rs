@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 use wireway_proto::node_api_client::NodeApiClient;
 use wireway_proto::{AgentHello, AgentReport, ErrorCount, NodeState, PeerStatus, WireGuardBackend};
 use wireway_runtime::http::Readiness;
-use wireway_runtime::listen::{Address, grpc_channel};
+use wireway_runtime::listen::grpc_channel;
 use wireway_runtime::tls::Pem;
 
 use crate::agent::Agent;
@@ -40,8 +40,8 @@ const RETRY_PROBLEMS: Duration = Duration::from_secs(1);
 /// How the agent reaches the operator and introduces itself.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The operator's node API.
-    pub operator: Address,
+    /// The operator's node API: a URL, or `unix:PATH`.
+    pub operator: String,
     /// The name the operator's certificate must carry.
     pub server_name: String,
     /// Mutual TLS; `None` for plaintext.
@@ -160,13 +160,13 @@ impl Link {
             match wake {
                 Wake::Connect => match self.open().await {
                     Ok(connected) => {
-                        tracing::info!(operator = %self.config.operator, "following the operator");
+                        tracing::info!(operator = self.config.operator, "following the operator");
                         self.metrics.operator_connected.set(1);
                         link = Some(connected);
                     }
                     Err(message) => {
                         self.error(category::OPERATOR, message.clone());
-                        tracing::warn!(operator = %self.config.operator, error = message, retry_in = ?backoff, "cannot reach the operator");
+                        tracing::warn!(operator = self.config.operator, error = message, retry_in = ?backoff, "cannot reach the operator");
                         connect_at = Instant::now() + backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
