@@ -645,7 +645,12 @@ impl Lab {
                     let (done, summary) = self.convergence(&s);
                     (done, summary, s.plans, Some(s))
                 }
-                Err(e) => (false, format!("waiting for the operator ({e})"), 0, None),
+                Err(_) => (
+                    false,
+                    "waiting for the operator to answer".to_owned(),
+                    0,
+                    None,
+                ),
             };
             if summary != last {
                 progress(&summary);

@@ -68,12 +68,18 @@ pub fn kill(pid: u32) {
         .status();
 }
 
-/// Whether `pid` is alive and its command line mentions `marker` (so a reused pid of
-/// someone else's process is never taken for ours).
+/// Whether `pid` is alive (not a zombie) and its command line mentions `marker`, so a
+/// reused pid of someone else's process is never taken for ours. A command line that is
+/// still empty belongs to a process in the middle of its exec.
 pub fn running(pid: u32, marker: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(marker))
-        .unwrap_or(false)
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    });
+    alive
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.is_empty() || String::from_utf8_lossy(&c).contains(marker))
 }
 
 /// Starts `program` with `args` in the background, in its own process group (a Ctrl-C
