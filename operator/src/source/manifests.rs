@@ -17,20 +17,19 @@
 //! * only what differs from the last scan is delivered as a change.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use wireway_crds::manifest::{documents, yaml_files};
 use wireway_crds::validation::{SchemaError, Validator};
-use wireway_crds::{API_VERSION, Admission, Endpoint, NetworkService, annotations};
+use wireway_crds::{API_VERSION, Admission, Endpoint, NetworkService};
 
+pub use super::items::pod_uid;
+use super::items::{self, Item, Key, diff};
 use super::{Event, Problem};
-use crate::plan::names::stable_hash;
 use crate::plan::{Change, Namespace, Node, ObjectKey, Pod};
 
 /// The namespace of an object that names none, as `kubectl apply` would use it.
@@ -42,22 +41,6 @@ const SETTLE: Duration = Duration::from_millis(5);
 const SETTLE_AT_MOST: Duration = Duration::from_millis(50);
 /// How often it reads everything even without events (a safety net for missed events).
 const RESCAN_EVERY: Duration = Duration::from_secs(10);
-
-/// The UID of a pod whose manifest gives none: stable for its namespace and name, in the
-/// shape of a Kubernetes UID, so whatever finds a pod's network namespace by UID (the
-/// lab, a VM's own tooling) can compute it too.
-pub fn pod_uid(namespace: &str, name: &str) -> String {
-    let high = stable_hash(&["wireway.dev/pod-uid", namespace, name]);
-    let low = stable_hash(&["wireway.dev/pod-uid/low", namespace, name]);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        high >> 32,
-        (high >> 16) & 0xffff,
-        high & 0xffff,
-        low >> 48,
-        low & 0xffff_ffff_ffff
-    )
-}
 
 /// Which object: kind, namespace (empty for cluster-scoped kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,28 +92,6 @@ struct FileState {
     accepted: Vec<Accepted>,
     /// Why the text last read is not in effect.
     problems: Vec<Problem>,
-}
-
-/// One item of the World, keyed for diffing.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Key {
-    Namespace(String),
-    Node(String),
-    Pod(String, String),
-    NetworkService(ObjectKey),
-    Endpoint(ObjectKey),
-    Admission(ObjectKey),
-}
-
-/// The World's items as the files describe them.
-#[derive(Debug, Clone, PartialEq)]
-enum Item {
-    Namespace(Namespace),
-    Node(Node),
-    Pod(Pod),
-    NetworkService(Box<NetworkService>),
-    Endpoint(Box<Endpoint>),
-    Admission(Box<Admission>),
 }
 
 /// What one scan found.
@@ -431,35 +392,6 @@ impl Manifests {
     }
 }
 
-/// The changes that take `old` to `new`.
-fn diff(old: &BTreeMap<Key, Item>, new: &BTreeMap<Key, Item>) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for (key, _) in old.iter().filter(|(k, _)| !new.contains_key(*k)) {
-        changes.push(match key.clone() {
-            Key::Namespace(name) => Change::NamespaceDeleted(name),
-            Key::Node(name) => Change::NodeDeleted(name),
-            Key::Pod(namespace, name) => Change::PodDeleted(namespace, name),
-            Key::NetworkService(k) => Change::NetworkServiceDeleted(k),
-            Key::Endpoint(k) => Change::EndpointDeleted(k),
-            Key::Admission(k) => Change::AdmissionDeleted(k),
-        });
-    }
-    for (key, item) in new {
-        if old.get(key) == Some(item) {
-            continue;
-        }
-        changes.push(match item.clone() {
-            Item::Namespace(ns) => Change::Namespace(ns),
-            Item::Node(node) => Change::Node(node),
-            Item::Pod(pod) => Change::Pod(pod),
-            Item::NetworkService(o) => Change::NetworkService(*o),
-            Item::Endpoint(o) => Change::Endpoint(*o),
-            Item::Admission(o) => Change::Admission(*o),
-        });
-    }
-    changes
-}
-
 /// Parses one file: every document, or the problems that keep the file out.
 fn parse_file(
     validator: &Validator,
@@ -562,15 +494,9 @@ fn convert(kind: &str, id: &ObjectId, raw: Value) -> Result<Object, String> {
         serde_json::from_value(raw).map_err(|e| e.to_string())
     }
     Ok(match kind {
-        "Namespace" => {
-            let ns: core::Namespace = typed(raw)?;
-            Object::Namespace(Namespace {
-                name: id.name.clone(),
-                labels: ns.metadata.labels.unwrap_or_default(),
-            })
-        }
-        "Node" => Object::Node(node(id, typed(raw)?)?),
-        "Pod" => Object::Pod(pod(id, typed(raw)?)),
+        "Namespace" => Object::Namespace(items::namespace(&typed(raw)?)),
+        "Node" => Object::Node(items::node(&id.name, typed(raw)?)?),
+        "Pod" => Object::Pod(items::pod(&id.namespace, &id.name, typed(raw)?)),
         "Binding" => {
             let binding: core::Binding = typed(raw)?;
             if binding.target.kind.as_deref().is_some_and(|k| k != "Node") {
@@ -585,61 +511,6 @@ fn convert(kind: &str, id: &ObjectId, raw: Value) -> Result<Object, String> {
         "Endpoint" => Object::Endpoint(typed(raw)?),
         _ => Object::Admission(typed(raw)?),
     })
-}
-
-fn annotation<'a>(meta: &'a ObjectMeta, name: &str) -> Option<&'a str> {
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(name))
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-}
-
-fn node(id: &ObjectId, node: core::Node) -> Result<Node, String> {
-    let underlay = match annotation(&node.metadata, annotations::UNDERLAY_ADDRESS) {
-        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
-            format!(
-                "annotation {}: {text:?} is not an IP address",
-                annotations::UNDERLAY_ADDRESS
-            )
-        })?),
-        None => node
-            .status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|a| a.type_ == "InternalIP")
-            .and_then(|a| a.address.parse().ok()),
-    };
-    Ok(Node {
-        name: id.name.clone(),
-        public_key: annotation(&node.metadata, annotations::PUBLIC_KEY).map(str::to_owned),
-        underlay,
-        underlay_mtu: None,
-        seen_version: 0,
-    })
-}
-
-fn pod(id: &ObjectId, pod: core::Pod) -> Pod {
-    let spec = pod.spec.unwrap_or_default();
-    let service_account = spec
-        .service_account_name
-        .or(spec.service_account)
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".to_owned());
-    Pod {
-        namespace: id.namespace.clone(),
-        name: id.name.clone(),
-        uid: pod
-            .metadata
-            .uid
-            .clone()
-            .unwrap_or_else(|| pod_uid(&id.namespace, &id.name)),
-        node: spec.node_name.filter(|n| !n.is_empty()),
-        service_account,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        netns: annotation(&pod.metadata, annotations::NETNS).map(str::to_owned),
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! has been delivered (synced). The operator plans only after its sources have synced, so
 //! it never serves a state made from half a World.
 
+pub mod items;
 pub mod manifests;
 
 use std::fmt;
