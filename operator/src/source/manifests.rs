@@ -147,6 +147,7 @@ impl Manifests {
                     location: root.display().to_string(),
                     line: None,
                     message: format!("failed to read the directory: {e}"),
+                    object: None,
                 }),
             }
         }
@@ -187,6 +188,7 @@ impl Manifests {
                         location: path.display().to_string(),
                         line: None,
                         message: format!("failed to read: {e}"),
+                        object: None,
                     }];
                 }
             }
@@ -243,6 +245,7 @@ impl Manifests {
                             a.id.describe(),
                             first.display()
                         ),
+                        object: None,
                     }),
                     None => {
                         seen.insert(&a.id, (path, a.line));
@@ -404,6 +407,7 @@ fn parse_file(
         location: location.clone(),
         line: Some(line),
         message,
+        object: None,
     };
     let mut objects = Vec::new();
     let mut problems = Vec::new();

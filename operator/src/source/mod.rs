@@ -6,6 +6,7 @@
 //! it never serves a state made from half a World.
 
 pub mod items;
+pub mod kubernetes;
 pub mod manifests;
 
 use std::fmt;
@@ -36,6 +37,25 @@ pub struct Problem {
     pub line: Option<usize>,
     /// What is wrong.
     pub message: String,
+    /// The object, when the problem is one object's (it then gets a condition or an
+    /// event saying so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ProblemObject>,
+}
+
+/// An object a problem is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProblemObject {
+    /// Its kind.
+    pub kind: String,
+    /// Its namespace (empty for cluster-scoped kinds).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its metadata.generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 impl fmt::Display for Problem {
