@@ -52,6 +52,11 @@ pub mod annotations {
     pub const UNDERLAY_ADDRESS: &str = "wireway.dev/underlay-address";
 }
 
+/// The operator's finalizer on NetworkServices: a deleted NetworkService stays until
+/// every node that carried it (and whose agent is connected) has removed its
+/// interfaces, so deleting it means its traffic has stopped.
+pub const FINALIZER: &str = "wireway.dev/cleanup";
+
 /// The API group of every Wireway kind.
 pub const GROUP: &str = "wireway.dev";
 /// The API version of every Wireway kind.

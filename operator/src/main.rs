@@ -87,6 +87,7 @@ async fn main() -> ExitCode {
         trust_domain: args.trust_domain.clone(),
         state_dir: Some(args.state_dir.clone()),
         agent_grace: Duration::from_secs(args.agent_grace),
+        kubernetes: false,
     };
     let engine = match Engine::new(config, hub.clone(), metrics.clone(), readiness.clone()) {
         Ok(e) => e,

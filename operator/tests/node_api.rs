@@ -89,6 +89,7 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
         trust_domain: "cluster.local".into(),
         state_dir: None,
         agent_grace: Duration::ZERO,
+        kubernetes: false,
     };
     let engine = Engine::new(
         config,

@@ -8,7 +8,34 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use wireway_proto::NodeState;
 
+use crate::plan::{ObjectKey, Statuses};
 use crate::snapshot::Snapshot;
+use crate::source::Problem;
+
+/// What the engine publishes for the Kubernetes controller: the statuses to write, what
+/// the objects hold now, and the finalizers to add or remove.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Published {
+    /// The statuses in effect (what the objects should hold).
+    pub statuses: Statuses,
+    /// The statuses the objects hold, as last seen.
+    pub live: Statuses,
+    /// Objects that do not decode: they get `Ready=False, InvalidSpec`.
+    pub invalid: Vec<Problem>,
+    /// NetworkServices whose finalizer must be added or removed.
+    pub finalizers: Vec<FinalizerAction>,
+}
+
+/// A change to a NetworkService's finalizers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalizerAction {
+    /// The NetworkService.
+    pub key: ObjectKey,
+    /// Add the operator's finalizer (else remove it).
+    pub add: bool,
+    /// The finalizers it holds now (the patch checks they are unchanged).
+    pub current: Vec<String>,
+}
 
 /// A node's latest state; `None` until the operator serves (its sources have synced).
 pub type NodeStateWatch = watch::Receiver<Option<Arc<NodeState>>>;
@@ -18,6 +45,7 @@ pub type NodeStateWatch = watch::Receiver<Option<Arc<NodeState>>>;
 pub struct Hub {
     nodes: Mutex<BTreeMap<String, watch::Sender<Option<Arc<NodeState>>>>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    published: watch::Sender<Arc<Published>>,
 }
 
 impl Default for Hub {
@@ -25,6 +53,7 @@ impl Default for Hub {
         Self {
             nodes: Mutex::default(),
             snapshot: watch::Sender::new(Arc::new(Snapshot::default())),
+            published: watch::Sender::new(Arc::new(Published::default())),
         }
     }
 }
@@ -66,6 +95,22 @@ impl Hub {
     /// Publishes a new status snapshot.
     pub fn publish_snapshot(&self, snapshot: Snapshot) {
         self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// Publishes what the controller acts on, if it changed.
+    pub fn publish_for_controller(&self, published: Published) {
+        self.published.send_if_modified(|current| {
+            let changed = **current != published;
+            if changed {
+                *current = Arc::new(published);
+            }
+            changed
+        });
+    }
+
+    /// Follows what the controller acts on.
+    pub fn subscribe_controller(&self) -> watch::Receiver<Arc<Published>> {
+        self.published.subscribe()
     }
 
     /// The latest status snapshot.

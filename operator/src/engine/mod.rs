@@ -28,11 +28,12 @@ use wireway_proto::{AgentHello, AgentReport, WireGuardBackend};
 use wireway_runtime::http::Readiness;
 
 use crate::metrics::{Metrics, category};
+use crate::plan::events::{self, Event};
 use crate::plan::status::carry_transitions;
 use crate::plan::{Change, Node, ObjectKey, Plan, Planner, Statuses, World};
 use crate::snapshot::{NodeSummary, Snapshot};
 use crate::source::{self, Problem};
-pub use hub::Hub;
+pub use hub::{FinalizerAction, Hub, Published};
 use store::{AgentRecord, Store, StoreError, Stored};
 
 /// What the engine is told.
@@ -63,6 +64,17 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// How long the first plan waits for agents of nodes whose key is unknown.
     pub agent_grace: Duration,
+    /// Whether the objects live in an API server: then NetworkServices carry the
+    /// operator's finalizer, statuses are written back, and events are told.
+    pub kubernetes: bool,
+}
+
+/// A NetworkService being deleted: the nodes that carried it, and (once planned
+/// without it) the versions they must apply before its finalizer goes.
+#[derive(Debug, Clone, Default)]
+struct Cleanup {
+    carriers: Vec<String>,
+    required: Option<BTreeMap<String, u64>>,
 }
 
 /// What the engine knows of an agent beyond what it stores.
@@ -95,6 +107,14 @@ pub struct Engine {
     published: Statuses,
     /// Statuses from the store, given to objects that arrive before the first plan.
     restored: Option<Stored>,
+    /// The statuses the objects hold, as the source last delivered them.
+    live: Statuses,
+    /// NetworkServices' finalizers, as last delivered.
+    finalizers: BTreeMap<ObjectKey, Vec<String>>,
+    /// NetworkServices being deleted that wait for their cleanup.
+    deleting: BTreeMap<ObjectKey, Cleanup>,
+    /// Where events go (the controller); `None` tells none.
+    events: Option<mpsc::Sender<Event>>,
     store: Option<Store>,
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -166,6 +186,10 @@ impl Engine {
             problems: Vec::new(),
             published: Statuses::default(),
             restored: Some(stored),
+            live: Statuses::default(),
+            finalizers: BTreeMap::new(),
+            deleting: BTreeMap::new(),
+            events: None,
             store,
             hub,
             metrics,
@@ -176,6 +200,11 @@ impl Engine {
             engine.update_node(&node);
         }
         Ok(engine)
+    }
+
+    /// Tells `events` what changes in the objects' statuses (for the controller).
+    pub fn tell_events(&mut self, events: mpsc::Sender<Event>) {
+        self.events = Some(events);
     }
 
     /// Handles inputs until `inputs` closes: each batch of waiting inputs, then one step.
@@ -266,14 +295,97 @@ impl Engine {
                 return;
             }
             Change::NetworkService(ref mut o) => {
-                restore(&mut self.restored, o, |s| &mut s.network_services)
+                let key = o.key();
+                restore(&mut self.restored, o, |s| &mut s.network_services);
+                seen(
+                    &mut self.live.network_services,
+                    &mut self.published.network_services,
+                    o,
+                );
+                let unchanged = same_spec(self.planner.network_service(&key), o);
+                if self.config.kubernetes {
+                    self.finalizers.insert(
+                        key.clone(),
+                        o.metadata.finalizers.clone().unwrap_or_default(),
+                    );
+                }
+                if o.metadata.deletion_timestamp.is_some() {
+                    self.delete_service(key);
+                    return;
+                }
+                if unchanged {
+                    return;
+                }
             }
-            Change::Endpoint(ref mut o) => restore(&mut self.restored, o, |s| &mut s.endpoints),
-            Change::Admission(ref mut o) => restore(&mut self.restored, o, |s| &mut s.admissions),
+            Change::Endpoint(ref mut o) => {
+                restore(&mut self.restored, o, |s| &mut s.endpoints);
+                seen(&mut self.live.endpoints, &mut self.published.endpoints, o);
+                if same_spec(self.planner.endpoint(&o.key()), o) {
+                    return;
+                }
+            }
+            Change::Admission(ref mut o) => {
+                restore(&mut self.restored, o, |s| &mut s.admissions);
+                seen(&mut self.live.admissions, &mut self.published.admissions, o);
+                if same_spec(self.planner.admission(&o.key()), o) {
+                    return;
+                }
+            }
+            Change::NetworkServiceDeleted(ref key) => {
+                self.live.network_services.remove(key);
+                self.finalizers.remove(key);
+                self.deleting.remove(key);
+            }
+            Change::EndpointDeleted(ref key) => {
+                self.live.endpoints.remove(key);
+            }
+            Change::AdmissionDeleted(ref key) => {
+                self.live.admissions.remove(key);
+            }
             _ => {}
         }
         self.planner.apply(change);
         self.dirty = true;
+    }
+
+    /// A NetworkService is being deleted: it leaves the plan now, and its finalizer
+    /// waits until the nodes that carried it have applied a state without it.
+    fn delete_service(&mut self, key: ObjectKey) {
+        if self.deleting.contains_key(&key) {
+            return;
+        }
+        let name = key.to_string();
+        let carriers = self
+            .planner
+            .last_plan()
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.services.iter().any(|s| s.name == name))
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.deleting.insert(
+            key.clone(),
+            Cleanup {
+                carriers,
+                required: None,
+            },
+        );
+        self.planner.apply(Change::NetworkServiceDeleted(key));
+        self.dirty = true;
+    }
+
+    /// Whether a NetworkService being deleted is gone from every node that carried it
+    /// (nodes whose agent is not connected do not hold it up: they clean up when their
+    /// agent comes back).
+    fn cleaned_up(&self, cleanup: &Cleanup) -> bool {
+        let Some(required) = &cleanup.required else {
+            return false;
+        };
+        required.iter().all(|(node, version)| {
+            self.agents
+                .get(node)
+                .is_none_or(|a| a.connections == 0 || a.record.applied_version >= *version)
+        })
     }
 
     /// Gives the planner a node's record (declared, and what its agent said) if it changed.
@@ -374,6 +486,14 @@ impl Engine {
                 self.hub.publish(state.clone());
             }
         }
+        for cleanup in self.deleting.values_mut().filter(|c| c.required.is_none()) {
+            let required = cleanup
+                .carriers
+                .iter()
+                .filter_map(|n| Some((n.clone(), plan.nodes.get(n)?.version)))
+                .collect();
+            cleanup.required = Some(required);
+        }
         self.plans += 1;
         self.dirty = false;
         self.stale = true;
@@ -398,11 +518,55 @@ impl Engine {
         );
         carry(&mut statuses.endpoints, &self.published.endpoints, &now);
         carry(&mut statuses.admissions, &self.published.admissions, &now);
+        if let Some(events) = &self.events
+            && self.plans > 0
+        {
+            for event in events::events(&self.published, &statuses) {
+                if events.try_send(event).is_err() {
+                    tracing::warn!("the event queue is full; an event is dropped");
+                }
+            }
+        }
         self.published = statuses;
+        if self.config.kubernetes && self.plans > 0 {
+            self.hub.publish_for_controller(self.for_controller());
+        }
         let snapshot = self.snapshot();
         self.update_metrics(&snapshot);
         self.hub.publish_snapshot(snapshot);
         self.save();
+    }
+
+    /// What the Kubernetes controller acts on.
+    fn for_controller(&self) -> Published {
+        let finalizers = self
+            .finalizers
+            .iter()
+            .filter_map(|(key, current)| {
+                let has = current.iter().any(|f| f == wireway_crds::FINALIZER);
+                let add = match self.deleting.get(key) {
+                    None if !has => true,
+                    Some(cleanup) if has && self.cleaned_up(cleanup) => false,
+                    _ => return None,
+                };
+                Some(FinalizerAction {
+                    key: key.clone(),
+                    add,
+                    current: current.clone(),
+                })
+            })
+            .collect();
+        Published {
+            statuses: self.published.clone(),
+            live: self.live.clone(),
+            invalid: self
+                .problems
+                .iter()
+                .filter(|p| p.object.is_some())
+                .cloned()
+                .collect(),
+            finalizers,
+        }
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -561,6 +725,55 @@ fn restore<O: Object>(
         && object.status().is_none()
     {
         *object.status_mut() = statuses(stored).remove(&object.key().to_string());
+    }
+}
+
+/// Remembers the status an object arrives with: what it holds (for the status writer),
+/// and, the first time, what was last published (so transition times and events carry
+/// on across operator restarts).
+fn seen<O: Object>(
+    live: &mut BTreeMap<ObjectKey, O::Status>,
+    published: &mut BTreeMap<ObjectKey, O::Status>,
+    object: &O,
+) {
+    let key = object.key();
+    match object.status() {
+        Some(status) => {
+            published
+                .entry(key.clone())
+                .or_insert_with(|| status.clone());
+            live.insert(key, status.clone());
+        }
+        None => {
+            live.remove(&key);
+        }
+    }
+}
+
+/// Whether an update changes nothing the planner reads: the same generation (the API
+/// server bumps it on every spec change) and the same deletion state. Updates of status
+/// or metadata alone, such as the operator's own status writes, are not planned again.
+/// Objects without a generation (manifests) are always planned.
+fn same_spec<O: Object + Generation>(known: Option<&O>, new: &O) -> bool {
+    known.is_some_and(|k| {
+        new.generation().is_some()
+            && k.generation() == new.generation()
+            && k.deleting() == new.deleting()
+    })
+}
+
+/// What [`same_spec`] compares.
+trait Generation {
+    fn generation(&self) -> Option<i64>;
+    fn deleting(&self) -> bool;
+}
+
+impl<R: kube::Resource> Generation for R {
+    fn generation(&self) -> Option<i64> {
+        self.meta().generation
+    }
+    fn deleting(&self) -> bool {
+        self.meta().deletion_timestamp.is_some()
     }
 }
 

@@ -101,6 +101,7 @@ fn engine(state_dir: Option<&Path>, grace: Duration) -> (Engine, Arc<Hub>, Readi
         trust_domain: "cluster.local".into(),
         state_dir: state_dir.map(Path::to_owned),
         agent_grace: grace,
+        kubernetes: false,
     };
     let (metrics, _) = Metrics::new();
     let engine = Engine::new(config, hub.clone(), metrics, readiness.clone()).unwrap();

@@ -18,6 +18,7 @@
 //! * a node whose state did not change keeps its version.
 
 pub mod admission;
+pub mod events;
 mod index;
 pub mod ipam;
 pub mod key;

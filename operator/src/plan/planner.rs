@@ -115,6 +115,16 @@ impl Planner {
         self.index.admissions.values()
     }
 
+    /// One NetworkService of the World.
+    pub fn network_service(&self, key: &ObjectKey) -> Option<&NetworkService> {
+        self.index.services.get(key)
+    }
+
+    /// One Admission of the World.
+    pub fn admission(&self, key: &ObjectKey) -> Option<&Admission> {
+        self.index.admissions.get(key)
+    }
+
     /// One Endpoint of the World.
     pub fn endpoint(&self, key: &ObjectKey) -> Option<&Endpoint> {
         self.index.endpoints.get(key)
