@@ -9,6 +9,7 @@ use wireway_proto::{NetnsLocator, NodeState};
 
 use crate::converge::{self, DesiredError, Lookup, Op, ResolvedNetns};
 use crate::dataplane::netlink::Netlink;
+use crate::dataplane::pods::PodIndex;
 use crate::dataplane::wireguard::{self, PeerStats, Userspace};
 use crate::dataplane::{ApplyError, Backend, Kernel, NetnsFinder};
 
@@ -105,12 +106,13 @@ pub struct Agent {
 /// What [`converge::desired`] looks up, found: namespaces now, endpoints resolved before.
 struct Found<'a> {
     netns: &'a NetnsFinder,
+    pods: Option<PodIndex>,
     endpoints: &'a BTreeMap<String, SocketAddr>,
 }
 
 impl Lookup for Found<'_> {
     fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
-        self.netns.find(locator)
+        self.netns.find(locator, self.pods.as_ref())
     }
 
     fn endpoint(&self, host_port: &str) -> Option<SocketAddr> {
@@ -166,6 +168,7 @@ impl Agent {
         let endpoints = resolve_endpoints(converge::endpoint_names(state)).await;
         let found = Found {
             netns: &self.netns,
+            pods: self.netns.pods(),
             endpoints: &endpoints,
         };
         let (desired, desired_errors) = converge::desired(state, found);

@@ -14,6 +14,7 @@ pub mod converge;
 pub mod dataplane;
 pub mod link;
 pub mod metrics;
+pub mod node;
 
 /// The text of an error and its causes, one after another.
 pub fn chain(e: &dyn std::error::Error) -> String {

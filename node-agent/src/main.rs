@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use wireway_agent::agent::{Agent, StateDir};
+use wireway_agent::dataplane::pods::Cgroups;
 use wireway_agent::dataplane::{NetnsFinder, describe, wireguard};
 use wireway_agent::link::{self, Link, store::StateFile};
 use wireway_agent::metrics::Metrics;
+use wireway_agent::node::{self, NodeFacts};
 use wireway_proto::NodeState;
 use wireway_runtime::http::{self, Readiness};
 use wireway_runtime::listen::Address;
@@ -33,6 +35,11 @@ struct Cli {
     /// (or a link to it), for pods the operator names by UID outside Kubernetes.
     #[arg(long, global = true, env = "WIREWAY_NETNS_DIR")]
     netns_dir: Option<PathBuf>,
+    /// The host's cgroup tree, to find a pod's network namespace from its UID in a
+    /// cluster (with the host's PID namespace: /proc/<pid>/ns/net of a process in the
+    /// pod's cgroup).
+    #[arg(long, global = true, env = "WIREWAY_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +72,15 @@ struct RunArgs {
     /// Seconds between reports of tunnel health to the operator.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     report_interval: u64,
+    /// Prove this node to the operator with the token in this file (in a cluster: a
+    /// projected service-account token for audience wireway-operator) instead of a
+    /// client certificate; TLS then needs only --tls-ca.
+    #[arg(long, env = "WIREWAY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Publish this node's public key and underlay address as wireway.dev/ annotations
+    /// on its Node (default: when running in a cluster).
+    #[arg(long, env = "WIREWAY_PUBLISH_NODE")]
+    publish_node: Option<bool>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -120,9 +136,11 @@ fn main() -> ExitCode {
         };
     }
     let state = StateDir(cli.state_dir.clone());
-    let netns = NetnsFinder {
-        pod_dir: cli.netns_dir.clone(),
-    };
+    let cgroups = cli.cgroup_root.clone().map(|root| Cgroups {
+        root,
+        proc: PathBuf::from("/proc"),
+    });
+    let netns = NetnsFinder::new(cli.netns_dir.clone(), cgroups);
     if let Command::PublicKey = &cli.command {
         return match state.private_key().map(|k| wireguard::public_key(&k)) {
             Ok(Ok(public)) => {
@@ -219,7 +237,11 @@ fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     runtime.block_on(async {
-        let pem = match args.tls.load() {
+        let pem = match &args.token_file {
+            Some(_) => args.tls.load_ca(),
+            None => args.tls.load(),
+        };
+        let pem = match pem {
             Ok(pem) => pem,
             Err(e) => return fail(&e),
         };
@@ -264,7 +286,22 @@ fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
             public_key,
             resync: Duration::from_secs(args.resync_interval.max(1)),
             report_every: Duration::from_secs(args.report_interval.max(1)),
+            token_file: args.token_file,
         };
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        if args.publish_node.unwrap_or(in_cluster) {
+            let facts = NodeFacts {
+                node: config.node.clone(),
+                public_key: config.public_key.clone(),
+                underlay,
+            };
+            match kube::Client::try_default().await {
+                Ok(client) => {
+                    tokio::spawn(node::keep_publishing(client, facts));
+                }
+                Err(e) => tracing::error!(error = %chain(&e), "cannot reach the Kubernetes API server; the Node is not annotated"),
+            }
+        }
         let file = StateFile(state.0.join("node-state.json"));
         Link::new(agent, config, metrics, readiness, file).run().await;
         ExitCode::SUCCESS

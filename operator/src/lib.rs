@@ -7,6 +7,7 @@
 //! ([`source`]), the [`engine`] that drives the planner, and the servers are a thin
 //! layer around it.
 
+pub mod controller;
 pub mod engine;
 pub mod metrics;
 pub mod plan;

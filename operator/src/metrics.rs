@@ -18,6 +18,14 @@ pub mod category {
     pub const AGENT_REFUSED: &str = "agent_refused";
     /// The operator's state could not be saved.
     pub const STORE: &str = "store";
+    /// A status (or an invalid-spec condition) could not be written.
+    pub const STATUS_WRITE: &str = "status_write";
+    /// A finalizer could not be added or removed.
+    pub const FINALIZER: &str = "finalizer";
+    /// An event could not be published.
+    pub const EVENT: &str = "event";
+    /// A round of leader election failed.
+    pub const LEADER_ELECTION: &str = "leader_election";
 }
 
 /// A label set with one label.

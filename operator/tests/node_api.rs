@@ -120,7 +120,7 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
         Listener::Unix(_) => address.clone(),
     };
     let router = tonic::transport::Server::builder()
-        .tls_config(tls.server())
+        .tls_config(tls.server(true))
         .unwrap()
         .add_service(NodeApiServer::new(service));
     tokio::spawn(serve_grpc(router, listener, std::future::pending()));

@@ -54,15 +54,29 @@ pub struct TlsError {
     source: std::io::Error,
 }
 
-/// The PEM contents of a CA, a certificate and its key.
+/// The PEM contents of a CA, and of a certificate and its key (absent for a client that
+/// proves itself otherwise, with a token).
 #[derive(Debug, Clone)]
 pub struct Pem {
     ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl TlsArgs {
+    /// The CA alone (for a client that proves itself with a token), or `None` in
+    /// plaintext mode.
+    pub fn load_ca(&self) -> Result<Option<Pem>, TlsError> {
+        if self.insecure_plaintext {
+            return Ok(None);
+        }
+        let ca = std::fs::read(&self.ca).map_err(|source| TlsError {
+            what: "CA certificate",
+            path: self.ca.clone(),
+            source,
+        })?;
+        Ok(Some(Pem { ca, identity: None }))
+    }
+
     /// The files' contents, or `None` in plaintext mode.
     pub fn load(&self) -> Result<Option<Pem>, TlsError> {
         if self.insecure_plaintext {
@@ -77,27 +91,39 @@ impl TlsArgs {
         };
         Ok(Some(Pem {
             ca: read("CA certificate", &self.ca)?,
-            cert: read("certificate", &self.cert)?,
-            key: read("private key", &self.key)?,
+            identity: Some((
+                read("certificate", &self.cert)?,
+                read("private key", &self.key)?,
+            )),
         }))
     }
 }
 
 impl Pem {
-    /// A server that presents this certificate and requires clients signed by the CA.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
+    /// A server that presents this certificate; with `client_certificates`, it requires
+    /// clients signed by the CA (otherwise clients prove themselves some other way).
+    pub fn server(&self, client_certificates: bool) -> ServerTlsConfig {
+        let mut config = ServerTlsConfig::new();
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if client_certificates {
+            config.client_ca_root(Certificate::from_pem(&self.ca))
+        } else {
+            config
+        }
     }
 
-    /// A client that presents this certificate and accepts a server signed by the CA
-    /// under `server_name`.
+    /// A client that presents this certificate (if it has one) and accepts a server
+    /// signed by the CA under `server_name`.
     pub fn client(&self, server_name: &str) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
+        let config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca))
-            .domain_name(server_name)
+            .domain_name(server_name);
+        match &self.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
     }
 }
 

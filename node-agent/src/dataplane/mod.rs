@@ -5,6 +5,7 @@
 //! change, and people run `ip` and `wg` by hand.
 
 pub mod netlink;
+pub mod pods;
 pub mod wireguard;
 pub mod wireguard_kernel;
 
@@ -87,26 +88,55 @@ pub struct NetnsFinder {
     /// A directory in which a pod's network namespace is the file named by the pod's UID
     /// (or a link to it): what the lab, or a VM's own tooling, provides.
     pub pod_dir: Option<PathBuf>,
+    /// In a cluster: the host's cgroup tree and processes, to find pods by UID.
+    pub cgroups: Option<pods::Cgroups>,
+    /// The agent's own network namespace (the node's): never a workload's.
+    pub own: Option<NetnsId>,
+}
+
+fn netns_id(path: &Path) -> Option<NetnsId> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(NetnsId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
 }
 
 impl NetnsFinder {
-    /// The namespace `locator` names: a path as is, a pod UID in the pod directory.
-    /// `None` while it is not there.
-    pub fn find(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+    /// A finder that knows the calling process's network namespace (the node's).
+    pub fn new(pod_dir: Option<PathBuf>, cgroups: Option<pods::Cgroups>) -> Self {
+        Self {
+            pod_dir,
+            cgroups,
+            own: netns_id(Path::new("/proc/self/ns/net")),
+        }
+    }
+
+    /// The pods' cgroups now, when pods are found through them (read once per pass).
+    pub fn pods(&self) -> Option<pods::PodIndex> {
+        self.cgroups.as_ref().map(pods::PodIndex::scan)
+    }
+
+    /// The namespace `locator` names: a path as is; a pod UID in the pod directory, or
+    /// through `pods`. `None` while it is not there, and for the node's own namespace
+    /// (a pod on the host's network cannot get an interface of its own).
+    pub fn find(
+        &self,
+        locator: &NetnsLocator,
+        pods: Option<&pods::PodIndex>,
+    ) -> Option<ResolvedNetns> {
         let path = match &locator.locator {
             Some(netns_locator::Locator::Path(path)) => PathBuf::from(path),
-            Some(netns_locator::Locator::PodUid(uid)) if is_uid(uid) => {
-                self.pod_dir.as_ref()?.join(uid)
-            }
+            Some(netns_locator::Locator::PodUid(uid)) if is_uid(uid) => match &self.pod_dir {
+                Some(dir) => dir.join(uid),
+                None => pods?.netns(uid)?,
+            },
             _ => return None,
         };
-        let meta = std::fs::metadata(&path).ok()?;
+        let id = netns_id(&path).filter(|id| Some(*id) != self.own)?;
         Some(ResolvedNetns {
             path: path.to_string_lossy().into_owned(),
-            id: NetnsId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
+            id,
         })
     }
 }

@@ -17,8 +17,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::path::PathBuf;
 use tokio::time::Instant;
+
 use tonic::Streaming;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use wireway_proto::node_api_client::NodeApiClient;
 use wireway_proto::{AgentHello, AgentReport, ErrorCount, NodeState, PeerStatus, WireGuardBackend};
@@ -44,8 +47,11 @@ pub struct Config {
     pub operator: String,
     /// The name the operator's certificate must carry.
     pub server_name: String,
-    /// Mutual TLS; `None` for plaintext.
+    /// TLS (mutual, unless a token proves the node); `None` for plaintext.
     pub tls: Option<Pem>,
+    /// A file holding a token that proves this node to the operator (in a cluster: a
+    /// projected service-account token), read again for every call as it rotates.
+    pub token_file: Option<PathBuf>,
     /// This node's name.
     pub node: String,
     /// Where other nodes reach this node's WireGuard ports.
@@ -85,7 +91,33 @@ enum Wake {
     Stop,
 }
 
-type Connected = (NodeApiClient<Channel>, Streaming<NodeState>);
+/// Adds the node's token to every call, when it has one.
+#[derive(Debug, Clone)]
+struct Credentials(Option<PathBuf>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(path) = &self.0 {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                tonic::Status::unauthenticated(format!(
+                    "cannot read the token {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let value = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| tonic::Status::unauthenticated("the token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+type Client = NodeApiClient<InterceptedService<Channel, Credentials>>;
+type Connected = (Client, Streaming<NodeState>);
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -245,7 +277,8 @@ impl Link {
         })
         .await
         .map_err(|e| crate::chain(&e))?;
-        let mut client = NodeApiClient::new(channel);
+        let mut client =
+            NodeApiClient::with_interceptor(channel, Credentials(config.token_file.clone()));
         let hello = AgentHello {
             node: config.node.clone(),
             public_key: config.public_key.clone(),
@@ -328,7 +361,7 @@ impl Link {
     }
 
     /// Reads the tunnels' health and tells the operator; updates the peer metrics.
-    async fn report(&mut self, client: &mut NodeApiClient<Channel>) {
+    async fn report(&mut self, client: &mut Client) {
         let names: BTreeMap<&str, &str> = self
             .applied
             .iter()

@@ -15,6 +15,8 @@ use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use crate::metrics::{Metrics, category};
+
 /// Who runs for leader, and on which Lease.
 #[derive(Debug, Clone)]
 pub struct Election {
@@ -73,7 +75,10 @@ impl Election {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let duration = i64::from(spec.lease_duration_seconds.unwrap_or_else(|| self.seconds()));
+        let duration = i64::from(
+            spec.lease_duration_seconds
+                .unwrap_or_else(|| self.seconds()),
+        );
         let expired = spec
             .renew_time
             .as_ref()
@@ -85,13 +90,14 @@ impl Election {
         let acquired = if mine { spec.acquire_time } else { None };
         lease.spec = Some(self.spec(now, acquired, transitions));
         // The resourceVersion read above makes this a compare-and-swap.
-        api.replace(&lease.name_any(), &PostParams::default(), &lease).await?;
+        api.replace(&lease.name_any(), &PostParams::default(), &lease)
+            .await?;
         Ok(Round::Leader)
     }
 
     /// Runs the election until `leader` has no receivers, telling it whether this
     /// candidate leads.
-    pub async fn run(self, client: Client, leader: watch::Sender<bool>) {
+    pub async fn run(self, client: Client, leader: watch::Sender<bool>, metrics: Metrics) {
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
         let renew = self.duration / 3;
         let mut last_renewed: Option<tokio::time::Instant> = None;
@@ -106,12 +112,18 @@ impl Election {
                 Err(e) => {
                     // A conflict means someone else wrote first; anything else: keep
                     // leading only while the Lease we hold is surely still ours.
+                    metrics.error(category::LEADER_ELECTION);
                     tracing::warn!(error = %crate::engine::chain(&e), "leader election round failed");
-                    *leader.borrow() && last_renewed.is_some_and(|t| t.elapsed() < self.duration - renew)
+                    *leader.borrow()
+                        && last_renewed.is_some_and(|t| t.elapsed() < self.duration - renew)
                 }
             };
             if leads != *leader.borrow() {
-                tracing::info!(identity = self.identity, leader = leads, "leadership changed");
+                tracing::info!(
+                    identity = self.identity,
+                    leader = leads,
+                    "leadership changed"
+                );
             }
             if leader.send(leads).is_err() {
                 return;

@@ -33,8 +33,11 @@ pub struct FinalizerAction {
     pub key: ObjectKey,
     /// Add the operator's finalizer (else remove it).
     pub add: bool,
-    /// The finalizers it holds now (the patch checks they are unchanged).
+    /// The finalizers it holds now.
     pub current: Vec<String>,
+    /// The resourceVersion they were read at: the patch carries it, so it fails rather
+    /// than overwrite someone else's change to the list.
+    pub resource_version: Option<String>,
 }
 
 /// A node's latest state; `None` until the operator serves (its sources have synced).

@@ -27,6 +27,7 @@ use wireway_crds::{Admission, Endpoint, NetworkService};
 use wireway_proto::{AgentHello, AgentReport, WireGuardBackend};
 use wireway_runtime::http::Readiness;
 
+use crate::controller::events::Addressed;
 use crate::metrics::{Metrics, category};
 use crate::plan::events::{self, Event};
 use crate::plan::status::carry_transitions;
@@ -34,6 +35,7 @@ use crate::plan::{Change, Node, ObjectKey, Plan, Planner, Statuses, World};
 use crate::snapshot::{NodeSummary, Snapshot};
 use crate::source::{self, Problem};
 pub use hub::{FinalizerAction, Hub, Published};
+use k8s_openapi::api::core::v1::ObjectReference;
 use store::{AgentRecord, Store, StoreError, Stored};
 
 /// What the engine is told.
@@ -109,12 +111,12 @@ pub struct Engine {
     restored: Option<Stored>,
     /// The statuses the objects hold, as the source last delivered them.
     live: Statuses,
-    /// NetworkServices' finalizers, as last delivered.
-    finalizers: BTreeMap<ObjectKey, Vec<String>>,
+    /// NetworkServices' finalizers and resourceVersion, as last delivered.
+    finalizers: BTreeMap<ObjectKey, (Vec<String>, Option<String>)>,
     /// NetworkServices being deleted that wait for their cleanup.
     deleting: BTreeMap<ObjectKey, Cleanup>,
     /// Where events go (the controller); `None` tells none.
-    events: Option<mpsc::Sender<Event>>,
+    events: Option<mpsc::Sender<Addressed>>,
     store: Option<Store>,
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -203,7 +205,7 @@ impl Engine {
     }
 
     /// Tells `events` what changes in the objects' statuses (for the controller).
-    pub fn tell_events(&mut self, events: mpsc::Sender<Event>) {
+    pub fn tell_events(&mut self, events: mpsc::Sender<Addressed>) {
         self.events = Some(events);
     }
 
@@ -304,10 +306,9 @@ impl Engine {
                 );
                 let unchanged = same_spec(self.planner.network_service(&key), o);
                 if self.config.kubernetes {
-                    self.finalizers.insert(
-                        key.clone(),
-                        o.metadata.finalizers.clone().unwrap_or_default(),
-                    );
+                    let current = o.metadata.finalizers.clone().unwrap_or_default();
+                    let version = o.metadata.resource_version.clone();
+                    self.finalizers.insert(key.clone(), (current, version));
                 }
                 if o.metadata.deletion_timestamp.is_some() {
                     self.delete_service(key);
@@ -522,7 +523,8 @@ impl Engine {
             && self.plans > 0
         {
             for event in events::events(&self.published, &statuses) {
-                if events.try_send(event).is_err() {
+                let reference = self.reference(&event);
+                if events.try_send((event, reference)).is_err() {
                     tracing::warn!("the event queue is full; an event is dropped");
                 }
             }
@@ -537,12 +539,33 @@ impl Engine {
         self.save();
     }
 
+    /// The object an event is on.
+    fn reference(&self, event: &Event) -> ObjectReference {
+        let uid = match event.kind {
+            "NetworkService" => self
+                .planner
+                .network_service(&event.key)
+                .map(|o| &o.metadata),
+            "Endpoint" => self.planner.endpoint(&event.key).map(|o| &o.metadata),
+            _ => self.planner.admission(&event.key).map(|o| &o.metadata),
+        }
+        .and_then(|m| m.uid.clone());
+        ObjectReference {
+            api_version: Some(wireway_crds::API_VERSION.to_owned()),
+            kind: Some(event.kind.to_owned()),
+            namespace: Some(event.key.namespace.clone()),
+            name: Some(event.key.name.clone()),
+            uid,
+            ..ObjectReference::default()
+        }
+    }
+
     /// What the Kubernetes controller acts on.
     fn for_controller(&self) -> Published {
         let finalizers = self
             .finalizers
             .iter()
-            .filter_map(|(key, current)| {
+            .filter_map(|(key, (current, resource_version))| {
                 let has = current.iter().any(|f| f == wireway_crds::FINALIZER);
                 let add = match self.deleting.get(key) {
                     None if !has => true,
@@ -553,6 +576,7 @@ impl Engine {
                     key: key.clone(),
                     add,
                     current: current.clone(),
+                    resource_version: resource_version.clone(),
                 })
             })
             .collect();

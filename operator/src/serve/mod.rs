@@ -25,14 +25,23 @@ use crate::metrics::{Metrics, category};
 
 pub use wireway_proto::node_api_server::NodeApiServer;
 
+/// Tells which node a bearer token proves (in a cluster: a TokenReview).
+#[tonic::async_trait]
+pub trait TokenAuthenticator: std::fmt::Debug + Send + Sync {
+    /// The node `token` proves, or why it proves none.
+    async fn node(&self, token: &str) -> Result<String, String>;
+}
+
 /// How agents prove who they are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Auth {
     /// A client certificate naming `spiffe://<trust_domain>/wireway/node/<node>`.
     MutualTls {
         /// The trust domain node identities must belong to.
         trust_domain: String,
     },
+    /// A bearer token (`authorization: Bearer ...`) that proves a node.
+    Token(Arc<dyn TokenAuthenticator>),
     /// Nothing: any client may claim any node (debugging only).
     Plaintext,
 }
@@ -58,9 +67,32 @@ impl NodeApiService {
     }
 
     /// Refuses a request that is not from `node`'s agent.
-    fn authorize<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
-        let Auth::MutualTls { trust_domain } = &self.auth else {
-            return Ok(());
+    async fn authorize<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+        let trust_domain = match &self.auth {
+            Auth::Plaintext => return Ok(()),
+            Auth::Token(authenticator) => {
+                let token = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        self.refuse(Status::unauthenticated(
+                            "no bearer token: an agent presents its service-account token for audience wireway-operator",
+                        ))
+                    })?;
+                let proven = authenticator
+                    .node(token)
+                    .await
+                    .map_err(|e| self.refuse(Status::unauthenticated(e)))?;
+                if proven == node {
+                    return Ok(());
+                }
+                return Err(self.refuse(Status::permission_denied(format!(
+                    "the token proves node {proven}, not node {node}"
+                ))));
+            }
+            Auth::MutualTls { trust_domain } => trust_domain,
         };
         let uris = tls::peer_uris(request);
         let proven: Vec<&str> = uris
@@ -162,7 +194,7 @@ impl NodeApi for NodeApiService {
     async fn watch(&self, request: Request<AgentHello>) -> Result<Response<StateStream>, Status> {
         let node = request.get_ref().node.clone();
         check_hello(request.get_ref()).map_err(|e| self.refuse(Status::invalid_argument(e)))?;
-        self.authorize(&request, &node)?;
+        self.authorize(&request, &node).await?;
         let hello = request.into_inner();
         tracing::info!(
             node,
@@ -188,7 +220,7 @@ impl NodeApi for NodeApiService {
     async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
         let node = request.get_ref().node.clone();
         check_node_name(&node).map_err(|e| self.refuse(Status::invalid_argument(e)))?;
-        self.authorize(&request, &node)?;
+        self.authorize(&request, &node).await?;
         self.tell(Input::Report(request.into_inner())).await?;
         Ok(Response::new(ReportAck {}))
     }

@@ -1,0 +1,197 @@
+//! A pod's network namespace from its UID, in a cluster: the container runtime puts every
+//! pod's processes in a cgroup named after the pod UID (`.../pod<uid>/...` with the
+//! cgroupfs driver, `...-pod<uid with _ for ->.slice/...` with the systemd driver, under
+//! cgroup v1 or v2), and any of them is in the pod's network namespace:
+//! `/proc/<pid>/ns/net`.
+//!
+//! The tree is read once per pass ([`PodIndex::scan`]), not once per member.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How deep pod cgroups are looked for below the root: `kubepods/burstable/pod<uid>` is
+/// 3 levels, under a v1 controller directory 4, with the systemd driver's slices 4 or 5.
+const MAX_DEPTH: usize = 6;
+
+/// Where the host's cgroup tree and processes are (in the agent's pod: the host's
+/// `/sys/fs/cgroup` mounted at `/host/sys/fs/cgroup`, and `/proc` with `hostPID`).
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    /// The cgroup tree's root.
+    pub root: PathBuf,
+    /// The processes (`/proc`).
+    pub proc: PathBuf,
+}
+
+/// Pod cgroups by pod UID.
+#[derive(Debug, Clone, Default)]
+pub struct PodIndex {
+    pods: BTreeMap<String, Vec<PathBuf>>,
+    proc: PathBuf,
+}
+
+/// The pod UID a cgroup directory's name carries, if any.
+fn pod_uid(name: &str) -> Option<String> {
+    let start = name.rfind("pod")? + 3;
+    let rest = &name[start..];
+    let uid: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == '_')
+        .collect();
+    // A UID is 36 characters: 32 hex digits and 4 dashes (underscores with systemd).
+    (uid.len() == 36).then(|| uid.replace('_', "-"))
+}
+
+impl PodIndex {
+    /// Reads the cgroup tree.
+    pub fn scan(cgroups: &Cgroups) -> Self {
+        let mut pods: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        let mut stack = vec![(cgroups.root.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match pod_uid(&name) {
+                    Some(uid) => pods.entry(uid).or_default().push(path),
+                    None if depth + 1 < MAX_DEPTH => stack.push((path, depth + 1)),
+                    None => {}
+                }
+            }
+        }
+        Self {
+            pods,
+            proc: cgroups.proc.clone(),
+        }
+    }
+
+    /// A path to the network namespace of the pod with `uid`: `/proc/<pid>/ns/net` of a
+    /// process in the pod's cgroup (its own or a container's below it).
+    pub fn netns(&self, uid: &str) -> Option<PathBuf> {
+        for dir in self.pods.get(uid)? {
+            if let Some(path) = first_process(dir, &self.proc) {
+                return Some(path);
+            }
+        }
+        None
+    }
+}
+
+/// The `ns/net` of the first process listed in `dir` or below it.
+fn first_process(dir: &Path, proc: &Path) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let path = proc.join(pid).join("ns").join("net");
+                if path.exists() {
+                    return Some(path);
+                }
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        stack.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0f4e9b1c-3a2d-4c5e-8f6a-7b8c9d0e1f2a";
+
+    /// A host: a cgroup tree and /proc, in a temporary directory.
+    fn host(cgroup_dirs: &[(&str, &str)], pids: &[&str]) -> (tempfile::TempDir, Cgroups) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/fs/cgroup");
+        for (path, procs) in cgroup_dirs {
+            let d = root.join(path);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cgroup.procs"), procs).unwrap();
+        }
+        let proc = dir.path().join("proc");
+        for pid in pids {
+            let ns = proc.join(pid).join("ns");
+            std::fs::create_dir_all(&ns).unwrap();
+            std::fs::write(ns.join("net"), "").unwrap();
+        }
+        (dir, Cgroups { root, proc })
+    }
+
+    #[test]
+    fn finds_pods_under_the_cgroupfs_driver() {
+        let (_d, cgroups) = host(
+            &[
+                (&format!("kubepods/burstable/pod{UID}"), ""),
+                (
+                    &format!("kubepods/burstable/pod{UID}/4f5a6b"),
+                    "1234\n1240\n",
+                ),
+                (
+                    "kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/abc",
+                    "99\n",
+                ),
+            ],
+            &["1234", "99"],
+        );
+        let index = PodIndex::scan(&cgroups);
+        assert_eq!(index.netns(UID), Some(cgroups.proc.join("1234/ns/net")));
+        assert_eq!(
+            index.netns("11111111-2222-3333-4444-555555555555"),
+            Some(cgroups.proc.join("99/ns/net"))
+        );
+        assert_eq!(index.netns("22222222-2222-3333-4444-555555555555"), None);
+    }
+
+    #[test]
+    fn finds_pods_under_the_systemd_driver_and_cgroup_v1() {
+        let systemd = UID.replace('-', "_");
+        let (_d, cgroups) = host(
+            &[(
+                &format!(
+                    "memory/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{systemd}.slice/cri-containerd-9e8d.scope"
+                ),
+                "4321\n",
+            )],
+            &["4321"],
+        );
+        assert_eq!(
+            PodIndex::scan(&cgroups).netns(UID),
+            Some(cgroups.proc.join("4321/ns/net"))
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_processes_are_gone_has_no_namespace() {
+        let (_d, cgroups) = host(&[(&format!("kubepods/pod{UID}/c1"), "555\n")], &[]);
+        assert_eq!(PodIndex::scan(&cgroups).netns(UID), None);
+    }
+
+    #[test]
+    fn pod_uids_are_read_from_names() {
+        assert_eq!(pod_uid(&format!("pod{UID}")).as_deref(), Some(UID));
+        assert_eq!(
+            pod_uid(&format!(
+                "kubepods-burstable-pod{}.slice",
+                UID.replace('-', "_")
+            ))
+            .as_deref(),
+            Some(UID)
+        );
+        assert_eq!(pod_uid("kubepods"), None);
+        assert_eq!(pod_uid("pod1234"), None);
+    }
+}

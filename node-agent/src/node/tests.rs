@@ -1,0 +1,76 @@
+//! The Node annotation against a mock API server.
+
+use http::{Request, Response};
+use kube::client::Body;
+
+use super::*;
+
+fn facts() -> NodeFacts {
+    NodeFacts {
+        node: "node-a".into(),
+        public_key: "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=".into(),
+        underlay: "192.0.2.7".parse().unwrap(),
+    }
+}
+
+fn node(annotations: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a", "annotations": annotations},
+    }))
+    .unwrap()
+}
+
+async fn body(request: Request<Body>) -> serde_json::Value {
+    let bytes = http_body_util::BodyExt::collect(request.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn annotates_its_node_once() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let server = tokio::spawn(async move {
+        // Not annotated yet: read, then one server-side apply of the two annotations.
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            ("GET", "/api/v1/nodes/node-a")
+        );
+        send.send_response(Response::new(Body::from(node(json!({"other": "kept"})))));
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(request.method().as_str(), "PATCH");
+        assert_eq!(request.uri().path(), "/api/v1/nodes/node-a");
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        assert!(
+            query.contains("fieldManager=wireway-agent") && query.contains("force=true"),
+            "{query}"
+        );
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let patch = body(request).await;
+        assert_eq!(
+            patch["metadata"]["annotations"],
+            json!({
+                "wireway.dev/public-key": "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=",
+                "wireway.dev/underlay-address": "192.0.2.7",
+            })
+        );
+        assert!(patch.get("spec").is_none() && patch["metadata"].get("labels").is_none());
+        send.send_response(Response::new(Body::from(node(json!({})))));
+        // Already annotated: only read.
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(Body::from(node(json!({
+            "wireway.dev/public-key": "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=",
+            "wireway.dev/underlay-address": "192.0.2.7",
+        })))));
+    });
+    assert!(publish(&client, &facts()).await.unwrap());
+    assert!(!publish(&client, &facts()).await.unwrap());
+    server.await.unwrap();
+}
