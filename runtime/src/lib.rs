@@ -8,11 +8,14 @@
 //!   agent proves `spiffe://<trust-domain>/wireway/node/<node>`);
 //! * [`pki`]: issuing those certificates;
 //! * [`http`]: `/metrics` (Prometheus text), `/healthz` and `/readyz`;
+//! * [`rbac`]: the permission a request needs, and what a role grants (for tests of
+//!   `config/rbac/`);
 //! * [`logging`]: structured logs through `tracing`; [`signal`]: when to stop.
 
 pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod pki;
+pub mod rbac;
 pub mod signal;
 pub mod tls;

@@ -29,19 +29,28 @@ async fn body(request: Request<Body>) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The permission a request needs.
+fn needs(request: &Request<Body>) -> wireway_runtime::rbac::Permission {
+    let method = request.method().as_str();
+    wireway_runtime::rbac::permission(method, request.uri().path(), false).unwrap()
+}
+
 #[tokio::test]
-async fn annotates_its_node_once() {
+async fn annotates_its_node_once_with_exactly_the_permissions_it_is_granted() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let server = tokio::spawn(async move {
+        let mut called = std::collections::BTreeSet::new();
         // Not annotated yet: read, then one server-side apply of the two annotations.
         let (request, send) = handle.next_request().await.unwrap();
+        called.insert(needs(&request));
         assert_eq!(
             (request.method().as_str(), request.uri().path()),
             ("GET", "/api/v1/nodes/node-a")
         );
         send.send_response(Response::new(Body::from(node(json!({"other": "kept"})))));
         let (request, send) = handle.next_request().await.unwrap();
+        called.insert(needs(&request));
         assert_eq!(request.method().as_str(), "PATCH");
         assert_eq!(request.uri().path(), "/api/v1/nodes/node-a");
         let query = request.uri().query().unwrap_or_default().to_owned();
@@ -64,13 +73,25 @@ async fn annotates_its_node_once() {
         assert!(patch.get("spec").is_none() && patch["metadata"].get("labels").is_none());
         send.send_response(Response::new(Body::from(node(json!({})))));
         // Already annotated: only read.
-        let (_, send) = handle.next_request().await.unwrap();
+        let (request, send) = handle.next_request().await.unwrap();
+        called.insert(needs(&request));
         send.send_response(Response::new(Body::from(node(json!({
             "wireway.dev/public-key": "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=",
             "wireway.dev/underlay-address": "192.0.2.7",
         })))));
+        called
     });
     assert!(publish(&client, &facts()).await.unwrap());
     assert!(!publish(&client, &facts()).await.unwrap());
-    server.await.unwrap();
+    let called = server.await.unwrap();
+    // config/rbac/agent.yaml grants exactly what the agent calls.
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/rbac/agent.yaml"
+    ))
+    .unwrap();
+    assert_eq!(
+        called,
+        wireway_runtime::rbac::granted(&yaml, "wireway-agent")
+    );
 }

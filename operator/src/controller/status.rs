@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde::Serialize;
@@ -179,7 +178,7 @@ impl StatusWriter {
                 "reason": reason::INVALID_SPEC,
                 "message": problem.message,
                 "observedGeneration": object.generation,
-                "lastTransitionTime": Timestamp::now().to_string(),
+                "lastTransitionTime": crate::engine::now_time(),
             });
             let body = json!({"status": {"conditions": [condition], "observedGeneration": object.generation}});
             let write = Write::Invalid(object.kind.clone(), key.clone());

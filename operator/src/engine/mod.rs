@@ -123,6 +123,12 @@ pub struct Engine {
     readiness: Readiness,
 }
 
+/// Now, to the second: conditions' times are stored with second precision, so a time
+/// with more would never compare equal to what the API server gives back.
+pub fn now_time() -> Time {
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -153,7 +159,7 @@ impl Engine {
         };
         let world = World {
             trust_domain: config.trust_domain.clone(),
-            now: Time(Timestamp::now()),
+            now: now_time(),
             nodes: Vec::new(),
             namespaces: Vec::new(),
             pods: Vec::new(),
@@ -471,7 +477,7 @@ impl Engine {
     fn plan(&mut self) {
         let first = self.plans == 0;
         let started = Instant::now();
-        self.planner.set_now(Time(Timestamp::now()));
+        self.planner.set_now(now_time());
         let plan = self.planner.plan();
         self.metrics.plans.inc();
         self.metrics
