@@ -328,15 +328,14 @@ async fn status_writes(calls: &Calls) {
     // The watch brings the objects back with their new status: nothing more to write.
     let mut updated = service(json!(["wireway.dev/cleanup"]), false);
     updated.data["status"] =
-        serde_json::to_value(&published.statuses.network_services.values().next()).unwrap();
+        serde_json::to_value(published.statuses.network_services.values().next()).unwrap();
     op.watch(Kind::NetworkService, watcher::Event::Apply(updated));
     let mut ep = endpoint();
-    ep.data["status"] =
-        serde_json::to_value(&published.statuses.endpoints.values().next()).unwrap();
+    ep.data["status"] = serde_json::to_value(published.statuses.endpoints.values().next()).unwrap();
     op.watch(Kind::Endpoint, watcher::Event::Apply(ep));
     let mut adm = admission();
     adm.data["status"] =
-        serde_json::to_value(&published.statuses.admissions.values().next()).unwrap();
+        serde_json::to_value(published.statuses.admissions.values().next()).unwrap();
     op.watch(Kind::Admission, watcher::Event::Apply(adm));
     let published = op.published();
     assert_eq!(
@@ -724,7 +723,7 @@ async fn agents_prove_their_node_with_a_token(calls: &Calls) {
 async fn watches_every_kind(calls: &Calls) {
     let (client, mut api) = mock(calls);
     let (events, mut received) = mpsc::channel::<source::Event>(64);
-    tokio::spawn(wireway_operator::source::kubernetes::watch(client, events));
+    tokio::spawn(source::kubernetes::watch(client, events));
     // Every kind is listed once; then watched.
     let mut listed = BTreeSet::new();
     while listed.len() < Kind::ALL.len() {
