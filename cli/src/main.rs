@@ -91,6 +91,17 @@ enum CertsCommand {
         #[arg(long = "dns-name")]
         dns_names: Vec<String>,
     },
+    /// Print, for `kubectl apply -f -`, the operator's serving certificate as the Secret
+    /// wireway-operator-tls and its CA as the ConfigMap wireway-ca (which agents trust),
+    /// from a new CA whose key is not kept: run it again to rotate both.
+    Kubernetes {
+        /// The namespace Wireway is installed in.
+        #[arg(long, default_value = "wireway-system")]
+        namespace: String,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
     /// Issue a node agent's certificate, proving spiffe://<trust-domain>/wireway/node/NODE.
     Node {
         /// The node's name.
@@ -107,8 +118,37 @@ enum CertsCommand {
     },
 }
 
+/// The operator's Secret and the CA's ConfigMap, as YAML.
+fn kubernetes_certificates(namespace: &str, trust_domain: &str) -> Result<String, pki::CertError> {
+    let (ca_cert, ca_key) = pki::new_ca(trust_domain)?;
+    let names = pki::OPERATOR_DNS_NAMES.map(str::to_owned).to_vec();
+    let (cert, key) = pki::issue(
+        &ca_cert,
+        &ca_key,
+        trust_domain,
+        &pki::Subject::Operator(names),
+    )?;
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "wireway-operator-tls", "namespace": namespace},
+        "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca_cert},
+    });
+    let config_map = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "wireway-ca", "namespace": namespace},
+        "data": {"ca.crt": ca_cert},
+    });
+    Ok(format!(
+        "# The operator's serving certificate and the CA agents trust (JSON is YAML).\n{secret}\n---\n{config_map}\n"
+    ))
+}
+
 fn certs(command: CertsCommand) -> ExitCode {
     let result = match command {
+        CertsCommand::Kubernetes {
+            namespace,
+            trust_domain,
+        } => kubernetes_certificates(&namespace, &trust_domain).map(|yaml| print!("{yaml}")),
         CertsCommand::Ca { out, trust_domain } => pki::create_ca_in(&out, &trust_domain),
         CertsCommand::Operator {
             ca,

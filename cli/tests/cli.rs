@@ -1,4 +1,4 @@
-//! `wireway validate` run as a user runs it.
+//! `wireway validate` and `wireway certs` run as a user runs them.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
 
@@ -59,4 +59,39 @@ fn validate_reports_broken_yaml_and_checks_the_rest() {
     assert!(!ok, "{out}");
     assert!(out.contains("broken.yaml:1: invalid YAML"), "{out}");
     assert!(out.contains("broken.yaml:6: Namespace b: skipped"), "{out}");
+}
+
+#[test]
+fn certs_for_kubernetes_are_a_secret_and_a_config_map() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wireway"))
+        .args(["certs", "kubernetes", "--namespace", "ww"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_json::Value> = wireway_crds::manifest::documents(&text)
+        .into_iter()
+        .map(|d| d.unwrap().value)
+        .collect();
+    assert_eq!(docs.len(), 2);
+    let secret = &docs[0];
+    assert_eq!(
+        (
+            secret["kind"].as_str(),
+            secret["metadata"]["namespace"].as_str()
+        ),
+        (Some("Secret"), Some("ww"))
+    );
+    assert_eq!(secret["metadata"]["name"], "wireway-operator-tls");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            secret["stringData"][key]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN"),
+            "{key}"
+        );
+    }
+    assert_eq!(docs[1]["kind"], "ConfigMap");
+    assert_eq!(docs[1]["data"]["ca.crt"], secret["stringData"]["ca.crt"]);
 }
