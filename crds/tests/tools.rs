@@ -180,7 +180,10 @@ fn the_shell_scripts_pass_shellcheck() {
             }
         }
     }
-    assert!(scripts.iter().any(|s| s == "tests/kind/run.sh"), "{scripts:?}");
+    assert!(
+        scripts.iter().any(|s| s == "tests/kind/run.sh"),
+        "{scripts:?}"
+    );
     let args: Vec<&str> = scripts.iter().map(String::as_str).collect();
     run("shellcheck", &args);
 }
@@ -196,4 +199,38 @@ fn the_kind_overlay_renders_with_the_images_the_suite_builds() {
         .map(str::to_owned)
         .collect();
     assert_eq!(images, ["wireway-operator:kind", "wireway-agent:kind"]);
+}
+
+/// The Argo CD health check works on objects in every state (run by Lua, as Argo CD
+/// runs it), and argocd-cm.yaml carries it unchanged for each kind.
+#[test]
+fn the_argo_cd_health_check_judges_every_state() {
+    let out = Command::new("lua5.4")
+        .arg("tests/argocd/health_test.lua")
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run lua5.4 ({e}): install Debian's lua5.4, as .ci/run does")
+        });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = std::fs::read_to_string(repo().join("config/argocd/health.lua")).unwrap();
+    let config_map =
+        objects(&std::fs::read_to_string(repo().join("config/argocd/argocd-cm.yaml")).unwrap());
+    for kind in ["NetworkService", "Endpoint", "Admission"] {
+        let key = format!("/data/resource.customizations.health.wireway.dev_{kind}");
+        let embedded = config_map[0]
+            .pointer(&key)
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        assert_eq!(
+            embedded.trim_end(),
+            script.trim_end(),
+            "argocd-cm.yaml's check for {kind} differs from health.lua: copy health.lua into it"
+        );
+    }
 }
