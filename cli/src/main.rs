@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use wireway_runtime::listen::Address;
 use wireway_runtime::pki;
 
@@ -20,10 +20,7 @@ mod status;
 mod table;
 mod validate;
 
-/// The text of an error and its causes.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    wireway_operator::engine::chain(e)
-}
+pub use wireway_runtime::errors::chain;
 
 /// Wireway: flat L3 network services over WireGuard, across nodes, clusters and companies.
 #[derive(Debug, Parser)]
@@ -65,9 +62,23 @@ enum Command {
     Lab(lab::commands::LabArgs),
 }
 
+/// Where a certificate goes, and for which trust domain.
+#[derive(Debug, Args)]
+struct Issue {
+    /// The CA's directory (ca.crt, ca.key).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Directory to write to.
+    #[arg(long)]
+    out: PathBuf,
+    /// The SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum CertsCommand {
-    /// Create a CA: DIR/ca.crt and DIR/ca.key.
+    /// Create a CA: OUT/ca.crt and OUT/ca.key.
     Ca {
         /// Directory to write to.
         #[arg(long)]
@@ -78,18 +89,18 @@ enum CertsCommand {
     },
     /// Issue the operator's certificate: OUT/tls.crt, OUT/tls.key and OUT/ca.crt.
     Operator {
-        /// The CA's directory.
-        #[arg(long)]
-        ca: PathBuf,
-        /// Directory to write to.
-        #[arg(long)]
-        out: PathBuf,
-        /// The SPIFFE trust domain.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
+        #[command(flatten)]
+        issue: Issue,
         /// DNS names agents dial (default: wireway-operator and its in-cluster names).
         #[arg(long = "dns-name")]
         dns_names: Vec<String>,
+    },
+    /// Issue a node agent's certificate, proving spiffe://<trust-domain>/wireway/node/NODE.
+    Node {
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        issue: Issue,
     },
     /// Print, for `kubectl apply -f -`, the operator's serving certificate as the Secret
     /// wireway-operator-tls and its CA as the ConfigMap wireway-ca (which agents trust),
@@ -102,20 +113,12 @@ enum CertsCommand {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
-    /// Issue a node agent's certificate, proving spiffe://<trust-domain>/wireway/node/NODE.
-    Node {
-        /// The node's name.
-        node: String,
-        /// The CA's directory.
-        #[arg(long)]
-        ca: PathBuf,
-        /// Directory to write to.
-        #[arg(long)]
-        out: PathBuf,
-        /// The SPIFFE trust domain.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
-    },
+}
+
+impl Issue {
+    fn issue(&self, subject: pki::Subject) -> Result<(), pki::CertError> {
+        pki::issue_into(&self.ca, &self.out, &self.trust_domain, &subject)
+    }
 }
 
 /// The operator's Secret and the CA's ConfigMap, as YAML.
@@ -150,25 +153,15 @@ fn certs(command: CertsCommand) -> ExitCode {
             trust_domain,
         } => kubernetes_certificates(&namespace, &trust_domain).map(|yaml| print!("{yaml}")),
         CertsCommand::Ca { out, trust_domain } => pki::create_ca_in(&out, &trust_domain),
-        CertsCommand::Operator {
-            ca,
-            out,
-            trust_domain,
-            dns_names,
-        } => {
+        CertsCommand::Operator { issue, dns_names } => {
             let names = if dns_names.is_empty() {
                 pki::OPERATOR_DNS_NAMES.map(str::to_owned).to_vec()
             } else {
                 dns_names
             };
-            pki::issue_into(&ca, &out, &trust_domain, &pki::Subject::Operator(names))
+            issue.issue(pki::Subject::Operator(names))
         }
-        CertsCommand::Node {
-            node,
-            ca,
-            out,
-            trust_domain,
-        } => pki::issue_into(&ca, &out, &trust_domain, &pki::Subject::Node(node)),
+        CertsCommand::Node { node, issue } => issue.issue(pki::Subject::Node(node)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

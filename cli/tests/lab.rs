@@ -19,14 +19,7 @@ const WIREWAY: &str = env!("CARGO_BIN_EXE_wireway");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
+    let root = wireway_runtime::errors::is_root();
     if !root {
         assert!(
             std::env::var_os("CI").is_none(),

@@ -16,14 +16,4 @@ pub mod link;
 pub mod metrics;
 pub mod node;
 
-/// The text of an error and its causes, one after another.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use wireway_runtime::errors::chain;

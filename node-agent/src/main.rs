@@ -151,10 +151,6 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
-    if let Command::Run(args) = cli.command {
-        wireway_runtime::logging::init();
-        return run(&state, netns, *args);
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -162,6 +158,10 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    if let Command::Run(args) = cli.command {
+        wireway_runtime::logging::init();
+        return runtime.block_on(run(&state, netns, *args));
+    }
     runtime.block_on(async {
         let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
         let agent = match Agent::new(&state, &program, netns).await {
@@ -228,84 +228,81 @@ fn default_source_address() -> Option<IpAddr> {
 }
 
 /// `wireway-agent run`.
-fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
+async fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
+    let pem = match &args.token_file {
+        Some(_) => args.tls.load_ca(),
+        None => args.tls.load(),
+    };
+    let pem = match pem {
+        Ok(pem) => pem,
         Err(e) => return fail(&e),
     };
-    runtime.block_on(async {
-        let pem = match &args.token_file {
-            Some(_) => args.tls.load_ca(),
-            None => args.tls.load(),
-        };
-        let pem = match pem {
-            Ok(pem) => pem,
-            Err(e) => return fail(&e),
-        };
-        let Some(underlay) = args.underlay_address.or_else(default_source_address) else {
-            eprintln!("error: this node has no default route to take its underlay address from; pass --underlay-address");
-            return ExitCode::FAILURE;
-        };
-        let public_key = match state.private_key().map(|k| wireguard::public_key(&k)) {
-            Ok(Ok(key)) => key,
-            Ok(Err(e)) => return fail(&e),
-            Err(e) => return fail(&e),
-        };
-        let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
-        let agent = match Agent::new(state, &program, netns).await {
-            Ok(a) => a,
-            Err(e) => return fail(&e),
-        };
-        let underlay_mtu = agent.mtu_of(underlay).await.unwrap_or(1500);
-        let listener = match args.listen_http.bind().await {
-            Ok(l) => l,
-            Err(e) => return fail(&e),
-        };
-        let (metrics, registry) = Metrics::new(agent.backend());
-        let readiness = Readiness::new("waiting for a first state from the operator");
-        let router = http::router(Arc::new(registry), readiness.clone());
-        tokio::spawn(http::serve(listener, router, std::future::pending()));
-        tracing::info!(
-            node = args.node_name,
-            operator = args.operator,
-            %underlay,
-            backend = agent.backend(),
-            "wireway-agent {} started",
-            env!("CARGO_PKG_VERSION")
+    let Some(underlay) = args.underlay_address.or_else(default_source_address) else {
+        eprintln!(
+            "error: this node has no default route to take its underlay address from; pass --underlay-address"
         );
-        let config = link::Config {
-            operator: args.operator,
-            server_name: args.operator_name,
-            tls: pem,
-            node: args.node_name,
+        return ExitCode::FAILURE;
+    };
+    let public_key = match state.private_key().map(|k| wireguard::public_key(&k)) {
+        Ok(Ok(key)) => key,
+        Ok(Err(e)) => return fail(&e),
+        Err(e) => return fail(&e),
+    };
+    let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
+    let agent = match Agent::new(state, &program, netns).await {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    let underlay_mtu = agent.mtu_of(underlay).await.unwrap_or(1500);
+    let listener = match args.listen_http.bind().await {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let (metrics, registry) = Metrics::new(agent.backend());
+    let readiness = Readiness::new("waiting for a first state from the operator");
+    let router = http::router(Arc::new(registry), readiness.clone());
+    tokio::spawn(http::serve(listener, router, std::future::pending()));
+    tracing::info!(
+        node = args.node_name,
+        operator = args.operator,
+        %underlay,
+        backend = agent.backend(),
+        "wireway-agent {} started",
+        env!("CARGO_PKG_VERSION")
+    );
+    let config = link::Config {
+        operator: args.operator,
+        server_name: args.operator_name,
+        tls: pem,
+        node: args.node_name,
+        underlay,
+        underlay_mtu,
+        public_key,
+        resync: Duration::from_secs(args.resync_interval.max(1)),
+        report_every: Duration::from_secs(args.report_interval.max(1)),
+        token_file: args.token_file,
+    };
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if args.publish_node.unwrap_or(in_cluster) {
+        let facts = NodeFacts {
+            node: config.node.clone(),
+            public_key: config.public_key.clone(),
             underlay,
-            underlay_mtu,
-            public_key,
-            resync: Duration::from_secs(args.resync_interval.max(1)),
-            report_every: Duration::from_secs(args.report_interval.max(1)),
-            token_file: args.token_file,
         };
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        if args.publish_node.unwrap_or(in_cluster) {
-            let facts = NodeFacts {
-                node: config.node.clone(),
-                public_key: config.public_key.clone(),
-                underlay,
-            };
-            match kube::Client::try_default().await {
-                Ok(client) => {
-                    tokio::spawn(node::keep_publishing(client, facts));
-                }
-                Err(e) => tracing::error!(error = %chain(&e), "cannot reach the Kubernetes API server; the Node is not annotated"),
+        match kube::Client::try_default().await {
+            Ok(client) => {
+                tokio::spawn(node::keep_publishing(client, facts));
+            }
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "cannot reach the Kubernetes API server; the Node is not annotated")
             }
         }
-        let file = StateFile(state.0.join("node-state.json"));
-        Link::new(agent, config, metrics, readiness, file).run().await;
-        ExitCode::SUCCESS
-    })
+    }
+    let file = StateFile(state.0.join("node-state.json"));
+    Link::new(agent, config, metrics, readiness, file)
+        .run()
+        .await;
+    ExitCode::SUCCESS
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

@@ -19,7 +19,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_wireway-agent");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn root_or_skip(test: &str) -> bool {
-    let root = nix_uid_is_root();
+    let root = wireway_runtime::errors::is_root();
     if !root {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -28,17 +28,6 @@ fn root_or_skip(test: &str) -> bool {
         eprintln!("skipped {test}: needs root (run as root, as CI does)");
     }
     root
-}
-
-fn nix_uid_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 fn run(args: &[&str]) -> Output {

@@ -10,8 +10,10 @@
 //! * [`http`]: `/metrics` (Prometheus text), `/healthz` and `/readyz`;
 //! * [`rbac`]: the permission a request needs, and what a role grants (for tests of
 //!   `config/rbac/`);
+//! * [`errors`]: a file error that names the file, an error chain on one line;
 //! * [`logging`]: structured logs through `tracing`; [`signal`]: when to stop.
 
+pub mod errors;
 pub mod http;
 pub mod listen;
 pub mod logging;

@@ -6,9 +6,10 @@
 //! `spiffe://<trust-domain>/wireway/node/<node>`, which the operator checks against the
 //! node an agent claims. Private keys are written 0600.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::errors::FileError;
 use crate::tls::{OPERATOR_SERVER_NAME, node_identity, operator_identity};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -28,16 +29,8 @@ pub enum CertError {
         source: rcgen::Error,
     },
     /// A file could not be read or written.
-    #[error("failed to {action} {}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// The DNS names of the operator's certificate by default: what agents dial in the lab,
@@ -144,23 +137,14 @@ pub fn issue(
 
 /// Reads a file.
 pub fn read(path: &Path) -> Result<String, CertError> {
-    std::fs::read_to_string(path).map_err(|source| CertError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })
+    Ok(std::fs::read_to_string(path).map_err(FileError::on("read", path))?)
 }
 
 /// Writes `text` to `path`, 0600 when `private`, creating the directory.
 pub fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |action, source| CertError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+        std::fs::create_dir_all(dir).map_err(FileError::on("create the directory of", path))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -168,8 +152,9 @@ pub fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
         .truncate(true)
         .mode(if private { 0o600 } else { 0o644 })
         .open(path)
-        .map_err(|e| io("write", e))?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| io("write", e))
+        .map_err(FileError::on("write", path))?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(FileError::on("write", path))?;
+    Ok(())
 }
 
 /// Issues a certificate into `dir` as `tls.crt` and `tls.key`, with the CA's certificate

@@ -8,8 +8,9 @@ use clap::{Args, Subcommand};
 use wireway_operator::snapshot::Snapshot;
 use wireway_operator::source::manifests::Manifests;
 
-use super::{Inventory, Lab, binaries, is_root, lab_dir, supervise};
+use super::{Inventory, Lab, binaries, lab_dir, supervise};
 use crate::status::render_snapshot;
+use wireway_runtime::errors::is_root;
 
 /// Which lab.
 #[derive(Debug, Args)]

@@ -96,18 +96,6 @@ pub struct Lab {
     pub record: Record,
 }
 
-/// Whether this process runs as root.
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Finds `wireway-operator` and `wireway-agent` in `bin_dir`, or beside this program.
 pub fn binaries(bin_dir: Option<&Path>) -> Result<Binaries, String> {
     let wireway = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;

@@ -4,58 +4,38 @@
 use std::path::PathBuf;
 
 use wireway_proto::NodeState;
+use wireway_runtime::errors::FileError;
 
 /// `<state-dir>/node-state.json`.
 #[derive(Debug, Clone)]
 pub struct StateFile(pub PathBuf);
 
-/// Why the state file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[error("failed to {action} the last applied state {}", path.display())]
-pub struct StateFileError {
-    action: &'static str,
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
+fn invalid(e: serde_json::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
 
 impl StateFile {
     /// The state last saved; `None` if there is none. A file that does not parse is an
     /// error (the agent then waits for the operator rather than guess).
-    pub fn load(&self) -> Result<Option<NodeState>, StateFileError> {
-        let error = |action, source| StateFileError {
-            action,
-            path: self.0.clone(),
-            source,
-        };
+    pub fn load(&self) -> Result<Option<NodeState>, FileError> {
         match std::fs::read_to_string(&self.0) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                error(
-                    "parse",
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                )
-            }),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| FileError::on("parse the last applied state", &self.0)(invalid(e))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(error("read", e)),
+            Err(e) => Err(FileError::on("read the last applied state", &self.0)(e)),
         }
     }
 
     /// Saves `state`, atomically: a crash leaves the old state or the new one.
-    pub fn save(&self, state: &NodeState) -> Result<(), StateFileError> {
-        let error = |action, source| StateFileError {
-            action,
-            path: self.0.clone(),
-            source,
-        };
-        let text = serde_json::to_string(state).map_err(|e| {
-            error(
-                "encode",
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            )
-        })?;
+    pub fn save(&self, state: &NodeState) -> Result<(), FileError> {
+        let text = serde_json::to_string(state)
+            .map_err(|e| FileError::on("encode the last applied state", &self.0)(invalid(e)))?;
         let temporary = self.0.with_extension("json.tmp");
-        std::fs::write(&temporary, text).map_err(|e| error("write", e))?;
-        std::fs::rename(&temporary, &self.0).map_err(|e| error("replace", e))
+        std::fs::write(&temporary, text)
+            .map_err(FileError::on("write the last applied state", &self.0))?;
+        std::fs::rename(&temporary, &self.0)
+            .map_err(FileError::on("replace the last applied state", &self.0))
     }
 }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use wireway_crds::{AdmissionStatus, EndpointStatus, NetworkServiceStatus};
 use wireway_proto::NodeState;
+use wireway_runtime::errors::FileError;
 
 /// What an agent told of its node, as kept across operator restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,16 +59,8 @@ pub struct Stored {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Reading or writing the file failed.
-    #[error("failed to {action} {}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file does not hold a stored state.
     #[error("failed to parse {} (move it away to start from nothing)", path.display())]
     Parse {
@@ -91,12 +84,7 @@ impl Store {
     /// Opens the store in `dir` (created if missing) and reads what it holds.
     pub fn open(dir: &Path) -> Result<(Self, Stored), StoreError> {
         let path = dir.join("state.json");
-        let io = |action, source| StoreError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+        std::fs::create_dir_all(dir).map_err(FileError::on("create the directory of", &path))?;
         let (written, stored) = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let stored = serde_json::from_str(&text).map_err(|source| StoreError::Parse {
@@ -108,7 +96,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 (String::new(), Stored::default())
             }
-            Err(e) => return Err(io("read", e)),
+            Err(e) => return Err(FileError::on("read", &path)(e).into()),
         };
         Ok((Self { path, written }, stored))
     }
@@ -124,13 +112,8 @@ impl Store {
             return Ok(());
         }
         let temporary = self.path.with_extension("json.tmp");
-        let io = |action, source| StoreError::Io {
-            action,
-            path: self.path.clone(),
-            source,
-        };
-        std::fs::write(&temporary, &text).map_err(|e| io("write", e))?;
-        std::fs::rename(&temporary, &self.path).map_err(|e| io("replace", e))?;
+        std::fs::write(&temporary, &text).map_err(FileError::on("write", &self.path))?;
+        std::fs::rename(&temporary, &self.path).map_err(FileError::on("replace", &self.path))?;
         self.written = text;
         Ok(())
     }
