@@ -18,17 +18,7 @@ use serde_json::{Value, json};
 const AGENT: &str = env!("CARGO_BIN_EXE_wireway-agent");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn root_or_skip(test: &str) -> bool {
-    let root = wireway_runtime::errors::is_root();
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test} needs root, and CI runs as root"
-        );
-        eprintln!("skipped {test}: needs root (run as root, as CI does)");
-    }
-    root
-}
+use wireway_runtime::errors::root_or_skip;
 
 fn run(args: &[&str]) -> Output {
     Command::new(args[0])
