@@ -590,3 +590,51 @@ fn losing_the_operator_or_an_agent_loses_no_packet() {
         );
     }
 }
+
+#[test]
+fn down_removes_what_the_lab_made_and_only_that_also_after_a_crash() {
+    if !root_or_skip("down_removes_what_the_lab_made_and_only_that_also_after_a_crash") {
+        return;
+    }
+    let lab = Lab::new();
+    let (matrix, ok) = lab.up(&samples());
+    assert!(ok, "{matrix:#}");
+    let record = lab.record();
+    // A crash: every process of the lab dies at once, its record stays.
+    for pid in record["processes"].as_object().unwrap().values() {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    // Something of someone else's, named like the lab's.
+    let foreign = format!("ww{}-n-foreign", lab.name);
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &foreign])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = lab.wireway(&["down"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("ww{}-", lab.name)))
+        .collect();
+    let _ = Command::new("ip").args(["netns", "del", &foreign]).status();
+    assert_eq!(
+        left,
+        [foreign],
+        "down left some of the lab's, or took someone else's"
+    );
+    assert!(!lab.dir.exists(), "the lab's directory is gone");
+    // Nothing of the lab runs: not its processes, not the WireGuard devices in its nodes.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let running = String::from_utf8_lossy(&ps.stdout);
+    assert!(!running.contains(lab.dir.to_str().unwrap()), "{running}");
+}
