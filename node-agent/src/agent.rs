@@ -1,11 +1,12 @@
 //! One converge pass: NodeState → desired data plane → observe → operations → apply.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wireway_proto::{NetnsLocator, NodeState};
+use wireway_proto::{NetnsLocator, NodeState, netns_locator};
 
 use crate::converge::{self, DesiredError, Lookup, Op, ResolvedNetns};
 use crate::dataplane::netlink::Netlink;
@@ -103,16 +104,23 @@ pub struct Agent {
     netns: NetnsFinder,
 }
 
-/// What [`converge::desired`] looks up, found: namespaces now, endpoints resolved before.
+/// What [`converge::desired`] looks up, found: namespaces now (the pods' cgroups read
+/// at most once a pass, and only if a member is named by UID), endpoints resolved before.
 struct Found<'a> {
     netns: &'a NetnsFinder,
-    pods: Option<PodIndex>,
+    pods: OnceCell<Option<PodIndex>>,
     endpoints: &'a BTreeMap<String, SocketAddr>,
 }
 
 impl Lookup for Found<'_> {
     fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
-        self.netns.find(locator, self.pods.as_ref())
+        let by_uid = matches!(locator.locator, Some(netns_locator::Locator::PodUid(_)));
+        let pods = if by_uid {
+            self.pods.get_or_init(|| self.netns.pods()).as_ref()
+        } else {
+            None
+        };
+        self.netns.find(locator, pods)
     }
 
     fn endpoint(&self, host_port: &str) -> Option<SocketAddr> {
@@ -168,7 +176,7 @@ impl Agent {
         let endpoints = resolve_endpoints(converge::endpoint_names(state)).await;
         let found = Found {
             netns: &self.netns,
-            pods: self.netns.pods(),
+            pods: OnceCell::new(),
             endpoints: &endpoints,
         };
         let (desired, desired_errors) = converge::desired(state, found);

@@ -416,7 +416,7 @@ impl Engine {
                 seen_version: agent.map_or(0, |a| a.hello_version),
             }),
         };
-        let current = self.planner.nodes().find(|n| n.name == name);
+        let current = self.planner.node(name);
         if merged.as_ref() == current {
             return;
         }
@@ -609,7 +609,7 @@ impl Engine {
             .into_iter()
             .map(|name| {
                 let agent = self.agents.get(name);
-                let node = self.planner.nodes().find(|n| &n.name == name);
+                let node = self.planner.node(name);
                 let state = plan.nodes.get(name);
                 NodeSummary {
                     name: name.clone(),

@@ -95,6 +95,11 @@ impl Planner {
         self.index.nodes.values()
     }
 
+    /// One node of the World.
+    pub fn node(&self, name: &str) -> Option<&super::Node> {
+        self.index.nodes.get(name)
+    }
+
     /// The pods of the World.
     pub fn pods(&self) -> impl Iterator<Item = &super::Pod> {
         self.index.pods.values().flat_map(|p| p.values())
