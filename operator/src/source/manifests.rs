@@ -125,11 +125,6 @@ impl Manifests {
         })
     }
 
-    /// The roots.
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
-    }
-
     /// Reads the roots and returns what changed since the last scan.
     pub fn scan(&mut self) -> Scan {
         let mut texts = BTreeMap::new();
@@ -205,11 +200,6 @@ impl Manifests {
         problems.sort();
         self.problems.clone_from(&problems);
         Scan { changes, problems }
-    }
-
-    /// The problems found by the last scan.
-    pub fn problems(&self) -> &[Problem] {
-        &self.problems
     }
 
     /// The pods in effect.
