@@ -68,6 +68,14 @@ pub fn render_snapshot(snapshot: &Snapshot, wide: bool) -> String {
                 n.desired_version.to_string(),
                 n.applied_version.to_string(),
                 or_dash(&n.services.join(",")),
+                format!("{}/{}", n.peers_active, n.peers),
+                or_dash(
+                    &n.errors
+                        .iter()
+                        .map(|e| format!("{}:{}", e.category, e.count))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
                 or_dash(&n.problems.join("; ")),
             ]
         })
@@ -82,10 +90,32 @@ pub fn render_snapshot(snapshot: &Snapshot, wide: bool) -> String {
             "VERSION",
             "APPLIED",
             "SERVICES",
+            "PEERS",
+            "ERRORS",
             "PROBLEMS",
         ],
         &nodes,
     ));
+    if wide {
+        let errors: Vec<Vec<String>> = snapshot
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.errors.iter().map(|e| {
+                    vec![
+                        n.name.clone(),
+                        e.category.clone(),
+                        e.count.to_string(),
+                        e.last_message.clone(),
+                    ]
+                })
+            })
+            .collect();
+        if !errors.is_empty() {
+            out.push_str("\nNODE ERRORS (since each agent started)\n");
+            out.push_str(&render(&["NODE", "CATEGORY", "COUNT", "LAST"], &errors));
+        }
+    }
     let services: Vec<Vec<String>> = snapshot
         .network_services
         .iter()

@@ -589,6 +589,24 @@ fn losing_the_operator_or_an_agent_loses_no_packet() {
         before,
         "an interface was recreated after the agent's restart"
     );
+    // The operator shows the tunnels that carry the pings as active: the restarted
+    // operator learns it from the agents' next reports (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let status = lab.status();
+        let shown = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node.as_str())
+            .unwrap()
+            .clone();
+        if shown["peersActive"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{shown:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let agent_log = lab.log(&format!("nodes/{node}/agent.log"));
     assert!(
         agent_log.contains("re-applying the last applied state"),

@@ -64,4 +64,26 @@ pub struct NodeSummary {
     /// What its agent could not apply in its last pass.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// WireGuard peers on its interfaces, in its agent's last report.
+    #[serde(default)]
+    pub peers: u32,
+    /// Of those, the ones with a handshake in the last 180 s. WireGuard handshakes only
+    /// when there is traffic: an idle peer is not counted, and is not a fault.
+    #[serde(default)]
+    pub peers_active: u32,
+    /// Errors its agent met since it started, by category.
+    #[serde(default)]
+    pub errors: Vec<ErrorSummary>,
+}
+
+/// The errors of one category on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorSummary {
+    /// A fixed category, such as `wireguard`, `link`, `route` or `netns`.
+    pub category: String,
+    /// How many times it happened.
+    pub count: u64,
+    /// The last one's message.
+    pub last_message: String,
 }

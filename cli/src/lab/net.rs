@@ -114,8 +114,30 @@ pub fn spawn(
         .stdout(open()?)
         .stderr(open()?)
         .process_group(0);
-    let child = command
+    let mut child = command
         .spawn()
         .map_err(|e| format!("failed to start {}: {e}", program.display()))?;
-    Ok(child.id())
+    let pid = child.id();
+    // Reaped when it exits, so a long-running supervisor leaves no zombie; when this
+    // process exits first, init adopts the child as usual.
+    std::thread::spawn(move || child.wait());
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_spawned_program_that_exits_is_reaped() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let pid = super::spawn(Path::new("true"), &[], None, log.path()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Reaped, its /proc entry goes; a zombie's would stay.
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "{pid} was not reaped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

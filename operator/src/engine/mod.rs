@@ -32,7 +32,7 @@ use crate::metrics::{Metrics, category};
 use crate::plan::events::{self, Event};
 use crate::plan::status::carry_transitions;
 use crate::plan::{Change, Node, ObjectKey, Plan, Planner, Statuses, World};
-use crate::snapshot::{NodeSummary, Snapshot};
+use crate::snapshot::{ErrorSummary, NodeSummary, Snapshot};
 use crate::source::{self, Problem};
 pub use hub::{FinalizerAction, Hub, Published};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -89,7 +89,14 @@ struct Agent {
     applied_at_ms: Option<u64>,
     /// What the agent could not apply in its last pass.
     problems: Vec<String>,
+    /// Unix time of each peer's last handshake, 0 for none, in the last report.
+    handshakes: Vec<i64>,
+    /// The agent's errors since it started, in the last report.
+    errors: Vec<ErrorSummary>,
 }
+
+/// How long a WireGuard session lives without a new handshake (REJECT_AFTER_TIME).
+const SESSION_LIFETIME_SECONDS: i64 = 180;
 
 /// The engine's state.
 #[derive(Debug)]
@@ -278,6 +285,20 @@ impl Engine {
                 agent.record.applied_version = report.applied_version;
                 agent.applied_at_ms = Some(now_ms());
                 agent.problems = report.problems;
+                agent.handshakes = report
+                    .peers
+                    .iter()
+                    .map(|p| p.last_handshake_unix_seconds)
+                    .collect();
+                agent.errors = report
+                    .errors
+                    .into_iter()
+                    .map(|e| ErrorSummary {
+                        category: e.category,
+                        count: e.count,
+                        last_message: e.last_message,
+                    })
+                    .collect();
             }
             Input::Disconnected(node) => {
                 if let Some(agent) = self.agents.get_mut(&node) {
@@ -601,6 +622,8 @@ impl Engine {
 
     fn snapshot(&self) -> Snapshot {
         let plan = self.planner.last_plan();
+        let now = Timestamp::now().as_second();
+        let small = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let mut names: Vec<&String> = plan.nodes.keys().chain(self.agents.keys()).collect();
         names.extend(self.declared.keys());
         names.sort();
@@ -624,6 +647,16 @@ impl Engine {
                         .map(|s| s.services.iter().map(|s| s.name.clone()).collect())
                         .unwrap_or_default(),
                     problems: agent.map(|a| a.problems.clone()).unwrap_or_default(),
+                    peers: agent.map_or(0, |a| small(a.handshakes.len())),
+                    peers_active: agent.map_or(0, |a| {
+                        small(
+                            a.handshakes
+                                .iter()
+                                .filter(|&&at| at > 0 && now - at < SESSION_LIFETIME_SECONDS)
+                                .count(),
+                        )
+                    }),
+                    errors: agent.map(|a| a.errors.clone()).unwrap_or_default(),
                 }
             })
             .collect();

@@ -313,3 +313,43 @@ fn a_restarted_operator_serves_exactly_what_it_served() {
         );
     }
 }
+
+#[test]
+fn agents_reports_show_their_peers_and_errors() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-a", KEY_A, 0));
+    engine.step();
+    let now = Timestamp::now().as_second();
+    let peer = |seconds_ago: Option<i64>| wireway_proto::PeerStatus {
+        interface_name: "ww-red".into(),
+        public_key: KEY_B.into(),
+        last_handshake_unix_seconds: seconds_ago.map_or(0, |ago| now - ago),
+        ..Default::default()
+    };
+    engine.handle(Input::Report(AgentReport {
+        node: "node-a".into(),
+        applied_version: version(&hub, "node-a"),
+        // Just now, a session past its lifetime, never.
+        peers: vec![peer(Some(5)), peer(Some(600)), peer(None)],
+        errors: vec![wireway_proto::ErrorCount {
+            category: "route".into(),
+            count: 2,
+            last_message: "RTNETLINK answers: Network is unreachable".into(),
+        }],
+        ..AgentReport::default()
+    }));
+    engine.step();
+    let snapshot = hub.snapshot();
+    let node = snapshot.nodes.iter().find(|n| n.name == "node-a").unwrap();
+    assert_eq!((node.peers, node.peers_active), (3, 1));
+    assert_eq!(
+        node.errors,
+        [ErrorSummary {
+            category: "route".into(),
+            count: 2,
+            last_message: "RTNETLINK answers: Network is unreachable".into(),
+        }]
+    );
+}

@@ -272,7 +272,11 @@ pub fn plan_target(index: &Index, target: &ObjectKey, assigned: Option<&Assigned
         None => (
             true,
             reason::READY,
-            format!("{members} members on {} nodes", prefixes.len()),
+            format!(
+                "{} on {}",
+                status::count_of(members, "member"),
+                status::count_of(prefixes.len(), "node")
+            ),
         ),
     };
     let service = NetworkServiceStatus {
@@ -833,8 +837,8 @@ fn endpoint_statuses(
                             m.reason.as_str()
                         },
                         format!(
-                            "{rejected} of {} workloads not admitted; first: {}: {}",
-                            members.len(),
+                            "{rejected} of {} not admitted; first: {}: {}",
+                            status::count_of(members.len(), "workload"),
                             m.workload,
                             m.message
                         ),
@@ -852,7 +856,7 @@ fn endpoint_statuses(
                     None => (
                         true,
                         reason::READY,
-                        format!("{admitted} workloads admitted"),
+                        format!("{} admitted", status::count_of(admitted, "workload")),
                     ),
                 },
             };

@@ -39,3 +39,22 @@ pub fn carry_transitions(conditions: &mut [Condition], previous: &[Condition], n
             .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
     }
 }
+
+/// `n` and the noun, in the plural unless `n` is 1: "1 workload", "3 workloads".
+pub fn count_of(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(super::count_of(0, "node"), "0 nodes");
+        assert_eq!(super::count_of(1, "workload"), "1 workload");
+        assert_eq!(super::count_of(4, "member"), "4 members");
+    }
+}
