@@ -669,11 +669,12 @@ impl Lab {
 
     /// A process of the lab that is not running, with the end of its log.
     fn dead_process(&self) -> Option<String> {
-        let (role, _) = self
+        let (role, pid) = self
             .record
             .processes
             .iter()
             .find(|(role, _)| !self.is_running(role))?;
+        let how = net::ended(*pid).map_or_else(String::new, |status| format!(" ({status})"));
         let log = match role.strip_prefix("agent/") {
             Some(node) => self.dir.join("nodes").join(node).join("agent.log"),
             None => self.dir.join(format!("{role}.log")),
@@ -682,7 +683,7 @@ impl Lab {
         let tail: Vec<&str> = text.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         Some(format!(
-            "{role} is not running; the end of {}:\n{}",
+            "{role} is not running{how}; the end of {}:\n{}",
             log.display(),
             tail.join("\n")
         ))

@@ -1,9 +1,14 @@
 //! The lab's network: namespaces, the underlay bridge and the nodes' links, made with
 //! iproute2 (`ip`), and processes started inside them.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+
+/// How the processes this process started have ended, by pid.
+static ENDED: Mutex<BTreeMap<u32, ExitStatus>> = Mutex::new(BTreeMap::new());
 
 /// Runs `ip` with `args`; an error carries what `ip` said.
 pub fn ip(args: &[&str]) -> Result<(), String> {
@@ -120,8 +125,24 @@ pub fn spawn(
     let pid = child.id();
     // Reaped when it exits, so a long-running supervisor leaves no zombie; when this
     // process exits first, init adopts the child as usual.
-    std::thread::spawn(move || child.wait());
+    std::thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            ENDED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(pid, status);
+        }
+    });
     Ok(pid)
+}
+
+/// How a process this process started has ended ("signal: 9 (SIGKILL)"), if it has.
+pub fn ended(pid: u32) -> Option<ExitStatus> {
+    ENDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&pid)
+        .copied()
 }
 
 #[cfg(test)]
@@ -134,10 +155,12 @@ mod tests {
         let log = tempfile::NamedTempFile::new().unwrap();
         let pid = super::spawn(Path::new("true"), &[], None, log.path()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        // Reaped, its /proc entry goes; a zombie's would stay.
-        while Path::new(&format!("/proc/{pid}")).exists() {
+        // Reaped, its /proc entry goes (a zombie's would stay) and how it ended is known.
+        while super::ended(pid).is_none() {
             assert!(Instant::now() < deadline, "{pid} was not reaped");
             std::thread::sleep(Duration::from_millis(10));
         }
+        assert!(super::ended(pid).unwrap().success());
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 }
