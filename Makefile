@@ -28,7 +28,7 @@ bench: release ## the convergence benchmark: 52 changes on a 20-node lab (root)
 validate: ## check config/samples against the CRDs' schema and CEL rules
 	cargo run --quiet -p wireway-cli -- validate config/samples
 
-test: tools ## run every test: unit, manifests, kernel and lab (root), and the kernel tests again in a VM
+test: tools lint ## formatting, clippy, then every test: unit, manifests, kernel and lab (root), and the kernel tests again in a VM
 	cargo build --workspace --bins --locked
 	cargo nextest run --workspace --no-fail-fast
 	$(MAKE) test-vm
