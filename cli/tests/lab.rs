@@ -18,7 +18,7 @@ use serde_json::Value;
 const WIREWAY: &str = env!("CARGO_BIN_EXE_wireway");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-use wireway_runtime::errors::root_or_skip;
+use wireway_testkit::root_or_skip;
 
 fn samples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples")

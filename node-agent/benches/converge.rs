@@ -42,7 +42,6 @@ fn state() -> NodeState {
             route_table: 0x5757_0000 + 51820,
             members,
             peers,
-            routes: Vec::new(),
         }],
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 const AGENT: &str = env!("CARGO_BIN_EXE_wireway-agent");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-use wireway_runtime::errors::root_or_skip;
+use wireway_testkit::root_or_skip;
 
 fn run(args: &[&str]) -> Output {
     Command::new(args[0])

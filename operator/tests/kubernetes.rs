@@ -27,7 +27,7 @@ use wireway_operator::source::kubernetes::{Kind, Objects};
 use wireway_operator::source::{self};
 use wireway_proto::{AgentHello, AgentReport};
 use wireway_runtime::http::Readiness;
-use wireway_runtime::rbac;
+use wireway_testkit::rbac;
 
 /// One request: method, path, and whether it was a watch.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -52,21 +52,6 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// For a test that needs root: whether to run it. Without root it is skipped, saying
-/// so, except under CI (`CI` set), which runs as root: there a test that needs root must
-/// run, so it fails instead of passing unseen.
-pub fn root_or_skip(test: &str) -> bool {
-    let root = is_root();
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test} needs root, and CI runs as root"
-        );
-        eprintln!("skipped {test}: needs root (run as root, as CI does)");
-    }
-    root
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

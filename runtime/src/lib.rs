@@ -8,16 +8,16 @@
 //!   agent proves `spiffe://<trust-domain>/wireway/node/<node>`);
 //! * [`pki`]: issuing those certificates;
 //! * [`http`]: `/metrics` (Prometheus text), `/healthz` and `/readyz`;
-//! * [`rbac`]: the permission a request needs, and what a role grants (for tests of
-//!   `config/rbac/`);
+//! * [`backoff`]: exponential backoff for retry loops; [`clock`]: the wall clock;
 //! * [`errors`]: a file error that names the file, an error chain on one line;
 //! * [`logging`]: structured logs through `tracing`; [`signal`]: when to stop.
 
+pub mod backoff;
+pub mod clock;
 pub mod errors;
 pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod pki;
-pub mod rbac;
 pub mod signal;
 pub mod tls;

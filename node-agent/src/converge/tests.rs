@@ -47,7 +47,6 @@ fn red() -> ServiceState {
         route_table: 0x5757_0000 + 51821,
         members: vec![member("red/red-a", "wwv00000001", "nsm-red", "10.100.0.1")],
         peers: vec![peer("key-b", "192.168.77.2:51821", "10.100.1.0/24")],
-        routes: Vec::new(),
     }
 }
 
@@ -67,7 +66,6 @@ fn green() -> ServiceState {
             "fd00:200::1",
         )],
         peers: vec![peer("key-c", "192.168.77.3:51820", "fd00:200:0:1::/64")],
-        routes: Vec::new(),
     }
 }
 
@@ -527,7 +525,6 @@ fn node_states() -> impl Strategy<Value = Dataplane> {
                         )
                     })
                     .collect(),
-                routes: Vec::new(),
             });
         }
         plane(states)

@@ -30,9 +30,9 @@ async fn body(request: Request<Body>) -> serde_json::Value {
 }
 
 /// The permission a request needs.
-fn needs(request: &Request<Body>) -> wireway_runtime::rbac::Permission {
+fn needs(request: &Request<Body>) -> wireway_testkit::rbac::Permission {
     let method = request.method().as_str();
-    wireway_runtime::rbac::permission(method, request.uri().path(), false).unwrap()
+    wireway_testkit::rbac::permission(method, request.uri().path(), false).unwrap()
 }
 
 #[tokio::test]
@@ -92,6 +92,6 @@ async fn annotates_its_node_once_with_exactly_the_permissions_it_is_granted() {
     .unwrap();
     assert_eq!(
         called,
-        wireway_runtime::rbac::granted(&yaml, "wireway-agent")
+        wireway_testkit::rbac::granted(&yaml, "wireway-agent")
     );
 }

@@ -1,14 +1,12 @@
-//! Completing a node's services: names unique on the node, and routes.
+//! Completing a node's services: host veth names unique on the node.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
-use ipnet::IpNet;
-use wireway_proto::{Route, ServiceState};
+use wireway_proto::ServiceState;
 
 use super::names;
 
-/// Completes the services being (re)placed on a node: host veth names and routes.
+/// Completes the services being (re)placed on a node: host veth names.
 ///
 /// Host veth names are unique on the node across services: `kept` (services staying as
 /// they are) hold theirs; a member of `services` keeps the name it had in `replaced` (its
@@ -50,26 +48,6 @@ pub fn assemble(
             .unwrap_or_default();
         taken.insert(name.clone());
         member.host_interface_name = name;
-    }
-    for svc in &mut services {
-        // The whole cidr goes to WireGuard, which routes by peer; each local member's own
-        // address, more specific, goes to its veth.
-        let mut routes: Vec<Route> = svc
-            .members
-            .iter()
-            .filter_map(|m| {
-                Some(Route {
-                    destination: IpNet::from(m.address.parse::<IpAddr>().ok()?).to_string(),
-                    device: m.host_interface_name.clone(),
-                })
-            })
-            .chain([Route {
-                destination: svc.cidr.clone(),
-                device: svc.interface_name.clone(),
-            }])
-            .collect();
-        routes.sort_by(|a, b| a.destination.cmp(&b.destination));
-        svc.routes = routes;
     }
     services
 }

@@ -787,7 +787,6 @@ fn node_states(
                 route_table: ROUTE_TABLE_BASE + u32::from(port),
                 members,
                 peers,
-                routes: Vec::new(),
             };
             (node.clone(), state)
         })
