@@ -20,7 +20,7 @@ mod status;
 mod table;
 mod validate;
 
-pub use wireway_runtime::errors::chain;
+use wireway_runtime::errors::chain;
 
 /// Wireway: flat L3 network services over WireGuard, across nodes, clusters and companies.
 #[derive(Debug, Parser)]
@@ -186,7 +186,7 @@ async fn status(operator: &Address, output: status::Output) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -22,16 +22,47 @@ pub enum Output {
     Json,
 }
 
+/// Why the operator's status could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No answer.
+    #[error(transparent)]
+    Get(#[from] http::GetError),
+    /// An answer other than 200.
+    #[error("failed to fetch /status from {operator}: it answered {code}: {body}")]
+    Status {
+        /// The operator's HTTP port.
+        operator: Address,
+        /// The status code.
+        code: u16,
+        /// What it said.
+        body: String,
+    },
+    /// A status that does not parse.
+    #[error("failed to parse the status {operator} sent")]
+    Parse {
+        /// The operator's HTTP port.
+        operator: Address,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Fetches the operator's snapshot.
-pub async fn fetch(operator: &Address) -> Result<Snapshot, String> {
-    let (code, body) = http::get(operator, "/status")
-        .await
-        .map_err(|e| wireway_operator::engine::chain(&e))?;
+pub async fn fetch(operator: &Address) -> Result<Snapshot, FetchError> {
+    let (code, body) = http::get(operator, "/status").await?;
     if code != 200 {
-        return Err(format!("{operator} answered {code} to /status: {body}"));
+        return Err(FetchError::Status {
+            operator: operator.clone(),
+            code,
+            body,
+        });
     }
-    serde_json::from_str(&body)
-        .map_err(|e| format!("{operator} sent a status that does not parse: {e}"))
+    serde_json::from_str(&body).map_err(|source| FetchError::Parse {
+        operator: operator.clone(),
+        source,
+    })
 }
 
 /// (status, reason, message) of the `Ready` condition.

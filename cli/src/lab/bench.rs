@@ -17,15 +17,44 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wireway_operator::snapshot::Snapshot;
+use wireway_runtime::clock::unix_ms;
+use wireway_runtime::errors::FileError;
 
-use super::Lab;
+use super::{Lab, manifests};
+use crate::status::FetchError;
 
 /// Nodes that start without members, so that `node+` changes have somewhere to go.
 const EMPTY_NODES: usize = 3;
+
+/// How long a change may take before the benchmark gives up.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The operator's status could not be fetched.
+    #[error(transparent)]
+    Status(#[from] FetchError),
+    /// A change could not be written.
+    #[error(transparent)]
+    Write(FileError),
+    /// A change was not in effect in time.
+    #[error("failed to apply change {index} ({kind} on {node}) within {timeout:?}")]
+    Timeout {
+        /// Its number, from 0.
+        index: usize,
+        /// `member` or `node`.
+        kind: &'static str,
+        /// The node of the pod it relabelled.
+        node: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+}
 
 /// What the benchmark measured.
 #[derive(Debug, Clone, Serialize)]
@@ -110,10 +139,7 @@ pub fn write_manifests(dir: &Path, nodes: usize) -> std::io::Result<()> {
          spec: {networkService: {name: bench}, podSelector: {matchLabels: {net: bench}}}\n",
     );
     for n in 1..=nodes {
-        text.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n",
-            node(n)
-        ));
+        text.push_str(&manifests::document(&manifests::node(&node(n))));
     }
     std::fs::write(dir.join("00-bench.yaml"), text)?;
     for n in 1..=nodes {
@@ -132,12 +158,6 @@ pub fn write_manifests(dir: &Path, nodes: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Versions planned per node.
 fn desired(snapshot: &Snapshot) -> BTreeMap<String, u64> {
     snapshot
@@ -148,7 +168,12 @@ fn desired(snapshot: &Snapshot) -> BTreeMap<String, u64> {
 }
 
 /// Runs `changes` changes on the lab (made from [`write_manifests`] in `dir`).
-pub async fn run(lab: &Lab, dir: &Path, nodes: usize, changes: usize) -> Result<Results, String> {
+pub async fn run(
+    lab: &Lab,
+    dir: &Path,
+    nodes: usize,
+    changes: usize,
+) -> Result<Results, BenchError> {
     let mut results = Vec::new();
     let hosting = nodes.saturating_sub(EMPTY_NODES).max(1);
     for i in 0..changes {
@@ -163,10 +188,12 @@ pub async fn run(lab: &Lab, dir: &Path, nodes: usize, changes: usize) -> Result<
         let temporary = dir.join(".change.tmp");
         let label = if adding { "bench" } else { "idle" };
         std::fs::write(&temporary, pod(&format!("{target}-idle"), &target, label))
-            .map_err(|e| e.to_string())?;
-        let started = now_ms();
-        std::fs::rename(&temporary, idle_file(dir, &target)).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+            .map_err(|e| BenchError::Write(FileError::on("write", &temporary)(e)))?;
+        let started = unix_ms();
+        let file = idle_file(dir, &target);
+        std::fs::rename(&temporary, &file)
+            .map_err(|e| BenchError::Write(FileError::on("replace", &file)(e)))?;
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
         let latency = loop {
             let snapshot = lab.snapshot().await?;
             let changed: Vec<_> = snapshot
@@ -186,9 +213,12 @@ pub async fn run(lab: &Lab, dir: &Path, nodes: usize, changes: usize) -> Result<
                 break (changed.len(), last.saturating_sub(started));
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "change {i} ({kind} on {target}) was not applied within 30 s"
-                ));
+                return Err(BenchError::Timeout {
+                    index: i,
+                    kind,
+                    node: target,
+                    timeout: CHANGE_TIMEOUT,
+                });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };

@@ -1,16 +1,24 @@
-//! The `wireway lab` subcommands.
+//! The `wireway lab` subcommands: arguments, what each one prints, its exit code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use wireway_crds::validation::SchemaError;
 use wireway_operator::snapshot::Snapshot;
 use wireway_operator::source::manifests::Manifests;
+use wireway_runtime::errors::{FileError, chain, is_root};
+use wireway_runtime::pki::CertError;
 
-use super::{Inventory, Lab, binaries, lab_dir, supervise};
+use super::bench;
+use super::matrix::{Matrix, render_matrix};
+use super::measure::MeasureError;
+use super::reconcile::{Inventory, ReconcileError, supervise};
+use super::supervision::{BinariesError, SupervisionError, binaries};
+use super::underlay::UnderlayError;
+use super::{CreateError, Lab, lab_dir};
 use crate::status::render_snapshot;
-use wireway_runtime::errors::is_root;
 
 /// Which lab.
 #[derive(Debug, Args)]
@@ -104,8 +112,43 @@ pub enum LabCommand {
     Supervise,
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+/// Why `wireway lab up` (or `bench`, which starts the same way) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A manifest path does not exist.
+    #[error("failed to find the manifests {}: it does not exist", path.display())]
+    NoManifests {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The operator's or the agent's binary is missing.
+    #[error(transparent)]
+    Binaries(#[from] BinariesError),
+    /// The manifests could not be read: the CRDs' schemas did not compile.
+    #[error("failed to read the manifests")]
+    Manifests(#[source] SchemaError),
+    /// The lab's record could not be made.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// The certificates could not be made.
+    #[error("failed to make the lab's certificates (`wireway lab down` removes what was made)")]
+    Certificates(#[source] CertError),
+    /// The underlay could not be made.
+    #[error("failed to make the lab's underlay (`wireway lab down` removes what was made)")]
+    Underlay(#[source] UnderlayError),
+    /// The nodes and pods could not be made.
+    #[error("failed to make the lab's nodes and pods (`wireway lab down` removes what was made)")]
+    Reconcile(#[source] ReconcileError),
+    /// A process could not be started.
+    #[error(transparent)]
+    Start(#[from] SupervisionError),
+    /// The lab did not converge.
+    #[error(transparent)]
+    Converge(#[from] MeasureError),
+}
+
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    eprintln!("error: {}", chain(error));
     ExitCode::FAILURE
 }
 
@@ -113,7 +156,8 @@ fn fail(message: &str) -> ExitCode {
 pub async fn run(args: LabArgs) -> ExitCode {
     let dir = args.dir.clone().unwrap_or_else(|| lab_dir(&args.name));
     if !is_root() {
-        return fail("the lab makes network namespaces: run it as root (sudo)");
+        eprintln!("error: the lab makes network namespaces: run it as root (sudo)");
+        return ExitCode::FAILURE;
     }
     match args.command {
         LabCommand::Up {
@@ -140,7 +184,10 @@ pub async fn run(args: LabArgs) -> ExitCode {
             Ok(lab) => matrix(&lab, Duration::from_secs(timeout), json).await,
             Err(e) => fail(&e),
         },
-        LabCommand::Start => match Lab::open(dir).and_then(|mut lab| lab.start_all()) {
+        LabCommand::Start => match Lab::open(dir)
+            .map_err(SupervisionError::from)
+            .and_then(|mut lab| lab.start_all())
+        {
             Ok(started) if started.is_empty() => {
                 println!("everything runs");
                 ExitCode::SUCCESS
@@ -156,7 +203,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
                 let name = lab.record.name.clone();
                 let errors = lab.down();
                 for e in &errors {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", chain(e));
                 }
                 if errors.is_empty() {
                     println!("lab {name} removed");
@@ -175,8 +222,8 @@ pub async fn run(args: LabArgs) -> ExitCode {
             keep,
         } => {
             let manifests = dir.join("bench-manifests");
-            if let Err(e) = super::bench::write_manifests(&manifests, nodes.max(4)) {
-                return fail(&format!("failed to write {}: {e}", manifests.display()));
+            if let Err(e) = bench::write_manifests(&manifests, nodes.max(4)) {
+                return fail(&FileError::on("write", &manifests)(e));
             }
             let up = Up {
                 name: args.name,
@@ -193,10 +240,10 @@ pub async fn run(args: LabArgs) -> ExitCode {
                 Err(e) => return fail(&e),
             };
             eprintln!("making {changes} changes");
-            let results = super::bench::run(&lab, &manifests, nodes.max(4), changes).await;
+            let results = bench::run(&lab, &manifests, nodes.max(4), changes).await;
             if !keep {
                 for e in lab.down() {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", chain(&e));
                 }
             }
             match results {
@@ -205,7 +252,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
                         println!("{text}");
                         ExitCode::SUCCESS
                     }
-                    Err(e) => fail(&e.to_string()),
+                    Err(e) => fail(&e),
                 },
                 Ok(r) => {
                     print!("{}", r.render());
@@ -252,16 +299,16 @@ impl Up {
     }
 
     /// Makes the lab, starts it and waits until it has converged.
-    pub(super) async fn start(&self) -> Result<(Lab, Snapshot), String> {
+    pub(super) async fn start(&self) -> Result<(Lab, Snapshot), UpError> {
         let mut roots = Vec::new();
         for path in &self.manifests {
             match std::path::absolute(path) {
                 Ok(p) if p.exists() => roots.push(p),
-                _ => return Err(format!("{} does not exist", path.display())),
+                _ => return Err(UpError::NoManifests { path: path.clone() }),
             }
         }
         let binaries = binaries(self.bin_dir.as_deref())?;
-        let mut manifests = Manifests::new(roots.clone()).map_err(|e| e.to_string())?;
+        let mut manifests = Manifests::new(roots.clone()).map_err(UpError::Manifests)?;
         for problem in manifests.scan().problems {
             eprintln!("warning: {problem} (not in effect)");
         }
@@ -289,14 +336,12 @@ impl Up {
             own_nodes,
             binaries,
         )?;
+        lab.create_pki().map_err(UpError::Certificates)?;
+        lab.create_underlay().map_err(UpError::Underlay)?;
+        step("certificates (one CA; the operator's, one per node) and the underlay bridge");
         let made = lab
-            .create_pki()
-            .and_then(|()| lab.create_underlay())
-            .and_then(|()| {
-                step("certificates (one CA; the operator's, one per node) and the underlay bridge");
-                lab.reconcile(&inventory, false)
-            })
-            .map_err(|e| format!("{e} (`wireway lab down` removes what was made)"))?;
+            .reconcile(&inventory, false)
+            .map_err(UpError::Reconcile)?;
         for line in made {
             step(&line);
         }
@@ -323,7 +368,7 @@ async fn report(lab: &Lab, snapshot: &Snapshot, json: bool) -> ExitCode {
         struct Verdict<'a> {
             as_expected: bool,
             #[serde(flatten)]
-            matrix: &'a super::matrix::Matrix,
+            matrix: &'a Matrix,
         }
         let verdict = Verdict {
             as_expected: measured.as_expected(),
@@ -331,10 +376,10 @@ async fn report(lab: &Lab, snapshot: &Snapshot, json: bool) -> ExitCode {
         };
         match serde_json::to_string_pretty(&verdict) {
             Ok(text) => println!("{text}"),
-            Err(e) => return fail(&e.to_string()),
+            Err(e) => return fail(&e),
         }
     } else {
-        print!("{}", super::matrix::render_matrix(&measured));
+        print!("{}", render_matrix(&measured));
     }
     if measured.as_expected() {
         ExitCode::SUCCESS

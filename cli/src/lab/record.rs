@@ -5,6 +5,36 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use wireway_runtime::errors::FileError;
+
+/// Why a lab's record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// There is no record: no lab in that directory.
+    #[error("failed to find a lab in {} (`wireway lab up DIR` makes one)", dir.display())]
+    Find {
+        /// The lab's directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record is not what this version writes.
+    #[error("failed to parse {}", file.display())]
+    Parse {
+        /// The record file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The record could not be turned into JSON.
+    #[error("failed to serialize the lab's record")]
+    Serialize(#[source] serde_json::Error),
+    /// The record could not be written.
+    #[error(transparent)]
+    Write(FileError),
+}
 
 /// A node of the lab.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,25 +105,23 @@ pub fn path(dir: &Path) -> PathBuf {
 
 impl Record {
     /// Reads the record of the lab in `dir`.
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self, RecordError> {
         let file = path(dir);
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            format!(
-                "no lab in {} ({e}); start one with `wireway lab up DIR`",
-                dir.display()
-            )
+        let text = std::fs::read_to_string(&file).map_err(|source| RecordError::Find {
+            dir: dir.to_owned(),
+            source,
         })?;
-        serde_json::from_str(&text).map_err(|e| format!("failed to parse {}: {e}", file.display()))
+        serde_json::from_str(&text).map_err(|source| RecordError::Parse { file, source })
     }
 
     /// Writes the record, atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), String> {
+    pub fn save(&self, dir: &Path) -> Result<(), RecordError> {
         let file = path(dir);
         let temporary = file.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(self).map_err(RecordError::Serialize)?;
         std::fs::write(&temporary, text)
             .and_then(|()| std::fs::rename(&temporary, &file))
-            .map_err(|e| format!("failed to write {}: {e}", file.display()))
+            .map_err(|e| RecordError::Write(FileError::on("write", &file)(e)))
     }
 
     /// The name of one of the lab's network namespaces.

@@ -1,0 +1,336 @@
+//! The lab follows the manifests: from the pods and nodes they name (the [`Inventory`]),
+//! nodes and pods are made, placed (by [`super::topology`]) and removed, agents of new
+//! nodes started, and the lab's own manifests (its Node objects and Bindings) written.
+//! `wireway lab supervise` runs this whenever the user's manifests change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use wireway_crds::validation::SchemaError;
+use wireway_operator::plan::{Change, Pod};
+use wireway_operator::source::Event;
+use wireway_operator::source::manifests::Manifests;
+use wireway_runtime::errors::{FileError, chain};
+use wireway_runtime::pki::CertError;
+
+use super::Lab;
+use super::manifests;
+use super::net::{self, NetError};
+use super::record::{LabNode, LabPod, RecordError};
+use super::supervision::{SupervisionError, agent_role};
+use super::topology::{self, PodSpec};
+use super::underlay::{UnderlayError, underlay_address};
+
+/// Why the lab could not follow the manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The record could not be read or written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The manifests could not be read: the CRDs' schemas did not compile.
+    #[error("failed to read the manifests")]
+    Manifests(#[source] SchemaError),
+    /// A network namespace could not be made or removed.
+    #[error("failed to change the network namespace {netns}")]
+    Netns {
+        /// The namespace.
+        netns: String,
+        /// The cause.
+        #[source]
+        source: NetError,
+    },
+    /// A node could not be connected to the underlay.
+    #[error(transparent)]
+    Underlay(#[from] UnderlayError),
+    /// A node's certificate could not be issued.
+    #[error("failed to issue the certificate of node {node}")]
+    Certificate {
+        /// The node.
+        node: String,
+        /// The cause.
+        #[source]
+        source: CertError,
+    },
+    /// A new node's agent could not be started.
+    #[error(transparent)]
+    Agent(#[from] SupervisionError),
+    /// A pod's namespace could not be linked where its agent looks.
+    #[error(transparent)]
+    Link(FileError),
+    /// The lab's own manifests could not be written.
+    #[error(transparent)]
+    Write(FileError),
+}
+
+/// The pods and nodes of the user's manifests, as the lab needs them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    /// Pods by `namespace/name`.
+    pub pods: BTreeMap<String, Pod>,
+    /// Node objects' names.
+    pub nodes: BTreeSet<String>,
+}
+
+impl Inventory {
+    /// The inventory of manifests just scanned.
+    pub fn of(manifests: &Manifests) -> Self {
+        Self {
+            pods: manifests
+                .pods()
+                .map(|p| (format!("{}/{}", p.namespace, p.name), p.clone()))
+                .collect(),
+            nodes: manifests.nodes().map(|n| n.name.clone()).collect(),
+        }
+    }
+
+    /// Follows one change of the manifests; says whether the lab must act on it.
+    pub fn apply(&mut self, change: &Change) -> bool {
+        match change {
+            Change::Pod(pod) => {
+                let key = format!("{}/{}", pod.namespace, pod.name);
+                let before = self.pods.insert(key, pod.clone());
+                before.is_none_or(|b| b.node != pod.node || b.uid != pod.uid)
+            }
+            Change::PodDeleted(namespace, name) => {
+                self.pods.remove(&format!("{namespace}/{name}")).is_some()
+            }
+            Change::Node(node) => self.nodes.insert(node.name.clone()),
+            Change::NodeDeleted(name) => self.nodes.remove(name),
+            _ => false,
+        }
+    }
+}
+
+fn netns_error(netns: &str) -> impl Fn(NetError) -> ReconcileError + use<'_> {
+    move |source| ReconcileError::Netns {
+        netns: netns.to_owned(),
+        source,
+    }
+}
+
+impl Lab {
+    /// Brings the lab to what `inventory` asks for: nodes and pods made or removed, pods
+    /// placed, the lab's own manifests written, and agents of new nodes started (when
+    /// `start_agents`). Says what it did.
+    pub fn reconcile(
+        &mut self,
+        inventory: &Inventory,
+        start_agents: bool,
+    ) -> Result<Vec<String>, ReconcileError> {
+        let mut done = Vec::new();
+        let pods: Vec<PodSpec> = inventory
+            .pods
+            .iter()
+            .map(|(key, pod)| PodSpec {
+                key: key.clone(),
+                pinned: pod.node.clone(),
+            })
+            .collect();
+        let previous: BTreeMap<String, String> = self
+            .record
+            .pods
+            .iter()
+            .map(|(k, p)| (k.clone(), p.node.clone()))
+            .collect();
+        let topology = topology::place(&inventory.nodes, self.record.own_nodes, &pods, &previous);
+
+        // Nodes first: a pod's netns needs nothing from its node, but agents must exist
+        // for the members the operator will plan.
+        let new: Vec<&String> = topology
+            .nodes
+            .iter()
+            .filter(|n| !self.record.nodes.contains_key(*n))
+            .collect();
+        for node in new {
+            self.add_node(node, start_agents)?;
+            done.push(format!("node {node} added"));
+        }
+        for (key, node) in &topology.placement {
+            let Some(pod) = inventory.pods.get(key) else {
+                continue;
+            };
+            match self.record.pods.get_mut(key) {
+                Some(existing) if existing.uid == pod.uid => {
+                    if existing.node != *node {
+                        done.push(format!("pod {key} moved to {node}"));
+                        existing.node.clone_from(node);
+                    }
+                }
+                _ => {
+                    self.remove_pod(key)?;
+                    self.add_pod(key, &pod.uid, node)?;
+                    done.push(format!("pod {key} on {node}"));
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .record
+            .pods
+            .keys()
+            .filter(|k| !topology.placement.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_pod(&key)?;
+            done.push(format!("pod {key} removed"));
+        }
+        // Bindings and Node objects only after the pods' namespaces exist: the operator
+        // plans a member as soon as it sees where it runs.
+        self.write_manifests(&topology.made_nodes, &topology.bindings)?;
+        let stale: Vec<String> = self
+            .record
+            .nodes
+            .keys()
+            .filter(|n| !topology.nodes.contains(*n))
+            .cloned()
+            .collect();
+        for node in stale {
+            self.remove_node(&node)?;
+            done.push(format!("node {node} removed"));
+        }
+        let unplaced = inventory
+            .pods
+            .keys()
+            .filter(|k| !topology.placement.contains_key(*k));
+        done.extend(unplaced.map(|k| format!("pod {k} not placed: there is no node")));
+        self.save()?;
+        Ok(done)
+    }
+
+    fn add_node(&mut self, node: &str, start_agent: bool) -> Result<(), ReconcileError> {
+        self.record.addresses += 1;
+        let n = self.record.addresses;
+        let lab_node = LabNode {
+            netns: self.record.netns(&format!("n-{node}")),
+            address: underlay_address(n),
+            port: format!("p{n}"),
+        };
+        self.record.namespaces.insert(lab_node.netns.clone());
+        self.record.nodes.insert(node.to_owned(), lab_node.clone());
+        self.save()?;
+        net::add_netns(&lab_node.netns).map_err(netns_error(&lab_node.netns))?;
+        self.connect(node, &lab_node)?;
+        self.issue_node_certificate(node)
+            .map_err(|source| ReconcileError::Certificate {
+                node: node.to_owned(),
+                source,
+            })?;
+        if start_agent {
+            self.start_agent(node)?;
+        }
+        Ok(())
+    }
+
+    fn remove_node(&mut self, node: &str) -> Result<(), ReconcileError> {
+        self.stop(&agent_role(node));
+        if let Some(lab_node) = self.record.nodes.remove(node) {
+            // Its userspace WireGuard devices live in its namespace and go with it.
+            net::delete_netns(&lab_node.netns).map_err(netns_error(&lab_node.netns))?;
+            self.record.namespaces.remove(&lab_node.netns);
+        }
+        Ok(self.save()?)
+    }
+
+    fn pod_netns(&self, key: &str) -> String {
+        self.record
+            .netns(&format!("p-{}", key.replacen('/', ".", 1)))
+    }
+
+    fn add_pod(&mut self, key: &str, uid: &str, node: &str) -> Result<(), ReconcileError> {
+        let netns = self.pod_netns(key);
+        self.record.namespaces.insert(netns.clone());
+        self.record.pods.insert(
+            key.to_owned(),
+            LabPod {
+                netns: netns.clone(),
+                uid: uid.to_owned(),
+                node: node.to_owned(),
+            },
+        );
+        self.save()?;
+        net::add_netns(&netns).map_err(netns_error(&netns))?;
+        let link = self.netns_links().join(uid);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(Path::new("/run/netns").join(&netns), &link)
+            .map_err(|e| ReconcileError::Link(FileError::on("link", &link)(e)))
+    }
+
+    fn remove_pod(&mut self, key: &str) -> Result<(), ReconcileError> {
+        let Some(pod) = self.record.pods.remove(key) else {
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(self.netns_links().join(&pod.uid));
+        net::delete_netns(&pod.netns).map_err(netns_error(&pod.netns))?;
+        self.record.namespaces.remove(&pod.netns);
+        Ok(self.save()?)
+    }
+
+    /// Writes the lab's own manifests: Node objects for the nodes it made, Bindings for
+    /// the pods it placed. Replaced atomically, and only when they change.
+    fn write_manifests(
+        &self,
+        nodes: &BTreeSet<String>,
+        bindings: &BTreeMap<String, String>,
+    ) -> Result<(), ReconcileError> {
+        let mut text = String::from(
+            "# Written by `wireway lab`: the nodes it made and where it placed the pods no\n\
+             # manifest pins (Bindings, as a scheduler records them). JSON is YAML.\n",
+        );
+        for node in nodes {
+            text.push_str(&manifests::document(&manifests::node(node)));
+        }
+        for (key, node) in bindings {
+            text.push_str(&manifests::document(&manifests::binding(key, node)));
+        }
+        let file = self.own_manifests().join("lab.yaml");
+        if std::fs::read_to_string(&file).ok().as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        // A name the manifest reader skips (it starts with a dot) until it is complete.
+        let temporary = self.own_manifests().join(".lab.yaml.tmp");
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, &file))
+            .map_err(|e| ReconcileError::Write(FileError::on("write", &file)(e)))
+    }
+}
+
+/// `wireway lab supervise`: follows the user's manifests and keeps the lab in step,
+/// until killed.
+pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
+    let lab = Lab::open(dir.clone())?;
+    let manifests =
+        Manifests::new(lab.record.manifests.clone()).map_err(ReconcileError::Manifests)?;
+    let (events, mut received) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(manifests.watch::<Event>(events));
+    let mut inventory = Inventory::default();
+    let mut synced = false;
+    while let Some(event) = received.recv().await {
+        let act = match event {
+            Event::Changes(changes) => {
+                let mut act = false;
+                for change in &changes {
+                    act |= inventory.apply(change);
+                }
+                act && synced
+            }
+            Event::Synced => {
+                synced = true;
+                true
+            }
+            Event::Problems(_) => false,
+        };
+        if act {
+            // Read the record again: `wireway lab start` may have changed it.
+            let mut lab = Lab::open(dir.clone())?;
+            match lab.reconcile(&inventory, true) {
+                Ok(done) => {
+                    for line in done {
+                        eprintln!("{line}");
+                    }
+                }
+                Err(e) => eprintln!("error: {}", chain(&e)),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The lab's processes: the operator, one agent per node, and the supervisor (which
+//! runs [`super::reconcile::supervise`]). Started unless they run, each remembered in
+//! the record by role (`operator`, `supervisor`, `agent/<node>`) before anything else
+//! happens; a dead one is reported with how it ended and the end of its log; `down`
+//! stops them and removes everything the record names.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+use wireway_runtime::errors::FileError;
+
+use super::Lab;
+use super::net::{self, NetError};
+use super::process::{self, SpawnError};
+use super::record::{Binaries, RecordError};
+
+/// Why the binaries the lab runs were not found.
+#[derive(Debug, thiserror::Error)]
+pub enum BinariesError {
+    /// This program's own path is unknown.
+    #[error("failed to find this program")]
+    CurrentExe(#[source] std::io::Error),
+    /// A binary is not where it should be.
+    #[error(
+        "failed to find {name} in {}: build it (`cargo build --release`) or pass --bin-dir",
+        dir.display()
+    )]
+    Missing {
+        /// The binary.
+        name: &'static str,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+}
+
+/// Why a process of the lab could not be started, or the lab not taken down.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisionError {
+    /// The record could not be written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// An agent was asked for a node the lab does not have.
+    #[error("failed to start agent/{node}: the lab has no node {node}")]
+    NoNode {
+        /// The node.
+        node: String,
+    },
+    /// An agent's state directory could not be made.
+    #[error(transparent)]
+    StateDir(FileError),
+    /// The process could not be started.
+    #[error("failed to start {role}")]
+    Start {
+        /// The role.
+        role: String,
+        /// The cause.
+        #[source]
+        source: SpawnError,
+    },
+    /// A network namespace could not be removed.
+    #[error("failed to remove the network namespace {netns}")]
+    RemoveNetns {
+        /// The namespace.
+        netns: String,
+        /// The cause.
+        #[source]
+        source: NetError,
+    },
+    /// The lab's directory could not be removed.
+    #[error(transparent)]
+    RemoveDir(FileError),
+}
+
+/// A process of the lab that is not running: which, how it ended (when this process
+/// started it and saw it end), and the end of its log.
+#[derive(Debug, thiserror::Error)]
+#[error("{role} is not running{}; the end of {}:\n{tail}", ended(*.status), .log.display())]
+pub struct DeadProcess {
+    /// Its role.
+    pub role: String,
+    /// How it ended, when known.
+    pub status: Option<ExitStatus>,
+    /// Its log.
+    pub log: PathBuf,
+    /// The last lines of its log.
+    pub tail: String,
+}
+
+fn ended(status: Option<ExitStatus>) -> String {
+    status.map_or_else(String::new, |status| format!(" ({status})"))
+}
+
+/// Finds `wireway-operator` and `wireway-agent` in `bin_dir`, or beside this program.
+pub fn binaries(bin_dir: Option<&Path>) -> Result<Binaries, BinariesError> {
+    let wireway = std::env::current_exe().map_err(BinariesError::CurrentExe)?;
+    let dir = match bin_dir {
+        Some(dir) => dir.to_owned(),
+        None => wireway.parent().map(Path::to_owned).unwrap_or_default(),
+    };
+    let find = |name: &'static str| {
+        let path = dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BinariesError::Missing {
+                name,
+                dir: dir.clone(),
+            })
+        }
+    };
+    Ok(Binaries {
+        operator: find("wireway-operator")?,
+        agent: find("wireway-agent")?,
+        wireway,
+    })
+}
+
+/// The role of a node's agent.
+pub(super) fn agent_role(node: &str) -> String {
+    format!("agent/{node}")
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+impl Lab {
+    /// What identifies the lab's processes: its directory in their command line.
+    fn marker(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    fn is_running(&self, role: &str) -> bool {
+        self.record
+            .processes
+            .get(role)
+            .is_some_and(|pid| process::running(*pid, &self.marker()))
+    }
+
+    /// Kills `pid` if it is still the lab's.
+    fn kill_if_ours(&self, pid: u32) {
+        if process::running(pid, &self.marker()) {
+            process::kill(pid);
+        }
+    }
+
+    /// Stops a role's process and takes it off the record (the caller saves it).
+    pub(super) fn stop(&mut self, role: &str) {
+        if let Some(pid) = self.record.processes.remove(role) {
+            self.kill_if_ours(pid);
+        }
+    }
+
+    /// Where a role's output goes.
+    fn log_of(&self, role: &str) -> PathBuf {
+        match role.strip_prefix("agent/") {
+            Some(node) => self.node_dir(node).join("agent.log"),
+            None => self.dir.join(format!("{role}.log")),
+        }
+    }
+
+    /// Starts `program` for `role` (inside `netns` if given) and remembers it.
+    fn start(
+        &mut self,
+        role: &str,
+        program: &Path,
+        args: &[OsString],
+        netns: Option<&str>,
+    ) -> Result<(), SupervisionError> {
+        let pid = process::spawn(program, args, netns, &self.log_of(role)).map_err(|source| {
+            SupervisionError::Start {
+                role: role.to_owned(),
+                source,
+            }
+        })?;
+        self.record.processes.insert(role.to_owned(), pid);
+        Ok(self.save()?)
+    }
+
+    /// Starts the operator unless it runs.
+    pub fn start_operator(&mut self) -> Result<bool, SupervisionError> {
+        if self.is_running("operator") {
+            return Ok(false);
+        }
+        let mut args: Vec<OsString> = Vec::new();
+        let own = self.own_manifests();
+        for root in self.record.manifests.iter().chain([&own]) {
+            args.push("--manifests".into());
+            args.push(root.into());
+        }
+        args.extend(os(&["--listen-grpc", &self.operator_grpc().to_string()]));
+        args.extend(os(&["--listen-http", &self.operator_http().to_string()]));
+        args.push("--state-dir".into());
+        args.push(self.dir.join("operator").into());
+        args.extend(os(&[
+            "--trust-domain",
+            &self.record.trust_domain,
+            "--agent-grace",
+            "10",
+        ]));
+        args.extend(self.operator_tls_args());
+        let program = self.record.binaries.operator.clone();
+        self.start("operator", &program, &args, None)?;
+        Ok(true)
+    }
+
+    /// Starts a node's agent unless it runs.
+    pub fn start_agent(&mut self, node: &str) -> Result<bool, SupervisionError> {
+        let role = agent_role(node);
+        if self.is_running(&role) {
+            return Ok(false);
+        }
+        let Some(lab_node) = self.record.nodes.get(node).cloned() else {
+            return Err(SupervisionError::NoNode {
+                node: node.to_owned(),
+            });
+        };
+        let state = self.node_dir(node);
+        std::fs::create_dir_all(&state)
+            .map_err(|e| SupervisionError::StateDir(FileError::on("create", &state)(e)))?;
+        let mut args: Vec<OsString> = vec!["--state-dir".into(), state.into()];
+        args.push("--netns-dir".into());
+        args.push(self.netns_links().into());
+        args.extend(os(&[
+            "run",
+            "--node-name",
+            node,
+            "--operator",
+            &self.operator_grpc().to_string(),
+        ]));
+        args.extend(os(&["--underlay-address", &lab_node.address]));
+        args.extend(os(&["--listen-http", &self.agent_http(node).to_string()]));
+        args.extend(self.agent_tls_args(node));
+        let program = self.record.binaries.agent.clone();
+        self.start(&role, &program, &args, Some(&lab_node.netns))?;
+        Ok(true)
+    }
+
+    /// Starts the supervisor unless it runs.
+    pub fn start_supervisor(&mut self) -> Result<bool, SupervisionError> {
+        if self.is_running("supervisor") {
+            return Ok(false);
+        }
+        let mut args = os(&["lab", "--name", &self.record.name, "--dir"]);
+        args.push(self.dir.clone().into());
+        args.push("supervise".into());
+        let program = self.record.binaries.wireway.clone();
+        self.start("supervisor", &program, &args, None)?;
+        Ok(true)
+    }
+
+    /// Starts whatever of the lab is not running; says what it started.
+    pub fn start_all(&mut self) -> Result<Vec<String>, SupervisionError> {
+        let mut started = Vec::new();
+        if self.start_operator()? {
+            started.push("operator".to_owned());
+        }
+        let nodes: Vec<String> = self.record.nodes.keys().cloned().collect();
+        for node in nodes {
+            if self.start_agent(&node)? {
+                started.push(agent_role(&node));
+            }
+        }
+        if self.start_supervisor()? {
+            started.push("supervisor".to_owned());
+        }
+        Ok(started)
+    }
+
+    /// A process of the lab that is not running, with the end of its log.
+    pub fn dead_process(&self) -> Option<DeadProcess> {
+        let (role, pid) = self
+            .record
+            .processes
+            .iter()
+            .find(|(role, _)| !self.is_running(role))?;
+        let log = self.log_of(role);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Some(DeadProcess {
+            role: role.clone(),
+            status: process::ended(*pid),
+            log,
+            tail: tail.join("\n"),
+        })
+    }
+
+    /// Removes everything the record names: processes, namespaces (with every process in
+    /// them), the directory. Goes on past errors and returns them.
+    pub fn down(self) -> Vec<SupervisionError> {
+        let mut errors = Vec::new();
+        for pid in self.record.processes.values() {
+            self.kill_if_ours(*pid);
+        }
+        for netns in &self.record.namespaces {
+            if let Err(source) = net::delete_netns(netns) {
+                errors.push(SupervisionError::RemoveNetns {
+                    netns: netns.clone(),
+                    source,
+                });
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            errors.push(SupervisionError::RemoveDir(FileError::on(
+                "remove", &self.dir,
+            )(e)));
+        }
+        errors
+    }
+}
