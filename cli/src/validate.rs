@@ -6,7 +6,19 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 use wireway_crds::manifest::{documents, yaml_files};
-use wireway_crds::validation::{Checked, Validator};
+use wireway_crds::validation::{Checked, SchemaError, Validator};
+use wireway_runtime::errors::{FileError, chain};
+
+/// Why nothing could be validated (an invalid object is a finding, not an error).
+#[derive(Debug, thiserror::Error)]
+enum ValidateError {
+    /// The CRDs' schemas did not compile.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A path given could not be listed.
+    #[error(transparent)]
+    List(FileError),
+}
 
 /// Tally of a run.
 #[derive(Debug, Default)]
@@ -16,21 +28,27 @@ struct Tally {
     skipped: usize,
 }
 
+/// The validator, and the YAML files `paths` name.
+fn prepare(paths: &[PathBuf]) -> Result<(Validator, Vec<PathBuf>), ValidateError> {
+    let validator = Validator::new()?;
+    let mut files = Vec::new();
+    for path in paths {
+        yaml_files(path, &mut files)
+            .map_err(|e| ValidateError::List(FileError::on("read", path)(e)))?;
+    }
+    Ok((validator, files))
+}
+
+/// `wireway validate PATH...`: every object of every file, then a tally; exits 1 if any
+/// object is invalid.
 pub fn run(paths: &[PathBuf]) -> ExitCode {
-    let validator = match Validator::new() {
-        Ok(v) => v,
+    let (validator, files) = match prepare(paths) {
+        Ok(prepared) => prepared,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::FAILURE;
         }
     };
-    let mut files = Vec::new();
-    for path in paths {
-        if let Err(e) = yaml_files(path, &mut files) {
-            eprintln!("error: failed to read {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-    }
     let mut tally = Tally::default();
     let mut out = std::io::stdout().lock();
     for file in &files {

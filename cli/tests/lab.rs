@@ -333,6 +333,15 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&temporary, dir.join(name)).unwrap();
 }
 
+/// A Pod that asks to join red (by its label), pinned to `node` if given.
+fn red_pod(name: &str, node: Option<&str>) -> String {
+    let pin = node.map_or_else(String::new, |node| format!("nodeName: {node}, "));
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: red, labels: {{net: red}}}}\n\
+         spec: {{{pin}containers: [{{name: app, image: busybox}}]}}\n"
+    )
+}
+
 #[test]
 fn the_matrix_follows_the_manifests() {
     if !root_or_skip("the_matrix_follows_the_manifests") {
@@ -345,12 +354,7 @@ fn the_matrix_follows_the_manifests() {
     assert!(ok, "{matrix:#}");
 
     // A member joins red.
-    write(
-        dir,
-        "70-red-c.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: red-c, namespace: red, labels: {net: red}}\n\
-         spec: {containers: [{name: app, image: busybox}]}\n",
-    );
+    write(dir, "70-red-c.yaml", &red_pod("red-c", None));
     let matrix = lab.matrix_until("red-c joins red", |m| {
         reaches(m, "red/red-c", "red/red-a", "red/red") == Some(true)
             && reaches(m, "red/bridge", "red/red-c", "red/red") == Some(true)
@@ -391,9 +395,10 @@ fn the_matrix_follows_the_manifests() {
     write(
         dir,
         "80-edge.yaml",
-        "apiVersion: v1\nkind: Node\nmetadata: {name: edge}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {name: edge-red, namespace: red, labels: {net: red}}\n\
-         spec: {nodeName: edge, containers: [{name: app, image: busybox}]}\n",
+        &format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: edge}}\n---\n{}",
+            red_pod("edge-red", Some("edge"))
+        ),
     );
     let before_break = lab.matrix_until("the edge node joins red", |m| {
         reaches(m, "red/edge-red", "red/red-a", "red/red") == Some(true)

@@ -68,7 +68,24 @@ pub struct Matrix {
     pub reached: Vec<Vec<Option<bool>>>,
 }
 
+/// `cells[row][column]`, `None` outside the matrix.
+fn at(cells: &[Vec<Option<bool>>], row: usize, column: usize) -> Option<bool> {
+    cells
+        .get(row)
+        .and_then(|x| x.get(column))
+        .copied()
+        .flatten()
+}
+
 impl Matrix {
+    /// A cell: (expected, reached); `None` for a workload's own address, or not pinged.
+    fn cell(&self, row: usize, column: usize) -> (Option<bool>, Option<bool>) {
+        (
+            at(&self.expectation.expected, row, column),
+            at(&self.reached, row, column),
+        )
+    }
+
     /// The cells where what was measured differs from what was expected:
     /// (row, target, reached).
     pub fn differences(&self) -> Vec<(&str, &Target, bool)> {
@@ -76,14 +93,7 @@ impl Matrix {
         let mut out = Vec::new();
         for (r, row) in e.rows.iter().enumerate() {
             for (c, column) in e.columns.iter().enumerate() {
-                let want = e.expected.get(r).and_then(|x| x.get(c)).copied().flatten();
-                let got = self
-                    .reached
-                    .get(r)
-                    .and_then(|x| x.get(c))
-                    .copied()
-                    .flatten();
-                if let (Some(want), Some(got)) = (want, got)
+                if let (Some(want), Some(got)) = self.cell(r, c)
                     && want != got
                 {
                     out.push((row.as_str(), column, got));
@@ -193,14 +203,7 @@ pub fn render_matrix(matrix: &Matrix) -> String {
     for (r, row) in e.rows.iter().enumerate() {
         let mut cells = vec![row.clone()];
         for c in 0..e.columns.len() {
-            let want = e.expected.get(r).and_then(|x| x.get(c)).copied().flatten();
-            let got = matrix
-                .reached
-                .get(r)
-                .and_then(|x| x.get(c))
-                .copied()
-                .flatten();
-            cells.push(match (want, got) {
+            cells.push(match matrix.cell(r, c) {
                 (None, _) => "self".to_owned(),
                 (Some(true), Some(true)) => "yes".to_owned(),
                 (Some(false), Some(false)) => "-".to_owned(),

@@ -1,5 +1,5 @@
 //! The lab's certificates: one CA, the operator's certificate, one per node; and the
-//! flags that hand them to the operator and the agents (mutual TLS on every stream).
+//! flags that hand them to the operator and the agents (mutual TLS between them).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
