@@ -1,5 +1,5 @@
-//! The core/v1 objects the lab writes as manifests, as a scheduler and a cloud provider
-//! would make them in a cluster: Node objects and Bindings (JSON, which is YAML).
+//! The core/v1 objects the lab writes as manifests, where in a cluster kubelets and the
+//! scheduler would make them: Node objects and Bindings (JSON, which is YAML).
 
 use serde_json::{Value, json};
 

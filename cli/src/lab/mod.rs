@@ -22,7 +22,7 @@
 //!   [`topology`], removed; its own manifests written by [`manifests`]);
 //! * [`supervision`]: the operator, agents and supervisor started, watched and stopped,
 //!   over [`process`] and [`net`];
-//! * [`measure`]: waiting for convergence and pinging the [`matrix`]; [`bench`]: how
+//! * [`measure`]: waiting for convergence and pinging the [`matrix`]; [`bench`](mod@bench): how
 //!   fast changes take effect;
 //! * [`commands`]: the `wireway lab` subcommands.
 

@@ -1,5 +1,5 @@
 //! The lab's underlay: a namespace with a bridge, and each node's link to it with the
-//! node's underlay address (node `n` gets the `n`th address of 172.31.0.0/16).
+//! node's underlay address (from 172.31.0.0/16, in the order nodes are made).
 
 use super::Lab;
 use super::net::{self, NetError};
