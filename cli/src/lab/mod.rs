@@ -10,8 +10,9 @@
 //! removed in the lab too. Then it measures who reaches whom.
 //!
 //! Every server listens on a Unix socket in the lab's directory, so the lab needs no
-//! port and changes nothing in the host's network namespace. Everything it makes is in
-//! its record (`lab.json`) before it is made, and `wireway lab down` removes exactly that.
+//! port and changes nothing in the host's network namespace. Every namespace it makes is
+//! in its record (`lab.json`) before it is made, every process as soon as it is started,
+//! and `wireway lab down` removes exactly that.
 //!
 //! This module holds the [`Lab`] (its directory and record) and where things are in its
 //! directory. Each job has its own module:
@@ -22,8 +23,8 @@
 //!   [`topology`], removed; its own manifests written by [`manifests`]);
 //! * [`supervision`]: the operator, agents and supervisor started, watched and stopped,
 //!   over [`process`] and [`net`];
-//! * [`measure`]: waiting for convergence and pinging the [`matrix`]; [`bench`](mod@bench): how
-//!   fast changes take effect;
+//! * [`measure`]: waiting for convergence and pinging the [`matrix`];
+//!   [`bench`](mod@bench): how fast changes take effect;
 //! * [`commands`]: the `wireway lab` subcommands.
 
 pub mod bench;
