@@ -1,8 +1,8 @@
-//! The lab's processes: the operator, one agent per node, and the supervisor (which
-//! runs [`super::reconcile::supervise`]). Each is started unless it runs, and its pid
-//! is in the record by role (`operator`, `supervisor`, `agent/<node>`) as soon as it is
-//! started; a dead one is reported with how it ended and the end of its log; `down`
-//! stops them and removes everything the record names.
+//! The lab's processes: the operator, one agent per node, and the supervisor (`wireway
+//! lab supervise`, which keeps the lab in step with the manifests). Each is started
+//! unless it runs, and its pid is in the record by role (`operator`, `supervisor`,
+//! `agent/<node>`) as soon as it is started; a dead one is reported with how it ended
+//! and the end of its log; `down` stops them and removes everything the record names.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
