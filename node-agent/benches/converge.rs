@@ -4,80 +4,48 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wireway_agent::converge::{Dataplane, NetnsId, ResolvedNetns, converge, desired};
-use wireway_proto::{Member, NetnsLocator, NodeState, Peer, ServiceState, netns_locator};
+use wireway_agent::converge::{Plane, converge, desired};
+use wireway_agent::testing::*;
+use wireway_proto::NodeState;
 
 /// One service with 1,000 peers (other nodes) and 20 local members.
 fn state() -> NodeState {
-    let peers = (0..1000u32)
-        .map(|i| Peer {
-            name: format!("node-{i}"),
-            public_key: format!("{i:0>43}="),
-            endpoint: format!("192.168.{}.{}:51820", i / 250, i % 250 + 1),
-            allowed_ips: vec![format!("10.{}.{}.0/24", 100 + i / 256, i % 256)],
-            persistent_keepalive: 0,
-        })
-        .collect();
-    let members = (0..20u32)
-        .map(|i| Member {
-            id: format!("red/pod-{i}"),
-            netns: Some(NetnsLocator {
-                locator: Some(netns_locator::Locator::Path(format!("/run/netns/pod-{i}"))),
-            }),
-            interface_name: "nsm-red".into(),
-            host_interface_name: format!("wwv{i:08x}"),
-            address: format!("10.99.0.{}", i + 1),
-        })
-        .collect();
-    NodeState {
-        node: "node".into(),
-        version: 1,
-        services: vec![ServiceState {
-            name: "red/red".into(),
-            interface_name: "ww-red".into(),
-            listen_port: 51820,
-            mtu: 1420,
-            cidr: "10.0.0.0/8".into(),
-            node_prefix: "10.99.0.0/24".into(),
-            route_table: 0x5757_0000 + 51820,
-            members,
-            peers,
-        }],
+    let mut red = service("red/red")
+        .port(51820)
+        .cidr("10.0.0.0/8")
+        .node_prefix("10.99.0.0/24");
+    for i in 0..1000u32 {
+        red = red.peer(
+            peer(&format!("node-{i}"))
+                .key(&test_key(i))
+                .at(&format!("192.168.{}.{}:51820", i / 250, i % 250 + 1))
+                .allowing(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256)),
+        );
     }
-}
-
-fn resolve(l: &NetnsLocator) -> Option<ResolvedNetns> {
-    match &l.locator {
-        Some(netns_locator::Locator::Path(p)) => Some(ResolvedNetns {
-            path: p.clone(),
-            id: NetnsId {
-                dev: 1,
-                ino: p.len() as u64,
-            },
-        }),
-        _ => None,
+    for i in 0..20u32 {
+        red = red.member(
+            member(&format!("red/pod-{i}"))
+                .host_side(&format!("wwv{i:08x}"))
+                .at(&format!("10.99.0.{}", i + 1)),
+        );
     }
+    node("node").with(red)
 }
 
 fn bench(c: &mut Criterion) {
     let state = state();
-    let (want, _) = desired(&state, resolve);
-    let mut in_sync = want.clone();
-    for link in in_sync.members.values_mut() {
-        if let Some(w) = link.workload.as_mut() {
-            w.netns_path.clear();
-        }
-    }
-    let empty = Dataplane::default();
+    let (want, _) = desired(&state, pods_running);
+    let in_sync = as_observed(&want);
+    let empty = Plane::default();
     c.bench_function("converge/1000-peers/from-empty", |b| {
         b.iter(|| {
-            let (want, _) = desired(&state, resolve);
+            let (want, _) = desired(&state, pods_running);
             converge(&want, &empty).len()
         })
     });
     c.bench_function("converge/1000-peers/in-sync", |b| {
         b.iter(|| {
-            let (want, _) = desired(&state, resolve);
+            let (want, _) = desired(&state, pods_running);
             let ops = converge(&want, &in_sync);
             assert!(ops.is_empty());
             ops.len()

@@ -1,4 +1,5 @@
-//! One converge pass: NodeState → desired data plane → observe → operations → apply.
+//! One converge pass: NodeState → desired data plane → observe → operations → apply →
+//! what it did ([`Pass`]), on any [`Dataplane`]: the node's kernel, or a fake in tests.
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
@@ -8,11 +9,14 @@ use std::time::Duration;
 
 use wireway_proto::{NetnsLocator, NodeState, netns_locator};
 
-use crate::converge::{self, DesiredError, Lookup, Op, ResolvedNetns};
+use crate::converge::{self, DesiredError, Lookup, Op, Plane, ResolvedNetns};
+use crate::dataplane::kernel::Kernel;
 use crate::dataplane::netlink::Netlink;
+use crate::dataplane::netns::NetnsFinder;
 use crate::dataplane::pods::PodIndex;
-use crate::dataplane::wireguard::{self, PeerStats, Userspace};
-use crate::dataplane::{ApplyError, Backend, Kernel, NetnsFinder};
+use crate::dataplane::wireguard::userspace::Userspace;
+use crate::dataplane::wireguard::{self, Backend, PeerStats};
+use crate::dataplane::{ApplyError, Dataplane};
 
 /// How long a peer endpoint's host name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -97,10 +101,10 @@ impl Pass {
     }
 }
 
-/// The agent's hold on its node's kernel.
+/// The agent's hold on its node's data plane.
 #[derive(Debug)]
-pub struct Agent {
-    kernel: Kernel,
+pub struct Agent<D = Kernel> {
+    dataplane: D,
     netns: NetnsFinder,
 }
 
@@ -144,10 +148,10 @@ async fn resolve_endpoints(
     found
 }
 
-impl Agent {
+impl Agent<Kernel> {
     /// An agent for the calling thread's network namespace, keeping its state in
     /// `state`; `program` is the agent binary (run again for userspace WireGuard devices).
-    pub async fn new(
+    pub async fn start(
         state: &StateDir,
         program: &Path,
         netns: NetnsFinder,
@@ -158,21 +162,32 @@ impl Agent {
             socket_dir: state.sockets(),
         };
         let backend = Backend::detect(userspace).await;
-        Ok(Self {
-            kernel: Kernel::new(Netlink::connect()?, backend, private_key),
-            netns,
-        })
+        let kernel = Kernel::new(Netlink::connect()?, backend, private_key);
+        Ok(Self::new(kernel, netns))
+    }
+
+    /// MTU of the link that holds `address` (the underlay's), if one does.
+    pub async fn mtu_of(&self, address: std::net::IpAddr) -> Option<u32> {
+        self.dataplane.mtu_of(address).await
+    }
+}
+
+impl<D: Dataplane> Agent<D> {
+    /// An agent that converges `dataplane`, finding workloads' namespaces with `netns`.
+    pub fn new(dataplane: D, netns: NetnsFinder) -> Self {
+        Self { dataplane, netns }
     }
 
     /// The WireGuard backend in use: `kernel` or `userspace`.
     pub fn backend(&self) -> &'static str {
-        self.kernel.backend()
+        self.dataplane.backend()
     }
 
-    /// Converges the kernel to `state` once.
+    /// Converges the data plane to `state` once.
+    #[tracing::instrument(name = "pass", skip_all, fields(version = state.version, services = state.services.len()))]
     pub async fn converge(&self, state: &NodeState) -> Result<Pass, ApplyError> {
-        let before = self.kernel.writes();
-        self.kernel.prepare()?;
+        let before = self.dataplane.writes();
+        self.dataplane.prepare()?;
         let endpoints = resolve_endpoints(converge::endpoint_names(state)).await;
         let found = Found {
             netns: &self.netns,
@@ -180,30 +195,29 @@ impl Agent {
             endpoints: &endpoints,
         };
         let (desired, desired_errors) = converge::desired(state, found);
-        let observed = self.kernel.observe(&desired).await?;
+        let observed = self.dataplane.observe(&desired).await?;
         let ops = converge::converge(&desired, &observed);
-        let apply_errors = self.kernel.apply(&ops).await;
+        let apply_errors = self.dataplane.apply(&ops).await;
         Ok(Pass {
             ops,
             desired_errors,
             apply_errors,
-            writes: self.kernel.writes() - before,
+            writes: self.dataplane.writes() - before,
         })
-    }
-
-    /// MTU of the link that holds `address` (the underlay's), if one does.
-    pub async fn mtu_of(&self, address: std::net::IpAddr) -> Option<u32> {
-        self.kernel.mtu_of(address).await
     }
 
     /// Every peer of every WireGuard interface with its health: (interface, public key,
     /// stats).
     pub async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {
-        self.kernel.peer_stats().await
+        self.dataplane.peer_stats().await
     }
 
-    /// What the kernel holds of the agent's objects (workload sides are not looked up).
-    pub async fn show(&self) -> Result<converge::Dataplane, ApplyError> {
-        self.kernel.observe(&converge::Dataplane::default()).await
+    /// What the data plane holds of the agent's objects (workload sides are not looked
+    /// up).
+    pub async fn show(&self) -> Result<Plane, ApplyError> {
+        self.dataplane.observe(&Plane::default()).await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,13 +7,26 @@
 //!
 //! [`converge`] holds the logic and is pure: from the desired state and what the kernel
 //! reports now, it derives the ordered operations to apply. The appliers that talk to the
-//! kernel are a thin shell around it.
+//! kernel ([`dataplane`]) are a thin shell around it, behind a trait; [`agent`] runs one
+//! pass (desired, observe, converge, apply) on them; [`session`] follows the operator's
+//! stream of states and reports back; [`node`] annotates the node's Kubernetes Node.
+//!
+//! Modules and what each may import (dependencies point one way):
+//! * `converge`: pure; imports only the node API (`wireway-proto`);
+//! * `dataplane`: the kernel (netlink, WireGuard, namespaces) behind [`dataplane::Dataplane`];
+//!   imports `converge`;
+//! * `agent`: one pass; imports `converge` and `dataplane`;
+//! * `session`: the operator's stream; imports `agent`, `dataplane` (the trait) and
+//!   `metrics`;
+//! * `metrics`, `node`: import nothing of the agent's.
 
 pub mod agent;
 pub mod converge;
 pub mod dataplane;
-pub mod link;
 pub mod metrics;
 pub mod node;
+pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use wireway_runtime::errors::chain;

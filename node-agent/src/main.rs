@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use wireway_agent::agent::{Agent, StateDir};
+use wireway_agent::dataplane::netns::NetnsFinder;
 use wireway_agent::dataplane::pods::Cgroups;
-use wireway_agent::dataplane::{NetnsFinder, describe, wireguard};
-use wireway_agent::link::{self, Link, store::StateFile};
+use wireway_agent::dataplane::wireguard::{self, userspace};
 use wireway_agent::metrics::Metrics;
 use wireway_agent::node::{self, NodeFacts};
+use wireway_agent::session::{self, Session, store::StateFile};
 use wireway_proto::NodeState;
 use wireway_runtime::http::{self, Readiness};
 use wireway_runtime::listen::Address;
@@ -127,7 +128,7 @@ fn read_state(path: &PathBuf) -> Result<NodeState, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::WireguardUserspace { interface, socket } = &cli.command {
-        return match wireguard::run_device(interface, socket) {
+        return match userspace::run_device(interface, socket) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -164,7 +165,7 @@ fn main() -> ExitCode {
     }
     runtime.block_on(async {
         let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
-        let agent = match Agent::new(&state, &program, netns).await {
+        let agent = match Agent::start(&state, &program, netns).await {
             Ok(a) => a,
             Err(e) => return fail(&e),
         };
@@ -180,7 +181,7 @@ fn main() -> ExitCode {
                 match agent.converge(&desired).await {
                     Ok(pass) => {
                         for op in &pass.ops {
-                            println!("{}", describe(op));
+                            println!("{op}");
                         }
                         for e in &pass.desired_errors {
                             eprintln!("skipped: {e}");
@@ -249,7 +250,7 @@ async fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireway-agent"));
-    let agent = match Agent::new(state, &program, netns).await {
+    let agent = match Agent::start(state, &program, netns).await {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
@@ -270,7 +271,7 @@ async fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
         "wireway-agent {} started",
         env!("CARGO_PKG_VERSION")
     );
-    let config = link::Config {
+    let config = session::Config {
         operator: args.operator,
         server_name: args.operator_name,
         tls: pem,
@@ -299,8 +300,8 @@ async fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
         }
     }
     let file = StateFile(state.0.join("node-state.json"));
-    Link::new(agent, config, metrics, readiness, file)
-        .run()
+    Session::new(agent, config, metrics, readiness, file)
+        .run(wireway_runtime::signal::terminated())
         .await;
     ExitCode::SUCCESS
 }

@@ -5,7 +5,6 @@
 //! which is what an operator watches tunnels by.
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -16,6 +15,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+use wireway_runtime::clock;
 
 /// Categories of errors, the values of the `category` label: the appliers' own
 /// (`netlink`, `wireguard`, `system`) and these.
@@ -144,12 +144,6 @@ impl Peers {
     }
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl Collector for Peers {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let samples = self
@@ -158,7 +152,7 @@ impl Collector for Peers {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let labels =
             |s: &PeerSample| [("interface", s.interface.clone()), ("peer", s.peer.clone())];
-        let now = now_unix();
+        let now = clock::unix_seconds();
         let mut ages = encoder.encode_descriptor(
             "peer_last_handshake_age",
             "Seconds since the last WireGuard handshake with the peer (absent before the first)",

@@ -16,6 +16,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use wireway_crds::annotations::{PUBLIC_KEY, UNDERLAY_ADDRESS};
+use wireway_runtime::backoff::Backoff;
 
 /// The field manager of the agent's writes.
 pub const FIELD_MANAGER: &str = "wireway-agent";
@@ -62,7 +63,7 @@ pub async fn publish(client: &Client, facts: &NodeFacts) -> Result<bool, kube::E
 /// Publishes until it succeeds, backing off from 1 s to 5 min; never gives up (the data
 /// plane does not wait for it).
 pub async fn keep_publishing(client: Client, facts: NodeFacts) {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
     loop {
         match publish(&client, &facts).await {
             Ok(written) => {
@@ -74,9 +75,9 @@ pub async fn keep_publishing(client: Client, facts: NodeFacts) {
                 return;
             }
             Err(e) => {
+                let delay = backoff.fail();
                 tracing::warn!(node = facts.node, error = %crate::chain(&e), retry_in = ?delay, "cannot annotate the Node");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(300));
             }
         }
     }

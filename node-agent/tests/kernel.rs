@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use serde_json::{Value, json};
+use wireway_agent::testing::*;
+use wireway_proto::NodeState;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_wireway-agent");
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -137,8 +138,9 @@ impl Lab {
     }
 
     /// Applies `state` on `node`; returns (operations, netlink writes).
-    fn apply(&self, node: &str, state: &Value) -> (usize, u64) {
-        std::fs::write(self.dir.join(format!("{node}.json")), state.to_string()).unwrap();
+    fn apply(&self, node: &str, state: &NodeState) -> (usize, u64) {
+        let json = serde_json::to_string(state).unwrap();
+        std::fs::write(self.dir.join(format!("{node}.json")), json).unwrap();
         let summary = self.pass(node);
         let numbers: Vec<u64> = summary
             .split_whitespace()
@@ -192,8 +194,7 @@ impl Drop for Lab {
 /// each node's prefix is the member address's /24.
 struct Service {
     name: &'static str,
-    interface: &'static str,
-    port: u32,
+    port: u16,
     cidr: &'static str,
     members: Vec<(&'static str, &'static str, &'static str)>,
 }
@@ -210,57 +211,48 @@ fn node_state(
     node: &str,
     services: &[&Service],
     keys: &BTreeMap<String, String>,
-) -> Value {
-    let mut states = Vec::new();
+) -> NodeState {
+    let mut state = wireway_agent::testing::node(node);
     for svc in services {
         let local: Vec<_> = svc.members.iter().filter(|m| m.0 == node).collect();
         let Some(first) = local.first() else { continue };
-        let members: Vec<Value> = local
-            .iter()
-            .map(|(_, workload, address)| {
-                json!({
-                    "id": format!("{}/{workload}", svc.name),
-                    "netns": {"locator": {"path": format!("/run/netns/{}", lab.ns(workload))}},
-                    "interfaceName": format!("nsm-{}", svc.name),
-                    "hostInterfaceName": format!("wwv{}{}", &svc.name[..1], workload.len() + workload.bytes().map(usize::from).sum::<usize>()),
-                    "address": address,
-                })
-            })
-            .collect();
+        let mut service = service(&format!("{0}/{0}", svc.name))
+            .port(svc.port)
+            .cidr(svc.cidr)
+            .node_prefix(&prefix_of(first.2));
+        for (_, workload, address) in &local {
+            let host_side = format!(
+                "wwv{}{}",
+                &svc.name[..1],
+                workload.len() + workload.bytes().map(usize::from).sum::<usize>()
+            );
+            service = service.member(
+                member(&format!("{}/{workload}", svc.name))
+                    .in_netns(&format!("/run/netns/{}", lab.ns(workload)))
+                    .host_side(&host_side)
+                    .at(address),
+            );
+        }
         let mut peers: BTreeMap<&str, String> = BTreeMap::new();
         for (other, _, address) in svc.members.iter().filter(|m| m.0 != node) {
             peers.insert(other, prefix_of(address));
         }
-        let peers: Vec<Value> = peers
-            .iter()
-            .map(|(other, prefix)| {
-                json!({
-                    "name": other,
-                    "publicKey": keys[*other],
-                    "endpoint": format!("{}:{}", lab.underlay[*other], svc.port),
-                    "allowedIps": [prefix],
-                })
-            })
-            .collect();
-        states.push(json!({
-            "name": format!("{0}/{0}", svc.name),
-            "interfaceName": svc.interface,
-            "listenPort": svc.port,
-            "mtu": 1420,
-            "cidr": svc.cidr,
-            "nodePrefix": prefix_of(first.2),
-            "routeTable": 0x5757_0000 + svc.port,
-            "members": members,
-            "peers": peers,
-        }));
+        for (other, prefix) in peers {
+            service = service.peer(
+                peer(other)
+                    .key(&keys[other])
+                    .at(&format!("{}:{}", lab.underlay[other], svc.port))
+                    .allowing(&prefix),
+            );
+        }
+        state = state.with(service);
     }
-    json!({"node": node, "version": 1, "services": states})
+    state
 }
 
 fn red() -> Service {
     Service {
         name: "red",
-        interface: "ww-red",
         port: 51821,
         cidr: "10.100.0.0/16",
         members: vec![
@@ -274,7 +266,6 @@ fn red() -> Service {
 fn green() -> Service {
     Service {
         name: "green",
-        interface: "ww-green",
         port: 51820,
         cidr: "10.200.0.0/16",
         members: vec![
@@ -511,10 +502,7 @@ fn drift_is_restored_exactly() {
     assert!(lab.reachable("red-a", "10.100.2.1"));
 
     // A member's veth deleted: the pair is rebuilt, configured and routed.
-    let host = state["services"][0]["members"][0]["hostInterfaceName"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let host = state.services[0].members[0].host_interface_name.clone();
     ok(&["ip", "-n", &n1, "link", "del", &host]);
     let (ops, _) = lab.apply("n1", &state);
     assert!(ops >= 4, "pair, both sides, route: {ops}");

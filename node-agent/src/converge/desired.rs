@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 use wireway_proto::{NetnsLocator, NodeState, ServiceState};
 
-use super::model::{Dataplane, MemberLink, NetnsId, Peer, Route, Rule, WireGuard, WorkloadSide};
+use super::model::{MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide};
 
 /// The IPv4 gateway every member routes its service through. Nobody holds it: the host
 /// side of the veth answers ARP for it (proxy ARP), because the service's table routes it
@@ -73,8 +73,8 @@ pub fn endpoint_names(state: &NodeState) -> BTreeSet<String> {
 /// out and reported; a peer whose endpoint does not resolve is set without one (it can
 /// still connect to this node) and reported. A service with a value that does not parse
 /// is left out whole and reported; the others are unaffected.
-pub fn desired(state: &NodeState, lookup: impl Lookup) -> (Dataplane, Vec<DesiredError>) {
-    let mut plane = Dataplane::default();
+pub fn desired(state: &NodeState, lookup: impl Lookup) -> (Plane, Vec<DesiredError>) {
+    let mut plane = Plane::default();
     let mut errors = Vec::new();
     for service in &state.services {
         let error = |message: String| DesiredError {
@@ -97,7 +97,7 @@ fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String> {
 
 /// Adds one service; returns what of it is left out, or why the whole service is.
 fn add_service(
-    plane: &mut Dataplane,
+    plane: &mut Plane,
     service: &ServiceState,
     lookup: &impl Lookup,
 ) -> Result<Vec<String>, String> {

@@ -11,156 +11,68 @@
 //!   links);
 //! * only objects the agent owns (its name prefixes, tables and rule priorities) appear in
 //!   `observed`, so nothing else is ever touched.
+//!
+//! [`converge`] is that order, one stage per line.
 
 mod desired;
 mod model;
+mod op;
 
 pub use desired::{
     DesiredError, GATEWAY_V4, GATEWAY_V6, Lookup, ResolvedNetns, desired, endpoint_names,
 };
-pub use model::{Dataplane, MemberLink, NetnsId, Peer, Route, Rule, WireGuard, WorkloadSide};
+pub use model::{MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide};
+pub use op::Op;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
-use ipnet::IpNet;
-
-/// One change to the kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Delete a link the agent owns (a WireGuard interface, or a member veth pair by its
-    /// host side); the kernel drops its routes with it.
-    DeleteLink {
-        /// Link name.
-        name: String,
-    },
-    /// Remove a policy rule.
-    RemoveRule(Rule),
-    /// Remove a route.
-    RemoveRoute(Route),
-    /// Create a WireGuard interface (with the node's private key).
-    CreateWireGuard {
-        /// Interface name.
-        name: String,
-    },
-    /// Set a WireGuard interface's listen port, in place.
-    SetListenPort {
-        /// Interface name.
-        name: String,
-        /// Port.
-        port: u16,
-    },
-    /// Create a member's veth pair: the host side named `host`, the other end moved into
-    /// the namespace at `netns_path` and renamed `workload`.
-    CreateMember {
-        /// Host-side name.
-        host: String,
-        /// Namespace path.
-        netns_path: String,
-        /// Name inside the namespace.
-        workload: String,
-    },
-    /// Set MTU and state of a host-side link (WireGuard or veth).
-    SetLink {
-        /// Link name.
-        name: String,
-        /// MTU.
-        mtu: u32,
-        /// Up or down.
-        up: bool,
-    },
-    /// Configure the host side of a member veth: proxy ARP, and addresses to add and remove.
-    ConfigureHost {
-        /// Host-side name.
-        host: String,
-        /// Proxy ARP on or off.
-        proxy_arp: bool,
-        /// Addresses to add.
-        add: Vec<IpNet>,
-        /// Addresses to remove.
-        remove: Vec<IpNet>,
-    },
-    /// Configure the workload side, inside its namespace.
-    ConfigureWorkload {
-        /// Host-side name of the pair (for errors and metrics).
-        host: String,
-        /// Namespace path.
-        netns_path: String,
-        /// Interface name inside.
-        name: String,
-        /// MTU.
-        mtu: u32,
-        /// Addresses to add.
-        add_addresses: Vec<IpNet>,
-        /// Addresses to remove.
-        remove_addresses: Vec<IpNet>,
-        /// Routes to add (destination via gateway).
-        add_routes: Vec<(IpNet, IpAddr)>,
-        /// Routes to remove.
-        remove_routes: Vec<(IpNet, IpAddr)>,
-    },
-    /// Remove a peer from a WireGuard interface.
-    RemovePeer {
-        /// Interface name.
-        interface: String,
-        /// The peer's public key.
-        public_key: String,
-    },
-    /// Add a peer, or update it in place.
-    SetPeer {
-        /// Interface name.
-        interface: String,
-        /// The peer's public key.
-        public_key: String,
-        /// What it must be.
-        peer: Peer,
-    },
-    /// Add a policy rule.
-    AddRule(Rule),
-    /// Add a route.
-    AddRoute(Route),
-}
-
-/// Whether a peer is as wanted. A peer wanted without an endpoint dials in, and WireGuard
-/// then learns its endpoint from its packets: that is not a difference.
-fn peer_in_sync(want: &Peer, have: Option<&Peer>) -> bool {
-    have.is_some_and(|have| {
-        (want.endpoint.is_none() || want.endpoint == have.endpoint)
-            && want.allowed_ips == have.allowed_ips
-            && want.persistent_keepalive == have.persistent_keepalive
-    })
-}
-
-/// The operations that take `observed` to `desired`.
-pub fn converge(desired: &Dataplane, observed: &Dataplane) -> Vec<Op> {
+/// The operations that take `observed` to `desired`, in the order of the guarantees above.
+pub fn converge(desired: &Plane, observed: &Plane) -> Vec<Op> {
+    let gone = links_that_go(desired, observed);
     let mut ops = Vec::new();
+    delete_links(&gone, &mut ops);
+    remove_rules_and_routes(desired, observed, &gone, &mut ops);
+    wireguard_interfaces(desired, observed, &gone, &mut ops);
+    member_veths(desired, observed, &gone, &mut ops);
+    add_rules(desired, observed, &mut ops);
+    add_routes(desired, observed, &gone, &mut ops);
+    ops
+}
 
-    // 1. Links that go: not desired, or a member whose workload side is missing or in
-    //    another namespace (its pod was recreated): that pair is rebuilt.
-    let mut deleted: BTreeSet<&str> = BTreeSet::new();
-    for name in observed
+/// Links that go: not desired, or a member whose workload side is missing or in another
+/// namespace (its pod was recreated): that pair is rebuilt.
+fn links_that_go<'a>(desired: &Plane, observed: &'a Plane) -> BTreeSet<&'a str> {
+    let wireguard = observed
         .wireguard
         .keys()
-        .filter(|n| !desired.wireguard.contains_key(*n))
-    {
-        deleted.insert(name);
-    }
-    for (name, link) in &observed.members {
+        .filter(|n| !desired.wireguard.contains_key(*n));
+    let members = observed.members.iter().filter_map(|(name, link)| {
         let stale = match (desired.members.get(name), &link.workload) {
             (None, _) | (Some(_), None) => true,
             (Some(want), Some(have)) => {
                 want.workload.as_ref().is_none_or(|w| w.netns != have.netns)
             }
         };
-        if stale {
-            deleted.insert(name);
-        }
-    }
-    ops.extend(deleted.iter().map(|name| Op::DeleteLink {
+        stale.then_some(name)
+    });
+    wireguard.chain(members).map(String::as_str).collect()
+}
+
+/// 1. The links that go.
+fn delete_links(gone: &BTreeSet<&str>, ops: &mut Vec<Op>) {
+    ops.extend(gone.iter().map(|name| Op::DeleteLink {
         name: (*name).to_owned(),
     }));
-    // Routes of deleted links go with them; rules stay in the kernel and must go.
-    let present = |device: &str| !deleted.contains(device);
+}
+
+/// 2. Then what they leave behind: routes of deleted links go with them, but rules stay
+///    in the kernel and must go; and every other rule or route not desired.
+fn remove_rules_and_routes(
+    desired: &Plane,
+    observed: &Plane,
+    gone: &BTreeSet<&str>,
+    ops: &mut Vec<Op>,
+) {
     ops.extend(
         observed
             .rules
@@ -172,19 +84,31 @@ pub fn converge(desired: &Dataplane, observed: &Dataplane) -> Vec<Op> {
         observed
             .routes
             .difference(&desired.routes)
-            .filter(|r| present(&r.device))
+            .filter(|r| !gone.contains(r.device.as_str()))
             .cloned()
             .map(Op::RemoveRoute),
     );
+}
 
-    // 2. WireGuard interfaces: create what is missing, change the rest in place.
-    let empty_wg = WireGuard::default();
+/// 3. WireGuard interfaces: create what is missing, change the rest in place (port, MTU
+///    and state, then peers).
+fn wireguard_interfaces(
+    desired: &Plane,
+    observed: &Plane,
+    gone: &BTreeSet<&str>,
+    ops: &mut Vec<Op>,
+) {
+    let empty = WireGuard::default();
     for (name, want) in &desired.wireguard {
-        let have = match observed.wireguard.get(name).filter(|_| present(name)) {
+        let have = match observed
+            .wireguard
+            .get(name)
+            .filter(|_| !gone.contains(name.as_str()))
+        {
             Some(have) => have,
             None => {
                 ops.push(Op::CreateWireGuard { name: name.clone() });
-                &empty_wg
+                &empty
             }
         };
         if have.listen_port != want.listen_port {
@@ -200,30 +124,52 @@ pub fn converge(desired: &Dataplane, observed: &Dataplane) -> Vec<Op> {
                 up: want.up,
             });
         }
-        for key in have.peers.keys().filter(|k| !want.peers.contains_key(*k)) {
-            ops.push(Op::RemovePeer {
-                interface: name.clone(),
+        peers(name, want, have, ops);
+    }
+}
+
+/// The peer changes of one interface, consecutive (the appliers send them to the device
+/// as one transaction): removals, then additions and updates.
+fn peers(interface: &str, want: &WireGuard, have: &WireGuard, ops: &mut Vec<Op>) {
+    for key in have.peers.keys().filter(|k| !want.peers.contains_key(*k)) {
+        ops.push(Op::RemovePeer {
+            interface: interface.to_owned(),
+            public_key: key.clone(),
+        });
+    }
+    for (key, peer) in &want.peers {
+        if !peer_in_sync(peer, have.peers.get(key)) {
+            ops.push(Op::SetPeer {
+                interface: interface.to_owned(),
                 public_key: key.clone(),
+                peer: peer.clone(),
             });
         }
-        for (key, peer) in &want.peers {
-            if !peer_in_sync(peer, have.peers.get(key)) {
-                ops.push(Op::SetPeer {
-                    interface: name.clone(),
-                    public_key: key.clone(),
-                    peer: peer.clone(),
-                });
-            }
-        }
     }
+}
 
-    // 3. Member veths: create what is missing, then configure both sides.
-    let empty_member = MemberLink::default();
+/// Whether a peer is as wanted. A peer wanted without an endpoint dials in, and WireGuard
+/// then learns its endpoint from its packets: that is not a difference.
+fn peer_in_sync(want: &Peer, have: Option<&Peer>) -> bool {
+    have.is_some_and(|have| {
+        (want.endpoint.is_none() || want.endpoint == have.endpoint)
+            && want.allowed_ips == have.allowed_ips
+            && want.persistent_keepalive == have.persistent_keepalive
+    })
+}
+
+/// 4. Member veths: create what is missing, then configure both sides.
+fn member_veths(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &mut Vec<Op>) {
+    let empty = MemberLink::default();
     for (host, want) in &desired.members {
         let Some(want_workload) = &want.workload else {
             continue;
         };
-        let have = match observed.members.get(host).filter(|_| present(host)) {
+        let have = match observed
+            .members
+            .get(host)
+            .filter(|_| !gone.contains(host.as_str()))
+        {
             Some(have) => have,
             None => {
                 ops.push(Op::CreateMember {
@@ -231,7 +177,7 @@ pub fn converge(desired: &Dataplane, observed: &Dataplane) -> Vec<Op> {
                     netns_path: want_workload.netns_path.clone(),
                     workload: want_workload.name.clone(),
                 });
-                &empty_member
+                &empty
             }
         };
         if (have.mtu, have.up) != (want.mtu, want.up) {
@@ -241,75 +187,79 @@ pub fn converge(desired: &Dataplane, observed: &Dataplane) -> Vec<Op> {
                 up: want.up,
             });
         }
-        if have.proxy_arp != want.proxy_arp || have.addresses != want.addresses {
-            ops.push(Op::ConfigureHost {
-                host: host.clone(),
-                proxy_arp: want.proxy_arp,
-                add: want
-                    .addresses
-                    .difference(&have.addresses)
-                    .copied()
-                    .collect(),
-                remove: have
-                    .addresses
-                    .difference(&want.addresses)
-                    .copied()
-                    .collect(),
-            });
-        }
+        ops.extend(configure_host(host, want, have));
         let empty_workload = WorkloadSide::default();
         let have_workload = have.workload.as_ref().unwrap_or(&empty_workload);
-        let in_sync = have_workload.name == want_workload.name
-            && have_workload.mtu == want_workload.mtu
-            && have_workload.up == want_workload.up
-            && have_workload.addresses == want_workload.addresses
-            && have_workload.routes == want_workload.routes;
-        if !in_sync {
-            ops.push(Op::ConfigureWorkload {
-                host: host.clone(),
-                netns_path: want_workload.netns_path.clone(),
-                name: want_workload.name.clone(),
-                mtu: want_workload.mtu,
-                add_addresses: want_workload
-                    .addresses
-                    .difference(&have_workload.addresses)
-                    .copied()
-                    .collect(),
-                remove_addresses: have_workload
-                    .addresses
-                    .difference(&want_workload.addresses)
-                    .copied()
-                    .collect(),
-                add_routes: want_workload
-                    .routes
-                    .difference(&have_workload.routes)
-                    .copied()
-                    .collect(),
-                remove_routes: have_workload
-                    .routes
-                    .difference(&want_workload.routes)
-                    .copied()
-                    .collect(),
-            });
-        }
+        ops.extend(configure_workload(host, want_workload, have_workload));
     }
+}
 
-    // 4. Rules: every device's reject rule before its lookup rule.
+/// The host side of a member veth: proxy ARP and its addresses.
+fn configure_host(host: &str, want: &MemberLink, have: &MemberLink) -> Option<Op> {
+    let in_sync = have.proxy_arp == want.proxy_arp && have.addresses == want.addresses;
+    (!in_sync).then(|| Op::ConfigureHost {
+        host: host.to_owned(),
+        proxy_arp: want.proxy_arp,
+        add: want
+            .addresses
+            .difference(&have.addresses)
+            .copied()
+            .collect(),
+        remove: have
+            .addresses
+            .difference(&want.addresses)
+            .copied()
+            .collect(),
+    })
+}
+
+/// The workload side of a member veth, inside its namespace: name, MTU, state, addresses
+/// and routes.
+fn configure_workload(host: &str, want: &WorkloadSide, have: &WorkloadSide) -> Option<Op> {
+    let in_sync = have.name == want.name
+        && have.mtu == want.mtu
+        && have.up == want.up
+        && have.addresses == want.addresses
+        && have.routes == want.routes;
+    (!in_sync).then(|| Op::ConfigureWorkload {
+        host: host.to_owned(),
+        netns_path: want.netns_path.clone(),
+        name: want.name.clone(),
+        mtu: want.mtu,
+        add_addresses: want
+            .addresses
+            .difference(&have.addresses)
+            .copied()
+            .collect(),
+        remove_addresses: have
+            .addresses
+            .difference(&want.addresses)
+            .copied()
+            .collect(),
+        add_routes: want.routes.difference(&have.routes).copied().collect(),
+        remove_routes: have.routes.difference(&want.routes).copied().collect(),
+    })
+}
+
+/// 5. Rules: every device's reject rule before its lookup rule, so no device is ever
+///    without its fence.
+fn add_rules(desired: &Plane, observed: &Plane, ops: &mut Vec<Op>) {
     let mut missing: Vec<&Rule> = desired.rules.difference(&observed.rules).collect();
     missing.sort_by_key(|r| matches!(r, Rule::Lookup { .. }));
     ops.extend(missing.into_iter().cloned().map(Op::AddRule));
+}
 
-    // 5. Routes last: they point at the links made above. A route of a link just
-    //    (re)created is missing even if it was observed on the old link.
+/// 6. Routes last: they point at the links made above. A route of a link just
+///    (re)created is missing even if it was observed on the old link.
+fn add_routes(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &mut Vec<Op>) {
     ops.extend(
         desired
             .routes
             .iter()
-            .filter(|r| !observed.routes.contains(*r) || !present(&r.device))
+            .filter(|r| !observed.routes.contains(*r) || gone.contains(r.device.as_str()))
             .cloned()
             .map(Op::AddRoute),
     );
-    ops
 }
 
 #[cfg(test)]

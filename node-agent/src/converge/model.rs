@@ -106,9 +106,10 @@ pub enum Rule {
     },
 }
 
-/// Everything of the agent's on one node: desired, or observed in the kernel.
+/// The data plane of one node, everything the agent owns there: desired, or observed in
+/// the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Dataplane {
+pub struct Plane {
     /// WireGuard interfaces by name.
     pub wireguard: BTreeMap<String, WireGuard>,
     /// Member veths by host-side name.

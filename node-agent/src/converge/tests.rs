@@ -4,234 +4,76 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
-use wireway_proto::{
-    Member, NetnsLocator, NodeState, Peer as ProtoPeer, ServiceState, netns_locator,
-};
+use wireway_proto::{NetnsLocator, NodeState, ServiceState};
 
 use super::*;
-
-fn locator(path: &str) -> Option<NetnsLocator> {
-    Some(NetnsLocator {
-        locator: Some(netns_locator::Locator::Path(path.into())),
-    })
-}
-
-fn member(id: &str, host: &str, inside: &str, address: &str) -> Member {
-    Member {
-        id: id.into(),
-        netns: locator(&format!("/run/netns/{}", id.replace('/', "-"))),
-        interface_name: inside.into(),
-        host_interface_name: host.into(),
-        address: address.into(),
-    }
-}
-
-fn peer(key: &str, endpoint: &str, allowed: &str) -> ProtoPeer {
-    ProtoPeer {
-        name: key.into(),
-        public_key: key.into(),
-        endpoint: endpoint.into(),
-        allowed_ips: vec![allowed.into()],
-        persistent_keepalive: 0,
-    }
-}
+use crate::dataplane::fake::Model;
+use crate::testing::*;
 
 fn red() -> ServiceState {
-    ServiceState {
-        name: "red/red".into(),
-        interface_name: "ww-red".into(),
-        listen_port: 51821,
-        mtu: 1420,
-        cidr: "10.100.0.0/16".into(),
-        node_prefix: "10.100.0.0/24".into(),
-        route_table: 0x5757_0000 + 51821,
-        members: vec![member("red/red-a", "wwv00000001", "nsm-red", "10.100.0.1")],
-        peers: vec![peer("key-b", "192.168.77.2:51821", "10.100.1.0/24")],
-    }
+    service("red/red")
+        .port(51821)
+        .cidr("10.100.0.0/16")
+        .node_prefix("10.100.0.0/24")
+        .member(
+            member("red/red-a")
+                .host_side("wwv00000001")
+                .at("10.100.0.1"),
+        )
+        .peer(
+            peer("key-b")
+                .at("192.168.77.2:51821")
+                .allowing("10.100.1.0/24"),
+        )
 }
 
 fn green() -> ServiceState {
-    ServiceState {
-        name: "green/green".into(),
-        interface_name: "ww-green".into(),
-        listen_port: 51820,
-        mtu: 1420,
-        cidr: "fd00:200::/48".into(),
-        node_prefix: "fd00:200::/64".into(),
-        route_table: 0x5757_0000 + 51820,
-        members: vec![member(
-            "green/green-a",
-            "wwv00000002",
-            "nsm-green",
-            "fd00:200::1",
-        )],
-        peers: vec![peer("key-c", "192.168.77.3:51820", "fd00:200:0:1::/64")],
-    }
+    service("green/green")
+        .port(51820)
+        .cidr("fd00:200::/48")
+        .node_prefix("fd00:200::/64")
+        .member(
+            member("green/green-a")
+                .host_side("wwv00000002")
+                .at("fd00:200::1"),
+        )
+        .peer(
+            peer("key-c")
+                .at("192.168.77.3:51820")
+                .allowing("fd00:200:0:1::/64"),
+        )
 }
 
 fn state(services: Vec<ServiceState>) -> NodeState {
-    NodeState {
-        node: "node-1".into(),
-        version: 1,
-        services,
-    }
+    services
+        .into_iter()
+        .fold(node("node-1"), NodeStateFixture::with)
 }
 
-/// Namespaces resolve to an id made from their path, as if every pod were running.
-fn resolve(l: &NetnsLocator) -> Option<ResolvedNetns> {
-    match &l.locator {
-        Some(netns_locator::Locator::Path(p)) => Some(ResolvedNetns {
-            path: p.clone(),
-            id: NetnsId {
-                dev: 4,
-                ino: p.len() as u64,
-            },
-        }),
-        _ => None,
-    }
-}
-
-fn plane(services: Vec<ServiceState>) -> Dataplane {
-    let (plane, errors) = desired(&state(services), resolve);
+fn plane(services: Vec<ServiceState>) -> Plane {
+    let (plane, errors) = desired(&state(services), pods_running);
     assert_eq!(errors, []);
     plane
 }
 
-/// A model of the kernel: applies operations to a Dataplane the way the appliers apply
-/// them to the kernel (deleting a link drops its routes).
-fn apply(observed: &mut Dataplane, desired: &Dataplane, ops: &[Op]) {
+/// Applies `ops` to a model of a kernel that holds `observed`, as a pass does (observing
+/// against `desired` first, which names the namespaces). The model refuses what the
+/// kernel would, and more: every operation must be accepted.
+fn apply(observed: &mut Plane, desired: &Plane, ops: &[Op]) {
+    let mut kernel = Model::holding(observed.clone());
+    kernel.observe(desired);
     for op in ops {
-        match op {
-            Op::DeleteLink { name } => {
-                observed.wireguard.remove(name);
-                observed.members.remove(name);
-                observed.routes.retain(|r| &r.device != name);
-            }
-            Op::RemoveRule(rule) => assert!(observed.rules.remove(rule), "{rule:?} was not there"),
-            Op::RemoveRoute(route) => {
-                assert!(observed.routes.remove(route), "{route:?} was not there")
-            }
-            Op::CreateWireGuard { name } => {
-                assert!(
-                    observed
-                        .wireguard
-                        .insert(name.clone(), WireGuard::default())
-                        .is_none(),
-                    "{name} existed"
-                );
-            }
-            Op::SetListenPort { name, port } => {
-                observed.wireguard.get_mut(name).expect("wg").listen_port = *port
-            }
-            Op::CreateMember { host, workload, .. } => {
-                let want = desired.members[host].workload.clone().expect("workload");
-                let link = MemberLink {
-                    workload: Some(WorkloadSide {
-                        netns: want.netns,
-                        name: workload.clone(),
-                        ..WorkloadSide::default()
-                    }),
-                    ..MemberLink::default()
-                };
-                assert!(
-                    observed.members.insert(host.clone(), link).is_none(),
-                    "{host} existed"
-                );
-            }
-            Op::SetLink { name, mtu, up } => {
-                if let Some(wg) = observed.wireguard.get_mut(name) {
-                    (wg.mtu, wg.up) = (*mtu, *up);
-                } else {
-                    let link = observed.members.get_mut(name).expect("link");
-                    (link.mtu, link.up) = (*mtu, *up);
-                }
-            }
-            Op::ConfigureHost {
-                host,
-                proxy_arp,
-                add,
-                remove,
-            } => {
-                let link = observed.members.get_mut(host).expect("member");
-                link.proxy_arp = *proxy_arp;
-                link.addresses.extend(add);
-                link.addresses.retain(|a| !remove.contains(a));
-            }
-            Op::ConfigureWorkload {
-                host,
-                name,
-                mtu,
-                add_addresses,
-                remove_addresses,
-                add_routes,
-                remove_routes,
-                ..
-            } => {
-                let w = observed
-                    .members
-                    .get_mut(host)
-                    .and_then(|l| l.workload.as_mut())
-                    .expect("workload");
-                (w.name, w.mtu, w.up) = (name.clone(), *mtu, true);
-                w.addresses.extend(add_addresses);
-                w.addresses.retain(|a| !remove_addresses.contains(a));
-                w.routes.extend(add_routes);
-                w.routes.retain(|r| !remove_routes.contains(r));
-            }
-            Op::RemovePeer {
-                interface,
-                public_key,
-            } => {
-                observed
-                    .wireguard
-                    .get_mut(interface)
-                    .expect("wg")
-                    .peers
-                    .remove(public_key)
-                    .expect("peer");
-            }
-            Op::SetPeer {
-                interface,
-                public_key,
-                peer,
-            } => {
-                observed
-                    .wireguard
-                    .get_mut(interface)
-                    .expect("wg")
-                    .peers
-                    .insert(public_key.clone(), peer.clone());
-            }
-            Op::AddRule(rule) => assert!(observed.rules.insert(rule.clone()), "{rule:?} existed"),
-            Op::AddRoute(route) => {
-                let device = &route.device;
-                assert!(
-                    observed.wireguard.contains_key(device)
-                        || observed.members.contains_key(device),
-                    "route {route:?} before its link"
-                );
-                assert!(observed.routes.insert(route.clone()), "{route:?} existed");
-            }
+        if let Err(e) = kernel.apply(op) {
+            panic!("{}", crate::chain(&e));
         }
     }
-}
-
-/// Observed state as the kernel reports it: the desired state without the paths only
-/// the agent knows.
-fn as_observed(plane: &Dataplane) -> Dataplane {
-    let mut observed = plane.clone();
-    for link in observed.members.values_mut() {
-        if let Some(w) = link.workload.as_mut() {
-            w.netns_path.clear();
-        }
-    }
-    observed
+    *observed = kernel.held().clone();
 }
 
 #[test]
 fn from_nothing_links_come_first_rules_then_routes_last() {
     let want = plane(vec![red(), green()]);
-    let ops = converge(&want, &Dataplane::default());
+    let ops = converge(&want, &Plane::default());
     let position = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).expect("present");
     let last_link = ops
         .iter()
@@ -263,7 +105,7 @@ fn from_nothing_links_come_first_rules_then_routes_last() {
             assert!(reject.is_some_and(|r| r < i), "{iif}: lookup before reject");
         }
     }
-    let mut observed = Dataplane::default();
+    let mut observed = Plane::default();
     apply(&mut observed, &want, &ops);
     assert_eq!(converge(&want, &observed), []);
 }
@@ -308,6 +150,30 @@ fn what_each_service_asks_for() {
     );
 }
 
+/// The node API carries no routes: the agent derives them, so they always point at the
+/// links it makes.
+#[test]
+fn routes_are_the_cidr_to_wireguard_and_each_member_to_its_veth() {
+    let want = plane(vec![red(), green()]);
+    let route = |table: u32, dest: &str, dev: &str| Route {
+        table,
+        destination: dest.parse().unwrap(),
+        device: dev.into(),
+    };
+    let (red_table, green_table) = (0x5757_0000 + 51821, 0x5757_0000 + 51820);
+    assert_eq!(
+        want.routes,
+        BTreeSet::from([
+            route(red_table, "10.100.0.0/16", "ww-red"),
+            // IPv4 only: the gateway, answered by proxy ARP on the veths.
+            route(red_table, "169.254.77.1/32", "ww-red"),
+            route(red_table, "10.100.0.1/32", "wwv00000001"),
+            route(green_table, "fd00:200::/48", "ww-green"),
+            route(green_table, "fd00:200::1/128", "wwv00000002"),
+        ])
+    );
+}
+
 #[test]
 fn in_sync_means_no_operation() {
     let want = plane(vec![red(), green()]);
@@ -319,8 +185,10 @@ fn peers_and_ports_change_in_place() {
     let before = plane(vec![red()]);
     let mut changed = red();
     changed.peers = vec![
-        peer("key-b", "192.168.77.9:51821", "10.100.1.0/24"),
-        peer("key-d", "", "10.100.2.0/24"),
+        peer("key-b")
+            .at("192.168.77.9:51821")
+            .allowing("10.100.1.0/24"),
+        peer("key-d").allowing("10.100.2.0/24"),
     ];
     changed.listen_port = 51830;
     let after = plane(vec![changed]);
@@ -460,10 +328,8 @@ fn what_cannot_be_applied_is_reported_and_the_rest_goes_ahead() {
     let mut broken = green();
     broken.cidr = "not-a-cidr".into();
     let mut starting = red();
-    starting.members[0].netns = Some(NetnsLocator {
-        locator: Some(netns_locator::Locator::PodUid("uid-1".into())),
-    });
-    let (plane, errors) = desired(&state(vec![starting, broken]), resolve);
+    starting.members[0] = starting.members[0].clone().in_pod("uid-1");
+    let (plane, errors) = desired(&state(vec![starting, broken]), pods_running);
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
         errors
@@ -480,15 +346,15 @@ fn what_cannot_be_applied_is_reported_and_the_rest_goes_ahead() {
 }
 
 /// Random node states: subsets of three services, each with some members and peers.
-fn node_states() -> impl Strategy<Value = Dataplane> {
-    let service = (
+fn node_states() -> impl Strategy<Value = Plane> {
+    let shape = (
         0..3usize,
         prop::collection::btree_set(0..4usize, 0..4),
         prop::collection::btree_set(0..4usize, 0..4),
         0..2u16,
         0..2u32,
     );
-    prop::collection::vec(service, 0..4).prop_map(|services| {
+    prop::collection::vec(shape, 0..4).prop_map(|services| {
         let mut states = Vec::new();
         let mut seen = BTreeSet::new();
         for (s, members, peers, port, mtu) in services {
@@ -496,36 +362,26 @@ fn node_states() -> impl Strategy<Value = Dataplane> {
                 continue;
             }
             let port = 51820 + u16::try_from(s).unwrap() * 10 + port;
-            states.push(ServiceState {
-                name: format!("ns/s{s}"),
-                interface_name: format!("ww-s{s}"),
-                listen_port: u32::from(port),
-                mtu: 1380 + 40 * mtu,
-                cidr: format!("10.{s}.0.0/16"),
-                node_prefix: format!("10.{s}.0.0/24"),
-                route_table: 0x5757_0000 + u32::try_from(s).unwrap(),
-                members: members
-                    .iter()
-                    .map(|m| {
-                        member(
-                            &format!("ns/p{s}{m}"),
-                            &format!("wwv{s}{m}"),
-                            &format!("nsm-s{s}"),
-                            &format!("10.{s}.0.{}", m + 1),
-                        )
-                    })
-                    .collect(),
-                peers: peers
-                    .iter()
-                    .map(|p| {
-                        peer(
-                            &format!("key{p}"),
-                            &format!("192.168.77.{p}:{port}"),
-                            &format!("10.{s}.{}.0/24", p + 1),
-                        )
-                    })
-                    .collect(),
-            });
+            let mut svc = service(&format!("ns/s{s}"))
+                .port(port)
+                .mtu(1380 + 40 * mtu)
+                .cidr(&format!("10.{s}.0.0/16"))
+                .node_prefix(&format!("10.{s}.0.0/24"));
+            for m in members {
+                svc = svc.member(
+                    member(&format!("ns/p{s}{m}"))
+                        .host_side(&format!("wwv{s}{m}"))
+                        .at(&format!("10.{s}.0.{}", m + 1)),
+                );
+            }
+            for p in peers {
+                svc = svc.peer(
+                    peer(&format!("key{p}"))
+                        .at(&format!("192.168.77.{p}:{port}"))
+                        .allowing(&format!("10.{s}.{}.0/24", p + 1)),
+                );
+            }
+            states.push(svc);
         }
         plane(states)
     })
@@ -547,12 +403,12 @@ proptest! {
     }
 }
 
-/// Finds namespaces like [`resolve`], and knows one host name.
+/// Finds namespaces like [`pods_running`], and knows one host name.
 struct Dns;
 
 impl Lookup for Dns {
     fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
-        resolve(locator)
+        pods_running(locator)
     }
 
     fn endpoint(&self, host_port: &str) -> Option<std::net::SocketAddr> {
@@ -564,9 +420,15 @@ impl Lookup for Dns {
 fn endpoints_by_name_are_resolved_or_left_out_and_reported() {
     let mut svc = red();
     svc.peers = vec![
-        peer("key-b", "vm.example:51820", "10.100.255.10/32"),
-        peer("key-c", "nowhere.example:51820", "10.100.255.11/32"),
-        peer("key-d", "[fd00::1]:51820", "10.100.255.12/32"),
+        peer("key-b")
+            .at("vm.example:51820")
+            .allowing("10.100.255.10/32"),
+        peer("key-c")
+            .at("nowhere.example:51820")
+            .allowing("10.100.255.11/32"),
+        peer("key-d")
+            .at("[fd00::1]:51820")
+            .allowing("10.100.255.12/32"),
     ];
     assert_eq!(
         endpoint_names(&state(vec![svc.clone()])),
@@ -597,7 +459,7 @@ fn endpoints_by_name_are_resolved_or_left_out_and_reported() {
 #[test]
 fn a_peer_that_dials_in_is_in_sync_wherever_it_came_from() {
     let mut svc = red();
-    svc.peers = vec![peer("key-b", "", "10.100.1.0/24")];
+    svc.peers = vec![peer("key-b").allowing("10.100.1.0/24")];
     let want = plane(vec![svc]);
     let mut have = want.clone();
     // WireGuard learned the peer's endpoint from its packets.

@@ -1,4 +1,4 @@
-//! The agent's link to the operator: it says hello, follows its node's stream of
+//! The agent's session with the operator: it says hello, follows its node's stream of
 //! NodeStates, converges the kernel to each newer one, and reports what it applied and
 //! how its tunnels are doing.
 //!
@@ -15,28 +15,28 @@ pub mod store;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::path::PathBuf;
-use tokio::time::Instant;
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::Streaming;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use wireway_proto::node_api_client::NodeApiClient;
 use wireway_proto::{AgentHello, AgentReport, ErrorCount, NodeState, PeerStatus, WireGuardBackend};
+use wireway_runtime::backoff::Backoff;
+use wireway_runtime::clock;
 use wireway_runtime::http::Readiness;
 use wireway_runtime::listen::grpc_channel;
 use wireway_runtime::tls::Pem;
 
 use crate::agent::Agent;
+use crate::dataplane::Dataplane;
 use crate::metrics::{Metrics, PeerSample, category};
 use store::StateFile;
 
-/// First wait after a failed connection; doubled after each failure.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Waits between connection attempts: from 100 ms, doubled after each failure, up to 10 s.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// Retry interval while the last pass left something out (a pod still starting).
 const RETRY_PROBLEMS: Duration = Duration::from_secs(1);
 
@@ -66,10 +66,10 @@ pub struct Config {
     pub report_every: Duration,
 }
 
-/// The link's state.
+/// The session's state.
 #[derive(Debug)]
-pub struct Link {
-    agent: Agent,
+pub struct Session<D> {
+    agent: Agent<D>,
     config: Config,
     metrics: Metrics,
     readiness: Readiness,
@@ -119,16 +119,10 @@ impl tonic::service::Interceptor for Credentials {
 type Client = NodeApiClient<InterceptedService<Channel, Credentials>>;
 type Connected = (Client, Streaming<NodeState>);
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-impl Link {
-    /// A link for `agent`, keeping the applied state in `file`.
+impl<D: Dataplane> Session<D> {
+    /// A session for `agent`, keeping the applied state in `file`.
     pub fn new(
-        agent: Agent,
+        agent: Agent<D>,
         config: Config,
         metrics: Metrics,
         readiness: Readiness,
@@ -153,8 +147,9 @@ impl Link {
         entry.1 = message;
     }
 
-    /// Runs until SIGTERM or SIGINT.
-    pub async fn run(mut self) {
+    /// Runs until `stop` completes (in the binary: SIGTERM or SIGINT).
+    #[tracing::instrument(name = "session", skip_all, fields(node = %self.config.node, operator = %self.config.operator))]
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
         match self.file.load() {
             Ok(Some(state)) => {
                 tracing::info!(
@@ -169,49 +164,48 @@ impl Link {
                 self.error(category::STORE, crate::chain(&e));
             }
         }
-        let mut link: Option<Connected> = None;
-        let mut backoff = FIRST_BACKOFF;
+        let mut stream: Option<Connected> = None;
+        let mut backoff = RECONNECT;
         let mut connect_at = Instant::now();
         let mut resync_at = Instant::now() + self.resync_interval();
         let mut report_at = Instant::now() + self.config.report_every;
-        let stop = wireway_runtime::signal::terminated();
         tokio::pin!(stop);
         loop {
             let wake = tokio::select! {
                 received = async {
-                    match &mut link {
-                        Some((_, stream)) => stream.message().await,
+                    match &mut stream {
+                        Some((_, states)) => states.message().await,
                         None => std::future::pending().await,
                     }
                 } => Wake::Received(received),
-                () = tokio::time::sleep_until(connect_at), if link.is_none() => Wake::Connect,
+                () = tokio::time::sleep_until(connect_at), if stream.is_none() => Wake::Connect,
                 () = tokio::time::sleep_until(resync_at) => Wake::Resync,
-                () = tokio::time::sleep_until(report_at), if link.is_some() => Wake::Report,
+                () = tokio::time::sleep_until(report_at), if stream.is_some() => Wake::Report,
                 () = &mut stop => Wake::Stop,
             };
             match wake {
                 Wake::Connect => match self.open().await {
                     Ok(connected) => {
-                        tracing::info!(operator = self.config.operator, "following the operator");
+                        tracing::info!("following the operator");
                         self.metrics.operator_connected.set(1);
-                        link = Some(connected);
+                        stream = Some(connected);
                     }
                     Err(message) => {
                         self.error(category::OPERATOR, message.clone());
-                        tracing::warn!(operator = self.config.operator, error = message, retry_in = ?backoff, "cannot reach the operator");
-                        connect_at = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        let delay = backoff.fail();
+                        tracing::warn!(error = message, retry_in = ?delay, "cannot reach the operator");
+                        connect_at = Instant::now() + delay;
                     }
                 },
                 Wake::Received(Ok(Some(state))) => {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                     self.metrics
                         .desired_version
                         .set(i64::try_from(state.version).unwrap_or(i64::MAX));
                     if state.version > self.applied_version() {
                         self.converge(state).await;
                         resync_at = Instant::now() + self.resync_interval();
-                        if let Some((client, _)) = &mut link {
+                        if let Some((client, _)) = &mut stream {
                             self.report(client).await;
                         }
                         report_at = Instant::now() + self.config.report_every;
@@ -225,9 +219,8 @@ impl Link {
                     tracing::warn!(reason = why, "lost the operator; keeping the applied state");
                     self.error(category::OPERATOR, why);
                     self.metrics.operator_connected.set(0);
-                    link = None;
-                    connect_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    stream = None;
+                    connect_at = Instant::now() + backoff.fail();
                 }
                 Wake::Resync => {
                     if let Some(state) = self.applied.clone() {
@@ -236,7 +229,7 @@ impl Link {
                     resync_at = Instant::now() + self.resync_interval();
                 }
                 Wake::Report => {
-                    if let Some((client, _)) = &mut link {
+                    if let Some((client, _)) = &mut stream {
                         self.report(client).await;
                     }
                     report_at = Instant::now() + self.config.report_every;
@@ -348,10 +341,10 @@ impl Link {
                 "converged"
             );
         }
-        if self.applied.as_ref() != Some(&state) {
-            if let Err(e) = self.file.save(&state) {
-                self.error(category::STORE, crate::chain(&e));
-            }
+        if self.applied.as_ref() != Some(&state)
+            && let Err(e) = self.file.save(&state)
+        {
+            self.error(category::STORE, crate::chain(&e));
         }
         self.metrics
             .applied_version
@@ -369,7 +362,7 @@ impl Link {
             .flat_map(|s| &s.peers)
             .map(|p| (p.public_key.as_str(), p.name.as_str()))
             .collect();
-        let now = unix_now();
+        let now = clock::unix_seconds();
         let stats = self.agent.peer_stats().await.unwrap_or_default();
         let mut peers = Vec::new();
         let mut samples = Vec::new();
@@ -418,3 +411,6 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

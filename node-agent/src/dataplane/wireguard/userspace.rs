@@ -12,9 +12,8 @@
 //! instead, and serves the WireGuard UAPI text protocol on a socket in the agent's own
 //! state directory, passing each request through.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -25,61 +24,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ipnet::IpNet;
 
+use super::{DeviceState, PeerChange, PeerStats, WireGuardError, endpoint_address, key_bytes};
 use crate::converge::Peer;
-
-/// Why a WireGuard operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum WireGuardError {
-    /// Talking to the device failed.
-    #[error("failed to talk to the WireGuard device {interface}")]
-    Io {
-        /// The interface.
-        interface: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The device refused a configuration.
-    #[error("the WireGuard device {interface} refused the configuration (errno {errno})")]
-    Refused {
-        /// The interface.
-        interface: String,
-        /// The error number it answered.
-        errno: i32,
-    },
-    /// A peer's endpoint is not an address.
-    #[error("endpoint {0:?} of a peer is not an address (ip:port)")]
-    Endpoint(String),
-    /// A key is not 32 bytes of base64.
-    #[error("a WireGuard key is not 32 bytes of base64")]
-    Key,
-    /// The device did not come up.
-    #[error("the WireGuard device {0} did not start")]
-    Start(String),
-}
-
-/// A peer's health as the device reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PeerStats {
-    /// Seconds since the last handshake (boringtun reports an age, not a time); `None`
-    /// if none yet.
-    pub handshake_age: Option<u64>,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-}
-
-/// What a device reports.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DeviceState {
-    /// Listen port.
-    pub listen_port: u16,
-    /// Peers by base64 public key.
-    pub peers: BTreeMap<String, Peer>,
-    /// Their health.
-    pub stats: BTreeMap<String, PeerStats>,
-}
 
 /// The userspace backend: devices run as children of `program` (the agent binary, with
 /// the `wireguard-userspace` subcommand), controlled through sockets in `socket_dir`.
@@ -177,7 +123,7 @@ impl Userspace {
     pub fn configure_peers(
         &self,
         interface: &str,
-        changes: &[(&str, Option<&Peer>)],
+        changes: &[PeerChange<'_>],
     ) -> Result<(), WireGuardError> {
         let mut body = String::new();
         for (public_key, peer) in changes {
@@ -248,22 +194,6 @@ fn errno(response: &str) -> i32 {
         .find_map(|l| l.strip_prefix("errno="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(-1)
-}
-
-/// A peer's endpoint as an address. The converger gives only addresses (host names are
-/// resolved before converging, so no DNS lookup blocks a kernel write).
-pub(crate) fn endpoint_address(endpoint: &str) -> Result<SocketAddr, WireGuardError> {
-    endpoint
-        .parse()
-        .map_err(|_| WireGuardError::Endpoint(endpoint.to_owned()))
-}
-
-pub(crate) fn key_bytes(key: &str) -> Result<[u8; 32], WireGuardError> {
-    BASE64
-        .decode(key)
-        .ok()
-        .and_then(|k| <[u8; 32]>::try_from(k).ok())
-        .ok_or(WireGuardError::Key)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -369,26 +299,9 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
     Ok(())
 }
 
-/// A new private key (base64) and its public key, from the kernel's random source.
-pub fn generate_key() -> std::io::Result<(String, String)> {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let secret = boringtun::x25519::StaticSecret::from(bytes);
-    let public = boringtun::x25519::PublicKey::from(&secret);
-    Ok((
-        BASE64.encode(secret.to_bytes()),
-        BASE64.encode(public.as_bytes()),
-    ))
-}
-
-/// The public key (base64) of a private key (base64).
-pub fn public_key(private_key: &str) -> Result<String, WireGuardError> {
-    let secret = boringtun::x25519::StaticSecret::from(key_bytes(private_key)?);
-    Ok(BASE64.encode(boringtun::x25519::PublicKey::from(&secret).as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::{generate_key, public_key};
     use super::*;
 
     #[test]

@@ -15,8 +15,9 @@ use netlink_packet_wireguard::{
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
 };
 
-use super::wireguard::{DeviceState, PeerStats, WireGuardError, endpoint_address, key_bytes};
+use super::{DeviceState, PeerChange, PeerStats, WireGuardError, endpoint_address, key_bytes};
 use crate::converge::Peer;
+use wireway_runtime::clock;
 
 /// The kernel backend: a generic netlink connection to the `wireguard` family.
 #[derive(Debug, Clone)]
@@ -109,7 +110,7 @@ impl KernelWireGuard {
     pub async fn configure_peers(
         &self,
         interface: &str,
-        changes: &[(&str, Option<&Peer>)],
+        changes: &[PeerChange<'_>],
     ) -> Result<(), WireGuardError> {
         let mut peers = Vec::new();
         for (public_key, peer) in changes {
@@ -212,11 +213,8 @@ fn add_peer(state: &mut DeviceState, peer: WireguardPeer) {
                 }
             }
             WireguardPeerAttribute::LastHandshake(t) if t.seconds > 0 => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                stats.handshake_age =
-                    Some(now.saturating_sub(u64::try_from(t.seconds).unwrap_or(0)));
+                let age = clock::unix_seconds().saturating_sub(t.seconds);
+                stats.handshake_age = Some(u64::try_from(age).unwrap_or(0));
             }
             WireguardPeerAttribute::RxBytes(b) => stats.rx_bytes = b,
             WireguardPeerAttribute::TxBytes(b) => stats.tx_bytes = b,

@@ -1,0 +1,164 @@
+//! The operations the converger orders and the appliers carry out, and how they read in
+//! messages ("add route 10.100.0.0/16 dev ww-red table 1465319916").
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::model::{Peer, Route, Rule};
+
+/// One change to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Delete a link the agent owns (a WireGuard interface, or a member veth pair by its
+    /// host side); the kernel drops its routes with it.
+    DeleteLink {
+        /// Link name.
+        name: String,
+    },
+    /// Remove a policy rule.
+    RemoveRule(Rule),
+    /// Remove a route.
+    RemoveRoute(Route),
+    /// Create a WireGuard interface (with the node's private key).
+    CreateWireGuard {
+        /// Interface name.
+        name: String,
+    },
+    /// Set a WireGuard interface's listen port, in place.
+    SetListenPort {
+        /// Interface name.
+        name: String,
+        /// Port.
+        port: u16,
+    },
+    /// Create a member's veth pair: the host side named `host`, the other end moved into
+    /// the namespace at `netns_path` and renamed `workload`.
+    CreateMember {
+        /// Host-side name.
+        host: String,
+        /// Namespace path.
+        netns_path: String,
+        /// Name inside the namespace.
+        workload: String,
+    },
+    /// Set MTU and state of a host-side link (WireGuard or veth).
+    SetLink {
+        /// Link name.
+        name: String,
+        /// MTU.
+        mtu: u32,
+        /// Up or down.
+        up: bool,
+    },
+    /// Configure the host side of a member veth: proxy ARP, and addresses to add and remove.
+    ConfigureHost {
+        /// Host-side name.
+        host: String,
+        /// Proxy ARP on or off.
+        proxy_arp: bool,
+        /// Addresses to add.
+        add: Vec<IpNet>,
+        /// Addresses to remove.
+        remove: Vec<IpNet>,
+    },
+    /// Configure the workload side, inside its namespace.
+    ConfigureWorkload {
+        /// Host-side name of the pair (for errors and metrics).
+        host: String,
+        /// Namespace path.
+        netns_path: String,
+        /// Interface name inside.
+        name: String,
+        /// MTU.
+        mtu: u32,
+        /// Addresses to add.
+        add_addresses: Vec<IpNet>,
+        /// Addresses to remove.
+        remove_addresses: Vec<IpNet>,
+        /// Routes to add (destination via gateway).
+        add_routes: Vec<(IpNet, IpAddr)>,
+        /// Routes to remove.
+        remove_routes: Vec<(IpNet, IpAddr)>,
+    },
+    /// Remove a peer from a WireGuard interface.
+    RemovePeer {
+        /// Interface name.
+        interface: String,
+        /// The peer's public key.
+        public_key: String,
+    },
+    /// Add a peer, or update it in place.
+    SetPeer {
+        /// Interface name.
+        interface: String,
+        /// The peer's public key.
+        public_key: String,
+        /// What it must be.
+        peer: Peer,
+    },
+    /// Add a policy rule.
+    AddRule(Rule),
+    /// Add a route.
+    AddRoute(Route),
+}
+
+/// What an operation does, for messages: "add route 10.100.0.0/16 dev ww-red table
+/// 1465319916". Error messages read "failed to <this>".
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DeleteLink { name } => write!(f, "delete link {name}"),
+            Self::RemoveRule(rule) => write!(f, "remove rule {rule}"),
+            Self::RemoveRoute(r) => write!(
+                f,
+                "remove route {} dev {} table {}",
+                r.destination, r.device, r.table
+            ),
+            Self::CreateWireGuard { name } => write!(f, "create WireGuard interface {name}"),
+            Self::SetListenPort { name, port } => write!(f, "set listen port {port} on {name}"),
+            Self::CreateMember {
+                host,
+                netns_path,
+                workload,
+            } => write!(f, "create veth {host} into {netns_path} as {workload}"),
+            Self::SetLink { name, mtu, up } => {
+                write!(
+                    f,
+                    "set {name} mtu {mtu} {}",
+                    if *up { "up" } else { "down" }
+                )
+            }
+            Self::ConfigureHost { host, .. } => write!(f, "configure host side {host}"),
+            Self::ConfigureWorkload {
+                name, netns_path, ..
+            } => write!(f, "configure {name} in {netns_path}"),
+            Self::RemovePeer {
+                interface,
+                public_key,
+            } => write!(f, "remove peer {public_key} from {interface}"),
+            Self::SetPeer {
+                interface,
+                public_key,
+                ..
+            } => write!(f, "set peer {public_key} on {interface}"),
+            Self::AddRule(rule) => write!(f, "add rule {rule}"),
+            Self::AddRoute(r) => write!(
+                f,
+                "add route {} dev {} table {}",
+                r.destination, r.device, r.table
+            ),
+        }
+    }
+}
+
+/// A rule as `ip rule` writes it: "iif ww-red lookup 1465319917".
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lookup { iif, table, .. } => write!(f, "iif {iif} lookup {table}"),
+            Self::Reject { iif, .. } => write!(f, "iif {iif} unreachable"),
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The session against an operator's node API served in the test on a Unix socket (real
+//! gRPC, the operator's part played by the test), converging a fake kernel.
+
+use std::path::Path;
+use std::pin::Pin;
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+use wireway_proto::node_api_server::{NodeApi, NodeApiServer};
+use wireway_proto::{ReportAck, ServiceState};
+use wireway_runtime::listen::{Address, serve_grpc};
+
+use super::*;
+use crate::converge::{Op, Route};
+use crate::dataplane::fake::{Call, FakeKernel};
+use crate::testing::*;
+
+/// A stream of NodeStates opened by an agent: its hello, and where the test sends the
+/// states.
+type Watch = (AgentHello, mpsc::UnboundedSender<NodeState>);
+
+/// The operator's side, played by the test: each Watch hands the test the agent's hello
+/// and a sender for its stream; each report goes to the test.
+struct Operator {
+    watches: mpsc::UnboundedSender<Watch>,
+    reports: mpsc::UnboundedSender<AgentReport>,
+}
+
+type States = Pin<Box<dyn Stream<Item = Result<NodeState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeApi for Operator {
+    type WatchStream = States;
+
+    async fn watch(&self, request: Request<AgentHello>) -> Result<Response<States>, Status> {
+        let (send, receive) = mpsc::unbounded_channel();
+        self.watches
+            .send((request.into_inner(), send))
+            .map_err(|_| Status::unavailable("the test is over"))?;
+        let states = futures_util::stream::unfold(receive, |mut receive| async move {
+            let state = receive.recv().await?;
+            Some((Ok(state), receive))
+        });
+        Ok(Response::new(Box::pin(states)))
+    }
+
+    async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
+        self.reports
+            .send(request.into_inner())
+            .map_err(|_| Status::unavailable("the test is over"))?;
+        Ok(Response::new(ReportAck {}))
+    }
+}
+
+/// The test's ends of a served node API.
+struct Served {
+    /// Where the agent reaches it.
+    address: String,
+    watches: mpsc::UnboundedReceiver<Watch>,
+    reports: mpsc::UnboundedReceiver<AgentReport>,
+}
+
+impl Served {
+    /// Serves the node API on a socket in `dir`.
+    async fn start(dir: &Path) -> Self {
+        let socket = dir.join("operator.sock");
+        let listener = Address::Unix(socket.clone()).bind().await.unwrap();
+        let (watches, watched) = mpsc::unbounded_channel();
+        let (reports, reported) = mpsc::unbounded_channel();
+        let router = tonic::transport::Server::builder()
+            .add_service(NodeApiServer::new(Operator { watches, reports }));
+        tokio::spawn(serve_grpc(router, listener, std::future::pending()));
+        Self {
+            address: format!("unix:{}", socket.display()),
+            watches: watched,
+            reports: reported,
+        }
+    }
+
+    /// The next stream an agent opens.
+    async fn watch(&mut self) -> Watch {
+        self.watches.recv().await.unwrap()
+    }
+
+    /// The next report.
+    async fn report(&mut self) -> AgentReport {
+        self.reports.recv().await.unwrap()
+    }
+}
+
+/// A running session of node `node-1` on `kernel`, keeping its state in `dir`.
+struct Running {
+    metrics: Metrics,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    fn start(dir: &Path, operator: &str, kernel: &FakeKernel) -> Self {
+        let netns = pods_in(dir, &["0a", "0c"]).unwrap();
+        let config = Config {
+            operator: operator.to_owned(),
+            server_name: "wireway-operator".into(),
+            tls: None,
+            token_file: None,
+            node: "node-1".into(),
+            underlay: "192.0.2.1".parse().unwrap(),
+            underlay_mtu: 1500,
+            public_key: test_key(1),
+            // Only what the operator sends, and the retries of what failed, wake it.
+            resync: Duration::from_secs(3600),
+            report_every: Duration::from_secs(3600),
+        };
+        let (metrics, _) = Metrics::new("fake");
+        let session = Session::new(
+            Agent::new(kernel.clone(), netns),
+            config,
+            metrics.clone(),
+            Readiness::new("starting"),
+            StateFile(dir.join("node-state.json")),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(session.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    fn passes(&self) -> u64 {
+        self.metrics.passes.get_or_create(&[("result", "ok")]).get()
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+fn red() -> ServiceState {
+    service("red/red")
+        .port(51821)
+        .cidr("10.100.0.0/16")
+        .member(
+            member("red/red-a")
+                .in_pod("0a")
+                .host_side("wwv0000000a")
+                .at("10.100.0.1"),
+        )
+        .peer(
+            peer("node-2")
+                .key(&test_key(2))
+                .at("192.168.77.2:51821")
+                .allowing("10.100.1.0/24"),
+        )
+}
+
+fn green() -> ServiceState {
+    service("green/green")
+        .port(51820)
+        .cidr("fd00:200::/48")
+        .member(
+            member("green/green-a")
+                .in_pod("0c")
+                .host_side("wwv0000000c")
+                .at("fd00:200::1"),
+        )
+}
+
+fn observes(kernel: &FakeKernel) -> usize {
+    let calls = kernel.calls();
+    calls.iter().filter(|c| **c == Call::Observe).count()
+}
+
+#[tokio::test]
+async fn follows_the_stream_applies_only_newer_versions_and_reports_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+
+    let (hello, states) = operator.watch().await;
+    assert_eq!(
+        (hello.node.as_str(), hello.public_key, hello.applied_version),
+        ("node-1", test_key(1), 0)
+    );
+    assert_eq!(hello.underlay_address, "192.0.2.1");
+
+    states.send(node("node-1").with(red())).unwrap();
+    let report = operator.report().await;
+    assert_eq!(report.node, "node-1");
+    assert_eq!(report.applied_version, 1);
+    assert_eq!(report.problems, Vec::<String>::new());
+    assert_eq!(report.errors, []);
+    let peers: Vec<(&str, &str)> = report
+        .peers
+        .iter()
+        .map(|p| (p.interface_name.as_str(), p.public_key.as_str()))
+        .collect();
+    assert_eq!(peers, [("ww-red", test_key(2).as_str())]);
+    assert!(kernel.held().wireguard.contains_key("ww-red"));
+
+    // The same version again, whatever it says, is not applied; the next one is.
+    states.send(node("node-1").with(green())).unwrap();
+    states
+        .send(node("node-1").version(2).with(red()).with(green()))
+        .unwrap();
+    let report = operator.report().await;
+    assert_eq!(report.applied_version, 2);
+    assert_eq!((session.passes(), observes(&kernel)), (2, 2));
+    assert_eq!(session.metrics.applied_version.get(), 2);
+    let held = kernel.held();
+    assert_eq!(
+        held.wireguard.keys().collect::<Vec<_>>(),
+        ["ww-green", "ww-red"]
+    );
+    let stored = StateFile(dir.path().join("node-state.json"))
+        .load()
+        .unwrap();
+    assert_eq!(stored.map(|s| s.version), Some(2));
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn re_applies_the_stored_state_at_start_and_says_so_in_its_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let stored = node("node-1").version(5).with(red());
+    StateFile(dir.path().join("node-state.json"))
+        .save(&stored)
+        .unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+
+    let (hello, states) = operator.watch().await;
+    assert_eq!(hello.applied_version, 5);
+    assert!(
+        kernel.held().wireguard.contains_key("ww-red"),
+        "applied before the operator was reached"
+    );
+    states.send(stored.clone()).unwrap();
+    states
+        .send(node("node-1").version(6).with(green()))
+        .unwrap();
+    let report = operator.report().await;
+    assert_eq!(report.applied_version, 6);
+    assert_eq!(session.passes(), 2, "the stored state, then version 6");
+    assert_eq!(
+        kernel.held().wireguard.keys().collect::<Vec<_>>(),
+        ["ww-green"]
+    );
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn what_failed_is_reported_to_the_operator_by_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let route = Op::AddRoute(Route {
+        table: 0x5757_0000 + 51821,
+        destination: "10.100.0.1/32".parse().unwrap(),
+        device: "wwv0000000a".into(),
+    });
+    kernel.refuse(route.clone());
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+
+    let (_, states) = operator.watch().await;
+    // red-b's pod has no namespace on this node yet.
+    let red = red().member(
+        member("red/red-b")
+            .in_pod("0b")
+            .host_side("wwv0000000b")
+            .at("10.100.0.2"),
+    );
+    states.send(node("node-1").with(red)).unwrap();
+    let report = operator.report().await;
+    assert_eq!(report.applied_version, 1, "applied, with problems");
+    let errors: Vec<(&str, u64)> = report
+        .errors
+        .iter()
+        .map(|e| (e.category.as_str(), e.count))
+        .collect();
+    assert_eq!(errors, [("netlink", 1), ("state", 1)]);
+    assert!(
+        report.errors[0]
+            .last_message
+            .starts_with(&format!("failed to {route}: ")),
+        "{}",
+        report.errors[0].last_message
+    );
+    assert_eq!(
+        report.errors[1].last_message,
+        "service red/red: member red/red-b: its network namespace was not found (yet)"
+    );
+    assert_eq!(
+        report.problems,
+        [
+            report.errors[1].last_message.clone(),
+            report.errors[0].last_message.clone()
+        ]
+    );
+    session.stop().await;
+}

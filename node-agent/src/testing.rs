@@ -1,0 +1,281 @@
+//! What the agent's tests, benchmarks and kernel tests share: keys, NodeStates built so
+//! that they read like prose, and the converger's inputs made from them.
+//!
+//! ```
+//! use wireway_agent::testing::*;
+//!
+//! let state = node("node-1").with(
+//!     service("red/red")
+//!         .cidr("10.100.0.0/16")
+//!         .port(51821)
+//!         .member(member("red/red-a").host_side("wwv00000001").at("10.100.0.1"))
+//!         .peer(peer("node-2").at("192.168.77.2:51821").allowing("10.100.1.0/24")),
+//! );
+//! assert_eq!(state.services[0].interface_name, "ww-red");
+//! ```
+//!
+//! Built only for tests (`cfg(test)`, or the `testing` feature that the crate's own
+//! benchmarks and integration tests turn on).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use wireway_proto::{
+    Member, NetnsLocator, NodeState, Peer, ROUTE_TABLE_BASE, ServiceState, WIREGUARD_PREFIX,
+    netns_locator,
+};
+
+use crate::converge::{NetnsId, Plane, ResolvedNetns};
+use crate::dataplane::netns::NetnsFinder;
+
+/// A WireGuard public key for tests (base64 of 32 bytes), one per `n`.
+pub fn test_key(n: u32) -> String {
+    let mut bytes = [0x57u8; 32];
+    bytes[..4].copy_from_slice(&n.to_be_bytes());
+    BASE64.encode(bytes)
+}
+
+/// The NodeState of `node`: version 1, no services yet.
+pub fn node(node: &str) -> NodeState {
+    NodeState {
+        node: node.to_owned(),
+        version: 1,
+        services: Vec::new(),
+    }
+}
+
+/// A NodeState, built up.
+pub trait NodeStateFixture {
+    /// At version `version`.
+    fn version(self, version: u64) -> Self;
+    /// With `service` too.
+    fn with(self, service: ServiceState) -> Self;
+}
+
+impl NodeStateFixture for NodeState {
+    fn version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
+    fn with(mut self, service: ServiceState) -> Self {
+        self.services.push(service);
+        self
+    }
+}
+
+/// A service (`namespace/name`) as one node sees it: interface `ww-<name>`, MTU 1420,
+/// listening on 51820 with its table from the port (as the planner makes it), no cidr,
+/// members or peers yet.
+pub fn service(name: &str) -> ServiceState {
+    let short = name.rsplit('/').next().unwrap_or(name);
+    ServiceState {
+        name: name.to_owned(),
+        interface_name: format!("{WIREGUARD_PREFIX}{short}"),
+        mtu: 1420,
+        ..ServiceState::default()
+    }
+    .port(51820)
+}
+
+/// A ServiceState, built up.
+pub trait ServiceFixture {
+    /// Its interface is `name`.
+    fn interface(self, name: &str) -> Self;
+    /// Listening on `port`, its routing table the one the planner gives that port.
+    fn port(self, port: u16) -> Self;
+    /// With this MTU.
+    fn mtu(self, mtu: u32) -> Self;
+    /// With address space `cidr`.
+    fn cidr(self, cidr: &str) -> Self;
+    /// With this node's part of the address space.
+    fn node_prefix(self, prefix: &str) -> Self;
+    /// With `member` too; inside its workload it is `nsm-<service name>` unless named.
+    fn member(self, member: Member) -> Self;
+    /// With `peer` too.
+    fn peer(self, peer: Peer) -> Self;
+}
+
+impl ServiceFixture for ServiceState {
+    fn interface(mut self, name: &str) -> Self {
+        self.interface_name = name.to_owned();
+        self
+    }
+
+    fn port(mut self, port: u16) -> Self {
+        self.listen_port = u32::from(port);
+        self.route_table = ROUTE_TABLE_BASE + u32::from(port);
+        self
+    }
+
+    fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = mtu;
+        self
+    }
+
+    fn cidr(mut self, cidr: &str) -> Self {
+        self.cidr = cidr.to_owned();
+        self
+    }
+
+    fn node_prefix(mut self, prefix: &str) -> Self {
+        self.node_prefix = prefix.to_owned();
+        self
+    }
+
+    fn member(mut self, mut member: Member) -> Self {
+        if member.interface_name.is_empty() {
+            let short = self.name.rsplit('/').next().unwrap_or(&self.name);
+            member.interface_name = format!("nsm-{short}");
+        }
+        self.members.push(member);
+        self
+    }
+
+    fn peer(mut self, peer: Peer) -> Self {
+        self.peers.push(peer);
+        self
+    }
+}
+
+/// A member (`namespace/pod`) in the namespace `/run/netns/<namespace>-<pod>`, with no
+/// host side or address yet.
+pub fn member(id: &str) -> Member {
+    Member {
+        id: id.to_owned(),
+        ..Member::default()
+    }
+    .in_netns(&format!("/run/netns/{}", id.replace('/', "-")))
+}
+
+/// A Member, built up.
+pub trait MemberFixture {
+    /// Its veth's host side is `name`.
+    fn host_side(self, name: &str) -> Self;
+    /// Inside its workload, its interface is `name`.
+    fn inside(self, name: &str) -> Self;
+    /// Its address is `address`.
+    fn at(self, address: &str) -> Self;
+    /// Its namespace is the file at `path`.
+    fn in_netns(self, path: &str) -> Self;
+    /// Its namespace is its pod's, found by the pod's UID.
+    fn in_pod(self, uid: &str) -> Self;
+}
+
+impl MemberFixture for Member {
+    fn host_side(mut self, name: &str) -> Self {
+        self.host_interface_name = name.to_owned();
+        self
+    }
+
+    fn inside(mut self, name: &str) -> Self {
+        self.interface_name = name.to_owned();
+        self
+    }
+
+    fn at(mut self, address: &str) -> Self {
+        self.address = address.to_owned();
+        self
+    }
+
+    fn in_netns(mut self, path: &str) -> Self {
+        self.netns = Some(NetnsLocator {
+            locator: Some(netns_locator::Locator::Path(path.to_owned())),
+        });
+        self
+    }
+
+    fn in_pod(mut self, uid: &str) -> Self {
+        self.netns = Some(NetnsLocator {
+            locator: Some(netns_locator::Locator::PodUid(uid.to_owned())),
+        });
+        self
+    }
+}
+
+/// A peer called `name` whose public key is its name (the converger does not read keys),
+/// dialling in (no endpoint) and allowed nothing yet.
+pub fn peer(name: &str) -> Peer {
+    Peer {
+        name: name.to_owned(),
+        public_key: name.to_owned(),
+        ..Peer::default()
+    }
+}
+
+/// A Peer, built up.
+pub trait PeerFixture {
+    /// Its public key is `key`.
+    fn key(self, key: &str) -> Self;
+    /// Reached at `endpoint` (`host:port`).
+    fn at(self, endpoint: &str) -> Self;
+    /// Allowed (and routed) `prefix` too.
+    fn allowing(self, prefix: &str) -> Self;
+    /// Sent a keepalive every `seconds`.
+    fn keepalive(self, seconds: u32) -> Self;
+}
+
+impl PeerFixture for Peer {
+    fn key(mut self, key: &str) -> Self {
+        self.public_key = key.to_owned();
+        self
+    }
+
+    fn at(mut self, endpoint: &str) -> Self {
+        self.endpoint = endpoint.to_owned();
+        self
+    }
+
+    fn allowing(mut self, prefix: &str) -> Self {
+        self.allowed_ips.push(prefix.to_owned());
+        self
+    }
+
+    fn keepalive(mut self, seconds: u32) -> Self {
+        self.persistent_keepalive = seconds;
+        self
+    }
+}
+
+/// Finds every namespace named by path, as if every pod were running: its identity made
+/// from the path. Pods named by UID are not found.
+pub fn pods_running(locator: &NetnsLocator) -> Option<ResolvedNetns> {
+    match &locator.locator {
+        Some(netns_locator::Locator::Path(path)) => {
+            let mut hasher = DefaultHasher::new();
+            path.hash(&mut hasher);
+            Some(ResolvedNetns {
+                path: path.clone(),
+                id: NetnsId {
+                    dev: 4,
+                    ino: hasher.finish(),
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `desired` as the kernel reports it once it holds it: without the namespace paths only
+/// the agent knows.
+pub fn as_observed(desired: &Plane) -> Plane {
+    let mut observed = desired.clone();
+    for link in observed.members.values_mut() {
+        if let Some(w) = link.workload.as_mut() {
+            w.netns_path.clear();
+        }
+    }
+    observed
+}
+
+/// The agent's namespace finder for pods whose namespaces are files in `dir` named by
+/// their UIDs (as the lab provides them), with a file made for each of `uids`: any file
+/// has an identity, so no namespace needs to be made (nor root).
+pub fn pods_in(dir: &Path, uids: &[&str]) -> std::io::Result<NetnsFinder> {
+    for uid in uids {
+        std::fs::write(dir.join(uid), "")?;
+    }
+    Ok(NetnsFinder::new(Some(dir.to_owned()), None))
+}
