@@ -30,6 +30,74 @@ use wireway_proto::{
 use crate::converge::{NetnsId, Plane, ResolvedNetns};
 use crate::dataplane::netns::NetnsFinder;
 
+/// The pods of [`red`] and [`green`] on node-1, by UID: `0a` and `0b` in red, `0c` in
+/// green.
+pub const PODS: [&str; 3] = ["0a", "0b", "0c"];
+
+/// Red, an IPv4 service, as node-1 sees it: `ww-red` on port 51821 for 10.100.0.0/16;
+/// members red-a (pod `0a`, host side `wwv0000000a`, 10.100.0.1) and red-b (pod `0b`,
+/// `wwv0000000b`, 10.100.0.2); peers node-2 and node-3 at their underlay addresses
+/// (keys 2 and 3), and vm, which dials in (key 9).
+pub fn red() -> ServiceState {
+    service("red/red")
+        .port(51821)
+        .cidr("10.100.0.0/16")
+        .node_prefix("10.100.0.0/24")
+        .member(
+            member("red/red-a")
+                .in_pod("0a")
+                .host_side("wwv0000000a")
+                .at("10.100.0.1"),
+        )
+        .member(
+            member("red/red-b")
+                .in_pod("0b")
+                .host_side("wwv0000000b")
+                .at("10.100.0.2"),
+        )
+        .peer(
+            peer("node-2")
+                .key(&test_key(2))
+                .at("192.168.77.2:51821")
+                .allowing("10.100.1.0/24"),
+        )
+        .peer(
+            peer("node-3")
+                .key(&test_key(3))
+                .at("192.168.77.3:51821")
+                .allowing("10.100.2.0/24"),
+        )
+        .peer(peer("vm").key(&test_key(9)).allowing("10.100.255.9/32"))
+}
+
+/// Green, an IPv6 service, as node-1 sees it: `ww-green` on port 51820 for
+/// fd00:200::/48; member green-a (pod `0c`, host side `wwv0000000c`, fd00:200::1); peers
+/// node-2 and node-3 (keys 2 and 3).
+pub fn green() -> ServiceState {
+    service("green/green")
+        .port(51820)
+        .cidr("fd00:200::/48")
+        .node_prefix("fd00:200::/64")
+        .member(
+            member("green/green-a")
+                .in_pod("0c")
+                .host_side("wwv0000000c")
+                .at("fd00:200::1"),
+        )
+        .peer(
+            peer("node-2")
+                .key(&test_key(2))
+                .at("192.168.77.2:51820")
+                .allowing("fd00:200:0:1::/64"),
+        )
+        .peer(
+            peer("node-3")
+                .key(&test_key(3))
+                .at("192.168.77.3:51820")
+                .allowing("fd00:200:0:2::/64"),
+        )
+}
+
 /// A WireGuard public key for tests (base64 of 32 bytes), one per `n`.
 pub fn test_key(n: u32) -> String {
     let mut bytes = [0x57u8; 32];
@@ -82,8 +150,6 @@ pub fn service(name: &str) -> ServiceState {
 
 /// A ServiceState, built up.
 pub trait ServiceFixture {
-    /// Its interface is `name`.
-    fn interface(self, name: &str) -> Self;
     /// Listening on `port`, its routing table the one the planner gives that port.
     fn port(self, port: u16) -> Self;
     /// With this MTU.
@@ -92,18 +158,13 @@ pub trait ServiceFixture {
     fn cidr(self, cidr: &str) -> Self;
     /// With this node's part of the address space.
     fn node_prefix(self, prefix: &str) -> Self;
-    /// With `member` too; inside its workload it is `nsm-<service name>` unless named.
+    /// With `member` too; inside its workload its interface is `nsm-<service name>`.
     fn member(self, member: Member) -> Self;
     /// With `peer` too.
     fn peer(self, peer: Peer) -> Self;
 }
 
 impl ServiceFixture for ServiceState {
-    fn interface(mut self, name: &str) -> Self {
-        self.interface_name = name.to_owned();
-        self
-    }
-
     fn port(mut self, port: u16) -> Self {
         self.listen_port = u32::from(port);
         self.route_table = ROUTE_TABLE_BASE + u32::from(port);
@@ -126,10 +187,8 @@ impl ServiceFixture for ServiceState {
     }
 
     fn member(mut self, mut member: Member) -> Self {
-        if member.interface_name.is_empty() {
-            let short = self.name.rsplit('/').next().unwrap_or(&self.name);
-            member.interface_name = format!("nsm-{short}");
-        }
+        let short = self.name.rsplit('/').next().unwrap_or(&self.name);
+        member.interface_name = format!("nsm-{short}");
         self.members.push(member);
         self
     }
@@ -154,8 +213,6 @@ pub fn member(id: &str) -> Member {
 pub trait MemberFixture {
     /// Its veth's host side is `name`.
     fn host_side(self, name: &str) -> Self;
-    /// Inside its workload, its interface is `name`.
-    fn inside(self, name: &str) -> Self;
     /// Its address is `address`.
     fn at(self, address: &str) -> Self;
     /// Its namespace is the file at `path`.
@@ -167,11 +224,6 @@ pub trait MemberFixture {
 impl MemberFixture for Member {
     fn host_side(mut self, name: &str) -> Self {
         self.host_interface_name = name.to_owned();
-        self
-    }
-
-    fn inside(mut self, name: &str) -> Self {
-        self.interface_name = name.to_owned();
         self
     }
 
@@ -196,7 +248,7 @@ impl MemberFixture for Member {
 }
 
 /// A peer called `name` whose public key is its name (the converger does not read keys),
-/// dialling in (no endpoint) and allowed nothing yet.
+/// dialling in (no endpoint), allowed nothing yet and sent no keepalives.
 pub fn peer(name: &str) -> Peer {
     Peer {
         name: name.to_owned(),
@@ -213,8 +265,6 @@ pub trait PeerFixture {
     fn at(self, endpoint: &str) -> Self;
     /// Allowed (and routed) `prefix` too.
     fn allowing(self, prefix: &str) -> Self;
-    /// Sent a keepalive every `seconds`.
-    fn keepalive(self, seconds: u32) -> Self;
 }
 
 impl PeerFixture for Peer {
@@ -232,30 +282,22 @@ impl PeerFixture for Peer {
         self.allowed_ips.push(prefix.to_owned());
         self
     }
-
-    fn keepalive(mut self, seconds: u32) -> Self {
-        self.persistent_keepalive = seconds;
-        self
-    }
 }
 
-/// Finds every namespace named by path, as if every pod were running: its identity made
-/// from the path. Pods named by UID are not found.
+/// Finds every namespace, as if every pod were running: by path as given, by pod UID
+/// at `/run/pods/<uid>`; its identity made from where it is.
 pub fn pods_running(locator: &NetnsLocator) -> Option<ResolvedNetns> {
-    match &locator.locator {
-        Some(netns_locator::Locator::Path(path)) => {
-            let mut hasher = DefaultHasher::new();
-            path.hash(&mut hasher);
-            Some(ResolvedNetns {
-                path: path.clone(),
-                id: NetnsId {
-                    dev: 4,
-                    ino: hasher.finish(),
-                },
-            })
-        }
-        _ => None,
-    }
+    let path = match locator.locator.as_ref()? {
+        netns_locator::Locator::Path(path) => path.clone(),
+        netns_locator::Locator::PodUid(uid) => format!("/run/pods/{uid}"),
+    };
+    let mut hasher = DefaultHasher::new();
+    path.hash(&mut hasher);
+    let id = NetnsId {
+        dev: 4,
+        ino: hasher.finish(),
+    };
+    Some(ResolvedNetns { path, id })
 }
 
 /// `desired` as the kernel reports it once it holds it: without the namespace paths only

@@ -3,67 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use wireway_proto::ServiceState;
-
 use super::*;
 use crate::converge::{Peer, Route};
 use crate::dataplane::fake::{Call, FakeKernel};
 use crate::testing::*;
-
-fn red() -> ServiceState {
-    service("red/red")
-        .port(51821)
-        .cidr("10.100.0.0/16")
-        .member(
-            member("red/red-a")
-                .in_pod("0a")
-                .host_side("wwv0000000a")
-                .at("10.100.0.1"),
-        )
-        .member(
-            member("red/red-b")
-                .in_pod("0b")
-                .host_side("wwv0000000b")
-                .at("10.100.0.2"),
-        )
-        .peer(
-            peer("node-2")
-                .key(&test_key(2))
-                .at("192.168.77.2:51821")
-                .allowing("10.100.1.0/24"),
-        )
-        .peer(
-            peer("node-3")
-                .key(&test_key(3))
-                .at("192.168.77.3:51821")
-                .allowing("10.100.2.0/24"),
-        )
-        .peer(peer("vm").key(&test_key(9)).allowing("10.100.255.9/32"))
-}
-
-fn green() -> ServiceState {
-    service("green/green")
-        .port(51820)
-        .cidr("fd00:200::/48")
-        .member(
-            member("green/green-a")
-                .in_pod("0c")
-                .host_side("wwv0000000c")
-                .at("fd00:200::1"),
-        )
-        .peer(
-            peer("node-2")
-                .key(&test_key(2))
-                .at("192.168.77.2:51820")
-                .allowing("fd00:200:0:1::/64"),
-        )
-        .peer(
-            peer("node-3")
-                .key(&test_key(3))
-                .at("192.168.77.3:51820")
-                .allowing("fd00:200:0:2::/64"),
-        )
-}
 
 /// Operations that netlink writes (WireGuard configuration is not counted).
 fn netlink_writes(ops: &[Op]) -> u64 {
@@ -80,10 +23,7 @@ fn netlink_writes(ops: &[Op]) -> u64 {
 async fn a_pass_applies_what_differs_and_a_second_pass_in_sync_does_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = FakeKernel::default();
-    let agent = Agent::new(
-        kernel.clone(),
-        pods_in(dir.path(), &["0a", "0b", "0c"]).unwrap(),
-    );
+    let agent = Agent::new(kernel.clone(), pods_in(dir.path(), &PODS).unwrap());
     let state = node("node-1").with(red()).with(green());
 
     let first = agent.converge(&state).await.unwrap();
@@ -116,10 +56,7 @@ async fn a_pass_applies_what_differs_and_a_second_pass_in_sync_does_nothing() {
 async fn peer_changes_of_one_interface_go_to_the_device_as_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = FakeKernel::default();
-    let agent = Agent::new(
-        kernel.clone(),
-        pods_in(dir.path(), &["0a", "0b", "0c"]).unwrap(),
-    );
+    let agent = Agent::new(kernel.clone(), pods_in(dir.path(), &PODS).unwrap());
     agent
         .converge(&node("node-1").with(red()).with(green()))
         .await
@@ -177,11 +114,8 @@ async fn peer_changes_of_one_interface_go_to_the_device_as_one_transaction() {
 async fn a_failed_operation_does_not_stop_the_rest_and_is_reported_with_its_category() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = FakeKernel::default();
-    // red-c's pod has no namespace yet.
-    let agent = Agent::new(
-        kernel.clone(),
-        pods_in(dir.path(), &["0a", "0b", "0c"]).unwrap(),
-    );
+    // red-c's pod (0d) has no namespace yet.
+    let agent = Agent::new(kernel.clone(), pods_in(dir.path(), &PODS).unwrap());
     let red = red().member(
         member("red/red-c")
             .in_pod("0d")

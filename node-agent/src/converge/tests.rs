@@ -10,40 +10,6 @@ use super::*;
 use crate::dataplane::fake::Model;
 use crate::testing::*;
 
-fn red() -> ServiceState {
-    service("red/red")
-        .port(51821)
-        .cidr("10.100.0.0/16")
-        .node_prefix("10.100.0.0/24")
-        .member(
-            member("red/red-a")
-                .host_side("wwv00000001")
-                .at("10.100.0.1"),
-        )
-        .peer(
-            peer("key-b")
-                .at("192.168.77.2:51821")
-                .allowing("10.100.1.0/24"),
-        )
-}
-
-fn green() -> ServiceState {
-    service("green/green")
-        .port(51820)
-        .cidr("fd00:200::/48")
-        .node_prefix("fd00:200::/64")
-        .member(
-            member("green/green-a")
-                .host_side("wwv00000002")
-                .at("fd00:200::1"),
-        )
-        .peer(
-            peer("key-c")
-                .at("192.168.77.3:51820")
-                .allowing("fd00:200:0:1::/64"),
-        )
-}
-
 fn state(services: Vec<ServiceState>) -> NodeState {
     services
         .into_iter()
@@ -122,12 +88,12 @@ fn what_each_service_asks_for() {
     for r in [
         route(red_table, "10.100.0.0/16", "ww-red"),
         route(red_table, "169.254.77.1/32", "ww-red"),
-        route(red_table, "10.100.0.1/32", "wwv00000001"),
+        route(red_table, "10.100.0.1/32", "wwv0000000a"),
     ] {
         assert!(want.routes.contains(&r), "{r:?}");
     }
     assert!(want.rules.contains(&Rule::Reject {
-        iif: "wwv00000001".into(),
+        iif: "wwv0000000a".into(),
         ipv4: true
     }));
     assert!(want.rules.contains(&Rule::Lookup {
@@ -135,14 +101,14 @@ fn what_each_service_asks_for() {
         table: 0x5757_0000 + 51820,
         ipv4: false
     }));
-    let red_member = &want.members["wwv00000001"];
+    let red_member = &want.members["wwv0000000a"];
     assert!(red_member.proxy_arp && red_member.addresses.is_empty());
     let inside = red_member.workload.as_ref().unwrap();
     assert_eq!(
         inside.routes,
         BTreeSet::from([("10.100.0.0/16".parse().unwrap(), GATEWAY_V4.into())])
     );
-    let green_member = &want.members["wwv00000002"];
+    let green_member = &want.members["wwv0000000c"];
     assert!(!green_member.proxy_arp);
     assert_eq!(
         green_member.addresses,
@@ -167,9 +133,10 @@ fn routes_are_the_cidr_to_wireguard_and_each_member_to_its_veth() {
             route(red_table, "10.100.0.0/16", "ww-red"),
             // IPv4 only: the gateway, answered by proxy ARP on the veths.
             route(red_table, "169.254.77.1/32", "ww-red"),
-            route(red_table, "10.100.0.1/32", "wwv00000001"),
+            route(red_table, "10.100.0.1/32", "wwv0000000a"),
+            route(red_table, "10.100.0.2/32", "wwv0000000b"),
             route(green_table, "fd00:200::/48", "ww-green"),
-            route(green_table, "fd00:200::1/128", "wwv00000002"),
+            route(green_table, "fd00:200::1/128", "wwv0000000c"),
         ])
     );
 }
@@ -184,12 +151,11 @@ fn in_sync_means_no_operation() {
 fn peers_and_ports_change_in_place() {
     let before = plane(vec![red()]);
     let mut changed = red();
-    changed.peers = vec![
-        peer("key-b")
-            .at("192.168.77.9:51821")
-            .allowing("10.100.1.0/24"),
-        peer("key-d").allowing("10.100.2.0/24"),
-    ];
+    // node-2 moved, node-4 is new, the port changed.
+    changed.peers[0].endpoint = "192.168.77.9:51821".into();
+    changed
+        .peers
+        .push(peer("node-4").key(&test_key(4)).allowing("10.100.3.0/24"));
     changed.listen_port = 51830;
     let after = plane(vec![changed]);
     let ops = converge(&after, &as_observed(&before));
@@ -223,10 +189,10 @@ fn drift_is_restored_exactly() {
     let route = Route {
         table: 0x5757_0000 + 51821,
         destination: "10.100.0.1/32".parse().unwrap(),
-        device: "wwv00000001".into(),
+        device: "wwv0000000a".into(),
     };
     let rule = Rule::Reject {
-        iif: "wwv00000001".into(),
+        iif: "wwv0000000a".into(),
         ipv4: true,
     };
 
@@ -244,24 +210,24 @@ fn drift_is_restored_exactly() {
         .get_mut("ww-red")
         .unwrap()
         .peers
-        .remove("key-b")
+        .remove(&test_key(2))
         .unwrap();
     assert_eq!(
         converge(&want, &lost_peer),
         [Op::SetPeer {
             interface: "ww-red".into(),
-            public_key: "key-b".into(),
+            public_key: test_key(2),
             peer
         }]
     );
 
     // A veth deleted out of band takes its route with it: the pair is rebuilt and routed.
     let mut lost_veth = as_observed(&want);
-    lost_veth.members.remove("wwv00000001");
+    lost_veth.members.remove("wwv0000000a");
     lost_veth.routes.remove(&route);
     let ops = converge(&want, &lost_veth);
     assert!(
-        matches!(&ops[0], Op::CreateMember { host, .. } if host == "wwv00000001"),
+        matches!(&ops[0], Op::CreateMember { host, .. } if host == "wwv0000000a"),
         "{ops:#?}"
     );
     assert_eq!(ops.last(), Some(&Op::AddRoute(route)));
@@ -276,7 +242,7 @@ fn a_member_in_a_new_namespace_gets_a_new_pair() {
     let mut observed = as_observed(&want);
     observed
         .members
-        .get_mut("wwv00000001")
+        .get_mut("wwv0000000a")
         .unwrap()
         .workload
         .as_mut()
@@ -287,7 +253,7 @@ fn a_member_in_a_new_namespace_gets_a_new_pair() {
     assert_eq!(
         ops[0],
         Op::DeleteLink {
-            name: "wwv00000001".into()
+            name: "wwv0000000a".into()
         }
     );
     assert!(ops.iter().any(|o| matches!(o, Op::CreateMember { .. })));
@@ -308,12 +274,15 @@ fn removing_a_service_removes_everything_it_had_and_nothing_else() {
             _ => None,
         })
         .collect();
-    assert_eq!(deleted, BTreeSet::from(["ww-red", "wwv00000001"]));
+    assert_eq!(
+        deleted,
+        BTreeSet::from(["ww-red", "wwv0000000a", "wwv0000000b"])
+    );
     assert!(
         ops.iter().all(|o| match o {
             Op::DeleteLink { .. } => true,
             Op::RemoveRule(Rule::Lookup { iif, .. } | Rule::Reject { iif, .. }) =>
-                iif == "ww-red" || iif == "wwv00000001",
+                ["ww-red", "wwv0000000a", "wwv0000000b"].contains(&iif.as_str()),
             _ => false,
         }),
         "{ops:#?}"
@@ -328,7 +297,8 @@ fn what_cannot_be_applied_is_reported_and_the_rest_goes_ahead() {
     let mut broken = green();
     broken.cidr = "not-a-cidr".into();
     let mut starting = red();
-    starting.members[0] = starting.members[0].clone().in_pod("uid-1");
+    starting.members.truncate(1);
+    starting.members[0].netns = None;
     let (plane, errors) = desired(&state(vec![starting, broken]), pods_running);
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
@@ -453,7 +423,7 @@ fn endpoints_by_name_are_resolved_or_left_out_and_reported() {
         "{}",
         errors[0]
     );
-    assert_eq!(plane.members.len(), 1, "the rest of the service is applied");
+    assert_eq!(plane.members.len(), 2, "the rest of the service is applied");
 }
 
 #[test]

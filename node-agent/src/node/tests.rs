@@ -4,11 +4,12 @@ use http::{Request, Response};
 use kube::client::Body;
 
 use super::*;
+use crate::testing::test_key;
 
 fn facts() -> NodeFacts {
     NodeFacts {
         node: "node-a".into(),
-        public_key: "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=".into(),
+        public_key: test_key(1),
         underlay: "192.0.2.7".parse().unwrap(),
     }
 }
@@ -66,7 +67,7 @@ async fn annotates_its_node_once_with_exactly_the_permissions_it_is_granted() {
         assert_eq!(
             patch["metadata"]["annotations"],
             json!({
-                "wireway.dev/public-key": "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=",
+                "wireway.dev/public-key": test_key(1),
                 "wireway.dev/underlay-address": "192.0.2.7",
             })
         );
@@ -76,7 +77,7 @@ async fn annotates_its_node_once_with_exactly_the_permissions_it_is_granted() {
         let (request, send) = handle.next_request().await.unwrap();
         called.insert(needs(&request));
         send.send_response(Response::new(Body::from(node(json!({
-            "wireway.dev/public-key": "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=",
+            "wireway.dev/public-key": test_key(1),
             "wireway.dev/underlay-address": "192.0.2.7",
         })))));
         called

@@ -1,6 +1,7 @@
 //! The session against an operator's node API served in the test on a Unix socket (real
 //! gRPC, the operator's part played by the test), converging a fake kernel.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::pin::Pin;
 
@@ -8,8 +9,8 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
+use wireway_proto::ReportAck;
 use wireway_proto::node_api_server::{NodeApi, NodeApiServer};
-use wireway_proto::{ReportAck, ServiceState};
 use wireway_runtime::listen::{Address, serve_grpc};
 
 use super::*;
@@ -99,7 +100,7 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, operator: &str, kernel: &FakeKernel) -> Self {
-        let netns = pods_in(dir, &["0a", "0c"]).unwrap();
+        let netns = pods_in(dir, &PODS).unwrap();
         let config = Config {
             operator: operator.to_owned(),
             server_name: "wireway-operator".into(),
@@ -142,36 +143,6 @@ impl Running {
     }
 }
 
-fn red() -> ServiceState {
-    service("red/red")
-        .port(51821)
-        .cidr("10.100.0.0/16")
-        .member(
-            member("red/red-a")
-                .in_pod("0a")
-                .host_side("wwv0000000a")
-                .at("10.100.0.1"),
-        )
-        .peer(
-            peer("node-2")
-                .key(&test_key(2))
-                .at("192.168.77.2:51821")
-                .allowing("10.100.1.0/24"),
-        )
-}
-
-fn green() -> ServiceState {
-    service("green/green")
-        .port(51820)
-        .cidr("fd00:200::/48")
-        .member(
-            member("green/green-a")
-                .in_pod("0c")
-                .host_side("wwv0000000c")
-                .at("fd00:200::1"),
-        )
-}
-
 fn observes(kernel: &FakeKernel) -> usize {
     let calls = kernel.calls();
     calls.iter().filter(|c| **c == Call::Observe).count()
@@ -197,12 +168,13 @@ async fn follows_the_stream_applies_only_newer_versions_and_reports_each() {
     assert_eq!(report.applied_version, 1);
     assert_eq!(report.problems, Vec::<String>::new());
     assert_eq!(report.errors, []);
-    let peers: Vec<(&str, &str)> = report
+    let peers: BTreeSet<(&str, String)> = report
         .peers
         .iter()
-        .map(|p| (p.interface_name.as_str(), p.public_key.as_str()))
+        .map(|p| (p.interface_name.as_str(), p.public_key.clone()))
         .collect();
-    assert_eq!(peers, [("ww-red", test_key(2).as_str())]);
+    let keys = [test_key(2), test_key(3), test_key(9)];
+    assert_eq!(peers, BTreeSet::from(keys.map(|k| ("ww-red", k))));
     assert!(kernel.held().wireguard.contains_key("ww-red"));
 
     // The same version again, whatever it says, is not applied; the next one is.
@@ -271,12 +243,12 @@ async fn what_failed_is_reported_to_the_operator_by_category() {
     let session = Running::start(dir.path(), &operator.address, &kernel);
 
     let (_, states) = operator.watch().await;
-    // red-b's pod has no namespace on this node yet.
+    // red-c's pod (0d) has no namespace on this node yet.
     let red = red().member(
-        member("red/red-b")
-            .in_pod("0b")
-            .host_side("wwv0000000b")
-            .at("10.100.0.2"),
+        member("red/red-c")
+            .in_pod("0d")
+            .host_side("wwv0000000d")
+            .at("10.100.0.3"),
     );
     states.send(node("node-1").with(red)).unwrap();
     let report = operator.report().await;
@@ -296,7 +268,7 @@ async fn what_failed_is_reported_to_the_operator_by_category() {
     );
     assert_eq!(
         report.errors[1].last_message,
-        "service red/red: member red/red-b: its network namespace was not found (yet)"
+        "service red/red: member red/red-c: its network namespace was not found (yet)"
     );
     assert_eq!(
         report.problems,

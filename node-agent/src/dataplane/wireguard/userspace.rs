@@ -303,17 +303,18 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
 mod tests {
     use super::super::{generate_key, public_key};
     use super::*;
+    use crate::testing::test_key;
 
     #[test]
     fn parses_what_boringtun_reports() {
-        let key = "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=";
-        let hex_key = hex(&key_bytes(key).unwrap());
+        let key = test_key(1);
+        let hex_key = hex(&key_bytes(&key).unwrap());
         let response = format!(
             "own_public_key=00\nlisten_port=51820\npublic_key={hex_key}\nendpoint=192.0.2.1:51820\nallowed_ip=10.100.1.0/24\npersistent_keepalive_interval=25\nlast_handshake_time_sec=3\nrx_bytes=10\ntx_bytes=20\nerrno=0\n\n"
         );
         let state = parse_get(&response);
         assert_eq!(state.listen_port, 51820);
-        let peer = &state.peers[key];
+        let peer = &state.peers[&key];
         assert_eq!(peer.endpoint.as_deref(), Some("192.0.2.1:51820"));
         assert_eq!(
             peer.allowed_ips,
@@ -321,7 +322,7 @@ mod tests {
         );
         assert_eq!(peer.persistent_keepalive, 25);
         assert_eq!(
-            state.stats[key],
+            state.stats[&key],
             PeerStats {
                 handshake_age: Some(3),
                 rx_bytes: 10,
