@@ -29,8 +29,13 @@ fetch() {
     (cd "$cache/debs" && apt-get download -q "$kernel" qemu-system-x86 qemu-system-common \
         qemu-system-data seabios busybox-static libcapstone4 libfdt1 libibverbs1 libpmem1 \
         librdmacm1 libslirp0 libvdeplug2 libndctl6 libdaxctl1 libnl-3-200 libnl-route-3-200 \
-        >/dev/null 2>&1) || skip "could not download $kernel and QEMU"
+        liburing2 libfuse3-3 libaio1 >/dev/null 2>&1) || skip "could not download $kernel and QEMU"
     for deb in "$cache"/debs/*.deb; do dpkg-deb -x "$deb" "$root"; done
+    # Every library QEMU links must be here or on the host: a machine without one fails
+    # here, naming it, rather than as a VM that never speaks.
+    local missing
+    missing=$(LD_LIBRARY_PATH=$(libs) ldd "$root/usr/bin/qemu-system-x86_64" | awk '/not found/ {print $1}')
+    [ -z "$missing" ] || { echo "vm: QEMU needs libraries this script does not download: $missing" >&2; exit 1; }
     local version=${kernel#linux-image-}
     depmod -b "$root" "$version"
     echo "$version" > "$cache/version"
@@ -67,14 +72,15 @@ INIT
     (cd "$dir" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$cache/initramfs.gz")
 }
 
+libs() { echo "$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu"; }
+
 run() {
     local script
     script=$(realpath "$1")
     fetch
     local version
     version=$(cat "$cache/version")
-    local lib=$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu
-    LD_LIBRARY_PATH=$lib timeout 1200 "$root/usr/bin/qemu-system-x86_64" -accel tcg -m 2048 -smp 2 \
+    LD_LIBRARY_PATH=$(libs) timeout 1200 "$root/usr/bin/qemu-system-x86_64" -accel tcg -m 2048 -smp 2 \
         -L "$root/usr/share/seabios" -L "$root/usr/share/qemu" \
         -kernel "$root/boot/vmlinuz-$version" -initrd "$cache/initramfs.gz" \
         -append "console=ttyS0 quiet panic=-1 ww.script=$script" \
