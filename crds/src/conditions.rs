@@ -28,6 +28,9 @@ pub mod reason {
     /// No rule admits the workload: it is outside the service's namespace and no allow
     /// rule matches it.
     pub const NOT_ADMITTED: &str = "NotAdmitted";
+    /// The workload is a member of the service through another Endpoint already (the
+    /// first by name): a pod is one member however many Endpoints attach it.
+    pub const DUPLICATE_MEMBER: &str = "DuplicateMember";
     /// A pod would get two interfaces of one name, from Endpoints of two services; the
     /// Endpoint that claimed the name first keeps it.
     pub const INTERFACE_NAME_CONFLICT: &str = "InterfaceNameConflict";

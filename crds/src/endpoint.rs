@@ -120,9 +120,10 @@ pub struct EndpointStatus {
     pub observed_generation: Option<i64>,
 
     /// Current state: `Ready` is True when every selected workload is admitted, has an
-    /// address and is in place on its node; otherwise False with a reason
-    /// (NetworkServiceNotFound, NotAdmitted, Denied, AddressPoolExhausted, NoMembers,
-    /// InterfaceNameConflict, InvalidSpec, Progressing).
+    /// address and is in place on its node (reason Ready, or NoMembers when it selects
+    /// none); otherwise False with a reason (NetworkServiceNotFound, InvalidSpec,
+    /// NotAdmitted, Denied, DuplicateMember, InterfaceNameConflict, OverlappingPrefix,
+    /// AddressPoolExhausted, Progressing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
@@ -161,7 +162,10 @@ pub struct MemberStatus {
     /// Whether the workload is admitted to the service.
     pub admitted: bool,
 
-    /// Why: Admitted, Denied or NotAdmitted.
+    /// Why: the admission decision (Admitted, Denied, NotAdmitted), or why a workload is
+    /// not a member all the same: DuplicateMember (it is one through another Endpoint),
+    /// InterfaceNameConflict, OverlappingPrefix, or InvalidSpec (also for an identity
+    /// that does not parse).
     pub reason: String,
 
     /// The rule behind the decision, for a person: for example "same namespace as the

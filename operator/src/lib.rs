@@ -9,8 +9,11 @@
 
 pub mod controller;
 pub mod engine;
+pub mod kind;
 pub mod metrics;
 pub mod plan;
 pub mod serve;
 pub mod snapshot;
 pub mod source;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

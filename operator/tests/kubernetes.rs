@@ -20,12 +20,15 @@ use wireway_operator::controller::auth::TokenReviewer;
 use wireway_operator::controller::lease::{Election, Round};
 use wireway_operator::controller::status::StatusWriter;
 use wireway_operator::engine::{Config, Engine, Hub, Input, Published};
+use wireway_operator::kind::Kind;
 use wireway_operator::metrics::Metrics;
 use wireway_operator::plan::events::Event;
 use wireway_operator::serve::TokenAuthenticator;
-use wireway_operator::source::kubernetes::{Kind, Objects};
+use wireway_operator::source::kubernetes::Objects;
 use wireway_operator::source::{self};
-use wireway_proto::{AgentHello, AgentReport};
+use wireway_operator::testing::objects::pod;
+use wireway_operator::testing::{KEY_A, hello};
+use wireway_proto::AgentReport;
 use wireway_runtime::http::Readiness;
 use wireway_testkit::rbac;
 
@@ -163,19 +166,11 @@ fn admission() -> DynamicObject {
     }))
 }
 
-fn pod(name: &str, namespace: &str) -> DynamicObject {
-    object(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}"), "labels": {"net": "red"}},
-        "spec": {"nodeName": "node-a", "containers": [{"name": "app"}]},
-    }))
-}
-
 fn node() -> DynamicObject {
     object(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "node-a", "annotations": {
-            "wireway.dev/public-key": "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=",
+            "wireway.dev/public-key": KEY_A,
             "wireway.dev/underlay-address": "192.0.2.1",
         }},
     }))
@@ -225,19 +220,14 @@ impl Operator {
     }
 
     fn watch(&mut self, kind: Kind, event: watcher::Event<DynamicObject>) {
-        for out in self.objects.take(kind, event) {
+        for out in self.objects.apply_event(kind, event) {
             self.engine.handle(Input::Source(out));
         }
         self.engine.step();
     }
 
     fn agent(&mut self, applied: Option<u64>) {
-        self.engine.handle(Input::Hello(AgentHello {
-            node: "node-a".into(),
-            public_key: "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=".into(),
-            underlay_address: "192.0.2.1".into(),
-            ..AgentHello::default()
-        }));
+        self.engine.handle(Input::Hello(hello("node-a")));
         if let Some(version) = applied {
             self.engine.handle(Input::Report(AgentReport {
                 node: "node-a".into(),
@@ -276,7 +266,7 @@ async fn status_writes(calls: &Calls) {
         ),
         (Kind::Endpoint, endpoint()),
         (Kind::Admission, admission()),
-        (Kind::Pod, pod("red-a", "red")),
+        (Kind::Pod, pod("red", "red-a")),
         (Kind::Node, node()),
     ]);
     op.agent(Some(1));
@@ -356,7 +346,7 @@ async fn standby_writes_nothing(calls: &Calls) {
             service(json!(["wireway.dev/cleanup"]), false),
         ),
         (Kind::Endpoint, endpoint()),
-        (Kind::Pod, pod("red-a", "red")),
+        (Kind::Pod, pod("red", "red-a")),
         (Kind::Node, node()),
     ]);
     let (lead, leader) = watch::channel(false);
@@ -434,7 +424,7 @@ async fn events_for_admission_and_failures(calls: &Calls) {
             service(json!(["wireway.dev/cleanup"]), false),
         ),
         (Kind::Endpoint, endpoint()),
-        (Kind::Pod, pod("red-a", "red")),
+        (Kind::Pod, pod("red", "red-a")),
         (Kind::Node, node()),
     ]);
     // An Endpoint in another namespace asks to join red; no Admission lets it in.
@@ -443,7 +433,7 @@ async fn events_for_admission_and_failures(calls: &Calls) {
         "metadata": {"name": "join", "namespace": "other", "uid": "uid-join", "generation": 1},
         "spec": {"networkService": {"name": "red", "namespace": "red"}, "podSelector": {"matchLabels": {"net": "red"}}},
     }));
-    op.watch(Kind::Pod, watcher::Event::Apply(pod("intruder", "other")));
+    op.watch(Kind::Pod, watcher::Event::Apply(pod("other", "intruder")));
     op.watch(Kind::Endpoint, watcher::Event::Apply(outsider));
     let mut told = Vec::new();
     while let Ok(event) = op.events.try_recv() {
@@ -558,7 +548,7 @@ async fn finalizer_added_then_released_after_cleanup(calls: &Calls) {
             service(json!(["example.com/keep"]), false),
         ),
         (Kind::Endpoint, endpoint()),
-        (Kind::Pod, pod("red-a", "red")),
+        (Kind::Pod, pod("red", "red-a")),
         (Kind::Node, node()),
     ]);
     op.agent(Some(1));

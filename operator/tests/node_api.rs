@@ -12,38 +12,14 @@ use wireway_operator::engine::{Config, Engine, Hub, Input};
 use wireway_operator::metrics::Metrics;
 use wireway_operator::serve::{Auth, NodeApiServer, NodeApiService};
 use wireway_operator::source::{self, manifests::Manifests};
+use wireway_operator::testing::hello;
+use wireway_operator::testing::manifests::{RED, pod};
+use wireway_proto::AgentReport;
 use wireway_proto::node_api_client::NodeApiClient;
-use wireway_proto::{AgentHello, AgentReport};
 use wireway_runtime::http::Readiness;
 use wireway_runtime::listen::{Address, Listener, grpc_channel, serve_grpc};
 use wireway_runtime::pki::{self, Subject};
 use wireway_runtime::tls::{OPERATOR_SERVER_NAME, Pem, TlsArgs};
-
-const MANIFESTS: &str = "\
-apiVersion: wireway.dev/v1alpha1
-kind: NetworkService
-metadata: {name: red, namespace: red}
-spec: {cidr: 10.100.0.0/16, nodePrefixLength: 24}
----
-apiVersion: wireway.dev/v1alpha1
-kind: Endpoint
-metadata: {name: members, namespace: red}
-spec:
-  networkService: {name: red}
-  podSelector: {matchLabels: {net: red}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: red-a, namespace: red, labels: {net: red}}
-spec: {nodeName: node-a, containers: [{name: app, image: busybox}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: red-b, namespace: red, labels: {net: red}}
-spec: {nodeName: node-b, containers: [{name: app, image: busybox}]}
-";
-
-const KEY_A: &str = "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=";
 
 /// A CA and certificates for the operator and two nodes, in `dir`.
 fn certificates(dir: &Path) -> impl Fn(&str) -> Pem {
@@ -81,7 +57,8 @@ fn certificates(dir: &Path) -> impl Fn(&str) -> Pem {
     }
 }
 
-/// An operator (engine and node API) serving the manifests above on `address`.
+/// An operator (engine and node API) serving red, with a pod on node-a and one on node-b,
+/// on `address`.
 async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
     let hub = Arc::new(Hub::default());
     let (metrics, _) = Metrics::new();
@@ -101,7 +78,13 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
     let (inputs, received) = mpsc::channel(64);
     tokio::spawn(engine.run(received));
     let mut source = Manifests::new(vec![PathBuf::from("/m")]).unwrap();
-    let scan = source.update([(PathBuf::from("/m/red.yaml"), Ok(MANIFESTS.to_owned()))].into());
+    let manifests = [
+        RED.to_owned(),
+        pod("red-a", "node-a"),
+        pod("red-b", "node-b"),
+    ]
+    .join("---\n");
+    let scan = source.update([(PathBuf::from("/m/red.yaml"), Ok(manifests))].into());
     inputs
         .send(Input::Source(source::Event::Changes(scan.changes)))
         .await
@@ -125,15 +108,6 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
         .add_service(NodeApiServer::new(service));
     tokio::spawn(serve_grpc(router, listener, std::future::pending()));
     (bound, hub)
-}
-
-fn hello(node: &str) -> AgentHello {
-    AgentHello {
-        node: node.into(),
-        public_key: KEY_A.into(),
-        underlay_address: "192.0.2.1".into(),
-        ..AgentHello::default()
-    }
 }
 
 async fn client(

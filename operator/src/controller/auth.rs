@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Client;
 use kube::api::{Api, PostParams};
+use wireway_runtime::errors::chain;
 
 use crate::plan::names::stable_hash;
 use crate::serve::TokenAuthenticator;
@@ -75,7 +76,7 @@ impl TokenAuthenticator for TokenReviewer {
         let reviewed = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| format!("the TokenReview failed: {}", crate::engine::chain(&e)))?;
+            .map_err(|e| format!("the TokenReview failed: {}", chain(&e)))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(format!(

@@ -2,21 +2,20 @@
 //! this operator leads. Events are best effort: one that cannot be published is logged
 //! and counted, never retried.
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use tokio::sync::{mpsc, watch};
+use wireway_runtime::errors::chain;
 
+use crate::engine::Addressed;
+use crate::kind::Kind;
 use crate::metrics::{Metrics, category};
 use crate::plan::events::Event;
-
-/// An event and the object it is on.
-pub type Addressed = (Event, ObjectReference);
 
 /// The `action` of an event: what the operator did.
 fn action(event: &Event) -> &'static str {
     match event.kind {
-        "Endpoint" if event.reason != "Ready" && !event.reason.is_empty() => "Admit",
+        Kind::Endpoint if event.reason != "Ready" && !event.reason.is_empty() => "Admit",
         _ => "Plan",
     }
 }
@@ -52,7 +51,7 @@ pub async fn run(
         };
         if let Err(e) = recorder.publish(&published, &reference).await {
             metrics.error(category::EVENT);
-            tracing::warn!(object = %event.key, reason = event.reason, error = %crate::engine::chain(&e), "event not published");
+            tracing::warn!(object = %event.key, reason = event.reason, error = %chain(&e), "event not published");
         }
     }
 }

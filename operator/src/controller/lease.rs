@@ -14,6 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
+use wireway_runtime::errors::chain;
 
 use crate::metrics::{Metrics, category};
 
@@ -113,7 +114,7 @@ impl Election {
                     // A conflict means someone else wrote first; anything else: keep
                     // leading only while the Lease we hold is surely still ours.
                     metrics.error(category::LEADER_ELECTION);
-                    tracing::warn!(error = %crate::engine::chain(&e), "leader election round failed");
+                    tracing::warn!(error = %chain(&e), "leader election round failed");
                     *leader.borrow()
                         && last_renewed.is_some_and(|t| t.elapsed() < self.duration - renew)
                 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kube::Client;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{Hub, Published};
+use crate::engine::{Addressed, Hub, Published};
 use crate::metrics::Metrics;
 
 /// Where the operator runs in the cluster.
@@ -32,7 +32,7 @@ pub struct Config {
 pub fn start(
     client: Client,
     hub: &Hub,
-    events: mpsc::Receiver<events::Addressed>,
+    events: mpsc::Receiver<Addressed>,
     config: Config,
     metrics: Metrics,
 ) -> watch::Receiver<bool> {

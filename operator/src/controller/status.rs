@@ -18,19 +18,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use wireway_crds::FINALIZER;
 use wireway_crds::conditions::{READY, reason};
-use wireway_crds::{API_VERSION, FINALIZER};
+use wireway_runtime::errors::chain;
 
 use crate::engine::{FinalizerAction, Published};
+use crate::kind::Kind;
 use crate::metrics::{Metrics, category};
 use crate::plan::ObjectKey;
-use crate::source::kubernetes::Kind;
+use crate::plan::status::condition_time;
+use crate::source::kubernetes::resource;
 
 /// The field manager of every write of the operator's.
 pub const FIELD_MANAGER: &str = "wireway-operator";
@@ -68,7 +72,7 @@ pub fn failure(error: &kube::Error) -> Failure {
 enum Write {
     Status(Kind, ObjectKey),
     Finalizers(ObjectKey),
-    Invalid(String, ObjectKey),
+    Invalid(Kind, ObjectKey),
 }
 
 /// A write that failed: what it wrote, and when it may be tried again (`None`: not
@@ -86,7 +90,7 @@ pub struct StatusWriter {
     metrics: Metrics,
     retries: BTreeMap<Write, Retry>,
     /// Invalid-spec conditions written, by object: the message.
-    marked: BTreeMap<(String, ObjectKey), String>,
+    marked: BTreeMap<(Kind, ObjectKey), String>,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -99,11 +103,7 @@ impl std::fmt::Debug for StatusWriter {
 }
 
 fn api(client: &Client, kind: Kind, key: &ObjectKey) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), &key.namespace, &kind.resource())
-}
-
-fn kind_named(kind: &str) -> Option<Kind> {
-    Kind::ALL.into_iter().find(|k| k.resource().kind == kind)
+    Api::namespaced_with(client.clone(), &key.namespace, &resource(kind))
 }
 
 impl StatusWriter {
@@ -165,11 +165,9 @@ impl StatusWriter {
             let Some(object) = &problem.object else {
                 continue;
             };
-            let Some(kind) = kind_named(&object.kind) else {
-                continue;
-            };
+            let kind = object.kind;
             let key = ObjectKey::new(&object.namespace, &object.name);
-            if self.marked.get(&(object.kind.clone(), key.clone())) == Some(&problem.message) {
+            if self.marked.get(&(kind, key.clone())) == Some(&problem.message) {
                 continue;
             }
             let condition = json!({
@@ -178,10 +176,10 @@ impl StatusWriter {
                 "reason": reason::INVALID_SPEC,
                 "message": problem.message,
                 "observedGeneration": object.generation,
-                "lastTransitionTime": crate::engine::now_time(),
+                "lastTransitionTime": condition_time(Timestamp::now()),
             });
             let body = json!({"status": {"conditions": [condition], "observedGeneration": object.generation}});
-            let write = Write::Invalid(object.kind.clone(), key.clone());
+            let write = Write::Invalid(kind, key.clone());
             let api = api(&self.client, kind, &key);
             let params = PatchParams::default();
             if self
@@ -192,15 +190,14 @@ impl StatusWriter {
                 .await
             {
                 let key = ObjectKey::new(&object.namespace, &object.name);
-                self.marked
-                    .insert((object.kind.clone(), key), problem.message.clone());
+                self.marked.insert((kind, key), problem.message.clone());
             }
         }
         // Objects that decode again are no longer marked.
         self.marked.retain(|(kind, key), _| {
             p.invalid.iter().any(|i| {
                 i.object.as_ref().is_some_and(|o| {
-                    &o.kind == kind && o.namespace == key.namespace && o.name == key.name
+                    o.kind == *kind && o.namespace == key.namespace && o.name == key.name
                 })
             })
         });
@@ -221,8 +218,8 @@ impl StatusWriter {
             return;
         }
         let body = json!({
-            "apiVersion": API_VERSION,
-            "kind": kind.resource().kind,
+            "apiVersion": kind.api_version(),
+            "kind": kind.name(),
             "status": desired,
         });
         let api = api(&self.client, kind, key);
@@ -283,7 +280,7 @@ impl StatusWriter {
                 };
                 self.metrics.error(what);
                 let failure = failure(&e);
-                tracing::warn!(write = ?write, ?failure, error = %crate::engine::chain(&e), "write failed");
+                tracing::warn!(write = ?write, ?failure, error = %chain(&e), "write failed");
                 match failure {
                     Failure::Gone => {
                         self.retries.remove(&write);

@@ -1,16 +1,22 @@
 //! Where the engine publishes and the servers subscribe: one watch channel per node for
-//! its NodeState (so only nodes whose state changed are woken), and one for the status
-//! snapshot.
+//! its NodeState (so only nodes whose state changed are woken), one for the status
+//! snapshot, and one for what the Kubernetes controller acts on. What the engine sends
+//! out besides (events on objects, [`Addressed`]) is defined here too.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::watch;
 use wireway_proto::NodeState;
 
+use crate::plan::events::Event;
 use crate::plan::{ObjectKey, Statuses};
 use crate::snapshot::Snapshot;
 use crate::source::Problem;
+
+/// An event and the object it is on, as the engine tells the controller.
+pub type Addressed = (Event, ObjectReference);
 
 /// What the engine publishes for the Kubernetes controller: the statuses to write, what
 /// the objects hold now, and the finalizers to add or remove.

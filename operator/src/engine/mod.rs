@@ -2,6 +2,12 @@
 //! agents say, plans, publishes each changed node's state and the statuses on the
 //! [`Hub`], and keeps the [`store`] up to date.
 //!
+//! This module is the run loop (inputs in batches, then one plan, then what follows from
+//! it). Beside it: `agents` (hellos, reports, the nodes they make and the grace the first
+//! plan gives them), `cleanup` (NetworkServices' finalizers), `objects` (what the engine
+//! does with every kind's statuses alike), `shown` (the status snapshot and the metrics),
+//! [`hub`] (where it publishes) and [`store`] (its state on disk).
+//!
 //! Guarantees:
 //! * nothing is served before every source has synced (a state made from half a World
 //!   would drop peers and members);
@@ -11,32 +17,36 @@
 //! * a node's state is published only when it changed;
 //! * inputs are handled in batches: all that is waiting, then one plan.
 
+mod agents;
+mod cleanup;
 pub mod hub;
+mod objects;
+mod shown;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::mpsc;
-use wireway_crds::{Admission, Endpoint, NetworkService};
-use wireway_proto::{AgentHello, AgentReport, WireGuardBackend};
+use wireway_proto::{AgentHello, AgentReport};
+use wireway_runtime::errors::chain;
 use wireway_runtime::http::Readiness;
 
-use crate::controller::events::Addressed;
+use crate::kind::Kind;
 use crate::metrics::{Metrics, category};
 use crate::plan::events::{self, Event};
-use crate::plan::status::carry_transitions;
+use crate::plan::status::condition_time;
 use crate::plan::{Change, Node, ObjectKey, Plan, Planner, Statuses, World};
-use crate::snapshot::{ErrorSummary, NodeSummary, Snapshot};
 use crate::source::{self, Problem};
-pub use hub::{FinalizerAction, Hub, Published};
-use k8s_openapi::api::core::v1::ObjectReference;
-use store::{AgentRecord, Store, StoreError, Stored};
+use agents::Agent;
+use cleanup::Finalizers;
+pub use hub::{Addressed, FinalizerAction, Hub, Published};
+use objects::{Object, carry, restore, same_spec, seen, statuses_of};
+use store::{Store, StoreError, Stored};
 
 /// What the engine is told.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,33 +81,6 @@ pub struct Config {
     pub kubernetes: bool,
 }
 
-/// A NetworkService being deleted: the nodes that carried it, and (once planned
-/// without it) the versions they must apply before its finalizer goes.
-#[derive(Debug, Clone, Default)]
-struct Cleanup {
-    carriers: Vec<String>,
-    required: Option<BTreeMap<String, u64>>,
-}
-
-/// What the engine knows of an agent beyond what it stores.
-#[derive(Debug, Clone, Default)]
-struct Agent {
-    record: AgentRecord,
-    /// Streams open now.
-    connections: u32,
-    /// When the last report arrived (ms since the Unix epoch).
-    applied_at_ms: Option<u64>,
-    /// What the agent could not apply in its last pass.
-    problems: Vec<String>,
-    /// Unix time of each peer's last handshake, 0 for none, in the last report.
-    handshakes: Vec<i64>,
-    /// The agent's errors since it started, in the last report.
-    errors: Vec<ErrorSummary>,
-}
-
-/// How long a WireGuard session lives without a new handshake (REJECT_AFTER_TIME).
-const SESSION_LIFETIME_SECONDS: i64 = 180;
-
 /// The engine's state.
 #[derive(Debug)]
 pub struct Engine {
@@ -118,34 +101,14 @@ pub struct Engine {
     restored: Option<Stored>,
     /// The statuses the objects hold, as the source last delivered them.
     live: Statuses,
-    /// NetworkServices' finalizers and resourceVersion, as last delivered.
-    finalizers: BTreeMap<ObjectKey, (Vec<String>, Option<String>)>,
-    /// NetworkServices being deleted that wait for their cleanup.
-    deleting: BTreeMap<ObjectKey, Cleanup>,
+    /// NetworkServices' finalizers, and the cleanups their removal waits for.
+    finalizers: Finalizers,
     /// Where events go (the controller); `None` tells none.
     events: Option<mpsc::Sender<Addressed>>,
     store: Option<Store>,
     hub: Arc<Hub>,
     metrics: Metrics,
     readiness: Readiness,
-}
-
-/// Now, to the second: conditions' times are stored with second precision, so a time
-/// with more would never compare equal to what the API server gives back.
-pub fn now_time() -> Time {
-    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn backend_name(backend: i32) -> &'static str {
-    WireGuardBackend::try_from(backend)
-        .unwrap_or(WireGuardBackend::WireguardBackendUnspecified)
-        .label()
 }
 
 impl Engine {
@@ -166,7 +129,7 @@ impl Engine {
         };
         let world = World {
             trust_domain: config.trust_domain.clone(),
-            now: now_time(),
+            now: condition_time(Timestamp::now()),
             nodes: Vec::new(),
             namespaces: Vec::new(),
             pods: Vec::new(),
@@ -187,23 +150,12 @@ impl Engine {
             stale: true,
             plans: 0,
             declared: BTreeMap::new(),
-            agents: stored
-                .agents
-                .iter()
-                .map(|(node, record)| {
-                    let agent = Agent {
-                        record: record.clone(),
-                        ..Agent::default()
-                    };
-                    (node.clone(), agent)
-                })
-                .collect(),
+            agents: agents::restored(&stored.agents),
             problems: Vec::new(),
             published: Statuses::default(),
             restored: Some(stored),
             live: Statuses::default(),
-            finalizers: BTreeMap::new(),
-            deleting: BTreeMap::new(),
+            finalizers: Finalizers::default(),
             events: None,
             store,
             hub,
@@ -266,45 +218,9 @@ impl Engine {
                 self.synced = true;
                 self.dirty = true;
             }
-            Input::Hello(hello) => {
-                let agent = self.agents.entry(hello.node.clone()).or_default();
-                agent.connections += 1;
-                agent.record = AgentRecord {
-                    public_key: hello.public_key,
-                    underlay: hello.underlay_address.parse().ok(),
-                    underlay_mtu: (hello.underlay_mtu > 0).then_some(hello.underlay_mtu),
-                    backend: backend_name(hello.backend).to_owned(),
-                    hello_version: hello.applied_version,
-                    applied_version: hello.applied_version,
-                };
-                self.update_node(&hello.node);
-            }
-            Input::Report(report) => {
-                self.metrics.reports.inc();
-                let agent = self.agents.entry(report.node.clone()).or_default();
-                agent.record.applied_version = report.applied_version;
-                agent.applied_at_ms = Some(now_ms());
-                agent.problems = report.problems;
-                agent.handshakes = report
-                    .peers
-                    .iter()
-                    .map(|p| p.last_handshake_unix_seconds)
-                    .collect();
-                agent.errors = report
-                    .errors
-                    .into_iter()
-                    .map(|e| ErrorSummary {
-                        category: e.category,
-                        count: e.count,
-                        last_message: e.last_message,
-                    })
-                    .collect();
-            }
-            Input::Disconnected(node) => {
-                if let Some(agent) = self.agents.get_mut(&node) {
-                    agent.connections = agent.connections.saturating_sub(1);
-                }
-            }
+            Input::Hello(hello) => self.hello(hello),
+            Input::Report(report) => self.report(report),
+            Input::Disconnected(node) => self.disconnected(&node),
         }
     }
 
@@ -333,9 +249,7 @@ impl Engine {
                 );
                 let unchanged = same_spec(self.planner.network_service(&key), o);
                 if self.config.kubernetes {
-                    let current = o.metadata.finalizers.clone().unwrap_or_default();
-                    let version = o.metadata.resource_version.clone();
-                    self.finalizers.insert(key.clone(), (current, version));
+                    self.finalizers.seen(&key, o);
                 }
                 if o.metadata.deletion_timestamp.is_some() {
                     self.delete_service(key);
@@ -361,8 +275,7 @@ impl Engine {
             }
             Change::NetworkServiceDeleted(ref key) => {
                 self.live.network_services.remove(key);
-                self.finalizers.remove(key);
-                self.deleting.remove(key);
+                self.finalizers.forget(key);
             }
             Change::EndpointDeleted(ref key) => {
                 self.live.endpoints.remove(key);
@@ -374,106 +287,6 @@ impl Engine {
         }
         self.planner.apply(change);
         self.dirty = true;
-    }
-
-    /// A NetworkService is being deleted: it leaves the plan now, and its finalizer
-    /// waits until the nodes that carried it have applied a state without it.
-    fn delete_service(&mut self, key: ObjectKey) {
-        if self.deleting.contains_key(&key) {
-            return;
-        }
-        let name = key.to_string();
-        let carriers = self
-            .planner
-            .last_plan()
-            .nodes
-            .iter()
-            .filter(|(_, s)| s.services.iter().any(|s| s.name == name))
-            .map(|(n, _)| n.clone())
-            .collect();
-        self.deleting.insert(
-            key.clone(),
-            Cleanup {
-                carriers,
-                required: None,
-            },
-        );
-        self.planner.apply(Change::NetworkServiceDeleted(key));
-        self.dirty = true;
-    }
-
-    /// Whether a NetworkService being deleted is gone from every node that carried it
-    /// (nodes whose agent is not connected do not hold it up: they clean up when their
-    /// agent comes back).
-    fn cleaned_up(&self, cleanup: &Cleanup) -> bool {
-        let Some(required) = &cleanup.required else {
-            return false;
-        };
-        required.iter().all(|(node, version)| {
-            self.agents
-                .get(node)
-                .is_none_or(|a| a.connections == 0 || a.record.applied_version >= *version)
-        })
-    }
-
-    /// Gives the planner a node's record (declared, and what its agent said) if it changed.
-    fn update_node(&mut self, name: &str) {
-        let declared = self.declared.get(name);
-        let agent = self.agents.get(name).map(|a| &a.record);
-        let merged = match (declared, agent) {
-            (None, None) => None,
-            _ => Some(Node {
-                name: name.to_owned(),
-                public_key: agent
-                    .map(|a| a.public_key.clone())
-                    .filter(|k| !k.is_empty())
-                    .or_else(|| declared.and_then(|d| d.public_key.clone())),
-                underlay: agent
-                    .and_then(|a| a.underlay)
-                    .or_else(|| declared.and_then(|d| d.underlay)),
-                underlay_mtu: agent
-                    .and_then(|a| a.underlay_mtu)
-                    .or_else(|| declared.and_then(|d| d.underlay_mtu)),
-                seen_version: agent.map_or(0, |a| a.hello_version),
-            }),
-        };
-        let current = self.planner.node(name);
-        if merged.as_ref() == current {
-            return;
-        }
-        self.planner.apply(match merged {
-            Some(node) => Change::Node(node),
-            None => Change::NodeDeleted(name.to_owned()),
-        });
-        self.dirty = true;
-    }
-
-    /// Nodes (declared, known from agents, or running pods) whose WireGuard key is not
-    /// known yet.
-    fn keys_missing(&self) -> Vec<&str> {
-        let mut missing: Vec<&str> = self
-            .planner
-            .nodes()
-            .filter(|n| n.public_key.is_none())
-            .map(|n| n.name.as_str())
-            .collect();
-        let known: std::collections::BTreeSet<&str> =
-            self.planner.nodes().map(|n| n.name.as_str()).collect();
-        missing.extend(
-            self.planner
-                .pods()
-                .filter_map(|p| p.node.as_deref())
-                .filter(|n| !known.contains(n)),
-        );
-        missing.sort_unstable();
-        missing.dedup();
-        missing
-    }
-
-    /// Until the first plan, the moment the grace for missing agents ends (if any are).
-    fn grace_deadline(&self) -> Option<Instant> {
-        let waiting = self.synced && self.plans == 0 && !self.keys_missing().is_empty();
-        waiting.then(|| self.started + self.config.agent_grace)
     }
 
     /// Plans if there is anything to plan and the World may be served; then publishes.
@@ -498,7 +311,7 @@ impl Engine {
     fn plan(&mut self) {
         let first = self.plans == 0;
         let started = Instant::now();
-        self.planner.set_now(now_time());
+        self.planner.set_now(condition_time(Timestamp::now()));
         let plan = self.planner.plan();
         self.metrics.plans.inc();
         self.metrics
@@ -514,14 +327,7 @@ impl Engine {
                 self.hub.publish(state.clone());
             }
         }
-        for cleanup in self.deleting.values_mut().filter(|c| c.required.is_none()) {
-            let required = cleanup
-                .carriers
-                .iter()
-                .filter_map(|n| Some((n.clone(), plan.nodes.get(n)?.version)))
-                .collect();
-            cleanup.required = Some(required);
-        }
+        self.finalizers.planned(plan);
         self.plans += 1;
         self.dirty = false;
         self.stale = true;
@@ -568,45 +374,27 @@ impl Engine {
 
     /// The object an event is on.
     fn reference(&self, event: &Event) -> ObjectReference {
-        let uid = match event.kind {
-            "NetworkService" => self
+        let metadata = match event.kind {
+            Kind::NetworkService => self
                 .planner
                 .network_service(&event.key)
                 .map(|o| &o.metadata),
-            "Endpoint" => self.planner.endpoint(&event.key).map(|o| &o.metadata),
-            _ => self.planner.admission(&event.key).map(|o| &o.metadata),
-        }
-        .and_then(|m| m.uid.clone());
+            Kind::Endpoint => self.planner.endpoint(&event.key).map(|o| &o.metadata),
+            Kind::Admission => self.planner.admission(&event.key).map(|o| &o.metadata),
+            Kind::Pod | Kind::Node | Kind::Namespace => None,
+        };
         ObjectReference {
-            api_version: Some(wireway_crds::API_VERSION.to_owned()),
-            kind: Some(event.kind.to_owned()),
+            api_version: Some(event.kind.api_version().to_owned()),
+            kind: Some(event.kind.name().to_owned()),
             namespace: Some(event.key.namespace.clone()),
             name: Some(event.key.name.clone()),
-            uid,
+            uid: metadata.and_then(|m| m.uid.clone()),
             ..ObjectReference::default()
         }
     }
 
     /// What the Kubernetes controller acts on.
     fn for_controller(&self) -> Published {
-        let finalizers = self
-            .finalizers
-            .iter()
-            .filter_map(|(key, (current, resource_version))| {
-                let has = current.iter().any(|f| f == wireway_crds::FINALIZER);
-                let add = match self.deleting.get(key) {
-                    None if !has => true,
-                    Some(cleanup) if has && self.cleaned_up(cleanup) => false,
-                    _ => return None,
-                };
-                Some(FinalizerAction {
-                    key: key.clone(),
-                    add,
-                    current: current.clone(),
-                    resource_version: resource_version.clone(),
-                })
-            })
-            .collect();
         Published {
             statuses: self.published.clone(),
             live: self.live.clone(),
@@ -616,96 +404,8 @@ impl Engine {
                 .filter(|p| p.object.is_some())
                 .cloned()
                 .collect(),
-            finalizers,
+            finalizers: self.finalizers.actions(&self.agents),
         }
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let plan = self.planner.last_plan();
-        let now = Timestamp::now().as_second();
-        let small = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let mut names: Vec<&String> = plan.nodes.keys().chain(self.agents.keys()).collect();
-        names.extend(self.declared.keys());
-        names.sort();
-        names.dedup();
-        let nodes = names
-            .into_iter()
-            .map(|name| {
-                let agent = self.agents.get(name);
-                let node = self.planner.node(name);
-                let state = plan.nodes.get(name);
-                NodeSummary {
-                    name: name.clone(),
-                    connected: agent.is_some_and(|a| a.connections > 0),
-                    backend: agent.map(|a| a.record.backend.clone()),
-                    public_key: node.and_then(|n| n.public_key.clone()),
-                    underlay: node.and_then(|n| n.underlay).map(|u: IpAddr| u.to_string()),
-                    desired_version: state.map_or(0, |s| s.version),
-                    applied_version: agent.map_or(0, |a| a.record.applied_version),
-                    applied_at_ms: agent.and_then(|a| a.applied_at_ms),
-                    services: state
-                        .map(|s| s.services.iter().map(|s| s.name.clone()).collect())
-                        .unwrap_or_default(),
-                    problems: agent.map(|a| a.problems.clone()).unwrap_or_default(),
-                    peers: agent.map_or(0, |a| small(a.handshakes.len())),
-                    peers_active: agent.map_or(0, |a| {
-                        small(
-                            a.handshakes
-                                .iter()
-                                .filter(|&&at| at > 0 && now - at < SESSION_LIFETIME_SECONDS)
-                                .count(),
-                        )
-                    }),
-                    errors: agent.map(|a| a.errors.clone()).unwrap_or_default(),
-                }
-            })
-            .collect();
-        let waiting_for = self.readiness.reason();
-        Snapshot {
-            ready: waiting_for.is_none(),
-            waiting_for,
-            plans: self.plans,
-            problems: self.problems.clone(),
-            nodes,
-            network_services: shown(
-                self.planner.network_services(),
-                &self.published.network_services,
-            ),
-            endpoints: shown(self.planner.endpoints(), &self.published.endpoints),
-            admissions: shown(self.planner.admissions(), &self.published.admissions),
-        }
-    }
-
-    fn update_metrics(&self, snapshot: &Snapshot) {
-        let m = &self.metrics;
-        let connected = snapshot.nodes.iter().filter(|n| n.connected).count();
-        m.agents_connected.set(count(connected));
-        let planned = snapshot.nodes.iter().filter(|n| n.desired_version > 0);
-        let (current, behind): (Vec<&NodeSummary>, Vec<&NodeSummary>) =
-            planned.partition(|n| n.applied_version >= n.desired_version);
-        m.nodes
-            .get_or_create(&[("state", "current")])
-            .set(count(current.len()));
-        m.nodes
-            .get_or_create(&[("state", "behind")])
-            .set(count(behind.len()));
-        let lag = behind
-            .iter()
-            .map(|n| n.desired_version - n.applied_version)
-            .max()
-            .unwrap_or(0);
-        m.version_lag_max
-            .set(i64::try_from(lag).unwrap_or(i64::MAX));
-        m.objects
-            .get_or_create(&[("kind", "NetworkService")])
-            .set(count(snapshot.network_services.len()));
-        m.objects
-            .get_or_create(&[("kind", "Endpoint")])
-            .set(count(snapshot.endpoints.len()));
-        m.objects
-            .get_or_create(&[("kind", "Admission")])
-            .set(count(snapshot.admissions.len()));
-        m.source_problems.set(count(self.problems.len()));
     }
 
     /// Saves the store, once there is a plan (before, it would save a half World).
@@ -731,165 +431,6 @@ impl Engine {
             self.metrics.error(category::STORE);
             tracing::error!(error = %chain(&e), "the operator's state is not saved; a restart may renumber");
         }
-    }
-}
-
-pub use wireway_runtime::errors::chain;
-
-fn count(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// The Wireway kinds, as the engine handles them alike.
-trait Object: Clone {
-    type Status: Clone;
-    fn key(&self) -> ObjectKey;
-    fn status_mut(&mut self) -> &mut Option<Self::Status>;
-    fn status(&self) -> Option<&Self::Status>;
-}
-
-macro_rules! object {
-    ($kind:ty, $status:ty) => {
-        impl Object for $kind {
-            type Status = $status;
-            fn key(&self) -> ObjectKey {
-                ObjectKey::of(&self.metadata)
-            }
-            fn status_mut(&mut self) -> &mut Option<$status> {
-                &mut self.status
-            }
-            fn status(&self) -> Option<&$status> {
-                self.status.as_ref()
-            }
-        }
-    };
-}
-object!(NetworkService, wireway_crds::NetworkServiceStatus);
-object!(Endpoint, wireway_crds::EndpointStatus);
-object!(Admission, wireway_crds::AdmissionStatus);
-
-/// Gives an object that arrives with no status the one stored for it.
-fn restore<O: Object>(
-    restored: &mut Option<Stored>,
-    object: &mut O,
-    statuses: impl Fn(&mut Stored) -> &mut BTreeMap<String, O::Status>,
-) {
-    if let Some(stored) = restored
-        && object.status().is_none()
-    {
-        *object.status_mut() = statuses(stored).remove(&object.key().to_string());
-    }
-}
-
-/// Remembers the status an object arrives with: what it holds (for the status writer),
-/// and, the first time, what was last published (so transition times and events carry
-/// on across operator restarts).
-fn seen<O: Object>(
-    live: &mut BTreeMap<ObjectKey, O::Status>,
-    published: &mut BTreeMap<ObjectKey, O::Status>,
-    object: &O,
-) {
-    let key = object.key();
-    match object.status() {
-        Some(status) => {
-            published
-                .entry(key.clone())
-                .or_insert_with(|| status.clone());
-            live.insert(key, status.clone());
-        }
-        None => {
-            live.remove(&key);
-        }
-    }
-}
-
-/// Whether an update changes nothing the planner reads: the same generation (the API
-/// server bumps it on every spec change) and the same deletion state. Updates of status
-/// or metadata alone, such as the operator's own status writes, are not planned again.
-/// Objects without a generation (manifests) are always planned.
-fn same_spec<O: Object + Generation>(known: Option<&O>, new: &O) -> bool {
-    known.is_some_and(|k| {
-        new.generation().is_some()
-            && k.generation() == new.generation()
-            && k.deleting() == new.deleting()
-    })
-}
-
-/// What [`same_spec`] compares.
-trait Generation {
-    fn generation(&self) -> Option<i64>;
-    fn deleting(&self) -> bool;
-}
-
-impl<R: kube::Resource> Generation for R {
-    fn generation(&self) -> Option<i64> {
-        self.meta().generation
-    }
-    fn deleting(&self) -> bool {
-        self.meta().deletion_timestamp.is_some()
-    }
-}
-
-/// Objects as shown: with the statuses in effect.
-fn shown<'a, O: Object + 'a>(
-    objects: impl Iterator<Item = &'a O>,
-    statuses: &BTreeMap<ObjectKey, O::Status>,
-) -> Vec<O> {
-    objects
-        .map(|o| {
-            let mut o = o.clone();
-            *o.status_mut() = statuses.get(&o.key()).cloned();
-            o
-        })
-        .collect()
-}
-
-fn statuses_of<'a, O: Object + 'a>(
-    objects: impl Iterator<Item = &'a O>,
-    key: impl Fn(&ObjectKey) -> String,
-) -> BTreeMap<String, O::Status> {
-    objects
-        .filter_map(|o| Some((key(&o.key()), o.status()?.clone())))
-        .collect()
-}
-
-/// Statuses with conditions.
-trait Conditions {
-    fn conditions(&self) -> &[Condition];
-    fn conditions_mut(&mut self) -> &mut [Condition];
-}
-
-macro_rules! conditions {
-    ($($status:ty),*) => {$(
-        impl Conditions for $status {
-            fn conditions(&self) -> &[Condition] {
-                &self.conditions
-            }
-            fn conditions_mut(&mut self) -> &mut [Condition] {
-                &mut self.conditions
-            }
-        }
-    )*};
-}
-conditions!(
-    wireway_crds::NetworkServiceStatus,
-    wireway_crds::EndpointStatus,
-    wireway_crds::AdmissionStatus
-);
-
-/// Keeps the transition times of conditions whose status did not change since they were
-/// last published.
-fn carry<S: Conditions>(
-    statuses: &mut BTreeMap<ObjectKey, S>,
-    published: &BTreeMap<ObjectKey, S>,
-    now: &Time,
-) {
-    for (key, status) in statuses.iter_mut() {
-        let previous = published
-            .get(key)
-            .map(Conditions::conditions)
-            .unwrap_or_default();
-        carry_transitions(status.conditions_mut(), previous, now);
     }
 }
 

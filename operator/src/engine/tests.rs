@@ -4,43 +4,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::*;
-use crate::source::manifests::Manifests;
 use wireway_proto::NodeState;
+use wireway_runtime::clock::unix_seconds;
 
-const RED: &str = "\
-apiVersion: wireway.dev/v1alpha1
-kind: NetworkService
-metadata: {name: red, namespace: red}
-spec: {cidr: 10.100.0.0/16, nodePrefixLength: 24}
----
-apiVersion: wireway.dev/v1alpha1
-kind: Endpoint
-metadata: {name: members, namespace: red}
-spec:
-  networkService: {name: red}
-  podSelector: {matchLabels: {net: red}}
-";
+use super::*;
+use crate::snapshot::ErrorSummary;
+use crate::source::manifests::Manifests;
+use crate::testing::manifests::{RED, pod};
+use crate::testing::{self, KEY_A, KEY_B};
 
-/// A pod of red on `node`.
-fn pod(name: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: red, labels: {{net: red}}}}\n\
-         spec: {{nodeName: {node}, containers: [{{name: app, image: busybox}}]}}\n"
-    )
-}
-
-const KEY_A: &str = "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=";
-const KEY_B: &str = "nYawvXhOHue5ouGv9rGhEK6LbnT80hcmihwil+S9b1E=";
-
+/// `node`'s agent says hello with `key`, having applied version `applied`.
 fn hello(node: &str, key: &str, applied: u64) -> Input {
     Input::Hello(AgentHello {
-        node: node.into(),
         public_key: key.into(),
-        underlay_address: "192.0.2.1".into(),
-        backend: WireGuardBackend::WireguardBackendUserspace.into(),
         applied_version: applied,
-        ..AgentHello::default()
+        ..testing::hello(node)
     })
 }
 
@@ -321,7 +299,7 @@ fn agents_reports_show_their_peers_and_errors() {
     engine.handle(Input::Source(source::Event::Synced));
     engine.handle(hello("node-a", KEY_A, 0));
     engine.step();
-    let now = Timestamp::now().as_second();
+    let now = unix_seconds();
     let peer = |seconds_ago: Option<i64>| wireway_proto::PeerStatus {
         interface_name: "ww-red".into(),
         public_key: KEY_B.into(),

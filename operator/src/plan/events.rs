@@ -5,19 +5,18 @@
 //! * an object whose `Ready` turns False for a failure (not while it is merely
 //!   `Progressing`), and one that recovers.
 
-use super::ObjectKey;
-use super::progress::Statuses;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use wireway_crds::conditions::{READY, reason};
 
-/// The Wireway kinds, as events name them.
-pub const KINDS: [&str; 3] = ["NetworkService", "Endpoint", "Admission"];
+use super::ObjectKey;
+use super::progress::Statuses;
+use crate::kind::Kind;
 
 /// One event on one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// The object's kind: `NetworkService`, `Endpoint` or `Admission`.
-    pub kind: &'static str,
+    pub kind: Kind,
     /// The object.
     pub key: ObjectKey,
     /// `Warning` rather than `Normal`.
@@ -33,12 +32,7 @@ fn ready(conditions: &[Condition]) -> Option<&Condition> {
 }
 
 /// Ready changes worth an event: into a failure, or out of one.
-fn readiness(
-    kind: &'static str,
-    key: &ObjectKey,
-    old: &[Condition],
-    new: &[Condition],
-) -> Option<Event> {
+fn readiness(kind: Kind, key: &ObjectKey, old: &[Condition], new: &[Condition]) -> Option<Event> {
     let new = ready(new)?;
     let failed = |c: &Condition| c.status == "False" && c.reason != reason::PROGRESSING;
     let old = ready(old);
@@ -70,7 +64,7 @@ pub fn events(old: &Statuses, new: &Statuses) -> Vec<Event> {
             .get(key)
             .map(|s| s.conditions.as_slice());
         out.extend(readiness(
-            KINDS[0],
+            Kind::NetworkService,
             key,
             before.unwrap_or_default(),
             &status.conditions,
@@ -101,7 +95,7 @@ pub fn events(old: &Statuses, new: &Statuses) -> Vec<Event> {
                 ),
             };
             out.push(Event {
-                kind: KINDS[1],
+                kind: Kind::Endpoint,
                 key: key.clone(),
                 warning: !member.admitted,
                 reason: member.reason.clone(),
@@ -110,7 +104,7 @@ pub fn events(old: &Statuses, new: &Statuses) -> Vec<Event> {
         }
         let before = before.map(|s| s.conditions.as_slice());
         out.extend(readiness(
-            KINDS[1],
+            Kind::Endpoint,
             key,
             before.unwrap_or_default(),
             &status.conditions,
@@ -119,7 +113,7 @@ pub fn events(old: &Statuses, new: &Statuses) -> Vec<Event> {
     for (key, status) in &new.admissions {
         let before = old.admissions.get(key).map(|s| s.conditions.as_slice());
         out.extend(readiness(
-            KINDS[2],
+            Kind::Admission,
             key,
             before.unwrap_or_default(),
             &status.conditions,

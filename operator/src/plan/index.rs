@@ -2,7 +2,7 @@
 //!
 //! Planning is done per *target*: the key of a NetworkService, whether or not the service
 //! exists. A target's plan depends only on the service, the Endpoints naming it (and the
-//! pods they select), the Admissions naming it, the namespaces' labels, the nodes hosting
+//! pods they select), the Admissions naming it, the namespaces' labels, the nodes carrying
 //! it, and the listen port and interface name it was assigned. [`Index::apply`] says
 //! which targets (and nodes) a change can affect, so only those are planned again.
 
@@ -45,7 +45,7 @@ pub struct Index {
 pub struct Affected {
     /// Targets to plan again.
     pub targets: BTreeSet<ObjectKey>,
-    /// Nodes whose own record changed: the targets they host must be planned again, and
+    /// Nodes whose own record changed: the targets they carry must be planned again, and
     /// their state reassembled.
     pub nodes: BTreeSet<String>,
 }

@@ -5,15 +5,25 @@
 //! Plan, with what could not be honoured explained in conditions.
 //!
 //! For each NetworkService it decides who is admitted ([`admission`]), hands out node
-//! prefixes and member addresses ([`ipam`]), and from that derives what every node must
-//! hold: one WireGuard interface per service with its peers, one veth per local member,
-//! and the routes of the service's own routing table.
+//! prefixes and member addresses ([`ipam`]), and from that derives what every node that
+//! carries the service must hold: one WireGuard interface per service with its peers, and
+//! one veth per local member. (The agent derives the routes of the service's own routing
+//! table from that.)
+//!
+//! Where things are: [`world`] is the input and `index` keeps it keyed; `planner` plans
+//! incrementally, one target (a NetworkService key) at a time, through the stages of
+//! `service` (its decisions in `service::stages`, its outputs in
+//! `service::projections`); `nodes` completes each node's services (host veth names);
+//! [`progress`] turns plans into the statuses in effect while nodes catch up; [`events`]
+//! says what changed between two sets of statuses. Helpers: [`admission`] (rules),
+//! [`ipam`], [`names`] (interface names), [`selector`] (label selectors), [`status`]
+//! (conditions), [`key`].
 //!
 //! Guarantees:
 //! * no address is used twice within a service; every member's address lies in its node's
 //!   prefix, which lies in the service's pool (clusterPrefix, else cidr);
-//! * a node holds a service only if it hosts admitted members of it; its peers are the
-//!   other nodes hosting admitted members and the admitted external hosts;
+//! * a node carries a service only if admitted members of it run there; its peers are the
+//!   other carrying nodes and the admitted external hosts;
 //! * allocations recorded in statuses are kept while their owners exist;
 //! * a node whose state did not change keeps its version.
 
@@ -44,7 +54,7 @@ pub use world::{Change, Labels, Namespace, Node, Pod, World};
 /// What the planner decided: a desired state per node and a status per object.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
-    /// Desired state of every node of the World and every node hosting members; a node
+    /// Desired state of every node of the World and every node carrying a service; a node
     /// with nothing to hold gets an empty state, so its agent removes what it made.
     pub nodes: BTreeMap<String, NodeState>,
     /// Nodes whose state differs from the previous plan's (the ones to push to).

@@ -6,7 +6,7 @@ use wireway_proto::ServiceState;
 
 use super::names;
 
-/// Completes the services being (re)placed on a node: host veth names.
+/// Completes a node's services that were planned again: host veth names.
 ///
 /// Host veth names are unique on the node across services: `kept` (services staying as
 /// they are) hold theirs; a member of `services` keeps the name it had in `replaced` (its

@@ -13,10 +13,10 @@ use super::service::{self, Assigned, FIRST_LISTEN_PORT, TargetPlan};
 use super::world::{Change, World};
 use super::{ObjectKey, Plan, names, nodes};
 
-/// What the planner keeps of a planned target: the objects whose statuses it wrote, and
-/// the nodes hosting it. (Its share of each node lives in that node's state only.)
+/// What a planned target leaves in the plan: the objects whose statuses it wrote, and the
+/// nodes carrying it. (Its share of each node lives in that node's state only.)
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Placed {
+struct Footprint {
     endpoints: Vec<ObjectKey>,
     admissions: Vec<ObjectKey>,
     nodes: BTreeSet<String>,
@@ -26,7 +26,7 @@ struct Placed {
 #[derive(Debug, Clone)]
 pub struct Planner {
     index: Index,
-    targets: BTreeMap<ObjectKey, Placed>,
+    targets: BTreeMap<ObjectKey, Footprint>,
     assigned: BTreeMap<ObjectKey, Assigned>,
     plan: Plan,
     dirty_targets: BTreeSet<ObjectKey>,
@@ -63,13 +63,14 @@ impl Planner {
     pub fn apply(&mut self, change: Change) {
         let affected = self.index.apply(change);
         for node in &affected.nodes {
-            // A node's key, underlay or MTU is in every hosted service's peers and MTU.
-            let hosted = self
+            // A node's key, underlay or MTU is in the peers and MTU of every service it
+            // carries.
+            let carried = self
                 .targets
                 .iter()
                 .filter(|(_, t)| t.nodes.contains(node))
                 .map(|(k, _)| k.clone());
-            self.dirty_targets.extend(hosted.collect::<Vec<_>>());
+            self.dirty_targets.extend(carried.collect::<Vec<_>>());
         }
         self.dirty_nodes.extend(affected.nodes);
         self.dirty_targets.extend(affected.targets);
@@ -149,14 +150,14 @@ impl Planner {
             touched.extend(old.nodes.iter().cloned());
             self.forget(&old);
             let nodes = std::mem::take(&mut fresh.nodes);
-            let mut placed = self.record(&target, fresh);
+            let mut footprint = self.record(&target, fresh);
             for (node, share) in nodes {
                 touched.insert(node.clone());
-                placed.nodes.insert(node.clone());
+                footprint.nodes.insert(node.clone());
                 shares.entry(node).or_default().push(share);
             }
-            if placed != Placed::default() {
-                self.targets.insert(target, placed);
+            if footprint != Footprint::default() {
+                self.targets.insert(target, footprint);
             }
         }
         self.plan.changed_nodes.clear();
@@ -213,7 +214,7 @@ impl Planner {
     }
 
     /// Removes a target's statuses from the plan.
-    fn forget(&mut self, old: &Placed) {
+    fn forget(&mut self, old: &Footprint) {
         for key in &old.endpoints {
             self.plan.endpoints.remove(key);
         }
@@ -224,7 +225,7 @@ impl Planner {
 
     /// Puts a target's statuses into the plan and into the index, where they are the
     /// recorded allocations the next planning keeps; keeps what node assembly needs.
-    fn record(&mut self, target: &ObjectKey, fresh: TargetPlan) -> Placed {
+    fn record(&mut self, target: &ObjectKey, fresh: TargetPlan) -> Footprint {
         match fresh.service {
             Some(status) => {
                 self.plan
@@ -238,22 +239,22 @@ impl Planner {
                 self.plan.network_services.remove(target);
             }
         }
-        let mut placed = Placed::default();
+        let mut footprint = Footprint::default();
         for (key, status) in fresh.endpoints {
             self.plan.endpoints.insert(key.clone(), status.clone());
             if let Some(e) = self.index.endpoints.get_mut(&key) {
                 e.status = Some(status);
             }
-            placed.endpoints.push(key);
+            footprint.endpoints.push(key);
         }
         for (key, status) in fresh.admissions {
             self.plan.admissions.insert(key.clone(), status.clone());
             if let Some(a) = self.index.admissions.get_mut(&key) {
                 a.status = Some(status);
             }
-            placed.admissions.push(key);
+            footprint.admissions.push(key);
         }
-        placed
+        footprint
     }
 
     /// Rebuilds one node's state; a node whose state changed gets the next version.

@@ -37,14 +37,14 @@ impl Planner {
     pub fn statuses(&self, applied: impl Fn(&str) -> u64) -> Statuses {
         let plan = self.last_plan();
         // Per service (by "<namespace>/<name>"): the nodes carrying it, and those behind.
-        let mut carriers: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut carrying: BTreeMap<&str, usize> = BTreeMap::new();
         let mut behind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         let mut node_behind: BTreeMap<&str, bool> = BTreeMap::new();
         for (node, state) in &plan.nodes {
             let lags = applied(node) < state.version;
             node_behind.insert(node, lags);
             for service in &state.services {
-                *carriers.entry(&service.name).or_default() += 1;
+                *carrying.entry(&service.name).or_default() += 1;
                 if lags {
                     behind.entry(&service.name).or_default().push(node);
                 }
@@ -58,7 +58,7 @@ impl Planner {
                 let mut status = status.clone();
                 let name = key.to_string();
                 if let Some(waiting) = behind.get(name.as_str()) {
-                    let of = carriers.get(name.as_str()).copied().unwrap_or_default();
+                    let of = carrying.get(name.as_str()).copied().unwrap_or_default();
                     progressing(&mut status.conditions, waiting, of, now);
                 }
                 (key.clone(), status)

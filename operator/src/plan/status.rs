@@ -1,8 +1,16 @@
 //! Conditions, kept the Kubernetes way: `lastTransitionTime` moves only when the status
-//! of a condition changes.
+//! of a condition changes, and is kept to the second.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use wireway_crds::conditions::READY;
+
+/// The condition time of `t`, to the second: conditions' times are stored with second
+/// precision, so a time with more would never compare equal to what the API server gives
+/// back. (Callers read the clock; this stays pure.)
+pub fn condition_time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
 
 /// The `Ready` condition, keeping the transition time of `previous` when its status is
 /// unchanged.
@@ -51,6 +59,17 @@ pub fn count_of(n: usize, noun: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn condition_times_are_kept_to_the_second() {
+        let t = Timestamp::from_millisecond(1_700_000_000_999).unwrap();
+        assert_eq!(
+            super::condition_time(t).0,
+            Timestamp::from_second(1_700_000_000).unwrap()
+        );
+    }
+
     #[test]
     fn counts_agree_with_their_noun() {
         assert_eq!(super::count_of(0, "node"), "0 nodes");

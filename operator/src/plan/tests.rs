@@ -11,8 +11,7 @@ use wireway_crds::{
 };
 
 use super::*;
-
-const KEY_A: &str = "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=";
+use crate::testing::{KEY_A, labels};
 
 fn meta(ns: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -42,13 +41,6 @@ fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
         match_labels: Some(labels(pairs)),
         match_expressions: None,
     }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// An Endpoint in `ns` attaching the pods labelled `pairs` to `target` ("ns/name" or "name").
@@ -130,31 +122,6 @@ fn prefix(id: &str) -> AdmissionRule {
     }
 }
 
-fn pod(ns: &str, name: &str) -> Pod {
-    Pod {
-        namespace: ns.into(),
-        name: name.into(),
-        uid: format!("uid-{ns}-{name}"),
-        service_account: "default".into(),
-        ..Pod::default()
-    }
-}
-
-impl Pod {
-    fn on(mut self, node: &str) -> Self {
-        self.node = Some(node.into());
-        self
-    }
-    fn labelled(mut self, pairs: &[(&str, &str)]) -> Self {
-        self.labels = labels(pairs);
-        self
-    }
-    fn account(mut self, sa: &str) -> Self {
-        self.service_account = sa.into();
-        self
-    }
-}
-
 fn node(name: &str, n: u8) -> Node {
     Node {
         name: name.into(),
@@ -186,22 +153,26 @@ fn seeds() -> World {
         service("green", "green", "10.200.0.0/16", 24),
     ];
     w.pods = vec![
-        pod("red", "red-a").on("node-1").labelled(&[("net", "red")]),
-        pod("red", "red-b").on("node-2").labelled(&[("net", "red")]),
-        pod("red", "bridge")
+        Pod::test("red", "red-a")
+            .on("node-1")
+            .labelled(&[("net", "red")]),
+        Pod::test("red", "red-b")
+            .on("node-2")
+            .labelled(&[("net", "red")]),
+        Pod::test("red", "bridge")
             .on("node-3")
             .labelled(&[("net", "red"), ("app", "bridge")])
             .account("bridge"),
-        pod("green", "green-a")
+        Pod::test("green", "green-a")
             .on("node-1")
             .labelled(&[("net", "green")]),
-        pod("green", "green-b")
+        Pod::test("green", "green-b")
             .on("node-2")
             .labelled(&[("net", "green")]),
-        pod("other", "intruder")
+        Pod::test("other", "intruder")
             .on("node-3")
             .labelled(&[("app", "intruder")]),
-        pod("other", "loner").on("node-3"),
+        Pod::test("other", "loner").on("node-3"),
     ];
     w.endpoints = vec![
         attach("red", "red-members", "red", &[("net", "red")]),
@@ -300,7 +271,7 @@ fn seeds_scenario_admits_red_green_and_the_bridge_and_nobody_else() {
 }
 
 #[test]
-fn peers_are_the_other_hosting_nodes_with_their_prefix() {
+fn peers_are_the_other_carrying_nodes_with_their_prefix() {
     let plan = plan(&seeds(), None);
     let red_on_1 = plan.nodes["node-1"]
         .services
@@ -428,6 +399,44 @@ fn prefix_rules_match_whole_segments() {
     );
 }
 
+#[test]
+fn a_pod_attached_twice_is_one_member_and_the_other_endpoint_says_why() {
+    let mut w = seeds();
+    w.endpoints
+        .push(attach("red", "red-again", "red", &[("net", "red")]));
+    let plan = plan(&w, None);
+    // red/red-again comes first by name: it owns the pods.
+    let owner = member(&plan, "red/red-again", "red-a");
+    assert!(owner.admitted && owner.address.is_some(), "{owner:?}");
+    let twice = member(&plan, "red/red-members", "red-a");
+    assert_eq!(
+        (
+            twice.admitted,
+            twice.reason.as_str(),
+            twice.address.as_deref()
+        ),
+        (false, reason::DUPLICATE_MEMBER, None)
+    );
+    assert!(
+        twice
+            .message
+            .contains("already a member through Endpoint red/red-again"),
+        "{}",
+        twice.message
+    );
+    assert_eq!(
+        ready_reason(&plan.endpoints[&ObjectKey::new("red", "red-members")].conditions),
+        ("False", reason::DUPLICATE_MEMBER)
+    );
+    let red_on_1 = plan.nodes["node-1"]
+        .services
+        .iter()
+        .find(|s| s.name == "red/red")
+        .expect("red on node-1");
+    let members: Vec<&str> = red_on_1.members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(members, ["red/red-a"], "one member, one veth");
+}
+
 /// Writes a plan's statuses back into the World, as the operator's status writer does.
 fn record(w: &mut World, plan: &Plan) {
     for s in &mut w.network_services {
@@ -465,8 +474,11 @@ fn allocations_survive_a_restart_and_new_members_do_not_move_old_ones() {
     let first = plan(&w, None);
     record(&mut w, &first);
     // A new red pod sorts before the others; nobody's address may move.
-    w.pods
-        .push(pod("red", "aaa").on("node-1").labelled(&[("net", "red")]));
+    w.pods.push(
+        Pod::test("red", "aaa")
+            .on("node-1")
+            .labelled(&[("net", "red")]),
+    );
     let second = plan(&w, None);
     let before = addresses(&first);
     let after = addresses(&second);
@@ -498,13 +510,20 @@ fn an_exhausted_pool_is_reported_and_takes_nothing_away() {
     w.network_services = vec![service("red", "red", "10.100.0.0/24", 25)];
     w.endpoints = vec![attach("red", "members", "red", &[("net", "red")])];
     w.pods = vec![
-        pod("red", "a").on("node-1").labelled(&[("net", "red")]),
-        pod("red", "b").on("node-2").labelled(&[("net", "red")]),
+        Pod::test("red", "a")
+            .on("node-1")
+            .labelled(&[("net", "red")]),
+        Pod::test("red", "b")
+            .on("node-2")
+            .labelled(&[("net", "red")]),
     ];
     let first = plan(&w, None);
     record(&mut w, &first);
-    w.pods
-        .push(pod("red", "c").on("node-3").labelled(&[("net", "red")]));
+    w.pods.push(
+        Pod::test("red", "c")
+            .on("node-3")
+            .labelled(&[("net", "red")]),
+    );
     let second = plan(&w, None);
     assert_eq!(
         ready_reason(&second.network_services[&ObjectKey::new("red", "red")].conditions),
@@ -680,7 +699,10 @@ fn ipv6_services_work_like_ipv4_ones() {
     let mut w = world();
     w.network_services = vec![service("v6", "blue", "fd00:100::/48", 64)];
     w.endpoints = vec![attach("v6", "members", "blue", &[])];
-    w.pods = vec![pod("v6", "a").on("node-1"), pod("v6", "b").on("node-2")];
+    w.pods = vec![
+        Pod::test("v6", "a").on("node-1"),
+        Pod::test("v6", "b").on("node-2"),
+    ];
     let plan = plan(&w, None);
     assert_eq!(
         member(&plan, "v6/members", "a").address.as_deref(),
@@ -702,13 +724,13 @@ fn unchanged_nodes_keep_their_version_and_changed_ones_move_on() {
     assert_eq!(again.nodes, first.nodes);
     record(&mut w, &first);
     w.pods.push(
-        pod("green", "green-c")
+        Pod::test("green", "green-c")
             .on("node-3")
             .labelled(&[("net", "green")]),
     );
     let second = plan(&w, Some(&first));
     // node-3 gets a member; green's peers on nodes 1 and 2 are unchanged (node-3 already
-    // hosted green through the bridge), so only node-3 changes.
+    // carried green through the bridge), so only node-3 changes.
     assert_eq!(
         second
             .changed_nodes
@@ -786,7 +808,7 @@ mod properties {
                 }
                 for (i, (ns, color, node, sa)) in pods.iter().enumerate() {
                     w.pods.push(
-                        pod(NAMESPACES[*ns], &format!("p{i}"))
+                        Pod::test(NAMESPACES[*ns], &format!("p{i}"))
                             .on(&format!("node-{}", node + 1))
                             .labelled(&[("net", COLORS[*color]), ("all", "yes")])
                             .account(["default", "db"][*sa]),
@@ -853,7 +875,7 @@ mod properties {
             pick(w.admissions.len()),
         ) {
             (0, _, _, _) | (1..=3, None, _, _) => Change::Pod(
-                pod(NAMESPACES[n % 3], &format!("new{n}"))
+                Pod::test(NAMESPACES[n % 3], &format!("new{n}"))
                     .on(&format!("node-{}", n % 5 + 1))
                     .labelled(&[("net", color)]),
             ),

@@ -21,7 +21,7 @@ pub struct World {
     /// The time conditions that change now are stamped with. An input, so planning stays
     /// free of clocks: the same World gives the same Plan.
     pub now: Time,
-    /// Nodes that may host members.
+    /// Nodes, where members run (and so the nodes that carry services).
     pub nodes: Vec<Node>,
     /// Namespaces and their labels, for Admission namespace selectors.
     pub namespaces: Vec<Namespace>,

@@ -240,14 +240,10 @@ pub fn status_route(hub: Arc<Hub>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing;
 
     fn hello() -> AgentHello {
-        AgentHello {
-            node: "node-a".into(),
-            public_key: "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=".into(),
-            underlay_address: "192.168.1.10".into(),
-            ..AgentHello::default()
-        }
+        testing::hello("node-a")
     }
 
     #[test]

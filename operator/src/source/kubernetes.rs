@@ -22,49 +22,22 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use tokio::sync::mpsc;
 use wireway_crds::{Admission, Endpoint, NetworkService};
+use wireway_runtime::errors::chain;
 
 use super::items::{self, Item, Key, diff};
 use super::{Event, Problem, ProblemObject};
+use crate::kind::Kind;
 use crate::plan::ObjectKey;
 
-/// A watched kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// wireway.dev NetworkService.
-    NetworkService,
-    /// wireway.dev Endpoint.
-    Endpoint,
-    /// wireway.dev Admission.
-    Admission,
-    /// core/v1 Pod.
-    Pod,
-    /// core/v1 Node.
-    Node,
-    /// core/v1 Namespace.
-    Namespace,
-}
-
-impl Kind {
-    /// Every kind the source watches.
-    pub const ALL: [Kind; 6] = [
-        Kind::NetworkService,
-        Kind::Endpoint,
-        Kind::Admission,
-        Kind::Pod,
-        Kind::Node,
-        Kind::Namespace,
-    ];
-
-    /// The API resource.
-    pub fn resource(self) -> ApiResource {
-        match self {
-            Kind::NetworkService => ApiResource::erase::<NetworkService>(&()),
-            Kind::Endpoint => ApiResource::erase::<Endpoint>(&()),
-            Kind::Admission => ApiResource::erase::<Admission>(&()),
-            Kind::Pod => ApiResource::erase::<core::Pod>(&()),
-            Kind::Node => ApiResource::erase::<core::Node>(&()),
-            Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
-        }
+/// The API resource of a kind, as the API server serves it.
+pub fn resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::NetworkService => ApiResource::erase::<NetworkService>(&()),
+        Kind::Endpoint => ApiResource::erase::<Endpoint>(&()),
+        Kind::Admission => ApiResource::erase::<Admission>(&()),
+        Kind::Pod => ApiResource::erase::<core::Pod>(&()),
+        Kind::Node => ApiResource::erase::<core::Node>(&()),
+        Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
     }
 }
 
@@ -133,8 +106,8 @@ pub struct Objects {
 }
 
 impl Objects {
-    /// Takes one watch event of `kind`; returns what to deliver.
-    pub fn take(&mut self, kind: Kind, event: watcher::Event<DynamicObject>) -> Vec<Event> {
+    /// Applies one watch event of `kind`; returns what to deliver.
+    pub fn apply_event(&mut self, kind: Kind, event: watcher::Event<DynamicObject>) -> Vec<Event> {
         let problems_before = self.problems.clone();
         let state = self.kinds.entry(kind).or_default();
         let mut changes = Vec::new();
@@ -146,11 +119,11 @@ impl Objects {
                 let (listing, seen) = state.listing.get_or_insert_with(Default::default);
                 seen.insert(key.clone());
                 match record(&mut self.problems, kind, &object, &key, item) {
-                    Some(Some(item)) => {
+                    Read::Item(item) => {
                         listing.insert(key, item);
                     }
-                    Some(None) => {}
-                    None => {
+                    Read::Absent => {}
+                    Read::Undecodable => {
                         if let Some(item) = last_good {
                             listing.insert(key, item);
                         }
@@ -175,8 +148,9 @@ impl Objects {
             watcher::Event::Apply(object) => {
                 let (key, item) = decode(kind, &object);
                 let new = match record(&mut self.problems, kind, &object, &key, item) {
-                    Some(new) => new,
-                    None => state.current.get(&key).cloned(),
+                    Read::Item(item) => Some(item),
+                    Read::Absent => None,
+                    Read::Undecodable => state.current.get(&key).cloned(),
                 };
                 let old = state.current.remove(&key);
                 let before = old.iter().map(|o| (key.clone(), o.clone())).collect();
@@ -223,44 +197,54 @@ fn kind_of(key: &Key) -> Kind {
     }
 }
 
-/// Records a decoded object's problem (or clears it); `None` when it did not decode.
+/// What a decoded object is to the World.
+#[derive(Debug)]
+enum Read {
+    /// This item.
+    Item(Item),
+    /// Nothing (a pod that is not a workload): as if deleted.
+    Absent,
+    /// It does not decode: its last good version, if any, stays.
+    Undecodable,
+}
+
+/// Records a decoded object's problem (or clears it).
 fn record(
     problems: &mut BTreeMap<Key, Problem>,
     kind: Kind,
     object: &DynamicObject,
     key: &Key,
     item: Result<Option<Item>, String>,
-) -> Option<Option<Item>> {
+) -> Read {
     match item {
         Ok(item) => {
             problems.remove(key);
-            Some(item)
+            item.map_or(Read::Absent, Read::Item)
         }
         Err(message) => {
             let namespace = object.metadata.namespace.clone().unwrap_or_default();
             let name = object.metadata.name.clone().unwrap_or_default();
-            let resource = kind.resource();
             problems.insert(
                 key.clone(),
                 Problem {
                     location: if namespace.is_empty() {
-                        format!("{} {name}", resource.kind)
+                        format!("{kind} {name}")
                     } else {
-                        format!("{} {namespace}/{name}", resource.kind)
+                        format!("{kind} {namespace}/{name}")
                     },
                     line: None,
                     message: format!(
                         "does not decode, so the last good version stays in effect: {message}"
                     ),
                     object: Some(ProblemObject {
-                        kind: resource.kind,
+                        kind,
                         namespace,
                         name,
                         generation: object.metadata.generation,
                     }),
                 },
             );
-            None
+            Read::Undecodable
         }
     }
 }
@@ -269,7 +253,7 @@ fn record(
 pub async fn watch<T: From<Event> + Send + 'static>(client: Client, events: mpsc::Sender<T>) {
     let (found, mut received) = mpsc::channel::<(Kind, watcher::Event<DynamicObject>)>(256);
     for kind in Kind::ALL {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource());
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
         let found = found.clone();
         tokio::spawn(async move {
             let mut stream = watcher(api, watcher::Config::default())
@@ -284,7 +268,7 @@ pub async fn watch<T: From<Event> + Send + 'static>(client: Client, events: mpsc
                     }
                     Err(e) => tracing::warn!(
                         kind = ?kind,
-                        error = %crate::engine::chain(&e),
+                        error = %chain(&e),
                         "watch failed; retrying with backoff"
                     ),
                 }
@@ -294,7 +278,7 @@ pub async fn watch<T: From<Event> + Send + 'static>(client: Client, events: mpsc
     drop(found);
     let mut objects = Objects::default();
     while let Some((kind, event)) = received.recv().await {
-        for out in objects.take(kind, event) {
+        for out in objects.apply_event(kind, event) {
             if events.send(out.into()).await.is_err() {
                 return;
             }

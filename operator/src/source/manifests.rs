@@ -30,6 +30,7 @@ use wireway_crds::{API_VERSION, Admission, Endpoint, NetworkService};
 pub use super::items::pod_uid;
 use super::items::{self, Item, Key, diff};
 use super::{Event, Problem};
+use crate::kind::Kind;
 use crate::plan::{Change, Namespace, Node, ObjectKey, Pod};
 
 /// The namespace of an object that names none, as `kubectl apply` would use it.
@@ -42,10 +43,42 @@ const SETTLE_AT_MOST: Duration = Duration::from_millis(50);
 /// How often it reads everything even without events (a safety net for missed events).
 const RESCAN_EVERY: Duration = Duration::from_secs(10);
 
+/// A kind the source reads: one the operator reads anywhere, or a Binding (a pod's node,
+/// as a scheduler records it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Known {
+    Kind(Kind),
+    Binding,
+}
+
+impl Known {
+    /// The kind of a document's `apiVersion` and `kind`, if the source reads it.
+    fn of(api_version: &str, kind: &str) -> Option<Self> {
+        match (api_version, kind) {
+            ("v1", "Binding") => Some(Known::Binding),
+            _ => Kind::of(api_version, kind).map(Known::Kind),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Known::Kind(kind) => kind.name(),
+            Known::Binding => "Binding",
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        match self {
+            Known::Kind(kind) => kind.namespaced(),
+            Known::Binding => true,
+        }
+    }
+}
+
 /// Which object: kind, namespace (empty for cluster-scoped kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct ObjectId {
-    kind: &'static str,
+    kind: Known,
     namespace: String,
     name: String,
 }
@@ -53,9 +86,9 @@ struct ObjectId {
 impl ObjectId {
     fn describe(&self) -> String {
         if self.namespace.is_empty() {
-            format!("{} {}", self.kind, self.name)
+            format!("{} {}", self.kind.name(), self.name)
         } else {
-            format!("{} {}/{}", self.kind, self.namespace, self.name)
+            format!("{} {}/{}", self.kind.name(), self.namespace, self.name)
         }
     }
 }
@@ -434,22 +467,16 @@ fn parse_object(
     let (Some(api_version), Some(kind)) = (text("/apiVersion"), text("/kind")) else {
         return Err("not a Kubernetes object: apiVersion and kind are required".to_owned());
     };
-    let kind: &'static str = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => "Namespace",
-        ("v1", "Node") => "Node",
-        ("v1", "Pod") => "Pod",
-        ("v1", "Binding") => "Binding",
-        (API_VERSION, "NetworkService") => "NetworkService",
-        (API_VERSION, "Endpoint") => "Endpoint",
-        (API_VERSION, "Admission") => "Admission",
-        (v, k) if v.starts_with("wireway.dev/") => {
+    let kind = match Known::of(&api_version, &kind) {
+        Some(known) => known,
+        None if api_version.starts_with("wireway.dev/") => {
             return Err(format!(
-                "{k} of {v} is not served: the Wireway kinds are NetworkService, Endpoint and Admission of {API_VERSION}"
+                "{kind} of {api_version} is not served: the Wireway kinds are NetworkService, Endpoint and Admission of {API_VERSION}"
             ));
         }
-        _ => return Ok(None),
+        None => return Ok(None),
     };
-    let namespaced = !matches!(kind, "Namespace" | "Node");
+    let namespaced = kind.namespaced();
     if namespaced
         && raw.pointer("/metadata/namespace").is_none()
         && let Some(meta) = raw.get_mut("metadata").and_then(Value::as_object_mut)
@@ -471,7 +498,7 @@ fn parse_object(
         name: text("/metadata/name").unwrap_or_default(),
     };
     if id.name.is_empty() {
-        return Err(format!("{kind}: metadata.name is required"));
+        return Err(format!("{}: metadata.name is required", kind.name()));
     }
     let refused = |message: String| format!("{} refused: {message}", id.describe());
     if let Err(violations) = validator.validate(&raw, accepted.get(&id)) {
@@ -483,15 +510,15 @@ fn parse_object(
 }
 
 /// The typed object of a valid document.
-fn convert(kind: &str, id: &ObjectId, raw: Value) -> Result<Object, String> {
+fn convert(kind: Known, id: &ObjectId, raw: Value) -> Result<Object, String> {
     fn typed<T: serde::de::DeserializeOwned>(raw: Value) -> Result<T, String> {
         serde_json::from_value(raw).map_err(|e| e.to_string())
     }
     Ok(match kind {
-        "Namespace" => Object::Namespace(items::namespace(&typed(raw)?)),
-        "Node" => Object::Node(items::node(&id.name, typed(raw)?)?),
-        "Pod" => Object::Pod(items::pod(&id.namespace, &id.name, typed(raw)?)),
-        "Binding" => {
+        Known::Kind(Kind::Namespace) => Object::Namespace(items::namespace(&typed(raw)?)),
+        Known::Kind(Kind::Node) => Object::Node(items::node(&id.name, typed(raw)?)?),
+        Known::Kind(Kind::Pod) => Object::Pod(items::pod(&id.namespace, &id.name, typed(raw)?)),
+        Known::Binding => {
             let binding: core::Binding = typed(raw)?;
             if binding.target.kind.as_deref().is_some_and(|k| k != "Node") {
                 return Err("a Binding's target must be a Node".to_owned());
@@ -501,9 +528,9 @@ fn convert(kind: &str, id: &ObjectId, raw: Value) -> Result<Object, String> {
                 _ => return Err("target.name (the node) is required".to_owned()),
             }
         }
-        "NetworkService" => Object::NetworkService(typed(raw)?),
-        "Endpoint" => Object::Endpoint(typed(raw)?),
-        _ => Object::Admission(typed(raw)?),
+        Known::Kind(Kind::NetworkService) => Object::NetworkService(typed(raw)?),
+        Known::Kind(Kind::Endpoint) => Object::Endpoint(typed(raw)?),
+        Known::Kind(Kind::Admission) => Object::Admission(typed(raw)?),
     })
 }
 

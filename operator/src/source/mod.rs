@@ -13,6 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kind::Kind;
 use crate::plan::Change;
 
 /// What a source tells the operator.
@@ -48,7 +49,7 @@ pub struct Problem {
 #[serde(rename_all = "camelCase")]
 pub struct ProblemObject {
     /// Its kind.
-    pub kind: String,
+    pub kind: Kind,
     /// Its namespace (empty for cluster-scoped kinds).
     pub namespace: String,
     /// Its name.

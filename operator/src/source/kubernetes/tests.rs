@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::plan::Change;
+use crate::testing::objects;
 
 fn object(value: serde_json::Value) -> DynamicObject {
     serde_json::from_value(value).unwrap()
@@ -17,16 +18,9 @@ fn service(name: &str, cidr: serde_json::Value) -> DynamicObject {
     }))
 }
 
-fn pod(name: &str, extra: serde_json::Value) -> DynamicObject {
-    let mut spec = json!({"nodeName": "node-a", "containers": [{"name": "app"}]});
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    object(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "red", "uid": format!("uid-{name}")},
-        "spec": spec,
-    }))
+/// Pod `name` of red.
+fn pod(name: &str) -> DynamicObject {
+    objects::pod("red", name)
 }
 
 /// Lists every kind as empty except `kind`, listed with `objects`.
@@ -34,15 +28,26 @@ fn synced(kind: Kind, objects: Vec<DynamicObject>) -> (Objects, Vec<Event>) {
     let mut state = Objects::default();
     let mut out = Vec::new();
     for k in Kind::ALL {
-        out.extend(state.take(k, watcher::Event::Init));
+        out.extend(state.apply_event(k, watcher::Event::Init));
         if k == kind {
             for o in &objects {
-                out.extend(state.take(k, watcher::Event::InitApply(o.clone())));
+                out.extend(state.apply_event(k, watcher::Event::InitApply(o.clone())));
             }
         }
-        out.extend(state.take(k, watcher::Event::InitDone));
+        out.extend(state.apply_event(k, watcher::Event::InitDone));
     }
     (state, out)
+}
+
+#[test]
+fn every_kind_is_named_as_the_api_server_names_it() {
+    for kind in Kind::ALL {
+        let served = resource(kind);
+        assert_eq!(
+            (served.kind.as_str(), served.api_version.as_str()),
+            (kind.name(), kind.api_version())
+        );
+    }
 }
 
 #[test]
@@ -50,8 +55,8 @@ fn synced_comes_once_after_every_kind_listed() {
     let mut state = Objects::default();
     let mut synced = 0;
     for k in Kind::ALL {
-        state.take(k, watcher::Event::Init);
-        let out = state.take(k, watcher::Event::InitDone);
+        state.apply_event(k, watcher::Event::Init);
+        let out = state.apply_event(k, watcher::Event::InitDone);
         synced += out.iter().filter(|e| **e == Event::Synced).count();
         if k != Kind::Namespace {
             assert_eq!(synced, 0, "synced before every kind listed");
@@ -59,10 +64,10 @@ fn synced_comes_once_after_every_kind_listed() {
     }
     assert_eq!(synced, 1);
     // A re-list after a broken watch does not announce it again.
-    state.take(Kind::Pod, watcher::Event::Init);
+    state.apply_event(Kind::Pod, watcher::Event::Init);
     assert!(
         !state
-            .take(Kind::Pod, watcher::Event::InitDone)
+            .apply_event(Kind::Pod, watcher::Event::InitDone)
             .contains(&Event::Synced)
     );
 }
@@ -95,11 +100,11 @@ fn a_malformed_object_is_a_problem_and_the_others_proceed() {
     assert_eq!(problems[0].location, "NetworkService red/broken");
     let object = problems[0].object.clone().unwrap();
     assert_eq!(
-        (object.kind.as_str(), object.generation),
-        ("NetworkService", Some(3))
+        (object.kind, object.generation),
+        (Kind::NetworkService, Some(3))
     );
     // The good one breaks later: its last good version stays, and it is reported.
-    let out = state.take(
+    let out = state.apply_event(
         Kind::NetworkService,
         watcher::Event::Apply(service("red", json!(7))),
     );
@@ -112,11 +117,11 @@ fn a_malformed_object_is_a_problem_and_the_others_proceed() {
         "{out:?}"
     );
     // Mended, and deleted: the problems go.
-    state.take(
+    state.apply_event(
         Kind::NetworkService,
         watcher::Event::Apply(service("red", json!("10.100.0.0/16"))),
     );
-    let out = state.take(
+    let out = state.apply_event(
         Kind::NetworkService,
         watcher::Event::Delete(service("broken", json!(1))),
     );
@@ -125,13 +130,9 @@ fn a_malformed_object_is_a_problem_and_the_others_proceed() {
 
 #[test]
 fn pods_on_the_host_network_or_finished_are_not_workloads() {
-    let (mut state, out) = synced(
-        Kind::Pod,
-        vec![
-            pod("a", json!({})),
-            pod("host", json!({"hostNetwork": true})),
-        ],
-    );
+    let mut host_network = pod("host");
+    host_network.data["spec"]["hostNetwork"] = json!(true);
+    let (mut state, out) = synced(Kind::Pod, vec![pod("a"), host_network]);
     let pods: Vec<String> = out
         .iter()
         .flat_map(|e| match e {
@@ -144,9 +145,9 @@ fn pods_on_the_host_network_or_finished_are_not_workloads() {
         })
         .collect();
     assert_eq!(pods, ["a"]);
-    let mut finished = pod("a", json!({}));
+    let mut finished = pod("a");
     finished.data["status"] = json!({"phase": "Succeeded"});
-    let out = state.take(Kind::Pod, watcher::Event::Apply(finished));
+    let out = state.apply_event(Kind::Pod, watcher::Event::Apply(finished));
     assert_eq!(
         out,
         [Event::Changes(vec![Change::PodDeleted(
@@ -158,11 +159,11 @@ fn pods_on_the_host_network_or_finished_are_not_workloads() {
 
 #[test]
 fn a_relist_delivers_what_changed_meanwhile() {
-    let (mut state, _) = synced(Kind::Pod, vec![pod("a", json!({})), pod("b", json!({}))]);
-    state.take(Kind::Pod, watcher::Event::Init);
-    state.take(Kind::Pod, watcher::Event::InitApply(pod("a", json!({}))));
-    state.take(Kind::Pod, watcher::Event::InitApply(pod("c", json!({}))));
-    let out = state.take(Kind::Pod, watcher::Event::InitDone);
+    let (mut state, _) = synced(Kind::Pod, vec![pod("a"), pod("b")]);
+    state.apply_event(Kind::Pod, watcher::Event::Init);
+    state.apply_event(Kind::Pod, watcher::Event::InitApply(pod("a")));
+    state.apply_event(Kind::Pod, watcher::Event::InitApply(pod("c")));
+    let out = state.apply_event(Kind::Pod, watcher::Event::InitDone);
     let Event::Changes(changes) = &out[0] else {
         panic!("{out:?}")
     };
