@@ -12,15 +12,18 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use tokio::sync::mpsc;
+use wireway_crds::validation::SchemaError;
 use wireway_operator::controller::{self, auth::TokenReviewer};
-use wireway_operator::engine::{self, Config, Engine, Hub};
+use wireway_operator::engine::{self, Config, Engine, Hub, store::StoreError};
 use wireway_operator::metrics::Metrics;
 use wireway_operator::serve::{Auth, NodeApiServer, NodeApiService, status_route};
 use wireway_operator::source::{kubernetes, manifests::Manifests};
+use wireway_runtime::backoff::Backoff;
 use wireway_runtime::errors::chain;
 use wireway_runtime::http::{self, Readiness};
-use wireway_runtime::listen::{Address, serve_grpc};
-use wireway_runtime::{logging, tls::TlsArgs};
+use wireway_runtime::listen::{Address, BindError, serve_grpc};
+use wireway_runtime::logging;
+use wireway_runtime::tls::{TlsArgs, TlsError};
 
 /// How agents prove which node they run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,29 +80,68 @@ struct Args {
     tls: TlsArgs,
 }
 
-fn fail(message: &str, error: &dyn std::error::Error) -> ExitCode {
-    eprintln!("error: {message}: {}", chain(error));
-    ExitCode::FAILURE
+/// Why the operator cannot start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    /// The TLS files do not load.
+    #[error("cannot start")]
+    Tls(#[source] TlsError),
+    /// A manifest root is missing or unreadable.
+    #[error("cannot read the manifests at {}", path.display())]
+    Manifests {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP port cannot be had.
+    #[error("cannot serve HTTP")]
+    HttpListener(#[source] BindError),
+    /// The state directory cannot be used.
+    #[error("cannot open the state directory")]
+    StateDir(#[source] StoreError),
+    /// No kubeconfig, no service account.
+    #[error(
+        "cannot find the Kubernetes API server (in a pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config; or pass --manifests to run without a cluster)"
+    )]
+    NoCluster(#[source] kube::config::InferConfigError),
+    /// The kubeconfig does not make a client.
+    #[error("cannot configure the Kubernetes client")]
+    Client(#[source] kube::Error),
+    /// The CRDs' schemas (for validating manifests) do not compile.
+    #[error("cannot compile the CRD schemas")]
+    Schemas(#[source] SchemaError),
+    /// Token authentication asked for without a cluster to review tokens.
+    #[error(
+        "--agent-auth token needs a cluster (it checks tokens with TokenReviews); drop --manifests or use --agent-auth mtls"
+    )]
+    TokenWithoutCluster,
+    /// The node API's port cannot be had.
+    #[error("cannot serve the node API")]
+    GrpcListener(#[source] BindError),
+    /// The server certificate does not suit the gRPC server.
+    #[error("cannot use the TLS certificate")]
+    Certificate(#[source] tonic::transport::Error),
+    /// A server stopped while nobody asked it to.
+    #[error("{server} stopped: {cause}")]
+    Stopped { server: &'static str, cause: String },
+}
+
+/// Why a server's task ended, for [`Error::Stopped`].
+fn ended<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::task::JoinError>) -> String {
+    match result {
+        Ok(Ok(())) => "it ended".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// The Kubernetes client, once the API server answers. Until then it says why it cannot
 /// reach it and retries (the operator stays unready, and its liveness probe answers).
-async fn kubernetes_client() -> Result<kube::Client, ExitCode> {
-    let config = match kube::Config::infer().await {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(fail(
-                "cannot find the Kubernetes API server (in a pod: its service account; elsewhere: KUBECONFIG or ~/.kube/config; or pass --manifests to run without a cluster)",
-                &e,
-            ));
-        }
-    };
+async fn kubernetes_client() -> Result<kube::Client, Error> {
+    let config = kube::Config::infer().await.map_err(Error::NoCluster)?;
     let url = config.cluster_url.clone();
-    let client = match kube::Client::try_from(config) {
-        Ok(c) => c,
-        Err(e) => return Err(fail("cannot configure the Kubernetes client", &e)),
-    };
-    let mut delay = Duration::from_secs(1);
+    let client = kube::Client::try_from(config).map_err(Error::Client)?;
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         match client.apiserver_version().await {
             Ok(version) => {
@@ -107,6 +149,7 @@ async fn kubernetes_client() -> Result<kube::Client, ExitCode> {
                 return Ok(client);
             }
             Err(e) => {
+                let delay = backoff.fail();
                 tracing::error!(
                     %url,
                     error = %chain(&e),
@@ -114,7 +157,6 @@ async fn kubernetes_client() -> Result<kube::Client, ExitCode> {
                     "cannot reach the Kubernetes API server"
                 );
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -123,34 +165,36 @@ async fn kubernetes_client() -> Result<kube::Client, ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     logging::init();
-    let args = Args::parse();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the operator until it is told to stop (`Ok`) or cannot go on.
+async fn run(args: Args) -> Result<(), Error> {
     let in_cluster = args.manifests.is_empty();
     let agent_auth = args.agent_auth.unwrap_or(if in_cluster {
         AgentAuth::Token
     } else {
         AgentAuth::Mtls
     });
-    let pem = match args.tls.load() {
-        Ok(pem) => pem,
-        Err(e) => return fail("cannot start", &e),
-    };
+    let pem = args.tls.load().map_err(Error::Tls)?;
     for root in &args.manifests {
-        if let Err(e) = std::fs::metadata(root) {
-            return fail(
-                &format!("cannot read the manifests at {}", root.display()),
-                &e,
-            );
-        }
+        std::fs::metadata(root).map_err(|source| Error::Manifests {
+            path: root.clone(),
+            source,
+        })?;
     }
     let (metrics, registry) = Metrics::new();
     let hub = Arc::new(Hub::default());
     let readiness = Readiness::new("starting");
 
     // Health first: a liveness probe must answer while the API server is away.
-    let web = match args.listen_http.bind().await {
-        Ok(l) => l,
-        Err(e) => return fail("cannot serve HTTP", &e),
-    };
+    let web = args.listen_http.bind().await.map_err(Error::HttpListener)?;
     let web_router =
         http::router(Arc::new(registry), readiness.clone()).merge(status_route(hub.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -165,20 +209,14 @@ async fn main() -> ExitCode {
         agent_grace: Duration::from_secs(args.agent_grace),
         kubernetes: in_cluster,
     };
-    let mut engine = match Engine::new(config, hub.clone(), metrics.clone(), readiness.clone()) {
-        Ok(e) => e,
-        Err(e) => return fail("cannot open the state directory", &e),
-    };
+    let mut engine = Engine::new(config, hub.clone(), metrics.clone(), readiness.clone())
+        .map_err(Error::StateDir)?;
     let (inputs, received) = mpsc::channel::<engine::Input>(1024);
     let client = if in_cluster {
         readiness.set_not_ready("waiting for the Kubernetes API server");
         let client = tokio::select! {
-            client = kubernetes_client() => client,
-            () = wireway_runtime::signal::terminated() => return ExitCode::SUCCESS,
-        };
-        let client = match client {
-            Ok(c) => c,
-            Err(code) => return code,
+            client = kubernetes_client() => client?,
+            () = wireway_runtime::signal::terminated() => return Ok(()),
         };
         let (events, published) = mpsc::channel(1024);
         engine.tell_events(events);
@@ -201,10 +239,7 @@ async fn main() -> ExitCode {
         tokio::spawn(kubernetes::watch(client.clone(), inputs.clone()));
         Some(client)
     } else {
-        let manifests = match Manifests::new(args.manifests.clone()) {
-            Ok(m) => m,
-            Err(e) => return fail("cannot compile the CRD schemas", &e),
-        };
+        let manifests = Manifests::new(args.manifests.clone()).map_err(Error::Schemas)?;
         tokio::spawn(manifests.watch(inputs.clone()));
         None
     };
@@ -218,31 +253,22 @@ async fn main() -> ExitCode {
         (Some(_), AgentAuth::Token, Some(client)) => {
             Auth::Token(Arc::new(TokenReviewer::new(client, &args.namespace)))
         }
-        (Some(_), AgentAuth::Token, None) => {
-            eprintln!(
-                "error: --agent-auth token needs a cluster (it checks tokens with TokenReviews); drop --manifests or use --agent-auth mtls"
-            );
-            return ExitCode::FAILURE;
-        }
+        (Some(_), AgentAuth::Token, None) => return Err(Error::TokenWithoutCluster),
         (Some(_), AgentAuth::Mtls, _) => Auth::MutualTls {
             trust_domain: args.trust_domain.clone(),
         },
     };
     let client_certificates = matches!(auth, Auth::MutualTls { .. });
-    let grpc = match args.listen_grpc.bind().await {
-        Ok(l) => l,
-        Err(e) => return fail("cannot serve the node API", &e),
-    };
+    let grpc = args.listen_grpc.bind().await.map_err(Error::GrpcListener)?;
     let service = NodeApiService::new(hub.clone(), inputs, auth, metrics);
     let mut server = tonic::transport::Server::builder()
         // Finds agents that vanished without closing their stream.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)));
     if let Some(pem) = &pem {
-        server = match server.tls_config(pem.server(client_certificates)) {
-            Ok(s) => s,
-            Err(e) => return fail("cannot use the TLS certificate", &e),
-        };
+        server = server
+            .tls_config(pem.server(client_certificates))
+            .map_err(Error::Certificate)?;
     }
     let router = server.add_service(NodeApiServer::new(service));
     tracing::info!(
@@ -256,23 +282,12 @@ async fn main() -> ExitCode {
     let mut grpc_task = tokio::spawn(serve_grpc(router, grpc, until_stopped(stopped)));
     let outcome = tokio::select! {
         () = wireway_runtime::signal::terminated() => Ok(()),
-        r = &mut grpc_task => Err(("the node API stopped", r.map(|r| r.map_err(|e| e.to_string())))),
-        r = &mut web_task => Err(("the HTTP server stopped", r.map(|r| r.map_err(|e| e.to_string())))),
+        r = &mut grpc_task => Err(Error::Stopped { server: "the node API", cause: ended(r) }),
+        r = &mut web_task => Err(Error::Stopped { server: "the HTTP server", cause: ended(r) }),
     };
     let _ = stop.send(true);
-    match outcome {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err((what, result)) => {
-            let cause = match result {
-                Ok(Ok(())) => "it ended".to_owned(),
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-            };
-            eprintln!("error: {what}: {cause}");
-            ExitCode::FAILURE
-        }
+    if outcome.is_ok() {
+        tracing::info!("stopped");
     }
+    outcome
 }
