@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 # The lab makes network namespaces: it runs as root (through sudo when you are not).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help lab lab-down bench validate test test-vm tools crds lint release
+.PHONY: help lab lab-down bench validate test test-vm tools crds lint release control-plane
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,17 @@ $(TOOLS)/.installed: Makefile
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check $(PY_TOOLS)
 	touch $@
+
+# The test control plane (tests/control-plane/README.md): built once with Go, rebuilt only when
+# its sources change. No symbol tables (-s -w: a third smaller); /version says v1.37.2, as go.mod pins.
+CONTROL_PLANE := $(TOOLS)/bin/control-plane
+CP_VERSION := -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 \
+	-X k8s.io/client-go/pkg/version.gitVersion=v1.37.2 -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=37
+control-plane: $(CONTROL_PLANE) ## the test control plane: kube-apiserver, kube-controller-manager, etcd (Go, tests only)
+
+$(CONTROL_PLANE): tests/control-plane/go.mod tests/control-plane/go.sum $(wildcard tests/control-plane/*.go)
+	@mkdir -p $(@D)
+	cd tests/control-plane && go build -mod=readonly -buildvcs=false -ldflags '-s -w $(CP_VERSION)' -o $(CURDIR)/$@ .
 
 crds: ## regenerate crds/*.yaml from the Rust types
 	cargo run --quiet -p wireway-crds --bin wireway-crdgen
