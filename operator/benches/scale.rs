@@ -1,9 +1,10 @@
 //! A synthetic World at a chosen scale, shared by the planner's benchmark and the
-//! `plan_scale` example.
+//! `plan_scale` example: a module of both, not a benchmark of its own (Cargo.toml sets
+//! `autobenches = false`).
 //!
 //! Shape: `services` NetworkServices (IPv4 /16, /24 per node), each in its own namespace
 //! with one Endpoint; `members` pods spread evenly over the services; each service's pods
-//! on `span` nodes (a window of the node list, shifted per service so every node hosts
+//! on `span` nodes (a window of the node list, shifted per service so every node carries
 //! some services). Peers per node and service grow with `span`, not with the cluster.
 
 use std::net::IpAddr;

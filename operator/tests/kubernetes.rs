@@ -692,9 +692,9 @@ async fn agents_prove_their_node_with_a_token(calls: &Calls) {
         ("POST", "/apis/authentication.k8s.io/v1/tokenreviews")
     );
     assert_eq!(asked.body["spec"]["audiences"], json!(["wireway-operator"]));
-    assert_eq!(review.await.unwrap().as_deref(), Ok("node-a"));
+    assert_eq!(review.await.unwrap().unwrap(), "node-a");
     // Reviewed lately: no second review.
-    assert_eq!(reviewer.node("token-a").await.as_deref(), Ok("node-a"));
+    assert_eq!(reviewer.node("token-a").await.unwrap(), "node-a");
     // Another service account's token proves nothing.
     let r = reviewer.clone();
     let review = tokio::spawn(async move { r.node("token-b").await });
@@ -703,7 +703,7 @@ async fn agents_prove_their_node_with_a_token(calls: &Calls) {
         "status": {"authenticated": true, "user": {"username": "system:serviceaccount:default:default"}},
     }))
     .await;
-    let refused = review.await.unwrap().unwrap_err();
+    let refused = review.await.unwrap().unwrap_err().to_string();
     assert!(
         refused.contains("not system:serviceaccount:wireway-system:wireway-agent"),
         "{refused}"

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Client;
 use kube::api::{Api, PostParams};
-use wireway_runtime::errors::chain;
 
 use crate::plan::names::stable_hash;
-use crate::serve::TokenAuthenticator;
+use crate::serve::{TokenAuthenticator, TokenError};
 
 /// The audience agents' tokens are for.
 pub const AUDIENCE: &str = "wireway-operator";
@@ -26,6 +25,28 @@ pub const AUDIENCE: &str = "wireway-operator";
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// How long a reviewed token is trusted without asking again.
 const CACHE_FOR: Duration = Duration::from_secs(60);
+
+/// Why a token proves no node.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The TokenReview could not be made.
+    #[error("the TokenReview failed")]
+    Review(#[source] kube::Error),
+    /// The API server does not accept the token (for this audience).
+    #[error("the token is not valid for audience {AUDIENCE}: {0}")]
+    Unauthenticated(String),
+    /// The token is another account's.
+    #[error("the token is {user}'s, not {expected}'s")]
+    OtherUser {
+        /// Whose it is.
+        user: String,
+        /// Whose it must be.
+        expected: String,
+    },
+    /// The token is not bound to a pod, so it names no node.
+    #[error("the token is not bound to a pod on a node (Kubernetes 1.30+ binds it)")]
+    NoNode,
+}
 
 /// Checks agents' tokens with TokenReviews.
 pub struct TokenReviewer {
@@ -57,7 +78,14 @@ impl TokenReviewer {
 
 #[tonic::async_trait]
 impl TokenAuthenticator for TokenReviewer {
-    async fn node(&self, token: &str) -> Result<String, String> {
+    async fn node(&self, token: &str) -> Result<String, TokenError> {
+        Ok(self.review(token).await?)
+    }
+}
+
+impl TokenReviewer {
+    /// The node `token` proves: from the cache when reviewed lately.
+    async fn review(&self, token: &str) -> Result<String, ReviewError> {
         let hash = stable_hash(&[token]);
         if let Ok(cache) = self.cache.lock()
             && let Some((node, at)) = cache.get(&hash)
@@ -76,29 +104,25 @@ impl TokenAuthenticator for TokenReviewer {
         let reviewed = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| format!("the TokenReview failed: {}", chain(&e)))?;
+            .map_err(ReviewError::Review)?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            return Err(format!(
-                "the token is not valid for audience {AUDIENCE}: {}",
-                status.error.unwrap_or_default()
+            return Err(ReviewError::Unauthenticated(
+                status.error.unwrap_or_default(),
             ));
         }
         let user = status.user.unwrap_or_default();
         if user.username.as_deref() != Some(self.agent_user.as_str()) {
-            return Err(format!(
-                "the token is {}'s, not {}'s",
-                user.username.unwrap_or_default(),
-                self.agent_user
-            ));
+            return Err(ReviewError::OtherUser {
+                user: user.username.unwrap_or_default(),
+                expected: self.agent_user.clone(),
+            });
         }
         let node = user
             .extra
             .and_then(|mut e| e.remove(NODE_NAME_EXTRA))
             .and_then(|nodes| nodes.into_iter().next())
-            .ok_or_else(|| {
-                "the token is not bound to a pod on a node (Kubernetes 1.30+ binds it)".to_owned()
-            })?;
+            .ok_or(ReviewError::NoNode)?;
         if let Ok(mut cache) = self.cache.lock() {
             cache.retain(|_, (_, at)| at.elapsed() < CACHE_FOR);
             cache.insert(hash, (node.clone(), Instant::now()));

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use wireway_crds::FINALIZER;
 use wireway_crds::conditions::{READY, reason};
+use wireway_runtime::backoff::Backoff;
 use wireway_runtime::errors::chain;
 
 use crate::engine::{FinalizerAction, Published};
@@ -39,8 +40,8 @@ use crate::source::kubernetes::resource;
 /// The field manager of every write of the operator's.
 pub const FIELD_MANAGER: &str = "wireway-operator";
 
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How a failed write backs off: 1 s, doubling up to 5 min.
+const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
 /// What a failed write means for retrying it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,13 +76,13 @@ enum Write {
     Invalid(Kind, ObjectKey),
 }
 
-/// A write that failed: what it wrote, and when it may be tried again (`None`: not
-/// until what to write changes).
+/// A write that failed: what it wrote, when it may be tried again (`None`: not until
+/// what to write changes), and how the next failure backs off.
 #[derive(Debug, Clone)]
 struct Retry {
     body: Value,
     at: Option<Instant>,
-    delay: Duration,
+    backoff: Backoff,
 }
 
 /// The writer's state.
@@ -256,6 +257,8 @@ impl StatusWriter {
     }
 
     /// Tries a write unless it waits for a retry; books the outcome. True on success.
+    /// Each write that is tried is a span (`write`: which one).
+    #[tracing::instrument(name = "write", skip(self, body, send))]
     async fn attempt<F, Fut>(&mut self, write: Write, body: Value, send: F) -> bool
     where
         F: FnOnce(Value) -> Fut,
@@ -270,6 +273,7 @@ impl StatusWriter {
         }
         match send(body.clone()).await {
             Ok(_) => {
+                tracing::debug!("written");
                 self.retries.remove(&write);
                 true
             }
@@ -285,29 +289,16 @@ impl StatusWriter {
                     Failure::Gone => {
                         self.retries.remove(&write);
                     }
-                    Failure::Refused => {
-                        self.retries.insert(
-                            write,
-                            Retry {
-                                body,
-                                at: None,
-                                delay: FIRST_BACKOFF,
-                            },
-                        );
-                    }
-                    Failure::Transient => {
-                        let delay = self
-                            .retries
-                            .get(&write)
-                            .map_or(FIRST_BACKOFF, |r| (r.delay * 2).min(MAX_BACKOFF));
-                        self.retries.insert(
-                            write,
-                            Retry {
-                                body,
-                                at: Some(now + delay),
-                                delay,
-                            },
-                        );
+                    Failure::Refused | Failure::Transient => {
+                        // Both count as a failure; a refusal starts the backoff over, and
+                        // waits for a new body rather than for the delay.
+                        let mut backoff = match (failure, self.retries.get(&write)) {
+                            (Failure::Transient, Some(retry)) => retry.backoff,
+                            _ => BACKOFF,
+                        };
+                        let delay = backoff.fail();
+                        let at = (failure == Failure::Transient).then(|| now + delay);
+                        self.retries.insert(write, Retry { body, at, backoff });
                     }
                 }
                 false

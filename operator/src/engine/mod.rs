@@ -290,7 +290,15 @@ impl Engine {
     }
 
     /// Plans if there is anything to plan and the World may be served; then publishes.
+    /// One step is one round in the logs (span `round`: the plan's number and how many
+    /// nodes' states it changed, when it planned).
     pub fn step(&mut self) {
+        let round = tracing::info_span!(
+            "round",
+            plan = tracing::field::Empty,
+            changed_nodes = tracing::field::Empty
+        );
+        let _round = round.enter();
         if !self.synced {
             self.readiness
                 .set_not_ready("waiting for the sources to sync");
@@ -301,14 +309,18 @@ impl Engine {
             self.readiness
                 .set_not_ready(&format!("waiting for the agents of {missing} to say hello"));
         } else if self.dirty {
-            self.plan();
+            let changed = self.plan();
+            round.record("plan", self.plans);
+            round.record("changed_nodes", changed);
         }
         if self.stale {
             self.refresh();
         }
     }
 
-    fn plan(&mut self) {
+    /// Plans, and publishes the states of the nodes whose state changed (all of them the
+    /// first time). Returns how many changed.
+    fn plan(&mut self) -> usize {
         let first = self.plans == 0;
         let started = Instant::now();
         self.planner.set_now(condition_time(Timestamp::now()));
@@ -322,17 +334,20 @@ impl Engine {
         } else {
             plan.changed_nodes.iter().collect()
         };
+        tracing::debug!(pushed = pushed.len(), took = ?started.elapsed(), "planned");
         for node in pushed {
             if let Some(state) = plan.nodes.get(node) {
                 self.hub.publish(state.clone());
             }
         }
+        let changed = plan.changed_nodes.len();
         self.finalizers.planned(plan);
         self.plans += 1;
         self.dirty = false;
         self.stale = true;
         self.restored = None;
         self.readiness.set_ready();
+        changed
     }
 
     /// Publishes the statuses and the snapshot, updates the metrics and saves the store.

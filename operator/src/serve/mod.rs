@@ -18,6 +18,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use wireway_proto::node_api_server::NodeApi;
 use wireway_proto::{AgentHello, AgentReport, NodeState, ReportAck};
+use wireway_runtime::errors::chain;
 use wireway_runtime::tls;
 
 use crate::engine::{Hub, Input};
@@ -25,11 +26,15 @@ use crate::metrics::{Metrics, category};
 
 pub use wireway_proto::node_api_server::NodeApiServer;
 
+/// Why a bearer token proves no node: the authenticator's own error, told to the agent
+/// with its causes.
+pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Tells which node a bearer token proves (in a cluster: a TokenReview).
 #[tonic::async_trait]
 pub trait TokenAuthenticator: std::fmt::Debug + Send + Sync {
     /// The node `token` proves, or why it proves none.
-    async fn node(&self, token: &str) -> Result<String, String>;
+    async fn node(&self, token: &str) -> Result<String, TokenError>;
 }
 
 /// How agents prove who they are.
@@ -84,7 +89,7 @@ impl NodeApiService {
                 let proven = authenticator
                     .node(token)
                     .await
-                    .map_err(|e| self.refuse(Status::unauthenticated(e)))?;
+                    .map_err(|e| self.refuse(Status::unauthenticated(chain(e.as_ref()))))?;
                 if proven == node {
                     return Ok(());
                 }
@@ -144,28 +149,42 @@ impl Drop for Connection {
     }
 }
 
+/// Why an agent's hello or report cannot be taken, as its agent is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// The node name is not a lowercase DNS subdomain.
+    #[error("node {0:?} is not a valid node name (a lowercase DNS subdomain)")]
+    NodeName(String),
+    /// The public key is not base64.
+    #[error("public_key is not base64")]
+    KeyEncoding,
+    /// The public key is not 32 bytes long.
+    #[error("public_key has {0} bytes, a WireGuard key 32")]
+    KeyLength(usize),
+    /// The underlay address is not an IP address.
+    #[error(
+        "underlay_address {0:?} is not an IP address (the address other nodes reach this one at)"
+    )]
+    Underlay(String),
+}
+
 /// Why a hello cannot be taken, for the agent's operator.
-pub fn check_hello(hello: &AgentHello) -> Result<(), String> {
+pub fn check_hello(hello: &AgentHello) -> Result<(), Malformed> {
     check_node_name(&hello.node)?;
     let key = base64::engine::general_purpose::STANDARD
         .decode(&hello.public_key)
-        .map_err(|_| "public_key is not base64".to_owned())?;
+        .map_err(|_| Malformed::KeyEncoding)?;
     if key.len() != 32 {
-        return Err(format!(
-            "public_key has {} bytes, a WireGuard key 32",
-            key.len()
-        ));
+        return Err(Malformed::KeyLength(key.len()));
     }
-    hello.underlay_address.parse::<std::net::IpAddr>().map_err(|_| {
-        format!(
-            "underlay_address {:?} is not an IP address (the address other nodes reach this one at)",
-            hello.underlay_address
-        )
-    })?;
+    hello
+        .underlay_address
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| Malformed::Underlay(hello.underlay_address.clone()))?;
     Ok(())
 }
 
-fn check_node_name(node: &str) -> Result<(), String> {
+fn check_node_name(node: &str) -> Result<(), Malformed> {
     let valid = !node.is_empty()
         && node.len() <= 253
         && node.split('.').all(|label| {
@@ -179,9 +198,7 @@ fn check_node_name(node: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "node {node:?} is not a valid node name (a lowercase DNS subdomain)"
-        ))
+        Err(Malformed::NodeName(node.to_owned()))
     }
 }
 
@@ -191,9 +208,12 @@ type StateStream = Pin<Box<dyn Stream<Item = Result<NodeState, Status>> + Send>>
 impl NodeApi for NodeApiService {
     type WatchStream = StateStream;
 
+    /// An agent's stream, in the span `watch` (its node) for as long as it is open.
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node))]
     async fn watch(&self, request: Request<AgentHello>) -> Result<Response<StateStream>, Status> {
         let node = request.get_ref().node.clone();
-        check_hello(request.get_ref()).map_err(|e| self.refuse(Status::invalid_argument(e)))?;
+        check_hello(request.get_ref())
+            .map_err(|e| self.refuse(Status::invalid_argument(e.to_string())))?;
         self.authorize(&request, &node).await?;
         let hello = request.into_inner();
         tracing::info!(
@@ -208,18 +228,22 @@ impl NodeApi for NodeApiService {
             inputs: self.inputs.clone(),
         };
         let pushes = self.metrics.pushes.clone();
+        let span = tracing::Span::current();
         let states = WatchStream::new(self.hub.subscribe(&node)).filter_map(move |state| {
             let _open = &connection;
             let state = state?;
+            let _stream = span.enter();
+            tracing::debug!(version = state.version, "state sent");
             pushes.inc();
             Some(Ok(NodeState::clone(&state)))
         });
         Ok(Response::new(Box::pin(states)))
     }
 
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node))]
     async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
         let node = request.get_ref().node.clone();
-        check_node_name(&node).map_err(|e| self.refuse(Status::invalid_argument(e)))?;
+        check_node_name(&node).map_err(|e| self.refuse(Status::invalid_argument(e.to_string())))?;
         self.authorize(&request, &node).await?;
         self.tell(Input::Report(request.into_inner())).await?;
         Ok(Response::new(ReportAck {}))
@@ -263,7 +287,7 @@ mod tests {
         for (break_it, expected) in cases {
             let mut h = hello();
             break_it(&mut h);
-            let err = check_hello(&h).unwrap_err();
+            let err = check_hello(&h).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} should say {expected:?}");
         }
     }
