@@ -18,7 +18,8 @@
 //! * `agent`: one pass; imports `converge` and `dataplane`;
 //! * `session`: the operator's stream; imports `agent`, `dataplane` (the trait) and
 //!   `metrics`;
-//! * `metrics`, `node`: import nothing of the agent's.
+//! * `metrics`, `node`: import nothing of the agent's;
+//! * `testing` (tests only): fixtures; imports `converge` and `dataplane`.
 
 pub mod agent;
 pub mod converge;

@@ -94,7 +94,8 @@ pub trait Dataplane: Send + Sync {
         &self,
     ) -> impl Future<Output = Result<Vec<(String, String, PeerStats)>, ApplyError>> + Send;
 
-    /// Applies one operation.
+    /// Applies one operation. ([`Dataplane::apply`] sends peer changes to
+    /// [`Dataplane::configure_peers`] instead, batched.)
     fn apply_op(&self, op: &Op) -> impl Future<Output = Result<(), ApplyError>> + Send;
 
     /// Adds, updates (in place) and removes peers of one interface, in one transaction.
@@ -132,7 +133,7 @@ pub trait Dataplane: Send + Sync {
 }
 
 /// One step of applying: an operation, or a run of peer changes of one interface.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Step<'a> {
     One(&'a Op),
     Peers {
