@@ -105,7 +105,7 @@ pub enum Op {
 }
 
 /// What an operation does, for messages: "add route 10.100.0.0/16 dev ww-red table
-/// 1465319916". Error messages read "failed to <this>".
+/// 1465319916". Error messages read "failed to 'this'".
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
