@@ -1,4 +1,4 @@
--- Argo CD health of a Wireway object (NetworkService, Endpoint, Admission), from its
+-- Argo CD health of any Wireway object, from its
 -- Ready condition: Healthy when Ready is True for the current generation, Progressing
 -- while the operator has not observed the generation or nodes are still applying it
 -- (reason Progressing), Degraded for any other reason (the message says what to fix).

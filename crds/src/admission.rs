@@ -5,11 +5,9 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{
-    self, DNS_SUBDOMAIN, SPIFFE_ID, SPIFFE_ID_MAX_LEN, TRUST_DOMAIN, TRUST_DOMAIN_MAX_LEN,
+    self, DNS_SUBDOMAIN, MAX_RULES, SPIFFE_ID, SPIFFE_ID_MAX_LEN, TRUST_DOMAIN,
+    TRUST_DOMAIN_MAX_LEN,
 };
-
-/// Most rules one list may hold; bounds the cost of the CEL rules the API server runs.
-const MAX_RULES: u32 = 64;
 
 /// Decides which workloads from outside a NetworkService's namespace may join it. Lives in
 /// the service's namespace: the owner of a service decides who joins. Workloads in the

@@ -38,4 +38,29 @@ pub mod reason {
     pub const PROGRESSING: &str = "Progressing";
     /// The pod selector selects no pod.
     pub const NO_MEMBERS: &str = "NoMembers";
+    /// An external Endpoint claims a SPIFFE ID outside its namespace's own
+    /// (spiffe://<trust-domain>/ns/<namespace>/...) that no IdentityGrant for its namespace
+    /// matches. The host is refused before any Admission is consulted, and reaches no node.
+    pub const IDENTITY_NOT_GRANTED: &str = "IdentityNotGranted";
+    /// The NetworkService's cidr lies outside every service pool the cluster's
+    /// administrator allows (the operator's --service-pools). The service installs nothing.
+    pub const OUTSIDE_SERVICE_POOLS: &str = "OutsideServicePools";
+    /// The NetworkService's cidr overlaps a range no service may overlap: loopback,
+    /// link-local, multicast or unspecified addresses, a range of the operator's
+    /// --reserved-ranges, or one discovered in the cluster (a node's pod range or address,
+    /// the cluster's Service range). The message names the range and why it is reserved.
+    /// The service installs nothing.
+    pub const RESERVED_RANGE: &str = "ReservedRange";
+    /// The NetworkService pins a spec.listenPort outside the UDP port range the
+    /// administrator allows (the operator's --listen-ports). The service installs nothing.
+    pub const LISTEN_PORT_OUT_OF_RANGE: &str = "ListenPortOutOfRange";
+    /// The NetworkService's cidr overlaps the cidr of another service that shares a node
+    /// (so possibly a member) with it: a member of both would route one service's traffic
+    /// into the other. The service already in effect keeps working; this one installs
+    /// nothing until the overlap is gone.
+    pub const OVERLAPPING_CIDR: &str = "OverlappingCidr";
+    /// A node presents the WireGuard public key of another node (WireGuard tells peers
+    /// apart by key, so it could take the other node's traffic). The node that held the key
+    /// first keeps it; this one carries no service until its key is its own.
+    pub const DUPLICATE_NODE_KEY: &str = "DuplicateNodeKey";
 }

@@ -99,8 +99,13 @@ pub struct ExternalEndpoint {
     #[x_kube(validation = Rule::new("isIP(self)").message("must be an IP address such as 10.100.255.10 or fd00:100::10"))]
     pub address: String,
 
-    /// The host's identity, checked against the service's Admissions (an external host is
-    /// never admitted by default), for example spiffe://partner.example/vm/backup.
+    /// The host's identity, for example spiffe://cluster.local/ns/red/vm/backup. Nothing
+    /// proves a declared identity, so it is confined: it must lie in this Endpoint's
+    /// namespace's own path of the cluster's trust domain
+    /// (spiffe://<trust-domain>/ns/<namespace>/...), unless an IdentityGrant for the
+    /// namespace matches it; otherwise the host is refused (reason IdentityNotGranted).
+    /// Then the service's Admissions decide: an external host is never admitted by
+    /// default, even in the service's own namespace.
     #[schemars(length(max = SPIFFE_ID_MAX_LEN), regex(pattern = SPIFFE_ID))]
     pub spiffe_id: String,
 
@@ -122,8 +127,10 @@ pub struct EndpointStatus {
     /// Current state: `Ready` is True when every selected workload is admitted, has an
     /// address and is in place on its node (reason Ready, or NoMembers when it selects
     /// none); otherwise False with a reason (NetworkServiceNotFound, InvalidSpec,
-    /// NotAdmitted, Denied, DuplicateMember, InterfaceNameConflict, OverlappingPrefix,
-    /// AddressPoolExhausted, Progressing).
+    /// IdentityNotGranted, NotAdmitted, Denied, DuplicateMember, InterfaceNameConflict,
+    /// OverlappingPrefix, DuplicateNodeKey, AddressPoolExhausted, Progressing, or the
+    /// reason the service is refused: OutsideServicePools, ReservedRange,
+    /// ListenPortOutOfRange, OverlappingCidr).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
@@ -162,10 +169,12 @@ pub struct MemberStatus {
     /// Whether the workload is admitted to the service.
     pub admitted: bool,
 
-    /// Why: the admission decision (Admitted, Denied, NotAdmitted), or why a workload is
-    /// not a member all the same: DuplicateMember (it is one through another Endpoint),
-    /// InterfaceNameConflict, OverlappingPrefix, or InvalidSpec (also for an identity
-    /// that does not parse).
+    /// Why: the admission decision (Admitted, Denied, NotAdmitted; IdentityNotGranted for
+    /// an external host claiming an identity its namespace may not claim, decided before
+    /// any Admission), or why a workload is not a member all the same: DuplicateMember
+    /// (it is one through another Endpoint), InterfaceNameConflict, OverlappingPrefix,
+    /// DuplicateNodeKey (its node presents another node's WireGuard key), or InvalidSpec
+    /// (also for an identity that does not parse).
     pub reason: String,
 
     /// The rule behind the decision, for a person: for example "same namespace as the

@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{Admission, Endpoint, NetworkService};
+use crate::{Admission, Endpoint, IdentityGrant, NetworkService};
 
 /// A CRD and the file under `crds/` that holds it.
 #[derive(Debug, Clone)]
@@ -38,6 +38,10 @@ pub fn crd_files() -> Vec<CrdFile> {
         CrdFile {
             file_name: "admissions.yaml",
             crd: Admission::crd(),
+        },
+        CrdFile {
+            file_name: "identitygrants.yaml",
+            crd: IdentityGrant::crd(),
         },
     ]
 }

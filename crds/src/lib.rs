@@ -1,12 +1,14 @@
 //! The Wireway Kubernetes API: group `wireway.dev`, version `v1alpha1`.
 //!
-//! Three namespaced kinds, written by users and reconciled by the operator:
+//! Three namespaced kinds, written by users and reconciled by the operator, and one
+//! cluster-scoped kind written only by cluster administrators:
 //!
 //! | kind | says | short name |
 //! |---|---|---|
 //! | [`NetworkService`] | there is a flat L3 domain with this address space | `nsvc` |
 //! | [`Endpoint`] | these workloads (pods by selector, or an external host) attach to it | `nsep` |
 //! | [`Admission`] | workloads with these identities may (or may not) join it | `nsadm` |
+//! | [`IdentityGrant`] | this namespace's external hosts may claim these identities | `nsgrant` |
 //!
 //! This crate holds the types, their generated CustomResourceDefinitions ([`crds`]), the
 //! typed values the planner works with ([`SpiffeId`], [`Cidr`]) and a local validator
@@ -25,6 +27,7 @@ pub mod cidr;
 pub mod conditions;
 pub mod endpoint;
 mod generate;
+pub mod identity_grant;
 pub mod manifest;
 pub mod network_service;
 mod schema;
@@ -37,6 +40,7 @@ pub use endpoint::{
     Endpoint, EndpointSpec, EndpointStatus, ExternalEndpoint, MemberStatus, NetworkServiceRef,
 };
 pub use generate::{CrdFile, crd_files};
+pub use identity_grant::{GrantedIdentity, IdentityGrant, IdentityGrantSpec, IdentityGrantStatus};
 pub use network_service::{NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 

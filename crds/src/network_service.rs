@@ -41,7 +41,13 @@ use crate::schema::{self, CIDR_MAX_LEN};
 pub struct NetworkServiceSpec {
     /// Address space of the service, IPv4 or IPv6, in CIDR notation with the host bits
     /// clear (for example 10.100.0.0/16 or fd00:100::/48). Every member's address comes
-    /// from here. Immutable: to renumber, create a new NetworkService.
+    /// from here. It must lie inside one of the service pools the cluster's administrator
+    /// allows (by default the private ranges 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16,
+    /// 100.64.0.0/10 and fd00::/8), overlap no reserved range (loopback, link-local,
+    /// multicast, the nodes' pod ranges and addresses, the cluster's Service range), and
+    /// overlap no other service that shares a node with it; otherwise the service is
+    /// refused with a reason and installs nothing. Immutable: to renumber, create a new
+    /// NetworkService.
     #[schemars(length(max = CIDR_MAX_LEN))]
     #[x_kube(
         validation = Rule::new("isCIDR(self)").message("must be a CIDR prefix such as 10.100.0.0/16 or fd00:100::/48"),
@@ -79,8 +85,10 @@ pub struct NetworkServiceSpec {
     pub mtu: Option<i32>,
 
     /// UDP port on which every node's WireGuard interface for this service listens.
-    /// Defaults to a port the operator allocates (from 51820 up) and records in
-    /// status.listenPort. Set it when firewalls between nodes need a fixed port.
+    /// Defaults to a port the operator allocates from the range the cluster's
+    /// administrator allows (52000-52999 by default) and records in status.listenPort.
+    /// Set it when firewalls between nodes need a fixed port; a port outside that range
+    /// is refused (reason ListenPortOutOfRange).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub listen_port: Option<i32>,
@@ -96,7 +104,9 @@ pub struct NetworkServiceStatus {
 
     /// Current state: `Ready` is True when every admitted member has an address and every
     /// node hosting members has been given the service; otherwise False with a reason
-    /// (InvalidSpec, AddressPoolExhausted, OverlappingPrefix, Progressing).
+    /// (InvalidSpec, AddressPoolExhausted, OverlappingPrefix, DuplicateNodeKey,
+    /// Progressing), or refused and installing nothing (OutsideServicePools,
+    /// ReservedRange, ListenPortOutOfRange, OverlappingCidr).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,

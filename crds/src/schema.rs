@@ -1,4 +1,4 @@
-//! Schema fragments shared by the three kinds: patterns, bounds and list-map markers.
+//! Schema fragments shared by the kinds: patterns, bounds and list-map markers.
 //!
 //! Patterns are written for both regex dialects that check them: RE2 in the API server
 //! and ECMA-262 in the local validator (no look-around, no backreferences).
@@ -26,6 +26,9 @@ pub const HOST_PORT: &str = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-
 /// whitespace, and not `.` or `..`.
 pub const INTERFACE_NAME: &str = r"^([a-zA-Z0-9_-][a-zA-Z0-9_.-]{0,14}|\.[a-zA-Z0-9_-][a-zA-Z0-9_.-]{0,13}|\.\.[a-zA-Z0-9_.-]{1,13})$";
 
+/// Most rules one list may hold (Admission allow and deny, IdentityGrant identities);
+/// bounds the cost of the CEL rules the API server runs.
+pub const MAX_RULES: u32 = 64;
 /// Longest SPIFFE ID the spec allows, in bytes.
 pub const SPIFFE_ID_MAX_LEN: u32 = 2048;
 /// Longest trust domain the spec allows, in bytes.

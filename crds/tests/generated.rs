@@ -94,12 +94,19 @@ fn kinds_names_and_columns() {
             ("NetworkService", "networkservices", vec!["nsvc".to_owned()]),
             ("Endpoint", "endpoints", vec!["nsep".to_owned()]),
             ("Admission", "admissions", vec!["nsadm".to_owned()]),
+            ("IdentityGrant", "identitygrants", vec!["nsgrant".to_owned()]),
         ]
     );
     for file in &files {
         let crd = &file.crd.spec;
         assert_eq!(crd.group, "wireway.dev");
-        assert_eq!(crd.scope, "Namespaced");
+        // Users write the namespaced kinds; only cluster administrators write grants.
+        let scope = if crd.names.kind == "IdentityGrant" {
+            "Cluster"
+        } else {
+            "Namespaced"
+        };
+        assert_eq!(crd.scope, scope, "{}", crd.names.kind);
         assert_eq!(
             crd.names.categories.as_deref(),
             Some(&["wireway".to_owned()][..])

@@ -141,6 +141,13 @@ rejected! {
     admission_without_rules: "nsadm-no-rules.yaml" => "spec" by "size(self.allow) + size(self.deny) > 0";
     trust_domain_uppercase: "nsadm-bad-trust-domain.yaml" => "spec.allow[0].trustDomain" by "pattern";
     admission_network_service_required: "nsadm-missing-network-service.yaml" => "spec" by "required";
+    grant_identity_with_two_matchers: "nsgrant-identity-with-two-matchers.yaml" => "spec.identities[0]" by "has(self.spiffeIdPrefix) != has(self.trustDomain)";
+    grant_identity_with_no_matcher: "nsgrant-identity-with-no-matcher.yaml" => "spec.identities[0]" by "has(self.spiffeIdPrefix) != has(self.trustDomain)";
+    grant_without_identities: "nsgrant-no-identities.yaml" => "spec.identities" by "minItems";
+    grant_trust_domain_malformed: "nsgrant-bad-trust-domain.yaml" => "spec.identities[0].trustDomain" by "pattern";
+    grant_spiffe_id_prefix_malformed: "nsgrant-spiffe-id-prefix-malformed.yaml" => "spec.identities[0].spiffeIdPrefix" by "pattern";
+    grant_namespace_required: "nsgrant-missing-namespace.yaml" => "spec" by "required";
+    grant_namespace_not_a_label: "nsgrant-bad-namespace.yaml" => "spec.namespace" by "pattern";
     name_required: "metadata-name-missing.yaml" => "metadata.name" by "required";
     unknown_kind: "unknown-kind.yaml" => "kind" by "kind";
 }

@@ -69,6 +69,7 @@ fn kustomize_renders_the_whole_installation() {
         ("CustomResourceDefinition", "networkservices.wireway.dev"),
         ("CustomResourceDefinition", "endpoints.wireway.dev"),
         ("CustomResourceDefinition", "admissions.wireway.dev"),
+        ("CustomResourceDefinition", "identitygrants.wireway.dev"),
         ("ServiceAccount", "wireway-operator"),
         ("ServiceAccount", "wireway-agent"),
         ("ClusterRole", "wireway-operator"),
@@ -126,6 +127,7 @@ fn the_crds_are_valid_apiextensions_v1_objects() {
         "crds/networkservices.yaml",
         "crds/endpoints.yaml",
         "crds/admissions.yaml",
+        "crds/identitygrants.yaml",
     ];
     let mut args = vec!["--strict"];
     args.extend(files);
@@ -221,7 +223,7 @@ fn the_argo_cd_health_check_judges_every_state() {
     let script = std::fs::read_to_string(repo().join("config/argocd/health.lua")).unwrap();
     let config_map =
         objects(&std::fs::read_to_string(repo().join("config/argocd/argocd-cm.yaml")).unwrap());
-    for kind in ["NetworkService", "Endpoint", "Admission"] {
+    for kind in ["NetworkService", "Endpoint", "Admission", "IdentityGrant"] {
         let key = format!("/data/resource.customizations.health.wireway.dev_{kind}");
         let embedded = config_map[0]
             .pointer(&key)
