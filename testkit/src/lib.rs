@@ -1,8 +1,14 @@
 //! What Wireway's tests share, and nothing a binary needs: whether a test that needs
-//! root runs ([`root_or_skip`]), and RBAC read both ways ([`rbac`]). Each crate's own
-//! fixtures (pods, nodes, hellos) live in that crate's test-support module.
+//! root runs ([`root_or_skip`]), RBAC read both ways ([`rbac`]), and a real API server
+//! ([`control_plane`]: [`ControlPlane`]). Each crate's own fixtures (pods, nodes, hellos)
+//! live in that crate's test-support module.
 
+pub mod control_plane;
 pub mod rbac;
+
+pub use control_plane::{ControlPlane, unique_name};
+/// The kube and k8s-openapi the [`ControlPlane`]'s client comes from, for tests.
+pub use {k8s_openapi, kube};
 
 use wireway_runtime::errors::is_root;
 
