@@ -1,7 +1,7 @@
 //! One converge pass: NodeState → desired data plane → observe → operations → apply →
 //! what it did ([`Pass`]), on any [`Dataplane`]: the node's kernel, or a fake in tests.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,11 +12,12 @@ use wireway_proto::{NetnsLocator, NodeState, netns_locator};
 use crate::converge::{self, DesiredError, Lookup, Op, Plane, ResolvedNetns};
 use crate::dataplane::kernel::Kernel;
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::netns::NetnsFinder;
+use crate::dataplane::netns::{Namespaces, NetnsFinder};
 use crate::dataplane::pods::PodIndex;
 use crate::dataplane::wireguard::userspace::Userspace;
 use crate::dataplane::wireguard::{self, Backend, PeerStats};
 use crate::dataplane::{ApplyError, Dataplane};
+use crate::files;
 
 /// How long a peer endpoint's host name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,10 +45,11 @@ pub enum StartError {
 }
 
 impl StateDir {
-    /// The node's private key (base64), generated on first use and stored 0600. It never
-    /// leaves this file and the agent's memory.
+    /// The node's private key (base64), generated on first use and stored 0600 (written
+    /// whole or not at all, never through a symbolic link). It never leaves this file and
+    /// the agent's memory.
     pub fn private_key(&self) -> Result<String, StartError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let path = self.0.join("private.key");
         let error = |source| StartError::State {
             path: path.clone(),
@@ -55,17 +57,11 @@ impl StateDir {
         };
         std::fs::create_dir_all(&self.0).map_err(error)?;
         std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
-        match std::fs::read_to_string(&path) {
+        match files::read_private(&path) {
             Ok(key) => Ok(key.trim().to_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (private, _) = wireguard::generate_key().map_err(error)?;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(error)?;
-                std::io::Write::write_all(&mut file, private.as_bytes()).map_err(error)?;
+                files::write_private(&path, private.as_bytes()).map_err(error)?;
                 Ok(private)
             }
             Err(e) => Err(error(e)),
@@ -108,23 +104,49 @@ pub struct Agent<D = Kernel> {
     netns: NetnsFinder,
 }
 
-/// What [`converge::desired`] looks up, found: namespaces now (the pods' cgroups read
-/// at most once a pass, and only if a member is named by UID), endpoints resolved before.
+/// What [`converge::desired`] looks up, found: namespaces now, each opened once and
+/// kept for the pass (the pods' cgroups read at most once a pass, and only if a member is
+/// named by UID), endpoints resolved before.
 struct Found<'a> {
     netns: &'a NetnsFinder,
     pods: OnceCell<Option<PodIndex>>,
     endpoints: &'a BTreeMap<String, SocketAddr>,
+    /// What each locator gave, so a namespace two members share is opened once.
+    looked_up: RefCell<BTreeMap<(bool, String), Result<ResolvedNetns, String>>>,
+    /// The namespaces opened: the pass reaches them only through these.
+    opened: RefCell<Namespaces>,
 }
 
-impl Lookup for Found<'_> {
-    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+/// A locator as a key: by path or by UID.
+fn locator_key(locator: &NetnsLocator) -> (bool, String) {
+    match &locator.locator {
+        Some(netns_locator::Locator::Path(path)) => (false, path.clone()),
+        Some(netns_locator::Locator::PodUid(uid)) => (true, uid.clone()),
+        None => (false, String::new()),
+    }
+}
+
+impl Lookup for &Found<'_> {
+    fn netns(&self, locator: &NetnsLocator) -> Result<ResolvedNetns, String> {
+        let key = locator_key(locator);
+        if let Some(found) = self.looked_up.borrow().get(&key) {
+            return found.clone();
+        }
         let by_uid = matches!(locator.locator, Some(netns_locator::Locator::PodUid(_)));
         let pods = if by_uid {
             self.pods.get_or_init(|| self.netns.pods()).as_ref()
         } else {
             None
         };
-        self.netns.find(locator, pods)
+        let found = match self.netns.find(locator, pods) {
+            Ok((netns, fd)) => {
+                self.opened.borrow_mut().insert(netns.id, fd);
+                Ok(netns)
+            }
+            Err(e) => Err(crate::chain(&e)),
+        };
+        self.looked_up.borrow_mut().insert(key, found.clone());
+        found
     }
 
     fn endpoint(&self, host_port: &str) -> Option<SocketAddr> {
@@ -193,11 +215,14 @@ impl<D: Dataplane> Agent<D> {
             netns: &self.netns,
             pods: OnceCell::new(),
             endpoints: &endpoints,
+            looked_up: RefCell::default(),
+            opened: RefCell::default(),
         };
-        let (desired, desired_errors) = converge::desired(state, found);
-        let observed = self.dataplane.observe(&desired).await?;
+        let (desired, desired_errors) = converge::desired(state, &found);
+        let namespaces = found.opened.into_inner();
+        let observed = self.dataplane.observe(&desired, &namespaces).await?;
         let ops = converge::converge(&desired, &observed);
-        let apply_errors = self.dataplane.apply(&ops).await;
+        let apply_errors = self.dataplane.apply(&ops, &namespaces).await;
         Ok(Pass {
             ops,
             desired_errors,
@@ -215,7 +240,9 @@ impl<D: Dataplane> Agent<D> {
     /// What the data plane holds of the agent's objects (workload sides are not looked
     /// up).
     pub async fn show(&self) -> Result<Plane, ApplyError> {
-        self.dataplane.observe(&Plane::default()).await
+        self.dataplane
+            .observe(&Plane::default(), &Namespaces::default())
+            .await
     }
 }
 

@@ -32,8 +32,21 @@ struct Cli {
         env = "WIREWAY_STATE_DIR"
     )]
     state_dir: PathBuf,
+    /// A directory beneath which members' network namespace paths are accepted
+    /// (repeatable; the lab and manifest mode: /run/netns). Without one, every path is
+    /// refused. A path must begin with DIR as written, and nothing below DIR may be a
+    /// symbolic link.
+    #[arg(
+        long = "netns-path-prefix",
+        global = true,
+        value_name = "DIR",
+        env = "WIREWAY_NETNS_PATH_PREFIX",
+        value_delimiter = ':'
+    )]
+    netns_path_prefixes: Vec<PathBuf>,
     /// A directory in which each pod's network namespace is the file named by its UID
-    /// (or a link to it), for pods the operator names by UID outside Kubernetes.
+    /// (or a link to a namespace file beneath a --netns-path-prefix), for pods the
+    /// operator names by UID outside Kubernetes.
     #[arg(long, global = true, env = "WIREWAY_NETNS_DIR")]
     netns_dir: Option<PathBuf>,
     /// The host's cgroup tree, to find a pod's network namespace from its UID in a
@@ -141,7 +154,11 @@ fn main() -> ExitCode {
         root,
         proc: PathBuf::from("/proc"),
     });
-    let netns = NetnsFinder::new(cli.netns_dir.clone(), cgroups);
+    let netns = NetnsFinder::new(
+        cli.netns_path_prefixes.clone(),
+        cli.netns_dir.clone(),
+        cgroups,
+    );
     if let Command::PublicKey = &cli.command {
         return match state.private_key().map(|k| wireguard::public_key(&k)) {
             Ok(Ok(public)) => {

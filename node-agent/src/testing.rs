@@ -286,10 +286,11 @@ impl PeerFixture for Peer {
 
 /// Finds every namespace, as if every pod were running: by path as given, by pod UID
 /// at `/run/pods/<uid>`; its identity made from where it is.
-pub fn pods_running(locator: &NetnsLocator) -> Option<ResolvedNetns> {
-    let path = match locator.locator.as_ref()? {
-        netns_locator::Locator::Path(path) => path.clone(),
-        netns_locator::Locator::PodUid(uid) => format!("/run/pods/{uid}"),
+pub fn pods_running(locator: &NetnsLocator) -> Result<ResolvedNetns, String> {
+    let path = match locator.locator.as_ref() {
+        Some(netns_locator::Locator::Path(path)) => path.clone(),
+        Some(netns_locator::Locator::PodUid(uid)) => format!("/run/pods/{uid}"),
+        None => return Err(crate::converge::NOT_FOUND.to_owned()),
     };
     let mut hasher = DefaultHasher::new();
     path.hash(&mut hasher);
@@ -297,7 +298,7 @@ pub fn pods_running(locator: &NetnsLocator) -> Option<ResolvedNetns> {
         dev: 4,
         ino: hasher.finish(),
     };
-    Some(ResolvedNetns { path, id })
+    Ok(ResolvedNetns { path, id })
 }
 
 /// `desired` as the kernel reports it once it holds it: without the namespace paths only
@@ -313,11 +314,12 @@ pub fn as_observed(desired: &Plane) -> Plane {
 }
 
 /// The agent's namespace finder for pods whose namespaces are files in `dir` named by
-/// their UIDs (as the lab provides them), with a file made for each of `uids`: any file
-/// has an identity, so no namespace needs to be made (nor root).
+/// their UIDs (as the lab provides them), with a file made for each of `uids`, for a fake
+/// kernel: it takes any file for a namespace, so no namespace needs to be made (nor
+/// root).
 pub fn pods_in(dir: &Path, uids: &[&str]) -> std::io::Result<NetnsFinder> {
     for uid in uids {
         std::fs::write(dir.join(uid), "")?;
     }
-    Ok(NetnsFinder::new(Some(dir.to_owned()), None))
+    Ok(NetnsFinder::new(Vec::new(), Some(dir.to_owned()), None).accepting_any_file())
 }

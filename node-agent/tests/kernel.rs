@@ -128,6 +128,8 @@ impl Lab {
             AGENT,
             "--state-dir",
             &state_dir,
+            "--netns-path-prefix",
+            "/run/netns",
             "apply",
             "--node-state",
             file.to_str().unwrap(),

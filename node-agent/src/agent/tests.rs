@@ -8,12 +8,17 @@ use crate::converge::{Peer, Route};
 use crate::dataplane::fake::{Call, FakeKernel};
 use crate::testing::*;
 
-/// Operations that netlink writes (WireGuard configuration is not counted).
+/// Operations that netlink writes (WireGuard configuration and nftables are not counted).
 fn netlink_writes(ops: &[Op]) -> u64 {
     let counted = ops.iter().filter(|op| {
         !matches!(
             op,
-            Op::SetListenPort { .. } | Op::SetPeer { .. } | Op::RemovePeer { .. }
+            Op::SetListenPort { .. }
+                | Op::SetPeer { .. }
+                | Op::RemovePeer { .. }
+                | Op::ReplaceFirewall { .. }
+                | Op::SetFirewallSources { .. }
+                | Op::DeleteFirewall
         )
     });
     counted.count() as u64

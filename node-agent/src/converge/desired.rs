@@ -4,9 +4,17 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
-use wireway_proto::{NetnsLocator, NodeState, ServiceState};
+use wireway_proto::{
+    HOST_VETH_PREFIX, NetnsLocator, NodeState, ROUTE_TABLE_BASE, ServiceState, WIREGUARD_PREFIX,
+};
 
+use super::firewall::{Firewall, Source};
 use super::model::{MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide};
+
+/// The routing tables the agent owns: `ROUTE_TABLE_BASE` and the 65535 after it. A
+/// NodeState naming another table is refused.
+pub const ROUTE_TABLES: std::ops::RangeInclusive<u32> =
+    ROUTE_TABLE_BASE..=ROUTE_TABLE_BASE + 0xffff;
 
 /// The IPv4 gateway every member routes its service through. Nobody holds it: the host
 /// side of the veth answers ARP for it (proxy ARP), because the service's table routes it
@@ -15,6 +23,9 @@ pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
 /// The IPv6 gateway: a link-local address on the host side of every member veth (IPv6 has
 /// no proxy for whole ranges).
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x77, 1);
+
+/// Why a member is left out while its namespace is not there (its pod is starting).
+pub const NOT_FOUND: &str = "its network namespace was not found (yet)";
 
 /// A part of the NodeState that cannot be applied, with the service it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,10 +37,10 @@ pub struct DesiredError {
     pub message: String,
 }
 
-/// A workload's network namespace, found.
+/// A workload's network namespace, found (and, by the data plane, opened for the pass).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedNetns {
-    /// A path that opens it.
+    /// Where it was found, for messages.
     pub path: String,
     /// Its identity.
     pub id: NetnsId,
@@ -37,16 +48,17 @@ pub struct ResolvedNetns {
 
 /// What [`desired`] needs found outside the NodeState.
 pub trait Lookup {
-    /// A workload's network namespace; `None` while there is none (its pod is starting).
-    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns>;
+    /// A workload's network namespace; an error saying why there is none (its pod is
+    /// starting, or the locator is refused).
+    fn netns(&self, locator: &NetnsLocator) -> Result<ResolvedNetns, String>;
     /// The address of a peer's endpoint given by host name (`host:port`); `None` when it
     /// does not resolve.
     fn endpoint(&self, host_port: &str) -> Option<SocketAddr>;
 }
 
 /// A function that finds namespaces is a [`Lookup`] in which no host name resolves.
-impl<F: Fn(&NetnsLocator) -> Option<ResolvedNetns>> Lookup for F {
-    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+impl<F: Fn(&NetnsLocator) -> Result<ResolvedNetns, String>> Lookup for F {
+    fn netns(&self, locator: &NetnsLocator) -> Result<ResolvedNetns, String> {
         self(locator)
     }
 
@@ -69,10 +81,12 @@ pub fn endpoint_names(state: &NodeState) -> BTreeSet<String> {
 }
 
 /// The data plane `state` asks for. `lookup` finds members' network namespaces and peers'
-/// endpoints. A member whose namespace cannot be found (its pod is still starting) is left
-/// out and reported; a peer whose endpoint does not resolve is set without one (it can
-/// still connect to this node) and reported. A service with a value that does not parse
-/// is left out whole and reported; the others are unaffected.
+/// endpoints. A member whose namespace cannot be found (its pod is still starting) or is
+/// refused is left out and reported; a peer whose endpoint does not resolve is set without
+/// one (it can still connect to this node) and reported. A service with a value that does
+/// not parse, or that names a link or table that is not the agent's, is left out whole
+/// and reported; the others are unaffected. The nftables table is wanted while any
+/// service is, with each member's (host veth, address) as a source.
 pub fn desired(state: &NodeState, lookup: impl Lookup) -> (Plane, Vec<DesiredError>) {
     let mut plane = Plane::default();
     let mut errors = Vec::new();
@@ -86,7 +100,44 @@ pub fn desired(state: &NodeState, lookup: impl Lookup) -> (Plane, Vec<DesiredErr
             Err(message) => errors.push(error(message)),
         }
     }
+    if !plane.wireguard.is_empty() {
+        let sources = plane
+            .members
+            .iter()
+            .flat_map(|(host, link)| {
+                let addresses = link.workload.iter().flat_map(|w| &w.addresses);
+                addresses.map(|a| Source {
+                    device: host.clone(),
+                    address: a.addr(),
+                })
+            })
+            .collect();
+        plane.firewall = Some(Firewall::with_sources(sources));
+    }
     (plane, errors)
+}
+
+/// Whether `name` is a name the kernel takes for a link and the agent can write in a
+/// sysctl path or an nftables string: 1 to 15 characters, letters, digits, `-`, `_`, `.`,
+/// and not `.` or `..`.
+fn is_link_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name != "."
+        && name != ".."
+}
+
+/// `name` if it is a link name of the agent's (with `prefix`); otherwise why not.
+fn owned_name<'a>(what: &str, name: &'a str, prefix: &str) -> Result<&'a str, String> {
+    if name.starts_with(prefix) && name.len() > prefix.len() && is_link_name(name) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{what} {name:?} is not a link name of the agent's ({prefix}...)"
+        ))
+    }
 }
 
 fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String> {
@@ -106,7 +157,14 @@ fn add_service(
     let listen_port = u16::try_from(service.listen_port)
         .map_err(|_| format!("listen port {} is out of range", service.listen_port))?;
     let table = service.route_table;
-    let wg = service.interface_name.clone();
+    if !ROUTE_TABLES.contains(&table) {
+        return Err(format!(
+            "routing table {table} is not one of the agent's ({}-{})",
+            ROUTE_TABLES.start(),
+            ROUTE_TABLES.end()
+        ));
+    }
+    let wg = owned_name("interface", &service.interface_name, WIREGUARD_PREFIX)?.to_owned();
     let mut peers = std::collections::BTreeMap::new();
     let mut missing = Vec::new();
     for p in &service.peers {
@@ -139,14 +197,21 @@ fn add_service(
     let mut members = Vec::new();
     for m in &service.members {
         let address: IpAddr = parse("member address", &m.address)?;
-        let Some(netns) = m.netns.as_ref().and_then(|l| lookup.netns(l)) else {
-            missing.push(format!(
-                "member {}: its network namespace was not found (yet)",
-                m.id
+        owned_name("host interface", &m.host_interface_name, HOST_VETH_PREFIX)?;
+        if !is_link_name(&m.interface_name) {
+            return Err(format!(
+                "member {}: interface name {:?} is not a link name",
+                m.id, m.interface_name
             ));
-            continue;
+        }
+        let found = match &m.netns {
+            Some(locator) => lookup.netns(locator),
+            None => Err(NOT_FOUND.to_owned()),
         };
-        members.push((m, IpNet::from(address), netns));
+        match found {
+            Ok(netns) => members.push((m, IpNet::from(address), netns)),
+            Err(why) => missing.push(format!("member {}: {why}", m.id)),
+        }
     }
 
     plane.wireguard.insert(
@@ -204,6 +269,7 @@ fn add_service(
                 mtu: service.mtu,
                 up: true,
                 proxy_arp: ipv4,
+                ipv6: !ipv4,
                 addresses: host_addresses.clone(),
                 workload: Some(WorkloadSide {
                     netns: netns.id,
@@ -211,6 +277,7 @@ fn add_service(
                     name: m.interface_name.clone(),
                     mtu: service.mtu,
                     up: true,
+                    ipv6: !ipv4,
                     addresses: BTreeSet::from([address]),
                     routes: BTreeSet::from([(cidr, gateway)]),
                 }),

@@ -5,22 +5,28 @@
 //! * in sync → no operation; each operation changes only what differs;
 //! * WireGuard interfaces are never recreated to change them: port, MTU and peers are set
 //!   in place (recreating drops every tunnel of the service);
-//! * order: what goes away first (links, then their rules and routes), then new links,
-//!   their configuration and peers, then rules (each device's reject rule before its
+//! * order: what goes away first (links, then their rules and routes, then members'
+//!   sources in the nftables table), then the nftables table if it is missing or differs
+//!   (before any link is made: the fence stands before the gate opens), then new links,
+//!   their configuration and peers, then the new members' sources (each after its
+//!   member's address is configured), then rules (each device's reject rule before its
 //!   lookup rule, so a device is never without its fence), routes last (they need the
 //!   links);
-//! * only objects the agent owns (its name prefixes, tables and rule priorities) appear in
-//!   `observed`, so nothing else is ever touched.
+//! * only objects the agent owns (its name prefixes, tables, rule priorities and its
+//!   nftables table) appear in `observed`, so nothing else is ever touched.
 //!
 //! [`converge`] is that order, one stage per line.
 
 mod desired;
+pub mod firewall;
 mod model;
 mod op;
 
 pub use desired::{
-    DesiredError, GATEWAY_V4, GATEWAY_V6, Lookup, ResolvedNetns, desired, endpoint_names,
+    DesiredError, GATEWAY_V4, GATEWAY_V6, Lookup, NOT_FOUND, ROUTE_TABLES, ResolvedNetns, desired,
+    endpoint_names,
 };
+pub use firewall::{Firewall, Source};
 pub use model::{MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide};
 pub use op::Op;
 
@@ -32,8 +38,10 @@ pub fn converge(desired: &Plane, observed: &Plane) -> Vec<Op> {
     let mut ops = Vec::new();
     delete_links(&gone, &mut ops);
     remove_rules_and_routes(desired, observed, &gone, &mut ops);
+    firewall_table(desired, observed, &mut ops);
     wireguard_interfaces(desired, observed, &gone, &mut ops);
     member_veths(desired, observed, &gone, &mut ops);
+    add_sources(desired, observed, &mut ops);
     add_rules(desired, observed, &mut ops);
     add_routes(desired, observed, &gone, &mut ops);
     ops
@@ -90,7 +98,40 @@ fn remove_rules_and_routes(
     );
 }
 
-/// 3. WireGuard interfaces: create what is missing, change the rest in place (port, MTU
+/// 3. The nftables table: deleted when no service wants it; made anew when it is missing or
+///    any set, chain or rule differs, keeping the sources that stay; otherwise the
+///    sources that go are removed. Before any link is made, so no member or peer ever
+///    sends before the table holds.
+fn firewall_table(desired: &Plane, observed: &Plane, ops: &mut Vec<Op>) {
+    match (&desired.firewall, observed.firewall.as_ref()) {
+        (None, None) => {}
+        (None, Some(_)) => ops.push(Op::DeleteFirewall),
+        (Some(want), have) => {
+            let have_sources = have.map(|h| &h.sources);
+            let kept = want
+                .sources
+                .iter()
+                .filter(|s| have_sources.is_some_and(|h| h.contains(*s)));
+            match have {
+                Some(have) if have.parts == want.parts => {
+                    let remove: Vec<Source> =
+                        have.sources.difference(&want.sources).cloned().collect();
+                    if !remove.is_empty() {
+                        ops.push(Op::SetFirewallSources {
+                            add: Vec::new(),
+                            remove,
+                        });
+                    }
+                }
+                _ => ops.push(Op::ReplaceFirewall {
+                    sources: kept.cloned().collect(),
+                }),
+            }
+        }
+    }
+}
+
+/// 4. WireGuard interfaces: create what is missing, change the rest in place (port, MTU
 ///    and state, then peers).
 fn wireguard_interfaces(
     desired: &Plane,
@@ -158,7 +199,8 @@ fn peer_in_sync(want: &Peer, have: Option<&Peer>) -> bool {
     })
 }
 
-/// 4. Member veths: create what is missing, then configure both sides.
+/// 5. Member veths: create what is missing, then configure both sides (the host side
+///    before it goes up, so an IPv4 member's veth never has IPv6).
 fn member_veths(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &mut Vec<Op>) {
     let empty = MemberLink::default();
     for (host, want) in &desired.members {
@@ -174,12 +216,14 @@ fn member_veths(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &
             None => {
                 ops.push(Op::CreateMember {
                     host: host.clone(),
+                    netns: want_workload.netns,
                     netns_path: want_workload.netns_path.clone(),
                     workload: want_workload.name.clone(),
                 });
                 &empty
             }
         };
+        ops.extend(configure_host(host, want, have));
         if (have.mtu, have.up) != (want.mtu, want.up) {
             ops.push(Op::SetLink {
                 name: host.clone(),
@@ -187,19 +231,21 @@ fn member_veths(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &
                 up: want.up,
             });
         }
-        ops.extend(configure_host(host, want, have));
         let empty_workload = WorkloadSide::default();
         let have_workload = have.workload.as_ref().unwrap_or(&empty_workload);
         ops.extend(configure_workload(host, want_workload, have_workload));
     }
 }
 
-/// The host side of a member veth: proxy ARP and its addresses.
+/// The host side of a member veth: proxy ARP, IPv6 and its addresses.
 fn configure_host(host: &str, want: &MemberLink, have: &MemberLink) -> Option<Op> {
-    let in_sync = have.proxy_arp == want.proxy_arp && have.addresses == want.addresses;
+    let in_sync = have.proxy_arp == want.proxy_arp
+        && have.ipv6 == want.ipv6
+        && have.addresses == want.addresses;
     (!in_sync).then(|| Op::ConfigureHost {
         host: host.to_owned(),
         proxy_arp: want.proxy_arp,
+        ipv6: want.ipv6,
         add: want
             .addresses
             .difference(&have.addresses)
@@ -213,19 +259,22 @@ fn configure_host(host: &str, want: &MemberLink, have: &MemberLink) -> Option<Op
     })
 }
 
-/// The workload side of a member veth, inside its namespace: name, MTU, state, addresses
-/// and routes.
+/// The workload side of a member veth, inside its namespace: name, MTU, state, IPv6,
+/// addresses and routes.
 fn configure_workload(host: &str, want: &WorkloadSide, have: &WorkloadSide) -> Option<Op> {
     let in_sync = have.name == want.name
         && have.mtu == want.mtu
         && have.up == want.up
+        && have.ipv6 == want.ipv6
         && have.addresses == want.addresses
         && have.routes == want.routes;
     (!in_sync).then(|| Op::ConfigureWorkload {
         host: host.to_owned(),
+        netns: want.netns,
         netns_path: want.netns_path.clone(),
         name: want.name.clone(),
         mtu: want.mtu,
+        ipv6: want.ipv6,
         add_addresses: want
             .addresses
             .difference(&have.addresses)
@@ -241,7 +290,28 @@ fn configure_workload(host: &str, want: &WorkloadSide, have: &WorkloadSide) -> O
     })
 }
 
-/// 5. Rules: every device's reject rule before its lookup rule, so no device is ever
+/// 6. Members' sources that are new, once their members are configured: a member's
+///    packets are dropped until its address is in place and recorded.
+fn add_sources(desired: &Plane, observed: &Plane, ops: &mut Vec<Op>) {
+    let Some(want) = &desired.firewall else {
+        return;
+    };
+    let have = observed.firewall.as_ref().map(|f| &f.sources);
+    let add: Vec<Source> = want
+        .sources
+        .iter()
+        .filter(|s| !have.is_some_and(|h| h.contains(*s)))
+        .cloned()
+        .collect();
+    if !add.is_empty() {
+        ops.push(Op::SetFirewallSources {
+            add,
+            remove: Vec::new(),
+        });
+    }
+}
+
+/// 7. Rules: every device's reject rule before its lookup rule, so no device is ever
 ///    without its fence.
 fn add_rules(desired: &Plane, observed: &Plane, ops: &mut Vec<Op>) {
     let mut missing: Vec<&Rule> = desired.rules.difference(&observed.rules).collect();
@@ -249,7 +319,7 @@ fn add_rules(desired: &Plane, observed: &Plane, ops: &mut Vec<Op>) {
     ops.extend(missing.into_iter().cloned().map(Op::AddRule));
 }
 
-/// 6. Routes last: they point at the links made above. A route of a link just
+/// 8. Routes last: they point at the links made above. A route of a link just
 ///    (re)created is missing even if it was observed on the old link.
 fn add_routes(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &mut Vec<Op>) {
     ops.extend(

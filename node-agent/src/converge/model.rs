@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::firewall::Firewall;
+
 /// A WireGuard peer as the agent sets it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Peer {
@@ -34,9 +36,11 @@ pub struct WireGuard {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WorkloadSide {
     /// Identity of the network namespace (device and inode of its nsfs file), so a veth
-    /// left in a namespace the workload no longer uses is told apart.
+    /// left in a namespace the workload no longer uses is told apart. The pass opens each
+    /// namespace once and reaches it by this identity, never by its path again.
     pub netns: NetnsId,
-    /// Path to open the namespace by (desired state; empty when observed).
+    /// Where the namespace was found, for messages only (desired state; empty when
+    /// observed).
     pub netns_path: String,
     /// Interface name inside the namespace.
     pub name: String,
@@ -44,6 +48,9 @@ pub struct WorkloadSide {
     pub mtu: u32,
     /// Whether the link is up.
     pub up: bool,
+    /// Whether IPv6 is enabled on it (only for IPv6 services: an IPv4 member has no
+    /// link-local address to be reached at).
+    pub ipv6: bool,
     /// Addresses (host prefixes: /32 or /128).
     pub addresses: BTreeSet<IpNet>,
     /// Routes: destination via gateway.
@@ -68,9 +75,11 @@ pub struct MemberLink {
     pub up: bool,
     /// Whether the host side answers ARP for the gateway (proxy ARP).
     pub proxy_arp: bool,
+    /// Whether IPv6 is enabled on the host side (only for IPv6 services).
+    pub ipv6: bool,
     /// Addresses on the host side (the IPv6 link-local gateway).
     pub addresses: BTreeSet<IpNet>,
-    /// The workload side; `None` when it could not be found (observed) .
+    /// The workload side; `None` when it could not be found (observed).
     pub workload: Option<WorkloadSide>,
 }
 
@@ -118,4 +127,6 @@ pub struct Plane {
     pub routes: BTreeSet<Route>,
     /// The agent's policy rules.
     pub rules: BTreeSet<Rule>,
+    /// The agent's nftables table; `None` when there is none (no service on the node).
+    pub firewall: Option<Firewall>,
 }

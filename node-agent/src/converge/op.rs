@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::model::{Peer, Route, Rule};
+use super::firewall::Source;
+use super::model::{NetnsId, Peer, Route, Rule};
 
 /// One change to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +35,15 @@ pub enum Op {
         port: u16,
     },
     /// Create a member's veth pair: the host side named `host`, the other end moved into
-    /// the namespace at `netns_path` and renamed `workload`.
+    /// the namespace `netns` (as opened for this pass) and renamed `workload`, both ends
+    /// down. Refused, creating nothing, when `workload` is taken there by an interface
+    /// that is not the agent's.
     CreateMember {
         /// Host-side name.
         host: String,
-        /// Namespace path.
+        /// The namespace.
+        netns: NetnsId,
+        /// Where the namespace was found (for messages).
         netns_path: String,
         /// Name inside the namespace.
         workload: String,
@@ -52,27 +57,35 @@ pub enum Op {
         /// Up or down.
         up: bool,
     },
-    /// Configure the host side of a member veth: proxy ARP, and addresses to add and remove.
+    /// Configure the host side of a member veth: proxy ARP, IPv6, and addresses to add
+    /// and remove.
     ConfigureHost {
         /// Host-side name.
         host: String,
         /// Proxy ARP on or off.
         proxy_arp: bool,
+        /// IPv6 on or off.
+        ipv6: bool,
         /// Addresses to add.
         add: Vec<IpNet>,
         /// Addresses to remove.
         remove: Vec<IpNet>,
     },
-    /// Configure the workload side, inside its namespace.
+    /// Configure the workload side, inside its namespace: only the peer of `host`, and
+    /// only if it is called `name` there.
     ConfigureWorkload {
-        /// Host-side name of the pair (for errors and metrics).
+        /// Host-side name of the pair.
         host: String,
-        /// Namespace path.
+        /// The namespace.
+        netns: NetnsId,
+        /// Where the namespace was found (for messages).
         netns_path: String,
         /// Interface name inside.
         name: String,
         /// MTU.
         mtu: u32,
+        /// IPv6 on or off.
+        ipv6: bool,
         /// Addresses to add.
         add_addresses: Vec<IpNet>,
         /// Addresses to remove.
@@ -102,6 +115,44 @@ pub enum Op {
     AddRule(Rule),
     /// Add a route.
     AddRoute(Route),
+    /// Make the agent's nftables table anew (it is missing, or a set, chain or rule
+    /// differs), with these members' sources, in one transaction.
+    ReplaceFirewall {
+        /// The sources it starts with.
+        sources: Vec<Source>,
+    },
+    /// Add and remove members' sources in the table.
+    SetFirewallSources {
+        /// Sources to add.
+        add: Vec<Source>,
+        /// Sources to remove.
+        remove: Vec<Source>,
+    },
+    /// Delete the agent's nftables table (the node holds no service).
+    DeleteFirewall,
+}
+
+impl Op {
+    /// The link this operation changes and needs, if it changes one: when creating that
+    /// link failed, the operation is not tried.
+    pub fn link(&self) -> Option<&str> {
+        match self {
+            Self::SetListenPort { name, .. } | Self::SetLink { name, .. } => Some(name),
+            Self::ConfigureHost { host, .. } | Self::ConfigureWorkload { host, .. } => Some(host),
+            Self::SetPeer { interface, .. } | Self::RemovePeer { interface, .. } => Some(interface),
+            Self::AddRoute(route) => Some(&route.device),
+            _ => None,
+        }
+    }
+
+    /// The link this operation creates, if it creates one.
+    pub fn creates(&self) -> Option<&str> {
+        match self {
+            Self::CreateWireGuard { name } => Some(name),
+            Self::CreateMember { host, .. } => Some(host),
+            _ => None,
+        }
+    }
 }
 
 /// What an operation does, for messages: "add route 10.100.0.0/16 dev ww-red table
@@ -122,6 +173,7 @@ impl fmt::Display for Op {
                 host,
                 netns_path,
                 workload,
+                ..
             } => write!(f, "create veth {host} into {netns_path} as {workload}"),
             Self::SetLink { name, mtu, up } => {
                 write!(
@@ -149,6 +201,20 @@ impl fmt::Display for Op {
                 "add route {} dev {} table {}",
                 r.destination, r.device, r.table
             ),
+            Self::ReplaceFirewall { sources } => write!(
+                f,
+                "replace nftables table {} ({} member sources)",
+                super::firewall::TABLE,
+                sources.len()
+            ),
+            Self::SetFirewallSources { add, remove } => write!(
+                f,
+                "add {} and remove {} member sources in nftables table {}",
+                add.len(),
+                remove.len(),
+                super::firewall::TABLE
+            ),
+            Self::DeleteFirewall => write!(f, "delete nftables table {}", super::firewall::TABLE),
         }
     }
 }

@@ -278,11 +278,14 @@ fn removing_a_service_removes_everything_it_had_and_nothing_else() {
         deleted,
         BTreeSet::from(["ww-red", "wwv0000000a", "wwv0000000b"])
     );
+    let red = ["ww-red", "wwv0000000a", "wwv0000000b"];
     assert!(
         ops.iter().all(|o| match o {
             Op::DeleteLink { .. } => true,
             Op::RemoveRule(Rule::Lookup { iif, .. } | Rule::Reject { iif, .. }) =>
-                ["ww-red", "wwv0000000a", "wwv0000000b"].contains(&iif.as_str()),
+                red.contains(&iif.as_str()),
+            Op::SetFirewallSources { add, remove } =>
+                add.is_empty() && remove.iter().all(|s| red.contains(&s.device.as_str())),
             _ => false,
         }),
         "{ops:#?}"
@@ -377,7 +380,7 @@ proptest! {
 struct Dns;
 
 impl Lookup for Dns {
-    fn netns(&self, locator: &NetnsLocator) -> Option<ResolvedNetns> {
+    fn netns(&self, locator: &NetnsLocator) -> Result<ResolvedNetns, String> {
         pods_running(locator)
     }
 

@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use netlink_packet_core::ErrorMessage;
 
 use super::netlink::NetlinkError;
+use super::netns::Namespaces;
+use super::nftables::NftError;
 use super::wireguard::{PeerChange, PeerStats, WireGuardError};
 use super::{ApplyError, Dataplane};
-use crate::converge::{MemberLink, NetnsId, Op, Peer, Plane, WireGuard, WorkloadSide};
+use crate::converge::{Firewall, MemberLink, Op, Peer, Plane, WireGuard, WorkloadSide};
 
 /// `EEXIST`: what the kernel answers when asked to add what it has.
 const EXISTS: i32 = 17;
@@ -36,6 +38,16 @@ fn refusal(op: &Op, errno: i32) -> ApplyError {
     }
 }
 
+/// What `nft` answers when asked to change what is not there.
+fn nft_refusal(op: &Op) -> ApplyError {
+    ApplyError::Firewall {
+        action: op.to_string(),
+        source: NftError::Refused(
+            "Error: Could not process rule: No such file or directory".into(),
+        ),
+    }
+}
+
 fn missing(op: &Op, link: &str) -> ApplyError {
     ApplyError::Missing {
         action: op.to_string(),
@@ -45,22 +57,16 @@ fn missing(op: &Op, link: &str) -> ApplyError {
 
 /// What a kernel holds of the agent's objects, changed by operations as the kernel
 /// changes: deleting a link drops its routes, not its rules; a new veth's workload side
-/// is in the namespace its path names, down and unconfigured.
+/// is in the namespace the operation names, down and unconfigured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model {
     held: Plane,
-    /// The namespaces of the desired state last observed against, by path: where a new
-    /// veth's workload side goes.
-    namespaces: BTreeMap<String, NetnsId>,
 }
 
 impl Model {
     /// A kernel holding `plane` (as the kernel reports it: no namespace paths).
     pub fn holding(plane: Plane) -> Self {
-        Self {
-            held: plane,
-            namespaces: BTreeMap::new(),
-        }
+        Self { held: plane }
     }
 
     /// What it holds.
@@ -70,15 +76,11 @@ impl Model {
 
     /// What it holds, as the kernel reports it when asked with `desired`: a workload
     /// side only where `desired` looks for it (in its namespace, by its name).
-    pub fn observe(&mut self, desired: &Plane) -> Plane {
+    pub fn observe(&self, desired: &Plane) -> Plane {
         let wanted: BTreeMap<&String, &WorkloadSide> = desired
             .members
             .iter()
             .filter_map(|(host, m)| Some((host, m.workload.as_ref()?)))
-            .collect();
-        self.namespaces = wanted
-            .values()
-            .map(|w| (w.netns_path.clone(), w.netns))
             .collect();
         let mut observed = self.held.clone();
         for (host, link) in &mut observed.members {
@@ -130,18 +132,13 @@ impl Model {
             }
             Op::CreateMember {
                 host,
-                netns_path,
+                netns,
                 workload,
+                ..
             } => {
                 if held.wireguard.contains_key(host) || held.members.contains_key(host) {
                     return Err(refusal(op, EXISTS));
                 }
-                let Some(netns) = self.namespaces.get(netns_path) else {
-                    return Err(ApplyError::Io {
-                        action: op.to_string(),
-                        source: std::io::ErrorKind::NotFound.into(),
-                    });
-                };
                 let workload = WorkloadSide {
                     netns: *netns,
                     name: workload.clone(),
@@ -169,6 +166,7 @@ impl Model {
             Op::ConfigureHost {
                 host,
                 proxy_arp,
+                ipv6,
                 add,
                 remove,
             } => {
@@ -177,6 +175,7 @@ impl Model {
                     .get_mut(host)
                     .ok_or_else(|| missing(op, host))?;
                 link.proxy_arp = *proxy_arp;
+                link.ipv6 = *ipv6;
                 link.addresses.retain(|a| !remove.contains(a));
                 link.addresses.extend(add);
             }
@@ -184,6 +183,7 @@ impl Model {
                 host,
                 name,
                 mtu,
+                ipv6,
                 add_addresses,
                 remove_addresses,
                 add_routes,
@@ -195,7 +195,7 @@ impl Model {
                     .get_mut(host)
                     .and_then(|l| l.workload.as_mut())
                     .ok_or_else(|| missing(op, name))?;
-                (w.name, w.mtu, w.up) = (name.clone(), *mtu, true);
+                (w.name, w.mtu, w.up, w.ipv6) = (name.clone(), *mtu, true, *ipv6);
                 w.routes.retain(|r| !remove_routes.contains(r));
                 w.addresses.retain(|a| !remove_addresses.contains(a));
                 w.addresses.extend(add_addresses);
@@ -233,6 +233,24 @@ impl Model {
                 if !held.routes.insert(route.clone()) {
                     return Err(refusal(op, EXISTS));
                 }
+            }
+            Op::ReplaceFirewall { sources } => {
+                held.firewall = Some(Firewall::with_sources(sources.iter().cloned().collect()));
+            }
+            Op::SetFirewallSources { add, remove } => {
+                // One transaction: all of it or nothing, as `nft -f` does.
+                let firewall = held.firewall.as_mut().ok_or_else(|| nft_refusal(op))?;
+                let mut sources = firewall.sources.clone();
+                for source in remove {
+                    if !sources.remove(source) {
+                        return Err(nft_refusal(op));
+                    }
+                }
+                sources.extend(add.iter().cloned());
+                firewall.sources = sources;
+            }
+            Op::DeleteFirewall => {
+                held.firewall.take().ok_or_else(|| nft_refusal(op))?;
             }
         }
         Ok(())
@@ -349,7 +367,7 @@ impl Dataplane for FakeKernel {
     }
 
     /// One per operation applied, as netlink counts: WireGuard configuration (listen
-    /// ports, peers) is not counted.
+    /// ports, peers) and nftables are not counted.
     fn writes(&self) -> u64 {
         self.lock().writes
     }
@@ -359,7 +377,7 @@ impl Dataplane for FakeKernel {
         Ok(())
     }
 
-    async fn observe(&self, desired: &Plane) -> Result<Plane, ApplyError> {
+    async fn observe(&self, desired: &Plane, _: &Namespaces) -> Result<Plane, ApplyError> {
         let mut fake = self.lock();
         fake.calls.push(Call::Observe);
         Ok(fake.model.observe(desired))
@@ -378,16 +396,31 @@ impl Dataplane for FakeKernel {
             .collect())
     }
 
-    async fn apply_op(&self, op: &Op) -> Result<(), ApplyError> {
+    /// Refuses, as the kernel applier does, an operation in a workload's namespace that
+    /// the pass did not open: namespaces are reached through the pass's descriptors only.
+    async fn apply_op(&self, op: &Op, namespaces: &Namespaces) -> Result<(), ApplyError> {
         let mut fake = self.lock();
         fake.calls.push(Call::Apply(op.clone()));
         if fake.refused.contains(op) {
             return Err(refusal(op, REFUSED));
         }
+        if let Op::CreateMember { netns, .. } | Op::ConfigureWorkload { netns, .. } = op
+            && !namespaces.contains(netns)
+        {
+            return Err(ApplyError::Io {
+                action: op.to_string(),
+                source: std::io::Error::other("its network namespace was not opened for this pass"),
+            });
+        }
         fake.model.apply(op)?;
         if !matches!(
             op,
-            Op::SetListenPort { .. } | Op::SetPeer { .. } | Op::RemovePeer { .. }
+            Op::SetListenPort { .. }
+                | Op::SetPeer { .. }
+                | Op::RemovePeer { .. }
+                | Op::ReplaceFirewall { .. }
+                | Op::SetFirewallSources { .. }
+                | Op::DeleteFirewall
         ) {
             fake.writes += 1;
         }

@@ -1,18 +1,34 @@
 //! The real kernel of one node: reads back the agent's links, addresses, routes and rules
-//! through netlink and its WireGuard devices through the backend, and applies operations
-//! to them.
+//! through netlink, its WireGuard devices through the backend and its nftables table
+//! through `nft`, and applies operations to them.
+//!
+//! Guarantees:
+//! * only the agent's own objects are read back, so only they can be changed: links named
+//!   `ww-*` and `wwv*`, routes in the agent's tables, rules at its priorities whose input
+//!   interface is one of its links, the table `inet wireway`;
+//! * in a workload's namespace the agent touches one interface: the peer of its own
+//!   host-side veth, checked both ways (the host side names the peer's index and
+//!   namespace, and the namespace is the one the pass opened), and only under the name
+//!   the NodeState gives it. An interface of that name that is not the peer (the pod's
+//!   `eth0`, a dummy) is never touched: creating the member is refused instead;
+//! * a workload's namespace is reached only through the descriptor the pass opened
+//!   ([`Namespaces`]), never by its path.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::Path;
+use std::os::fd::OwnedFd;
 
 use ipnet::IpNet;
-use wireway_proto::{HOST_VETH_PREFIX, ROUTE_TABLE_BASE, WIREGUARD_PREFIX};
+use wireway_proto::{HOST_VETH_PREFIX, WIREGUARD_PREFIX};
 
-use super::netlink::{Link, Netlink, NetlinkError};
-use super::wireguard::{Backend, PeerChange, PeerStats, WireGuardError};
+use super::netlink::{Link, Netlink, NetlinkError, on_thread_in};
+use super::netns::Namespaces;
+use super::nftables;
+use super::wireguard::{Backend, PeerChange, PeerStats, PrivateKey, WireGuardError};
 use super::{ApplyError, Dataplane};
-use crate::converge::{GATEWAY_V6, MemberLink, Op, Plane, Route, Rule, WireGuard, WorkloadSide};
+use crate::converge::firewall;
+use crate::converge::{
+    GATEWAY_V6, MemberLink, NetnsId, Op, Plane, ROUTE_TABLES, Route, Rule, WireGuard, WorkloadSide,
+};
 
 /// Priority of the rules `iif <dev> lookup <table>`.
 pub const RULE_PRIORITY_LOOKUP: u32 = 22359;
@@ -32,14 +48,25 @@ pub const TEMPORARY_VETH_PREFIX: &str = "wwp";
 pub struct Kernel {
     netlink: Netlink,
     wireguard: Backend,
-    private_key: String,
+    private_key: PrivateKey,
     /// Connections into workload namespaces, for one pass (cleared by `observe`).
-    namespaces: tokio::sync::Mutex<BTreeMap<String, Netlink>>,
+    namespaces: tokio::sync::Mutex<BTreeMap<NetnsId, Netlink>>,
 }
 
+/// The sysctl `key` of `device` (a name the converger checked: no `/`, not `..`).
 fn sysctl_path(ipv4: bool, device: &str, key: &str) -> String {
     let family = if ipv4 { "ipv4" } else { "ipv6" };
     format!("/proc/sys/net/{family}/conf/{device}/{key}")
+}
+
+/// Turns IPv6 on or off on `device` in the calling thread's namespace. Without IPv6 in
+/// the kernel there is nothing to turn off.
+fn set_ipv6(device: &str, on: bool) -> std::io::Result<()> {
+    let path = sysctl_path(false, device, "disable_ipv6");
+    match std::fs::write(&path, if on { "0" } else { "1" }) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !on => Ok(()),
+        other => other,
+    }
 }
 
 impl Kernel {
@@ -48,7 +75,7 @@ impl Kernel {
         Self {
             netlink,
             wireguard,
-            private_key,
+            private_key: PrivateKey::new(private_key),
             namespaces: tokio::sync::Mutex::default(),
         }
     }
@@ -64,16 +91,42 @@ impl Kernel {
         None
     }
 
+    /// The peer of the host-side veth `host` in the namespace `netns` (open as `fd`), with
+    /// a connection there; `None` when the peer is not there. Checked both ways: `host`
+    /// names the peer's index and namespace id, that id is the one this namespace gives
+    /// `fd`'s namespace, and the link at that index there names `host` as its peer.
+    async fn peer_of(
+        &self,
+        host: &Link,
+        netns: NetnsId,
+        fd: &OwnedFd,
+    ) -> Result<Option<(Netlink, Link)>, NetlinkError> {
+        let (Some(index), Some(nsid)) = (host.peer_index, host.peer_netnsid) else {
+            return Ok(None);
+        };
+        if self.netlink.nsid_of(fd).await? != Some(nsid) {
+            return Ok(None);
+        }
+        let inside = self.netlink_in(netns, fd).await?;
+        let peer = inside.link_at(index).await?;
+        Ok(peer
+            .filter(|l| l.peer_index == Some(host.index))
+            .map(|l| (inside, l)))
+    }
+
     /// The workload side of `host`, if it is where `want` says: in that namespace, named
     /// as desired, and the peer of `host`.
-    async fn observe_workload(&self, host: &Link, want: &WorkloadSide) -> Option<WorkloadSide> {
-        let inside = self.netlink_in(&want.netns_path).await.ok()?;
-        let link = inside
-            .link(&want.name)
-            .await
-            .ok()
-            .flatten()
-            .filter(|l| l.peer_index == Some(host.index))?;
+    async fn observe_workload(
+        &self,
+        host: &Link,
+        want: &WorkloadSide,
+        namespaces: &Namespaces,
+    ) -> Option<WorkloadSide> {
+        let fd = namespaces.get(&want.netns)?;
+        let (inside, link) = self.peer_of(host, want.netns, fd).await.ok()??;
+        if link.name != want.name {
+            return None;
+        }
         let addresses = inside.addresses(link.index).await.ok()?;
         let routes = inside
             .routes()
@@ -89,6 +142,7 @@ impl Kernel {
             name: link.name.clone(),
             mtu: link.mtu,
             up: link.up,
+            ipv6: link.ipv6,
             addresses: addresses
                 .into_iter()
                 .filter(|a| !is_kernel_link_local(a))
@@ -103,18 +157,29 @@ impl Kernel {
             .map(|l| l.index)
     }
 
-    /// A netlink connection in a workload's namespace, opened once per pass: a namespace
-    /// path can be reused by a new namespace between passes (a recreated pod), and a
-    /// socket stays in the namespace it was opened in.
-    async fn netlink_in(&self, path: &str) -> Result<Netlink, NetlinkError> {
+    /// A netlink connection in a workload's namespace (open as `fd`), made once per pass:
+    /// a socket stays in the namespace it was opened in.
+    async fn netlink_in(&self, netns: NetnsId, fd: &OwnedFd) -> Result<Netlink, NetlinkError> {
         let mut open = self.namespaces.lock().await;
-        if let Some(netlink) = open.get(path) {
+        if let Some(netlink) = open.get(&netns) {
             return Ok(netlink.clone());
         }
-        let netlink = self.netlink.connect_in(Path::new(path)).await?;
-        open.insert(path.to_owned(), netlink.clone());
+        let netlink = self.netlink.connect_in(fd).await?;
+        open.insert(netns, netlink.clone());
         Ok(netlink)
     }
+}
+
+/// The namespace `netns` as the pass opened it.
+fn opened<'a>(
+    namespaces: &'a Namespaces,
+    netns: &NetnsId,
+    action: &str,
+) -> Result<&'a OwnedFd, ApplyError> {
+    namespaces.get(netns).ok_or_else(|| ApplyError::Io {
+        action: action.to_owned(),
+        source: std::io::Error::other("its network namespace was not opened for this pass"),
+    })
 }
 
 impl Dataplane for Kernel {
@@ -168,7 +233,7 @@ impl Dataplane for Kernel {
         Ok(peers)
     }
 
-    async fn observe(&self, desired: &Plane) -> Result<Plane, ApplyError> {
+    async fn observe(&self, desired: &Plane, namespaces: &Namespaces) -> Result<Plane, ApplyError> {
         self.namespaces.lock().await.clear();
         let read = |source| ApplyError::Netlink {
             action: "read the kernel's state".into(),
@@ -204,7 +269,7 @@ impl Dataplane for Kernel {
                     .get(&link.name)
                     .and_then(|m| m.workload.as_ref())
                 {
-                    Some(want) => self.observe_workload(link, want).await,
+                    Some(want) => self.observe_workload(link, want, namespaces).await,
                     None => None,
                 };
                 plane.members.insert(
@@ -213,6 +278,7 @@ impl Dataplane for Kernel {
                         mtu: link.mtu,
                         up: link.up,
                         proxy_arp: ipv4_proxy,
+                        ipv6: link.ipv6,
                         addresses,
                         workload,
                     },
@@ -220,7 +286,7 @@ impl Dataplane for Kernel {
             }
         }
         for route in self.netlink.routes().await.map_err(read)? {
-            let owned = (ROUTE_TABLE_BASE..=ROUTE_TABLE_BASE + 0xffff).contains(&route.table);
+            let owned = ROUTE_TABLES.contains(&route.table);
             if let (true, Some(device)) = (owned, route.oif.and_then(|i| names.get(&i))) {
                 plane.routes.insert(Route {
                     table: route.table,
@@ -230,9 +296,13 @@ impl Dataplane for Kernel {
             }
         }
         for rule in self.netlink.rules().await.map_err(read)? {
-            let Some(iif) = rule.iif else { continue };
+            // A rule at the agent's priority for someone else's interface is not the
+            // agent's.
+            let Some(iif) = rule.iif.filter(|i| is_owned_link(i)) else {
+                continue;
+            };
             match rule.priority {
-                RULE_PRIORITY_LOOKUP if !rule.unreachable => {
+                RULE_PRIORITY_LOOKUP if !rule.unreachable && ROUTE_TABLES.contains(&rule.table) => {
                     plane.rules.insert(Rule::Lookup {
                         iif,
                         table: rule.table,
@@ -248,16 +318,26 @@ impl Dataplane for Kernel {
                 _ => {}
             }
         }
+        // A table that cannot be listed is taken as missing: replacing it then says why.
+        plane.firewall = nftables::list().await.ok().flatten();
         Ok(plane)
     }
 
-    async fn apply_op(&self, op: &Op) -> Result<(), ApplyError> {
+    async fn apply_op(&self, op: &Op, namespaces: &Namespaces) -> Result<(), ApplyError> {
         let action = op.to_string();
         let nl = |source| ApplyError::Netlink {
             action: action.clone(),
             source,
         };
         let wg = |source| ApplyError::WireGuard {
+            action: action.clone(),
+            source,
+        };
+        let sys = |source| ApplyError::Io {
+            action: action.clone(),
+            source,
+        };
+        let nft = |source| ApplyError::Firewall {
             action: action.clone(),
             source,
         };
@@ -290,10 +370,12 @@ impl Dataplane for Kernel {
                     .map_err(nl)
             }
             Op::CreateWireGuard { name } => match &self.wireguard {
-                Backend::Userspace(u) => u.create(name, &self.private_key).map_err(wg),
+                Backend::Userspace(u) => u.create(name, self.private_key.expose()).map_err(wg),
                 Backend::Kernel(k) => {
                     self.netlink.create_wireguard(name).await.map_err(nl)?;
-                    k.set_private_key(name, &self.private_key).await.map_err(wg)
+                    k.set_private_key(name, self.private_key.expose())
+                        .await
+                        .map_err(wg)
                 }
             },
             Op::SetListenPort { name, port } => self
@@ -327,9 +409,20 @@ impl Dataplane for Kernel {
             }
             Op::CreateMember {
                 host,
-                netns_path,
+                netns,
                 workload,
+                ..
             } => {
+                let fd = opened(namespaces, netns, &action)?;
+                let inside = self.netlink_in(*netns, fd).await.map_err(nl)?;
+                // The name is someone else's interface (the pod's eth0, say): leave it,
+                // and make nothing.
+                if inside.link(workload).await.map_err(nl)?.is_some() {
+                    return Err(ApplyError::Foreign {
+                        action,
+                        link: workload.clone(),
+                    });
+                }
                 // The peer gets a temporary name of ours, then moves and takes its name
                 // inside the workload's namespace.
                 let temporary =
@@ -339,13 +432,16 @@ impl Dataplane for Kernel {
                     .await
                     .map_err(nl)?;
                 let peer = self.index_of(&temporary, &action).await?;
-                let netns = File::open(netns_path).map_err(|source| ApplyError::Io {
-                    action: action.clone(),
-                    source,
-                })?;
-                self.netlink.move_to(peer, &netns).await.map_err(nl)?;
-                let inside = self.netlink_in(netns_path).await.map_err(nl)?;
-                let moved = link_named(&inside, &temporary, &action).await?;
+                self.netlink.move_to(peer, fd).await.map_err(nl)?;
+                let host_link = link_named(&self.netlink, host, &action).await?;
+                let Some((inside, moved)) =
+                    self.peer_of(&host_link, *netns, fd).await.map_err(nl)?
+                else {
+                    return Err(ApplyError::Missing {
+                        action,
+                        link: temporary,
+                    });
+                };
                 inside
                     .set_link(moved.index, Some(workload), moved.mtu, false)
                     .await
@@ -354,17 +450,17 @@ impl Dataplane for Kernel {
             Op::ConfigureHost {
                 host,
                 proxy_arp,
+                ipv6,
                 add,
                 remove,
             } => {
                 let path = sysctl_path(true, host, "proxy_arp");
-                std::fs::write(&path, if *proxy_arp { "1" } else { "0" }).map_err(|source| {
-                    ApplyError::Io {
-                        action: action.clone(),
-                        source,
-                    }
-                })?;
-                let index = self.index_of(host, &action).await?;
+                std::fs::write(&path, if *proxy_arp { "1" } else { "0" }).map_err(sys)?;
+                let link = link_named(&self.netlink, host, &action).await?;
+                if link.ipv6 != *ipv6 {
+                    set_ipv6(host, *ipv6).map_err(sys)?;
+                }
+                let index = link.index;
                 for net in remove {
                     self.netlink.remove_address(index, *net).await.map_err(nl)?;
                 }
@@ -374,17 +470,39 @@ impl Dataplane for Kernel {
                 Ok(())
             }
             Op::ConfigureWorkload {
-                netns_path,
+                host,
+                netns,
                 name,
                 mtu,
+                ipv6,
                 add_addresses,
                 remove_addresses,
                 add_routes,
                 remove_routes,
                 ..
             } => {
-                let inside = self.netlink_in(netns_path).await.map_err(nl)?;
-                let link = link_named(&inside, name, &action).await?;
+                let fd = opened(namespaces, netns, &action)?;
+                let host_link = link_named(&self.netlink, host, &action).await?;
+                // Only the peer of our veth, and only under its name: never an interface
+                // that merely has the name.
+                let Some((inside, link)) = self
+                    .peer_of(&host_link, *netns, fd)
+                    .await
+                    .map_err(nl)?
+                    .filter(|(_, l)| l.name == *name)
+                else {
+                    return Err(ApplyError::Foreign {
+                        action,
+                        link: name.clone(),
+                    });
+                };
+                if link.ipv6 != *ipv6 {
+                    // /proc/sys/net is the namespace of the thread that opens it.
+                    let (device, on) = (name.clone(), *ipv6);
+                    on_thread_in(fd, move || set_ipv6(&device, on))
+                        .await
+                        .map_err(sys)?;
+                }
                 if link.mtu != *mtu || !link.up {
                     inside
                         .set_link(link.index, None, *mtu, true)
@@ -425,6 +543,17 @@ impl Dataplane for Kernel {
                     .await
                     .map_err(nl)
             }
+            Op::ReplaceFirewall { sources } => nftables::apply(firewall::replace_script(sources))
+                .await
+                .map_err(nft),
+            Op::SetFirewallSources { add, remove } => {
+                nftables::apply(firewall::sources_script(add, remove))
+                    .await
+                    .map_err(nft)
+            }
+            Op::DeleteFirewall => nftables::apply(firewall::delete_script())
+                .await
+                .map_err(nft),
         }
     }
 
@@ -450,6 +579,11 @@ async fn link_named(netlink: &Netlink, name: &str, action: &str) -> Result<Link,
             source,
         }),
     }
+}
+
+/// Whether a link of that name is the agent's.
+fn is_owned_link(name: &str) -> bool {
+    name.starts_with(WIREGUARD_PREFIX) || name.starts_with(HOST_VETH_PREFIX)
 }
 
 /// Link-local addresses the kernel puts on IPv6 links by itself (fe80::/64 from the MAC)

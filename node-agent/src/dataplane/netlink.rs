@@ -2,19 +2,22 @@
 //! kernel, and write them, counting every write.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::IpAddr;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::AddressFamily;
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::nsid::{NsidAttribute, NsidMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, LinkWireguard, RouteMessageBuilder};
 
 /// Why a netlink call failed.
@@ -44,6 +47,11 @@ pub struct Link {
     pub up: bool,
     /// For a veth, the index of its peer (in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// For a veth whose peer is in another namespace: that namespace's id as this
+    /// namespace knows it (`IFLA_LINK_NETNSID`).
+    pub peer_netnsid: Option<i32>,
+    /// Whether IPv6 is enabled on it (`disable_ipv6` is 0).
+    pub ipv6: bool,
     /// The link kind (`veth`, `wireguard`, `tun`, ...), if it has one.
     pub kind: Option<String>,
 }
@@ -94,31 +102,53 @@ impl Netlink {
         })
     }
 
-    /// Connects in the network namespace at `path`, sharing this connection's write
-    /// counter. The socket is opened by a short-lived thread that enters the namespace, so
-    /// no thread of the runtime ever leaves its own.
-    pub async fn connect_in(&self, path: &Path) -> Result<Self, NetlinkError> {
-        let file = File::open(path)?;
+    /// Connects in the network namespace open as `netns`, sharing this connection's
+    /// write counter. The socket is opened by a short-lived thread that enters the
+    /// namespace, so no thread of the runtime ever leaves its own.
+    pub async fn connect_in(&self, netns: &OwnedFd) -> Result<Self, NetlinkError> {
         let runtime = tokio::runtime::Handle::current();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
+        let handle = on_thread_in(netns, move || {
             let _enter = runtime.enter();
-            let opened = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-                .and_then(|()| rtnetlink::new_connection())
-                .map(|(connection, handle, _)| {
-                    runtime.spawn(connection);
-                    handle
-                });
-            let _ = tx.send(opened);
-        });
-        let handle = rx
-            .await
-            .map_err(|_| std::io::Error::other("namespace thread died"))??;
+            let (connection, handle, _) = rtnetlink::new_connection()?;
+            runtime.spawn(connection);
+            Ok(handle)
+        })
+        .await?;
         Ok(Self {
             handle,
             writes: Arc::clone(&self.writes),
         })
+    }
+
+    /// The id this namespace gives the namespace open as `netns` (what a veth whose peer
+    /// is there reports as [`Link::peer_netnsid`]); `None` when it has given it none.
+    pub async fn nsid_of(&self, netns: &OwnedFd) -> Result<Option<i32>, NetlinkError> {
+        let fd = u32::try_from(netns.as_raw_fd())
+            .map_err(|_| std::io::Error::other("a negative file descriptor"))?;
+        let mut message = NsidMessage::default();
+        message.header.family = AddressFamily::Unspec;
+        message.attributes.push(NsidAttribute::Fd(fd));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(request)?;
+        while let Some(reply) = futures_util::StreamExt::next(&mut replies).await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    let id = m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) => Some(*id),
+                        _ => None,
+                    });
+                    // -1: none assigned.
+                    return Ok(id.filter(|id| *id >= 0));
+                }
+                NetlinkPayload::Error(e) => {
+                    return Err(rtnetlink::Error::NetlinkError(e).into());
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Writes made so far (by this connection and those made from it).
@@ -149,6 +179,23 @@ impl Netlink {
         match found {
             Ok(messages) => Ok(messages.first().map(link_of)),
             // The kernel answers "no such device" for a name it does not have.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One link, by index; `None` if there is none.
+    pub async fn link_at(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        let found: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await;
+        match found {
+            Ok(messages) => Ok(messages.first().map(link_of)),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -237,9 +284,8 @@ impl Netlink {
         Ok(())
     }
 
-    /// Moves a link into the network namespace opened as `netns`.
-    pub async fn move_to(&self, index: u32, netns: &File) -> Result<(), NetlinkError> {
-        use std::os::fd::AsRawFd;
+    /// Moves a link into the network namespace open as `netns`.
+    pub async fn move_to(&self, index: u32, netns: &OwnedFd) -> Result<(), NetlinkError> {
         self.count();
         let message = LinkUnspec::new_with_index(index)
             .setns_by_fd(netns.as_raw_fd())
@@ -418,6 +464,8 @@ fn link_of(m: &LinkMessage) -> Link {
         mtu: 0,
         up: m.header.flags.contains(LinkFlags::Up),
         peer_index: None,
+        peer_netnsid: None,
+        ipv6: false,
         kind: None,
     };
     for attribute in &m.attributes {
@@ -425,6 +473,15 @@ fn link_of(m: &LinkMessage) -> Link {
             LinkAttribute::IfName(name) => link.name.clone_from(name),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
+            LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
+            LinkAttribute::AfSpecUnspec(specs) => {
+                link.ipv6 = specs.iter().any(|spec| match spec {
+                    AfSpecUnspec::Inet6(inet6) => inet6
+                        .iter()
+                        .any(|a| matches!(a, AfSpecInet6::DevConf(c) if c.disable_ipv6 == 0)),
+                    _ => false,
+                });
+            }
             LinkAttribute::LinkInfo(infos) => {
                 link.kind = infos.iter().find_map(|i| match i {
                     LinkInfo::Kind(InfoKind::Veth) => Some("veth".to_owned()),
@@ -497,4 +554,23 @@ fn rule_of(m: &RuleMessage) -> KernelRule {
         }
     }
     rule
+}
+
+/// Runs `f` on a short-lived thread of its own that has entered the network namespace open
+/// as `netns`, and returns what it returns: no thread of the caller ever leaves its
+/// namespace. What `f` opens by path (`/proc/sys/net/...`) is that namespace's.
+pub async fn on_thread_in<T: Send + 'static>(
+    netns: &OwnedFd,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let netns = netns.try_clone()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)
+            .and_then(|()| f());
+        let _ = tx.send(result);
+    });
+    rx.await
+        .map_err(|_| std::io::Error::other("namespace thread died"))?
 }

@@ -4,10 +4,18 @@
 //! cgroup v1 or v2), and any of them is in the pod's network namespace:
 //! `/proc/<pid>/ns/net`.
 //!
-//! The tree is read once per pass ([`PodIndex::scan`]), not once per member.
+//! The tree is read once per pass ([`PodIndex::scan`]), not once per member. A process
+//! found there is held by its `/proc/<pid>` directory while the agent checks that it is
+//! still in the pod's cgroup and opens its namespace through that directory, so a process
+//! that exits and whose PID is reused by another pod's cannot lend the agent the wrong
+//! namespace.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, open, openat};
+use nix::sys::stat::Mode;
 
 /// How deep pod cgroups are looked for below the root: `kubepods/burstable/pod<uid>` is
 /// 3 levels, under a v1 controller directory 4, with the systemd driver's slices 4 or 5.
@@ -70,27 +78,58 @@ impl PodIndex {
         }
     }
 
-    /// A path to the network namespace of the pod with `uid`: `/proc/<pid>/ns/net` of a
-    /// process in the pod's cgroup (its own or a container's below it).
-    pub fn netns(&self, uid: &str) -> Option<PathBuf> {
+    /// The network namespace of the pod with `uid`, opened `O_PATH`, with its path
+    /// (`/proc/<pid>/ns/net` of a process in the pod's cgroup: its own or a container's
+    /// below it).
+    pub fn netns(&self, uid: &str) -> Option<(PathBuf, OwnedFd)> {
         for dir in self.pods.get(uid)? {
-            if let Some(path) = first_process(dir, &self.proc) {
-                return Some(path);
+            if let Some(found) = first_process(dir, &self.proc, uid) {
+                return Some(found);
             }
         }
         None
     }
 }
 
-/// The `ns/net` of the first process listed in `dir` or below it.
-fn first_process(dir: &Path, proc: &Path) -> Option<PathBuf> {
+/// Opens `ns/net` of process `pid` if it is (still) in the cgroup of the pod `uid`: its
+/// `/proc/<pid>` directory is opened first and everything after goes through it.
+fn open_netns(proc: &Path, pid: &str, uid: &str) -> Option<(PathBuf, OwnedFd)> {
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let path_only = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    let process = open(
+        &proc.join(pid),
+        path_only | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .ok()?;
+    let cgroup = openat(
+        &process,
+        "cgroup",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()?;
+    let cgroup = std::io::read_to_string(std::fs::File::from(cgroup)).ok()?;
+    let systemd = uid.replace('-', "_");
+    if !cgroup.contains(&format!("pod{uid}")) && !cgroup.contains(&format!("pod{systemd}")) {
+        return None;
+    }
+    // `ns/net` is the kernel's own link to the namespace: followed, and then checked
+    // to be a namespace by the finder.
+    let netns = openat(&process, "ns/net", path_only, Mode::empty()).ok()?;
+    Some((proc.join(pid).join("ns").join("net"), netns))
+}
+
+/// The `ns/net` of the first process listed in `dir` or below it that is still there.
+fn first_process(dir: &Path, proc: &Path, uid: &str) -> Option<(PathBuf, OwnedFd)> {
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.split_whitespace() {
-                let path = proc.join(pid).join("ns").join("net");
-                if path.exists() {
-                    return Some(path);
+                if let Some(found) = open_netns(proc, pid, uid) {
+                    return Some(found);
                 }
             }
         }
@@ -113,8 +152,9 @@ mod tests {
 
     const UID: &str = "0f4e9b1c-3a2d-4c5e-8f6a-7b8c9d0e1f2a";
 
-    /// A host: a cgroup tree and /proc, in a temporary directory.
-    fn host(cgroup_dirs: &[(&str, &str)], pids: &[&str]) -> (tempfile::TempDir, Cgroups) {
+    /// A host: a cgroup tree and /proc, in a temporary directory. Each process is
+    /// (pid, its cgroup as /proc/<pid>/cgroup says).
+    fn host(cgroup_dirs: &[(&str, &str)], pids: &[(&str, &str)]) -> (tempfile::TempDir, Cgroups) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("sys/fs/cgroup");
         for (path, procs) in cgroup_dirs {
@@ -123,12 +163,17 @@ mod tests {
             std::fs::write(d.join("cgroup.procs"), procs).unwrap();
         }
         let proc = dir.path().join("proc");
-        for pid in pids {
+        for (pid, cgroup) in pids {
             let ns = proc.join(pid).join("ns");
             std::fs::create_dir_all(&ns).unwrap();
             std::fs::write(ns.join("net"), "").unwrap();
+            std::fs::write(proc.join(pid).join("cgroup"), format!("0::/{cgroup}\n")).unwrap();
         }
         (dir, Cgroups { root, proc })
+    }
+
+    fn path(found: Option<(PathBuf, OwnedFd)>) -> Option<PathBuf> {
+        found.map(|(path, _)| path)
     }
 
     #[test]
@@ -145,15 +190,36 @@ mod tests {
                     "99\n",
                 ),
             ],
-            &["1234", "99"],
+            &[
+                ("1234", &format!("kubepods/burstable/pod{UID}/4f5a6b")),
+                (
+                    "99",
+                    "kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/abc",
+                ),
+            ],
         );
         let index = PodIndex::scan(&cgroups);
-        assert_eq!(index.netns(UID), Some(cgroups.proc.join("1234/ns/net")));
         assert_eq!(
-            index.netns("11111111-2222-3333-4444-555555555555"),
+            path(index.netns(UID)),
+            Some(cgroups.proc.join("1234/ns/net"))
+        );
+        assert_eq!(
+            path(index.netns("11111111-2222-3333-4444-555555555555")),
             Some(cgroups.proc.join("99/ns/net"))
         );
-        assert_eq!(index.netns("22222222-2222-3333-4444-555555555555"), None);
+        assert_eq!(
+            path(index.netns("22222222-2222-3333-4444-555555555555")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_pid_reused_by_a_process_of_another_pod_lends_no_namespace() {
+        let (_d, cgroups) = host(
+            &[(&format!("kubepods/pod{UID}/c1"), "555\n")],
+            &[("555", "kubepods/pod11111111-2222-3333-4444-555555555555/c9")],
+        );
+        assert_eq!(path(PodIndex::scan(&cgroups).netns(UID)), None);
     }
 
     #[test]
@@ -166,10 +232,15 @@ mod tests {
                 ),
                 "4321\n",
             )],
-            &["4321"],
+            &[(
+                "4321",
+                &format!(
+                    "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{systemd}.slice/cri-containerd-9e8d.scope"
+                ),
+            )],
         );
         assert_eq!(
-            PodIndex::scan(&cgroups).netns(UID),
+            path(PodIndex::scan(&cgroups).netns(UID)),
             Some(cgroups.proc.join("4321/ns/net"))
         );
     }
@@ -177,7 +248,7 @@ mod tests {
     #[test]
     fn a_pod_whose_processes_are_gone_has_no_namespace() {
         let (_d, cgroups) = host(&[(&format!("kubepods/pod{UID}/c1"), "555\n")], &[]);
-        assert_eq!(PodIndex::scan(&cgroups).netns(UID), None);
+        assert_eq!(path(PodIndex::scan(&cgroups).netns(UID)), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ impl StateFile {
     /// The state last saved; `None` if there is none. A file that does not parse is an
     /// error (the agent then waits for the operator rather than guess).
     pub fn load(&self) -> Result<Option<NodeState>, FileError> {
-        match std::fs::read_to_string(&self.0) {
+        match crate::files::read_private(&self.0) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| FileError::on("parse the last applied state", &self.0)(invalid(e))),
@@ -27,15 +27,13 @@ impl StateFile {
         }
     }
 
-    /// Saves `state`, atomically: a crash leaves the old state or the new one.
+    /// Saves `state`, atomically and durably: a crash leaves the old state or the new
+    /// one (see [`crate::files::write_private`]).
     pub fn save(&self, state: &NodeState) -> Result<(), FileError> {
         let text = serde_json::to_string(state)
             .map_err(|e| FileError::on("encode the last applied state", &self.0)(invalid(e)))?;
-        let temporary = self.0.with_extension("json.tmp");
-        std::fs::write(&temporary, text)
-            .map_err(FileError::on("write the last applied state", &self.0))?;
-        std::fs::rename(&temporary, &self.0)
-            .map_err(FileError::on("replace the last applied state", &self.0))
+        crate::files::write_private(&self.0, text.as_bytes())
+            .map_err(FileError::on("write the last applied state", &self.0))
     }
 }
 

@@ -145,6 +145,29 @@ pub(crate) fn key_bytes(key: &str) -> Result<[u8; 32], WireGuardError> {
         .ok_or(WireGuardError::Key)
 }
 
+/// The node's private key (base64), held so that no `Debug` of what holds it shows it.
+#[derive(Clone)]
+pub struct PrivateKey(String);
+
+impl PrivateKey {
+    /// Holds `key`.
+    pub fn new(key: String) -> Self {
+        Self(key)
+    }
+
+    /// The key itself, for the WireGuard device only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Never the key.
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
 /// A new private key (base64) and its public key, from the kernel's random source.
 pub fn generate_key() -> std::io::Result<(String, String)> {
     let mut bytes = [0u8; 32];

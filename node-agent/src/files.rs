@@ -1,0 +1,100 @@
+//! The files the agent keeps (the node's private key, the last applied state): written
+//! whole or not at all, 0600, never through a symbolic link.
+//!
+//! Guarantees of [`write_private`]:
+//! * a crash leaves the old content or the new one: a temporary file in the same
+//!   directory is written and flushed to disk (`fsync`), renamed over the file, and the
+//!   directory flushed;
+//! * the temporary file is created new (`O_CREAT | O_EXCL`, which never follows a link)
+//!   with mode 0600 from the start, and the rename replaces a link at the path rather than
+//!   writing where it points.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+
+/// Reads a file the agent wrote, refusing a symbolic link at its path (`ELOOP`).
+pub fn read_private(path: &Path) -> std::io::Result<String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(path)?;
+    std::io::read_to_string(file)
+}
+
+/// Replaces the file at `path` with `bytes`, atomically and durably, 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // Left over from a crash (or planted): removed, never followed.
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_file_is_replaced_whole_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.key");
+        write_private(&path, b"one").unwrap();
+        write_private(&path, b"two").unwrap();
+        assert_eq!(read_private(&path).unwrap(), "two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left");
+    }
+
+    #[test]
+    fn a_symbolic_link_planted_at_the_path_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "someone else's").unwrap();
+        let path = dir.path().join("private.key");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(read_private(&path).is_err(), "a link is not read through");
+        // And at the temporary name.
+        let temporary = dir
+            .path()
+            .join(format!(".private.key.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&target, &temporary).unwrap();
+        write_private(&path, b"key").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "someone else's");
+        assert_eq!(read_private(&path).unwrap(), "key");
+    }
+}
