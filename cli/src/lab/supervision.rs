@@ -222,6 +222,10 @@ impl Lab {
         let mut args: Vec<OsString> = vec!["--state-dir".into(), state.into()];
         args.push("--netns-dir".into());
         args.push(self.netns_links().into());
+        // The links there point into /run/netns, where `ip netns` keeps the pods'
+        // namespaces; the agent accepts namespace paths only beneath directories it is
+        // given.
+        args.extend(os(&["--netns-path-prefix", "/run/netns"]));
         args.extend(os(&[
             "run",
             "--node-name",
