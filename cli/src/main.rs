@@ -2,7 +2,8 @@
 //!
 //! * `wireway validate PATH...` checks manifests against the Wireway CRDs (schema and CEL
 //!   rules) without a cluster, the way the API server will: for pre-commit hooks and CI of
-//!   GitOps repositories.
+//!   GitOps repositories; `--old-rev origin/main` also checks each object as an update of
+//!   the one at that revision (transition rules such as an immutable cidr).
 //! * `wireway status` prints the operator's view of every node and object.
 //! * `wireway certs` issues the certificates of mutual TLS between operator and agents.
 //! * `wireway lab` runs a whole mesh on this machine from the same manifests.
@@ -34,12 +35,10 @@ struct Cli {
 enum Command {
     /// Check NetworkService, Endpoint and Admission manifests against the CRDs' schema and
     /// CEL rules, as the API server would; objects of other API groups are listed and
-    /// skipped. Exits 1 if any object is invalid.
-    Validate {
-        /// YAML files, or directories searched for *.yaml and *.yml files.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
+    /// skipped. With --old or --old-rev (the manifests as last synced), an object found
+    /// there too is checked as an update, with the transition rules. Exits 1 if any
+    /// object is invalid.
+    Validate(validate::ValidateArgs),
     /// Show every node, NetworkService, Endpoint and Admission with its Ready condition,
     /// as the operator sees them (its HTTP port's /status).
     Status {
@@ -200,7 +199,7 @@ fn main() -> ExitCode {
             .build()
     };
     match cli.command {
-        Command::Validate { paths } => validate::run(&paths),
+        Command::Validate(args) => validate::run(&args),
         Command::Certs(command) => certs(command),
         Command::Status { operator, output } => match runtime() {
             Ok(rt) => rt.block_on(status(&operator, output)),
