@@ -28,7 +28,9 @@ bench: release ## the convergence benchmark: 52 changes on a 20-node lab (root)
 validate: ## check config/samples against the CRDs' schema and CEL rules
 	cargo run --quiet -p wireway-cli -- validate config/samples
 
-test: tools lint ## formatting, clippy, then every test: unit, manifests, kernel and lab (root), and the kernel tests again in a VM
+# The control plane is built (or found up to date) after the lint, so a formatting slip fails in
+# seconds, not after a cold Go build; its tests (crds/tests/apiserver.rs) fail under CI without it.
+test: tools lint control-plane ## formatting, clippy, then every test: unit, manifests, real API server, kernel and lab (root), and the kernel tests again in a VM
 	cargo build --workspace --bins --locked
 	cargo nextest run --workspace --no-fail-fast
 	$(MAKE) test-vm

@@ -278,17 +278,17 @@ fn check_file(
             }
         };
         let at = format!("{}:{}", file.display(), doc.line);
-        let mut what = describe(&doc.value);
+        let what = describe(&doc.value);
         let old = prepared.old.as_ref().and_then(|old| old.get(&doc.value));
-        if let Some((source, _)) = old {
-            what.push_str(&format!(" (update of {source})"));
-        }
+        let update = old
+            .map(|(source, _)| format!(" (update of {source})"))
+            .unwrap_or_default();
         let old = old.map(|(_, object)| object);
         match prepared.validator.validate(&doc.value, old) {
             Ok(Checked::Valid) => {
                 tally.valid += 1;
                 tally.updates += usize::from(old.is_some());
-                writeln!(out, "{at}: {what}: valid")?;
+                writeln!(out, "{at}: {what}{update}: valid")?;
             }
             Ok(Checked::Foreign) => {
                 tally.skipped += 1;
@@ -297,7 +297,7 @@ fn check_file(
             Err(violations) => {
                 tally.invalid += 1;
                 tally.updates += usize::from(old.is_some());
-                writeln!(out, "{at}: {what}: invalid")?;
+                writeln!(out, "{at}: {what}{update}: invalid")?;
                 for v in violations {
                     writeln!(out, "    {v}")?;
                 }
