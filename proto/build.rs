@@ -1,4 +1,5 @@
-//! Compiles the node API with a vendored protoc, so a build needs no system package.
+//! Compiles the node API and the status API with a vendored protoc, so a build needs no
+//! system package.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
@@ -14,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enum_attribute(".", "#[serde(rename_all = \"camelCase\")]")
         .compile_with_config(
             config,
-            &["proto/wireway/node/v1alpha1/node.proto"],
+            &[
+                "proto/wireway/node/v1alpha1/node.proto",
+                "proto/wireway/status/v1alpha1/status.proto",
+            ],
             &["proto"],
         )?;
     Ok(())

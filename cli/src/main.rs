@@ -5,17 +5,16 @@
 //!   GitOps repositories; `--old-rev origin/main` also checks each object as an update of
 //!   the one at that revision (transition rules such as an immutable cidr).
 //! * `wireway status` prints the operator's view of every node and object.
-//! * `wireway certs` issues the certificates of mutual TLS between operator and agents.
+//! * `wireway certs` issues the certificates of mutual TLS between the operator, the
+//!   agents and administrators.
 //! * `wireway lab` runs a whole mesh on this machine from the same manifests.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use wireway_runtime::listen::Address;
 use wireway_runtime::pki;
 
-mod http;
 mod lab;
 mod status;
 mod table;
@@ -40,20 +39,17 @@ enum Command {
     /// object is invalid.
     Validate(validate::ValidateArgs),
     /// Show every node, NetworkService, Endpoint and Admission with its Ready condition,
-    /// as the operator sees them (its HTTP port's /status).
+    /// as the operator sees them (its status API, for administrators: an administrator's
+    /// certificate or token).
     Status {
-        /// The operator's HTTP port: HOST:PORT or unix:PATH (default: the lab's).
-        #[arg(
-            long,
-            env = "WIREWAY_OPERATOR_HTTP",
-            default_value = "unix:/run/wireway/lab/operator-http.sock"
-        )]
-        operator: Address,
+        #[command(flatten)]
+        access: status::Access,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: status::Output,
     },
-    /// Issue the certificates of mutual TLS between the operator and the agents.
+    /// Issue the certificates of mutual TLS between the operator, the agents and
+    /// administrators.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// A whole Wireway mesh on this machine: one network namespace per node and per pod,
@@ -98,6 +94,13 @@ enum CertsCommand {
     Node {
         /// The node's name.
         node: String,
+        #[command(flatten)]
+        issue: Issue,
+    },
+    /// Issue an administrator's certificate, proving spiffe://<trust-domain>/wireway/admin:
+    /// the only certificate the operator shows its status to (`wireway status --tls-cert
+    /// OUT/tls.crt --tls-key OUT/tls.key --tls-ca OUT/ca.crt`).
+    Admin {
         #[command(flatten)]
         issue: Issue,
     },
@@ -161,6 +164,7 @@ fn certs(command: CertsCommand) -> ExitCode {
             issue.issue(pki::Subject::Operator(names))
         }
         CertsCommand::Node { node, issue } => issue.issue(pki::Subject::Node(node)),
+        CertsCommand::Admin { issue } => issue.issue(pki::Subject::Admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,8 +175,8 @@ fn certs(command: CertsCommand) -> ExitCode {
     }
 }
 
-async fn status(operator: &Address, output: status::Output) -> ExitCode {
-    match status::fetch(operator).await {
+async fn status(access: &status::Access, output: status::Output) -> ExitCode {
+    match status::fetch(access).await {
         Ok(snapshot) => {
             match output {
                 status::Output::Json => match serde_json::to_string_pretty(&snapshot) {
@@ -201,8 +205,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Certs(command) => certs(command),
-        Command::Status { operator, output } => match runtime() {
-            Ok(rt) => rt.block_on(status(&operator, output)),
+        Command::Status { access, output } => match runtime() {
+            Ok(rt) => rt.block_on(status(&access, output)),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE

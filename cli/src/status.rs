@@ -1,14 +1,26 @@
 //! `wireway status`: the operator's view of every node and object, like `kubectl get`,
 //! without a cluster.
+//!
+//! The operator shows it on its gRPC port (the status API) to administrators only: a
+//! client certificate proving `spiffe://<trust-domain>/wireway/admin` (`wireway certs
+//! admin`; the lab issues one), or a bearer token of a user allowed to get
+//! `networkservices/status` in every namespace. By default it asks the lab's operator
+//! with the lab's administrator certificate.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use wireway_crds::conditions::READY;
 use wireway_operator::snapshot::Snapshot;
-use wireway_runtime::listen::Address;
+use wireway_proto::status::GetStatusRequest;
+use wireway_proto::status::status_api_client::StatusApiClient;
+use wireway_runtime::listen::grpc_channel;
+use wireway_runtime::tls::{BearerToken, OPERATOR_SERVER_NAME, TlsArgs, TlsError};
 
-use crate::http;
 use crate::table::render;
 
 /// How to print.
@@ -22,47 +34,152 @@ pub enum Output {
     Json,
 }
 
+/// Where the operator is, and how to prove an administrator to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Access {
+    /// The operator's gRPC port: HOST:PORT, https://HOST:PORT or unix:PATH (default: the
+    /// lab's).
+    #[arg(
+        long,
+        env = "WIREWAY_OPERATOR",
+        default_value = "unix:/run/wireway/lab/operator.sock"
+    )]
+    pub operator: String,
+    /// The DNS name the operator's certificate must carry.
+    #[arg(long, env = "WIREWAY_OPERATOR_NAME", default_value = OPERATOR_SERVER_NAME)]
+    pub operator_name: String,
+    /// PEM file of the CA that signed the operator's certificate (default: the lab's).
+    #[arg(
+        long = "tls-ca",
+        env = "WIREWAY_TLS_CA",
+        default_value = "/run/wireway/lab/pki/admin/ca.crt"
+    )]
+    pub ca: PathBuf,
+    /// PEM file of an administrator's certificate, proving
+    /// spiffe://<trust-domain>/wireway/admin (`wireway certs admin`; default: the lab's).
+    #[arg(
+        long = "tls-cert",
+        env = "WIREWAY_TLS_CERT",
+        default_value = "/run/wireway/lab/pki/admin/tls.crt"
+    )]
+    pub cert: PathBuf,
+    /// PEM file of that certificate's private key.
+    #[arg(
+        long = "tls-key",
+        env = "WIREWAY_TLS_KEY",
+        default_value = "/run/wireway/lab/pki/admin/tls.key"
+    )]
+    pub key: PathBuf,
+    /// Prove an administrator with the bearer token in this file instead of a
+    /// certificate (in a cluster: a token for audience wireway-operator of a user who
+    /// may get networkservices/status in every namespace); TLS then needs only --tls-ca.
+    #[arg(long, env = "WIREWAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Talk to an operator that runs without TLS (debugging only).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+/// The largest status accepted (tonic's default, 4 MiB, is a few hundred nodes).
+const MAX_STATUS_BYTES: usize = 1 << 30;
+
 /// Why the operator's status could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// No answer.
+    /// The TLS files do not load.
     #[error(transparent)]
-    Get(#[from] http::GetError),
-    /// An answer other than 200.
-    #[error("failed to fetch /status from {operator}: it answered {code}: {body}")]
-    Status {
-        /// The operator's HTTP port.
-        operator: Address,
-        /// The status code.
-        code: u16,
+    Tls(#[from] TlsError),
+    /// No connection.
+    #[error("failed to connect to the operator at {operator}")]
+    Connect {
+        /// The operator's gRPC port.
+        operator: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The operator answered with an error.
+    #[error("failed to get the status from {operator}: {code:?}: {message}")]
+    Refused {
+        /// The operator's gRPC port.
+        operator: String,
+        /// The gRPC code (`PermissionDenied`, `Unauthenticated`, ...).
+        code: tonic::Code,
         /// What it said.
-        body: String,
+        message: String,
     },
     /// A status that does not parse.
     #[error("failed to parse the status {operator} sent")]
     Parse {
-        /// The operator's HTTP port.
-        operator: Address,
+        /// The operator's gRPC port.
+        operator: String,
         /// The cause.
         #[source]
         source: serde_json::Error,
     },
 }
 
-/// Fetches the operator's snapshot.
-pub async fn fetch(operator: &Address) -> Result<Snapshot, FetchError> {
-    let (code, body) = http::get(operator, "/status").await?;
-    if code != 200 {
-        return Err(FetchError::Status {
-            operator: operator.clone(),
-            code,
-            body,
-        });
+/// A connection to the operator's status API, to ask again and again.
+#[derive(Debug, Clone)]
+pub struct StatusClient {
+    operator: String,
+    client: StatusApiClient<InterceptedService<Channel, BearerToken>>,
+}
+
+impl StatusClient {
+    /// Connects to the operator `access` names, with its credentials.
+    pub async fn connect(access: &Access) -> Result<Self, FetchError> {
+        let files = TlsArgs {
+            ca: access.ca.clone(),
+            cert: access.cert.clone(),
+            key: access.key.clone(),
+            insecure_plaintext: access.insecure_plaintext,
+        };
+        let pem = match &access.token_file {
+            Some(_) => files.load_ca()?,
+            None => files.load()?,
+        };
+        let tls = pem.map(|pem| pem.client(&access.operator_name));
+        let channel = grpc_channel(&access.operator, tls, |endpoint| {
+            endpoint.connect_timeout(Duration::from_secs(5))
+        })
+        .await
+        .map_err(|source| FetchError::Connect {
+            operator: access.operator.clone(),
+            source,
+        })?;
+        let client =
+            StatusApiClient::with_interceptor(channel, BearerToken(access.token_file.clone()))
+                .max_decoding_message_size(MAX_STATUS_BYTES);
+        Ok(Self {
+            operator: access.operator.clone(),
+            client,
+        })
     }
-    serde_json::from_str(&body).map_err(|source| FetchError::Parse {
-        operator: operator.clone(),
-        source,
-    })
+
+    /// The operator's snapshot.
+    pub async fn fetch(&mut self) -> Result<Snapshot, FetchError> {
+        let response = self
+            .client
+            .get(GetStatusRequest {})
+            .await
+            .map_err(|status| FetchError::Refused {
+                operator: self.operator.clone(),
+                code: status.code(),
+                message: status.message().to_owned(),
+            })?;
+        serde_json::from_slice(&response.into_inner().snapshot_json).map_err(|source| {
+            FetchError::Parse {
+                operator: self.operator.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// Fetches the operator's snapshot once.
+pub async fn fetch(access: &Access) -> Result<Snapshot, FetchError> {
+    StatusClient::connect(access).await?.fetch().await
 }
 
 /// (status, reason, message) of the `Ready` condition.

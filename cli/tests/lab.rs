@@ -101,18 +101,32 @@ impl Lab {
         serde_json::from_str(&std::fs::read_to_string(self.dir.join("lab.json")).unwrap()).unwrap()
     }
 
+    /// `wireway status -o json` with the lab's administrator certificate.
     fn status(&self) -> Value {
-        let socket = format!("unix:{}", self.dir.join("operator-http.sock").display());
-        let out = Command::new(WIREWAY)
-            .args(["status", "--operator", &socket, "-o", "json"])
-            .output()
-            .unwrap();
+        let out = self.status_as("admin").output().unwrap();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `wireway status -o json` against the lab's operator, with the certificate in
+    /// `pki/<who>` (`admin`, `nodes/<node>`).
+    fn status_as(&self, who: &str) -> Command {
+        let socket = format!("unix:{}", self.dir.join("operator.sock").display());
+        let pki = self.dir.join("pki").join(who);
+        let mut command = Command::new(WIREWAY);
+        command
+            .args(["status", "--operator", &socket, "-o", "json"])
+            .arg("--tls-ca")
+            .arg(pki.join("ca.crt"))
+            .arg("--tls-cert")
+            .arg(pki.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(pki.join("tls.key"));
+        command
     }
 
     fn netns(&self, pod: &str) -> String {
@@ -303,6 +317,31 @@ fn the_samples_reach_as_the_seeds_say() {
         .find(|e| e["metadata"]["name"] == "join-red")
         .unwrap();
     assert_eq!(join_red["status"]["conditions"][0]["reason"], "NotAdmitted");
+
+    // The status is the administrator's: a node's certificate is refused, and the HTTP
+    // port, which any pod may reach, does not serve it.
+    let record = lab.record();
+    let node = record["nodes"].as_object().unwrap().keys().next().unwrap();
+    let out = lab.status_as(&format!("nodes/{node}")).output().unwrap();
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && refused.contains("PermissionDenied"),
+        "{refused}"
+    );
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(lab.dir.join("operator-http.sock"))
+        .arg("http://lab/status")
+        .output()
+        .expect("curl is needed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 
     // Both binaries' metrics, scraped for real, pass promtool.
     promtool(&scrape(&lab.dir.join("operator-http.sock")));

@@ -1,9 +1,11 @@
 //! The agent's Prometheus metrics, all prefixed `wireway_agent_`.
 //!
-//! Labels are few and fixed (an error's category, a pass's result), except the per-peer
-//! metrics, labelled by interface and peer: one series per WireGuard peer of the node,
-//! which is what an operator watches tunnels by.
+//! Labels are few and fixed (an error's category, a pass's result, a handshake's age
+//! class), and the WireGuard metrics are per interface (names the operator gives). The
+//! metrics port is on the node's network, where any pod may scrape it, so metrics carry
+//! counts and never who: no peer's name, key or endpoint, no member, no namespace.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -115,12 +117,17 @@ impl Metrics {
     }
 }
 
+/// How long a peer counts as active after a handshake: WireGuard re-handshakes every
+/// 2 minutes while packets flow, and a session without one for 180 s is over.
+pub const ACTIVE_FOR_SECONDS: i64 = 180;
+
 /// One WireGuard peer's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSample {
     /// The service's WireGuard interface.
     pub interface: String,
-    /// The peer: a node name or an external Endpoint (its public key if unknown).
+    /// The peer: a node name or an external Endpoint (its public key if unknown). Not
+    /// exported: the metrics count peers, they do not name them.
     pub peer: String,
     /// Unix time of the last handshake; `None` if none yet.
     pub last_handshake: Option<i64>,
@@ -144,44 +151,152 @@ impl Peers {
     }
 }
 
+/// One interface's peers, as the metrics show them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct InterfaceTotals {
+    /// Peers with a handshake in the last [`ACTIVE_FOR_SECONDS`].
+    recent: i64,
+    /// Peers whose last handshake is older.
+    stale: i64,
+    /// Peers without a handshake yet.
+    none: i64,
+    /// Bytes received from all of them.
+    rx_bytes: u64,
+    /// Bytes sent to all of them.
+    tx_bytes: u64,
+}
+
+/// The samples summed per interface, at `now` (Unix seconds).
+fn totals(samples: &[PeerSample], now: i64) -> BTreeMap<&str, InterfaceTotals> {
+    let mut out: BTreeMap<&str, InterfaceTotals> = BTreeMap::new();
+    for s in samples {
+        let t = out.entry(s.interface.as_str()).or_default();
+        match s.last_handshake {
+            Some(at) if now - at <= ACTIVE_FOR_SECONDS => t.recent += 1,
+            Some(_) => t.stale += 1,
+            None => t.none += 1,
+        }
+        t.rx_bytes = t.rx_bytes.saturating_add(s.rx_bytes);
+        t.tx_bytes = t.tx_bytes.saturating_add(s.tx_bytes);
+    }
+    out
+}
+
 impl Collector for Peers {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let samples = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let labels =
-            |s: &PeerSample| [("interface", s.interface.clone()), ("peer", s.peer.clone())];
-        let now = clock::unix_seconds();
-        let mut ages = encoder.encode_descriptor(
-            "peer_last_handshake_age",
-            "Seconds since the last WireGuard handshake with the peer (absent before the first)",
-            Some(&Unit::Seconds),
+        let totals = totals(&samples, clock::unix_seconds());
+        let mut peers = encoder.encode_descriptor(
+            "peers",
+            "WireGuard peers of the interface by their last handshake: recent (in the last 180 s), stale (older), none (not yet)",
+            None,
             MetricType::Gauge,
         )?;
-        for s in samples.iter() {
-            if let Some(at) = s.last_handshake {
-                ConstGauge::new((now - at).max(0)).encode(ages.encode_family(&labels(s))?)?;
+        for (interface, t) in &totals {
+            for (handshake, count) in [("recent", t.recent), ("stale", t.stale), ("none", t.none)] {
+                let labels = [("interface", *interface), ("handshake", handshake)];
+                ConstGauge::new(count).encode(peers.encode_family(&labels)?)?;
             }
         }
         let mut received = encoder.encode_descriptor(
             "peer_receive",
-            "Bytes received from the WireGuard peer",
+            "Bytes received from the interface's WireGuard peers (their sum: it drops when a peer leaves)",
             Some(&Unit::Bytes),
             MetricType::Counter,
         )?;
-        for s in samples.iter() {
-            ConstCounter::new(s.rx_bytes).encode(received.encode_family(&labels(s))?)?;
+        for (interface, t) in &totals {
+            ConstCounter::new(t.rx_bytes)
+                .encode(received.encode_family(&[("interface", *interface)])?)?;
         }
         let mut sent = encoder.encode_descriptor(
             "peer_transmit",
-            "Bytes sent to the WireGuard peer",
+            "Bytes sent to the interface's WireGuard peers (their sum: it drops when a peer leaves)",
             Some(&Unit::Bytes),
             MetricType::Counter,
         )?;
-        for s in samples.iter() {
-            ConstCounter::new(s.tx_bytes).encode(sent.encode_family(&labels(s))?)?;
+        for (interface, t) in &totals {
+            ConstCounter::new(t.tx_bytes)
+                .encode(sent.encode_family(&[("interface", *interface)])?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(interface: &str, peer: &str, handshake: Option<i64>, rx: u64) -> PeerSample {
+        PeerSample {
+            interface: interface.into(),
+            peer: peer.into(),
+            last_handshake: handshake,
+            rx_bytes: rx,
+            tx_bytes: 2 * rx,
+        }
+    }
+
+    fn scrape(peers: Vec<PeerSample>) -> String {
+        let (metrics, registry) = Metrics::new("userspace");
+        metrics.peers.set(peers);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn peers_are_counted_per_interface_by_handshake_age() {
+        let now = 1_000_000;
+        let samples = [
+            sample("ww-red", "node-b", Some(now - 5), 100),
+            sample("ww-red", "node-c", Some(now - ACTIVE_FOR_SECONDS - 1), 10),
+            sample("ww-red", "red/vm", None, 0),
+            sample("ww-green", "node-b", Some(now), 7),
+        ];
+        let totals = totals(&samples, now);
+        assert_eq!(
+            totals["ww-red"],
+            InterfaceTotals {
+                recent: 1,
+                stale: 1,
+                none: 1,
+                rx_bytes: 110,
+                tx_bytes: 220
+            }
+        );
+        assert_eq!(totals["ww-green"].recent, 1);
+    }
+
+    #[test]
+    fn the_metrics_port_names_no_peer() {
+        let now = clock::unix_seconds();
+        let text = scrape(vec![
+            sample("ww-red", "node-b", Some(now), 100),
+            sample("ww-red", "other/intruder-vm", None, 0),
+            sample(
+                "ww-red",
+                "dHEACKy9pHe/WJDy6Je75HLyxPWUcAOcyVFPe3AIlTg=",
+                None,
+                0,
+            ),
+        ]);
+        for secret in ["node-b", "intruder", "dHEACKy9", "peer=\""] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("wireway_agent_peers{interface=\"ww-red\",handshake=\"recent\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wireway_agent_peers{interface=\"ww-red\",handshake=\"none\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wireway_agent_peer_receive_bytes_total{interface=\"ww-red\"} 100"),
+            "{text}"
+        );
     }
 }

@@ -10,9 +10,9 @@
 //! Each module uses only the modules listed after it (`tests/layers.rs` checks this):
 //! * [`controller`]: the Kubernetes glue (leader election, the status writer, events,
 //!   agents' tokens), writing only while this operator leads;
-//! * [`serve`]: the node API over gRPC, and `GET /status`;
+//! * [`serve`]: the node API over gRPC, and the status API for administrators;
 //! * [`engine`]: the one task that owns the planner, and the hub it publishes on;
-//! * [`snapshot`]: what `GET /status` returns;
+//! * [`snapshot`]: what the status API returns;
 //! * [`source`]: where the World comes from: the API server, or a directory of manifests;
 //! * [`plan`]: the pure planner, World to Plan;
 //! * [`kind`] (the kinds of object the operator reads) and [`metrics`].

@@ -16,7 +16,9 @@ use wireway_crds::validation::SchemaError;
 use wireway_operator::controller::{self, auth::TokenReviewer};
 use wireway_operator::engine::{self, Config, Engine, Hub, store::StoreError};
 use wireway_operator::metrics::Metrics;
-use wireway_operator::serve::{Auth, NodeApiServer, NodeApiService, status_route};
+use wireway_operator::serve::{
+    Auth, NodeApiServer, NodeApiService, StatusApiServer, StatusApiService,
+};
 use wireway_operator::source::{kubernetes, manifests::Manifests};
 use wireway_runtime::backoff::Backoff;
 use wireway_runtime::errors::chain;
@@ -48,8 +50,8 @@ struct Args {
     /// Where the node API (gRPC) listens: HOST:PORT or unix:PATH.
     #[arg(long, default_value = "0.0.0.0:9443", env = "WIREWAY_LISTEN_GRPC")]
     listen_grpc: Address,
-    /// Where metrics (/metrics), health (/healthz, /readyz) and object statuses
-    /// (/status) are served: HOST:PORT or unix:PATH.
+    /// Where metrics (/metrics) and health (/healthz, /readyz) are served: HOST:PORT or
+    /// unix:PATH. (The status is on the gRPC port, for administrators only.)
     #[arg(long, default_value = "0.0.0.0:8080", env = "WIREWAY_LISTEN_HTTP")]
     listen_http: Address,
     /// With --manifests: directory for the operator's own state (agents' keys, served
@@ -195,8 +197,7 @@ async fn run(args: Args) -> Result<(), Error> {
 
     // Health first: a liveness probe must answer while the API server is away.
     let web = args.listen_http.bind().await.map_err(Error::HttpListener)?;
-    let web_router =
-        http::router(Arc::new(registry), readiness.clone()).merge(status_route(hub.clone()));
+    let web_router = http::router(Arc::new(registry), readiness.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -260,6 +261,7 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     let client_certificates = matches!(auth, Auth::MutualTls { .. });
     let grpc = args.listen_grpc.bind().await.map_err(Error::GrpcListener)?;
+    let status = StatusApiService::new(hub.clone(), auth.clone(), metrics.clone());
     let service = NodeApiService::new(hub.clone(), inputs, auth, metrics);
     let mut server = tonic::transport::Server::builder()
         // Finds agents that vanished without closing their stream.
@@ -270,7 +272,9 @@ async fn run(args: Args) -> Result<(), Error> {
             .tls_config(pem.server(client_certificates))
             .map_err(Error::Certificate)?;
     }
-    let router = server.add_service(NodeApiServer::new(service));
+    let router = server
+        .add_service(NodeApiServer::new(service))
+        .add_service(StatusApiServer::new(status));
     tracing::info!(
         node_api = %args.listen_grpc,
         http = %args.listen_http,

@@ -16,6 +16,8 @@ pub mod category {
     pub const MANIFEST: &str = "manifest";
     /// An agent's hello or report was refused (identity, malformed values).
     pub const AGENT_REFUSED: &str = "agent_refused";
+    /// A request for the status was refused (not an administrator, or no credentials).
+    pub const STATUS_REFUSED: &str = "status_refused";
     /// The operator's state could not be saved.
     pub const STORE: &str = "store";
     /// A status (or an invalid-spec condition) could not be written.

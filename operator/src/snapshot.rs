@@ -1,12 +1,13 @@
-//! What the operator shows of itself and of every object, without a cluster: the body of
-//! `GET /status` on its HTTP port, which `wireway status` prints like `kubectl get`.
+//! What the operator shows of itself and of every object, without a cluster: the answer of
+//! its status API (on the gRPC port, for administrators only: it names every tenant's
+//! members), which `wireway status` prints like `kubectl get`.
 
 use serde::{Deserialize, Serialize};
 use wireway_crds::{Admission, Endpoint, NetworkService};
 
 use crate::source::Problem;
 
-/// Everything `GET /status` returns.
+/// Everything the status API returns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by panicking
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use kube::runtime::watcher;
 use kube::{Client, api::DynamicObject};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use wireway_operator::controller::auth::TokenReviewer;
+use wireway_operator::controller::auth::{Limits, TokenReviewer};
 use wireway_operator::controller::lease::{Election, Round};
 use wireway_operator::controller::status::StatusWriter;
 use wireway_operator::engine::{Config, Engine, Hub, Input, Published};
@@ -672,20 +673,31 @@ async fn leader_election(calls: &Calls) {
     assert_eq!(round.await.unwrap(), Round::Leader);
 }
 
+/// A TokenReview that accepts the token for `audiences` as `user`'s.
+fn token_review(audiences: Value, user: Value) -> Value {
+    json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "status": {"authenticated": true, "audiences": audiences, "user": user},
+    })
+}
+
+/// The user of node-a's agent.
+fn agent_on_node_a() -> Value {
+    json!({
+        "username": "system:serviceaccount:wireway-system:wireway-agent",
+        "extra": {"authentication.kubernetes.io/node-name": ["node-a"]},
+    })
+}
+
+const NO_PEER: Option<IpAddr> = None;
+
 async fn agents_prove_their_node_with_a_token(calls: &Calls) {
     let (client, mut api) = mock(calls);
     let reviewer = Arc::new(TokenReviewer::new(client, "wireway-system"));
     let r = reviewer.clone();
-    let review = tokio::spawn(async move { r.node("token-a").await });
+    let review = tokio::spawn(async move { r.node("token-a", NO_PEER).await });
     let asked = api
-        .answer(json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-            "spec": {"token": "token-a"},
-            "status": {"authenticated": true, "audiences": ["wireway-operator"], "user": {
-                "username": "system:serviceaccount:wireway-system:wireway-agent",
-                "extra": {"authentication.kubernetes.io/node-name": ["node-a"]},
-            }},
-        }))
+        .answer(token_review(json!(["wireway-operator"]), agent_on_node_a()))
         .await;
     assert_eq!(
         (asked.method.as_str(), asked.path.as_str()),
@@ -694,19 +706,194 @@ async fn agents_prove_their_node_with_a_token(calls: &Calls) {
     assert_eq!(asked.body["spec"]["audiences"], json!(["wireway-operator"]));
     assert_eq!(review.await.unwrap().unwrap(), "node-a");
     // Reviewed lately: no second review.
-    assert_eq!(reviewer.node("token-a").await.unwrap(), "node-a");
+    assert_eq!(reviewer.node("token-a", NO_PEER).await.unwrap(), "node-a");
     // Another service account's token proves nothing.
     let r = reviewer.clone();
-    let review = tokio::spawn(async move { r.node("token-b").await });
+    let review = tokio::spawn(async move { r.node("token-b", NO_PEER).await });
+    api.answer(token_review(
+        json!(["wireway-operator"]),
+        json!({"username": "system:serviceaccount:default:default"}),
+    ))
+    .await;
+    let refused = review.await.unwrap().unwrap_err();
+    assert_eq!(refused.status().code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused
+            .to_string()
+            .contains("not system:serviceaccount:wireway-system:wireway-agent"),
+        "{refused}"
+    );
+}
+
+/// The API server accepts a token, but for other audiences (or, saying none, for
+/// itself): it proves nothing here, whoever it names.
+async fn a_token_for_another_audience_is_refused(calls: &Calls) {
+    let (client, mut api) = mock(calls);
+    let reviewer = Arc::new(TokenReviewer::new(client, "wireway-system"));
+    for (token, audiences, theirs) in [
+        ("for-vault", json!(["vault"]), "vault"),
+        ("for-the-api-server", json!([]), "the API server"),
+        ("unsaid", Value::Null, "the API server"),
+    ] {
+        let r = reviewer.clone();
+        let review = tokio::spawn(async move { r.node(token, NO_PEER).await });
+        api.answer(token_review(audiences, agent_on_node_a())).await;
+        let refused = review.await.unwrap().unwrap_err();
+        assert_eq!(refused.status().code(), tonic::Code::Unauthenticated);
+        let message = refused.to_string();
+        assert!(
+            message.contains("not for audience wireway-operator") && message.contains(theirs),
+            "{message}"
+        );
+    }
+}
+
+/// A flood of one bad token costs one TokenReview: the refusal is remembered.
+async fn a_refused_token_is_reviewed_once(calls: &Calls) {
+    let (client, mut api) = mock(calls);
+    let reviewer = Arc::new(TokenReviewer::new(client, "wireway-system"));
+    let r = reviewer.clone();
+    let review = tokio::spawn(async move { r.node("forged", NO_PEER).await });
     api.answer(json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-        "status": {"authenticated": true, "user": {"username": "system:serviceaccount:default:default"}},
+        "status": {"authenticated": false, "error": "invalid bearer token"},
     }))
     .await;
-    let refused = review.await.unwrap().unwrap_err().to_string();
+    assert!(review.await.unwrap().is_err());
+    let r = reviewer.clone();
+    let flood = tokio::spawn(async move {
+        for _ in 0..100 {
+            let refused = r.node("forged", NO_PEER).await.unwrap_err();
+            assert!(
+                refused.to_string().contains("invalid bearer token"),
+                "{refused}"
+            );
+        }
+    });
+    api.silent().await;
+    flood.await.unwrap();
+}
+
+/// A flood of distinct tokens from one address gets a burst of reviews, then
+/// ResourceExhausted; another address still gets its reviews.
+async fn token_reviews_are_rate_limited_per_address(calls: &Calls) {
+    let (client, mut api) = mock(calls);
+    let limits = Limits {
+        burst: 2,
+        per_second: 0.01,
+        ..Limits::default()
+    };
+    let reviewer = Arc::new(TokenReviewer::with_limits(client, "wireway-system", limits));
+    let flooder = Some(IpAddr::from([10, 244, 1, 7]));
+    let refused = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "status": {"authenticated": false},
+    });
+    for i in 0..2 {
+        let r = reviewer.clone();
+        let review = tokio::spawn(async move { r.node(&format!("guess-{i}"), flooder).await });
+        api.answer(refused.clone()).await;
+        assert_eq!(
+            review.await.unwrap().unwrap_err().status().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+    let r = reviewer.clone();
+    let flood = tokio::spawn(async move {
+        for i in 2..50 {
+            let throttled = r.node(&format!("guess-{i}"), flooder).await.unwrap_err();
+            assert_eq!(throttled.status().code(), tonic::Code::ResourceExhausted);
+        }
+    });
+    api.silent().await;
+    flood.await.unwrap();
+    // A node's agent, from its own address, is still reviewed.
+    let r = reviewer.clone();
+    let agent = Some(IpAddr::from([192, 0, 2, 1]));
+    let review = tokio::spawn(async move { r.node("token-a", agent).await });
+    api.answer(token_review(json!(["wireway-operator"]), agent_on_node_a()))
+        .await;
+    assert_eq!(review.await.unwrap().unwrap(), "node-a");
+}
+
+/// The status is for users the API server allows `get networkservices/status` in every
+/// namespace: a SubjectAccessReview on the token's user, remembered like the token.
+async fn status_readers_are_authorised_with_a_subject_access_review(calls: &Calls) {
+    let (client, mut api) = mock(calls);
+    let reviewer = Arc::new(TokenReviewer::new(client, "wireway-system"));
+    let admin = json!({
+        "username": "system:serviceaccount:ops:status", "uid": "u-1",
+        "groups": ["system:serviceaccounts", "system:serviceaccounts:ops"],
+    });
+    let r = reviewer.clone();
+    let read = tokio::spawn(async move { r.status_reader("admin-token", NO_PEER).await });
+    api.answer(token_review(json!(["wireway-operator"]), admin))
+        .await;
+    let asked = api
+        .answer(json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {}, "status": {"allowed": true},
+        }))
+        .await;
+    assert_eq!(
+        (asked.method.as_str(), asked.path.as_str()),
+        ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews")
+    );
+    assert_eq!(
+        asked.body["spec"]["user"],
+        "system:serviceaccount:ops:status"
+    );
+    assert_eq!(asked.body["spec"]["uid"], "u-1");
+    assert_eq!(
+        asked.body["spec"]["groups"][1],
+        "system:serviceaccounts:ops"
+    );
+    assert_eq!(
+        asked.body["spec"]["resourceAttributes"],
+        json!({"group": "wireway.dev", "resource": "networkservices", "subresource": "status", "verb": "get"}),
+        "cluster-wide: no namespace"
+    );
+    assert_eq!(
+        read.await.unwrap().unwrap(),
+        "system:serviceaccount:ops:status"
+    );
+    // Asked lately: no review at all.
+    assert!(reviewer.status_reader("admin-token", NO_PEER).await.is_ok());
+
+    // A tenant's token: authenticated, not authorised.
+    let tenant = json!({"username": "system:serviceaccount:other:default"});
+    let r = reviewer.clone();
+    let read = tokio::spawn(async move { r.status_reader("tenant-token", NO_PEER).await });
+    api.answer(token_review(json!(["wireway-operator"]), tenant))
+        .await;
+    api.answer(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {}, "status": {"allowed": false, "reason": "no RBAC policy matched"},
+    }))
+    .await;
+    let refused = read.await.unwrap().unwrap_err();
+    assert_eq!(refused.status().code(), tonic::Code::PermissionDenied);
+    let message = refused.to_string();
     assert!(
-        refused.contains("not system:serviceaccount:wireway-system:wireway-agent"),
-        "{refused}"
+        message.contains("system:serviceaccount:other:default may not read the status")
+            && message
+                .contains("get networkservices/status (API group wireway.dev) in every namespace")
+            && message.contains("no RBAC policy matched"),
+        "{message}"
+    );
+    // An agent's token proves a node, not an administrator.
+    let r = reviewer.clone();
+    let read = tokio::spawn(async move { r.status_reader("token-a", NO_PEER).await });
+    api.answer(token_review(json!(["wireway-operator"]), agent_on_node_a()))
+        .await;
+    api.answer(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {}, "status": {"allowed": false},
+    }))
+    .await;
+    assert_eq!(
+        read.await.unwrap().unwrap_err().status().code(),
+        tonic::Code::PermissionDenied
     );
 }
 
@@ -816,6 +1003,26 @@ async fn tokens_prove_nodes() {
 }
 
 #[tokio::test]
+async fn a_token_for_another_audience_proves_nothing() {
+    a_token_for_another_audience_is_refused(&calls()).await;
+}
+
+#[tokio::test]
+async fn a_flood_of_one_bad_token_costs_one_review() {
+    a_refused_token_is_reviewed_once(&calls()).await;
+}
+
+#[tokio::test]
+async fn a_flood_of_guessed_tokens_is_throttled_per_address() {
+    token_reviews_are_rate_limited_per_address(&calls()).await;
+}
+
+#[tokio::test]
+async fn only_users_allowed_to_get_networkservices_status_read_the_status() {
+    status_readers_are_authorised_with_a_subject_access_review(&calls()).await;
+}
+
+#[tokio::test]
 async fn every_kind_is_watched_and_synced() {
     watches_every_kind(&calls()).await;
 }
@@ -831,6 +1038,7 @@ async fn rbac_grants_exactly_what_the_operator_calls() {
     finalizer_added_then_released_after_cleanup(&calls).await;
     leader_election(&calls).await;
     agents_prove_their_node_with_a_token(&calls).await;
+    status_readers_are_authorised_with_a_subject_access_review(&calls).await;
     watches_every_kind(&calls).await;
     let called: BTreeSet<_> = calls
         .lock()

@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! controller   Kubernetes glue: leader election, status writer, events, token reviews
-//! serve        the node API (gRPC) and GET /status
+//! serve        the node API and the status API (gRPC)
 //! engine       the task that owns the planner, and the hub it publishes on
-//! snapshot     what GET /status returns
+//! snapshot     what the status API returns
 //! source       where the World comes from (API server, manifests)
 //! plan         the pure planner
 //! kind, metrics

@@ -1,5 +1,6 @@
-//! The node API over real gRPC and real mutual TLS, on TCP and on a Unix socket: an agent
-//! gets its node's state only when its certificate proves that node.
+//! The node API and the status API over real gRPC and real mutual TLS, on TCP and on a
+//! Unix socket: an agent gets its node's state only when its certificate proves that
+//! node, and only an administrator's certificate reads the status.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by panicking
 
@@ -10,18 +11,23 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use wireway_operator::engine::{Config, Engine, Hub, Input};
 use wireway_operator::metrics::Metrics;
-use wireway_operator::serve::{Auth, NodeApiServer, NodeApiService};
+use wireway_operator::serve::{
+    Auth, NodeApiServer, NodeApiService, StatusApiServer, StatusApiService,
+};
+use wireway_operator::snapshot::Snapshot;
 use wireway_operator::source::{self, manifests::Manifests};
 use wireway_operator::testing::hello;
 use wireway_operator::testing::manifests::{RED, pod};
 use wireway_proto::AgentReport;
 use wireway_proto::node_api_client::NodeApiClient;
+use wireway_proto::status::GetStatusRequest;
+use wireway_proto::status::status_api_client::StatusApiClient;
 use wireway_runtime::http::Readiness;
 use wireway_runtime::listen::{Address, Listener, grpc_channel, serve_grpc};
 use wireway_runtime::pki::{self, Subject};
 use wireway_runtime::tls::{OPERATOR_SERVER_NAME, Pem, TlsArgs};
 
-/// A CA and certificates for the operator and two nodes, in `dir`.
+/// A CA and certificates for the operator, two nodes and an administrator, in `dir`.
 fn certificates(dir: &Path) -> impl Fn(&str) -> Pem {
     let ca = dir.join("ca");
     pki::create_ca_in(&ca, "cluster.local").unwrap();
@@ -42,6 +48,7 @@ fn certificates(dir: &Path) -> impl Fn(&str) -> Pem {
         )
         .unwrap();
     }
+    pki::issue_into(&ca, &dir.join("admin"), "cluster.local", &Subject::Admin).unwrap();
     let dir = dir.to_owned();
     move |who: &str| {
         let files = dir.join(who);
@@ -57,8 +64,8 @@ fn certificates(dir: &Path) -> impl Fn(&str) -> Pem {
     }
 }
 
-/// An operator (engine and node API) serving red, with a pod on node-a and one on node-b,
-/// on `address`.
+/// An operator (engine, node API and status API) serving red, with a pod on node-a and
+/// one on node-b, on `address`.
 async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
     let hub = Arc::new(Hub::default());
     let (metrics, _) = Metrics::new();
@@ -96,6 +103,7 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
     let auth = Auth::MutualTls {
         trust_domain: "cluster.local".into(),
     };
+    let status = StatusApiService::new(hub.clone(), auth.clone(), metrics.clone());
     let service = NodeApiService::new(hub.clone(), inputs, auth, metrics);
     let listener = address.bind().await.unwrap();
     let bound = match &listener {
@@ -105,22 +113,36 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
     let router = tonic::transport::Server::builder()
         .tls_config(tls.server(true))
         .unwrap()
-        .add_service(NodeApiServer::new(service));
+        .add_service(NodeApiServer::new(service))
+        .add_service(StatusApiServer::new(status));
     tokio::spawn(serve_grpc(router, listener, std::future::pending()));
     (bound, hub)
+}
+
+async fn channel(address: &Address, tls: Option<Pem>) -> Result<tonic::transport::Channel, String> {
+    let tls = tls.map(|pem| pem.client(OPERATOR_SERVER_NAME));
+    grpc_channel(&address.to_string(), tls, |e| {
+        e.connect_timeout(Duration::from_secs(5))
+    })
+    .await
+    .map_err(|e| format!("{e:?}"))
 }
 
 async fn client(
     address: &Address,
     tls: Option<Pem>,
 ) -> Result<NodeApiClient<tonic::transport::Channel>, String> {
-    let tls = tls.map(|pem| pem.client(OPERATOR_SERVER_NAME));
-    let channel = grpc_channel(&address.to_string(), tls, |e| {
-        e.connect_timeout(Duration::from_secs(5))
-    })
-    .await
-    .map_err(|e| format!("{e:?}"))?;
-    Ok(NodeApiClient::new(channel))
+    Ok(NodeApiClient::new(channel(address, tls).await?))
+}
+
+/// Asks for the status with `tls`'s certificate (or without TLS).
+async fn status(address: &Address, tls: Option<Pem>) -> Result<Snapshot, String> {
+    let mut client = StatusApiClient::new(channel(address, tls).await?);
+    let response = client
+        .get(GetStatusRequest {})
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    Ok(serde_json::from_slice(&response.into_inner().snapshot_json).unwrap())
 }
 
 async fn scenario(listen: Address) {
@@ -203,6 +225,46 @@ async fn scenario(listen: Address) {
         Err(e) => Err(e),
     };
     assert!(plaintext.is_err(), "a plaintext client must not be served");
+}
+
+/// Only an administrator's certificate reads the status: a node's is refused, and a
+/// client without a certificate does not get through TLS.
+async fn status_scenario(listen: Address) {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificates(dir.path());
+    let (address, _hub) = operator(&listen, pem("operator")).await;
+
+    let shown = status(&address, Some(pem("admin"))).await.unwrap();
+    assert!(
+        shown
+            .network_services
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some("red"))
+    );
+
+    let refused = status(&address, Some(pem("node-a"))).await.unwrap_err();
+    assert!(
+        refused.starts_with("PermissionDenied")
+            && refused.contains("spiffe://cluster.local/wireway/node/node-a, not spiffe://cluster.local/wireway/admin"),
+        "{refused}"
+    );
+
+    let plaintext = status(&address, None).await;
+    assert!(
+        plaintext.is_err(),
+        "a client without a certificate must not be served"
+    );
+}
+
+#[tokio::test]
+async fn a_node_certificate_cannot_read_the_status() {
+    status_scenario("127.0.0.1:0".parse().unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_status_needs_an_admin_certificate_on_a_unix_socket_too() {
+    let dir = tempfile::tempdir().unwrap();
+    status_scenario(Address::Unix(dir.path().join("operator.sock"))).await;
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! The Wireway node API (`wireway.node.v1alpha1`): the messages and gRPC service between
-//! the operator and the node agents, generated from `proto/wireway/node/v1alpha1/node.proto`.
+//! the operator and the node agents, generated from `proto/wireway/node/v1alpha1/node.proto`;
+//! and in [`status`] the operator's status API for its administrators
+//! (`proto/wireway/status/v1alpha1/status.proto`).
 //!
 //! It knows nothing of Kubernetes; every field is documented in the `.proto`.
 
@@ -11,6 +13,12 @@
 )]
 
 tonic::include_proto!("wireway.node.v1alpha1");
+
+/// The operator's status API (`wireway.status.v1alpha1`): its snapshot, for
+/// administrators only.
+pub mod status {
+    tonic::include_proto!("wireway.status.v1alpha1");
+}
 
 /// Prefix of every WireGuard interface Wireway creates (`ww-red`). The agent owns, and
 /// only ever touches, links with this prefix or [`HOST_VETH_PREFIX`].

@@ -4,13 +4,14 @@
 //! One CA signs everything. The operator's certificate carries the DNS names agents dial
 //! and `spiffe://<trust-domain>/wireway/operator`; a node's carries
 //! `spiffe://<trust-domain>/wireway/node/<node>`, which the operator checks against the
-//! node an agent claims. Private keys are written 0600.
+//! node an agent claims; an administrator's `spiffe://<trust-domain>/wireway/admin`, the
+//! only identity the operator shows its status to. Private keys are written 0600.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::errors::FileError;
-use crate::tls::{OPERATOR_SERVER_NAME, node_identity, operator_identity};
+use crate::tls::{OPERATOR_SERVER_NAME, admin_identity, node_identity, operator_identity};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -90,6 +91,8 @@ pub enum Subject {
     Operator(Vec<String>),
     /// A node's agent.
     Node(String),
+    /// An administrator, who may read the operator's status (`wireway status`).
+    Admin,
 }
 
 /// A certificate for `subject`, signed by the CA: (certificate PEM, key PEM).
@@ -113,6 +116,12 @@ pub fn issue(
             format!("wireway-agent {node}"),
             Vec::new(),
             node_identity(trust_domain, node),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        ),
+        Subject::Admin => (
+            "wireway admin".to_owned(),
+            Vec::new(),
+            admin_identity(trust_domain),
             vec![ExtendedKeyUsagePurpose::ClientAuth],
         ),
     };
@@ -193,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn node_certificates_carry_the_node_identity() {
+    fn each_certificate_carries_its_identity() {
         let (ca_cert, ca_key) = new_ca("cluster.local").unwrap();
         let (cert, key) = issue(
             &ca_cert,
@@ -215,6 +224,11 @@ mod tests {
         assert_eq!(
             crate::tls::uris(&der(&operator)),
             ["spiffe://cluster.local/wireway/operator"]
+        );
+        let (admin, _) = issue(&ca_cert, &ca_key, "cluster.local", &Subject::Admin).unwrap();
+        assert_eq!(
+            crate::tls::uris(&der(&admin)),
+            ["spiffe://cluster.local/wireway/admin"]
         );
     }
 }

@@ -4,7 +4,9 @@
 //! Every Wireway certificate is signed by one CA. The operator's certificate names the
 //! DNS names agents dial (`wireway-operator`, and the in-cluster service name); an
 //! agent's certificate carries the URI `spiffe://<trust-domain>/wireway/node/<node>`, and
-//! the operator serves a node's state only to the agent that proves that node's identity.
+//! the operator serves a node's state only to the agent that proves that node's identity;
+//! an administrator's carries `spiffe://<trust-domain>/wireway/admin`, the only identity
+//! the operator shows its status to.
 
 use std::path::{Path, PathBuf};
 
@@ -137,6 +139,12 @@ pub fn operator_identity(trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}/wireway/operator")
 }
 
+/// An administrator's identity, the only one that may read the operator's status:
+/// `spiffe://<trust-domain>/wireway/admin`.
+pub fn admin_identity(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/wireway/admin")
+}
+
 /// The node a URI names, if it is a node identity of `trust_domain`.
 pub fn node_of<'a>(uri: &'a str, trust_domain: &str) -> Option<&'a str> {
     let node = uri
@@ -162,6 +170,32 @@ pub fn peer_uris<T>(request: &tonic::Request<T>) -> Vec<String> {
     certs
         .and_then(|certs| certs.first().map(|leaf| uris(leaf.as_ref())))
         .unwrap_or_default()
+}
+
+/// Adds `authorization: Bearer <token>` to every call, the token read from its file at
+/// each call (the kubelet rotates projected tokens in place); without a file, nothing.
+#[derive(Debug, Clone)]
+pub struct BearerToken(pub Option<PathBuf>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(path) = &self.0 {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                tonic::Status::unauthenticated(format!(
+                    "cannot read the token {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let value = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| tonic::Status::unauthenticated("the token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
 }
 
 /// The URI subject alternative names of a DER certificate.
@@ -203,6 +237,10 @@ mod tests {
         );
         assert_eq!(
             node_of(&operator_identity("cluster.local"), "cluster.local"),
+            None
+        );
+        assert_eq!(
+            node_of(&admin_identity("cluster.local"), "cluster.local"),
             None
         );
     }

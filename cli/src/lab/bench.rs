@@ -176,6 +176,9 @@ pub async fn run(
 ) -> Result<Results, BenchError> {
     let mut results = Vec::new();
     let hosting = nodes.saturating_sub(EMPTY_NODES).max(1);
+    // One connection for every poll: a TLS handshake per poll would load the operator
+    // being measured.
+    let mut status = lab.status_client().await?;
     for i in 0..changes {
         let round = i / 4;
         let (kind, n) = match i % 4 {
@@ -184,7 +187,7 @@ pub async fn run(
         };
         let target = node(n);
         let adding = i % 2 == 0;
-        let before = desired(&lab.snapshot().await?);
+        let before = desired(&status.fetch().await?);
         let temporary = dir.join(".change.tmp");
         let label = if adding { "bench" } else { "idle" };
         std::fs::write(&temporary, pod(&format!("{target}-idle"), &target, label))
@@ -195,7 +198,7 @@ pub async fn run(
             .map_err(|e| BenchError::Write(FileError::on("replace", &file)(e)))?;
         let deadline = Instant::now() + CHANGE_TIMEOUT;
         let latency = loop {
-            let snapshot = lab.snapshot().await?;
+            let snapshot = status.fetch().await?;
             let changed: Vec<_> = snapshot
                 .nodes
                 .iter()

@@ -10,7 +10,7 @@ use wireway_operator::snapshot::Snapshot;
 use super::Lab;
 use super::matrix::{self, Expectation, Matrix};
 use super::supervision::DeadProcess;
-use crate::status::{self, FetchError};
+use crate::status::{Access, FetchError, StatusClient};
 
 /// Why the lab could not be measured.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,24 @@ pub enum MeasureError {
 }
 
 impl Lab {
-    /// The operator's status.
-    pub async fn snapshot(&self) -> Result<Snapshot, FetchError> {
-        status::fetch(&self.operator_http()).await
+    /// How to read the operator's status: its gRPC port, with the lab's administrator
+    /// certificate.
+    pub fn status_access(&self) -> Access {
+        let pki = self.admin_pki();
+        Access {
+            operator: self.operator_grpc().to_string(),
+            operator_name: wireway_runtime::tls::OPERATOR_SERVER_NAME.to_owned(),
+            ca: pki.join("ca.crt"),
+            cert: pki.join("tls.crt"),
+            key: pki.join("tls.key"),
+            token_file: None,
+            insecure_plaintext: false,
+        }
+    }
+
+    /// A connection to the operator's status, to ask again and again.
+    pub async fn status_client(&self) -> Result<StatusClient, FetchError> {
+        StatusClient::connect(&self.status_access()).await
     }
 
     /// Waits until the operator serves, every node's agent is connected and at the
@@ -53,18 +68,35 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         let mut settled: Option<(u64, Instant)> = None;
+        let mut client: Option<StatusClient> = None;
         loop {
-            let (done, summary, plans, snapshot) = match self.snapshot().await {
+            let fetched = match client.as_mut() {
+                Some(c) => c.fetch().await,
+                None => match self.status_client().await {
+                    Ok(mut c) => {
+                        let fetched = c.fetch().await;
+                        client = Some(c);
+                        fetched
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            let (done, summary, plans, snapshot) = match fetched {
                 Ok(s) => {
                     let (done, summary) = self.convergence(&s);
                     (done, summary, s.plans, Some(s))
                 }
-                Err(_) => (
-                    false,
-                    "waiting for the operator to answer".to_owned(),
-                    0,
-                    None,
-                ),
+                Err(e) => {
+                    // Connect afresh next time (the operator may have restarted).
+                    client = None;
+                    let why = wireway_runtime::errors::chain(&e);
+                    (
+                        false,
+                        format!("waiting for the operator to answer ({why})"),
+                        0,
+                        None,
+                    )
+                }
             };
             if summary != last {
                 progress(&summary);

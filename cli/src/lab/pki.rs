@@ -1,5 +1,6 @@
-//! The lab's certificates: one CA, the operator's certificate, one per node; and the
-//! flags that hand them to the operator and the agents (mutual TLS between them).
+//! The lab's certificates: one CA, the operator's certificate, one per node, and an
+//! administrator's (which reads the operator's status); and the flags that hand them to
+//! the operator and the agents (mutual TLS between them).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,13 @@ impl Lab {
         self.pki().join("nodes").join(node)
     }
 
-    /// Makes the CA and the operator's certificate.
+    /// The administrator's certificate (`tls.crt`, `tls.key`, `ca.crt`): `wireway status`
+    /// uses it by default.
+    pub(super) fn admin_pki(&self) -> PathBuf {
+        self.pki().join("admin")
+    }
+
+    /// Makes the CA, the operator's certificate and the administrator's.
     pub fn create_pki(&self) -> Result<(), CertError> {
         let td = &self.record.trust_domain;
         certs::create_ca_in(&self.pki(), td)?;
@@ -32,7 +39,8 @@ impl Lab {
             &self.operator_pki(),
             td,
             &Subject::Operator(names),
-        )
+        )?;
+        certs::issue_into(&self.pki(), &self.admin_pki(), td, &Subject::Admin)
     }
 
     /// Issues a node's certificate, unless it has one.

@@ -1,16 +1,18 @@
-//! The operator's servers: the node API over gRPC ([`NodeApiService`]) and the status
-//! route of its HTTP port ([`status_route`]).
+//! The operator's gRPC servers, on one port under one TLS configuration: the node API
+//! ([`NodeApiService`]) and the status API for administrators ([`status`]). Who a caller
+//! is, and what it may do, is [`auth`]'s.
 //!
-//! The gRPC side is a thin shell over the engine's [`Hub`]: an agent's hello and reports
+//! The node API is a thin shell over the engine's [`Hub`]: an agent's hello and reports
 //! go to the engine as [`Input`]s, and its stream follows its node's watch channel, so an
-//! agent is sent a state only when its own node's state changed. Under mutual TLS a
-//! request is served only for the node the client certificate names.
+//! agent is sent a state only when its own node's state changed. A request is served
+//! only for the node the caller proves (its client certificate or its token).
+
+pub mod auth;
+pub mod status;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::get;
 use base64::Engine as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::WatchStream;
@@ -18,38 +20,13 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use wireway_proto::node_api_server::NodeApi;
 use wireway_proto::{AgentHello, AgentReport, NodeState, ReportAck};
-use wireway_runtime::errors::chain;
-use wireway_runtime::tls;
 
 use crate::engine::{Hub, Input};
 use crate::metrics::{Metrics, category};
 
+pub use auth::{Auth, Refusal, TokenAuthenticator, TokenError};
+pub use status::{StatusApiServer, StatusApiService};
 pub use wireway_proto::node_api_server::NodeApiServer;
-
-/// Why a bearer token proves no node: the authenticator's own error, told to the agent
-/// with its causes.
-pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Tells which node a bearer token proves (in a cluster: a TokenReview).
-#[tonic::async_trait]
-pub trait TokenAuthenticator: std::fmt::Debug + Send + Sync {
-    /// The node `token` proves, or why it proves none.
-    async fn node(&self, token: &str) -> Result<String, TokenError>;
-}
-
-/// How agents prove who they are.
-#[derive(Debug, Clone)]
-pub enum Auth {
-    /// A client certificate naming `spiffe://<trust_domain>/wireway/node/<node>`.
-    MutualTls {
-        /// The trust domain node identities must belong to.
-        trust_domain: String,
-    },
-    /// A bearer token (`authorization: Bearer ...`) that proves a node.
-    Token(Arc<dyn TokenAuthenticator>),
-    /// Nothing: any client may claim any node (debugging only).
-    Plaintext,
-}
 
 /// The node API.
 #[derive(Debug, Clone)]
@@ -73,47 +50,10 @@ impl NodeApiService {
 
     /// Refuses a request that is not from `node`'s agent.
     async fn authorize<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
-        let trust_domain = match &self.auth {
-            Auth::Plaintext => return Ok(()),
-            Auth::Token(authenticator) => {
-                let token = request
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or_else(|| {
-                        self.refuse(Status::unauthenticated(
-                            "no bearer token: an agent presents its service-account token for audience wireway-operator",
-                        ))
-                    })?;
-                let proven = authenticator
-                    .node(token)
-                    .await
-                    .map_err(|e| self.refuse(Status::unauthenticated(chain(e.as_ref()))))?;
-                if proven == node {
-                    return Ok(());
-                }
-                return Err(self.refuse(Status::permission_denied(format!(
-                    "the token proves node {proven}, not node {node}"
-                ))));
-            }
-            Auth::MutualTls { trust_domain } => trust_domain,
-        };
-        let uris = tls::peer_uris(request);
-        let proven: Vec<&str> = uris
-            .iter()
-            .filter_map(|u| tls::node_of(u, trust_domain))
-            .collect();
-        if proven.contains(&node) {
-            return Ok(());
-        }
-        let expected = tls::node_identity(trust_domain, node);
-        Err(self.refuse(Status::permission_denied(match proven.first() {
-            Some(other) => format!(
-                "the client certificate proves node {other}, not node {node} (expected the URI {expected})"
-            ),
-            None => format!("the client certificate carries no node identity (expected the URI {expected})"),
-        })))
+        self.auth
+            .node(request, node)
+            .await
+            .map_err(|status| self.refuse(status))
     }
 
     fn refuse(&self, status: Status) -> Status {
@@ -248,17 +188,6 @@ impl NodeApi for NodeApiService {
         self.tell(Input::Report(request.into_inner())).await?;
         Ok(Response::new(ReportAck {}))
     }
-}
-
-/// `GET /status`: the latest [`Snapshot`](crate::snapshot::Snapshot) as JSON.
-pub fn status_route(hub: Arc<Hub>) -> Router {
-    Router::new().route(
-        "/status",
-        get(move || {
-            let hub = hub.clone();
-            async move { axum::Json(hub.snapshot().as_ref().clone()) }
-        }),
-    )
 }
 
 #[cfg(test)]
