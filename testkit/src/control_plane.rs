@@ -97,7 +97,7 @@ static SHARED: OnceLock<Option<ControlPlane>> = OnceLock::new();
 impl ControlPlane {
     /// The built binary, `.tools/bin/control-plane` of this repository.
     pub fn binary() -> PathBuf {
-        repo().join(".tools/bin/control-plane")
+        tool("control-plane")
     }
 
     /// Whether a test that needs the control plane runs. Without the binary it is skipped,
@@ -247,7 +247,7 @@ impl ControlPlane {
     /// `kubectl` (`.tools/bin/kubectl`, from `make tools`) with the admin's kubeconfig, to
     /// add arguments and input to.
     pub fn kubectl_command(&self) -> Command {
-        let kubectl = repo().join(".tools/bin/kubectl");
+        let kubectl = tool("kubectl");
         assert!(
             kubectl.is_file(),
             "{} is missing: run `make tools`",
@@ -320,8 +320,30 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+/// `.tools/bin/NAME` of the repository under test: the workspace of the package whose
+/// tests run (cargo and nextest set `CARGO_MANIFEST_DIR` when they run a test), else of
+/// this crate as it was compiled. Worktrees that share one target directory share this
+/// crate's build, so the compile-time path alone may name another checkout.
+fn tool(name: &str) -> PathBuf {
+    let relative = Path::new(".tools/bin").join(name);
+    let running = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| {
+            dir.ancestors()
+                .find(|d| d.join("Cargo.lock").is_file())
+                .map(Path::to_owned)
+        });
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let candidates: Vec<PathBuf> = running
+        .into_iter()
+        .chain([compiled])
+        .map(|root| root.join(&relative))
+        .collect();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .unwrap_or(&candidates[0])
+        .to_owned()
 }
 
 /// A new empty directory for one control plane.
