@@ -39,7 +39,7 @@ pub struct PodIndex {
 }
 
 /// The pod UID a cgroup directory's name carries, if any.
-fn pod_uid(name: &str) -> Option<String> {
+pub fn pod_uid(name: &str) -> Option<String> {
     let start = name.rfind("pod")? + 3;
     let rest = &name[start..];
     let uid: String = rest

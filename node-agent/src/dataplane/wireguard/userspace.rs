@@ -208,8 +208,8 @@ fn base64_of_hex(hex: &str) -> Option<String> {
     Some(BASE64.encode(bytes?))
 }
 
-/// Parses a `get=1` response.
-fn parse_get(response: &str) -> DeviceState {
+/// Parses a `get=1` response (what the device process answers: anything, to the parser).
+pub fn parse_get(response: &str) -> DeviceState {
     let mut state = DeviceState::default();
     let mut current: Option<String> = None;
     for line in response.lines() {
