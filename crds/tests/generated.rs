@@ -94,7 +94,11 @@ fn kinds_names_and_columns() {
             ("NetworkService", "networkservices", vec!["nsvc".to_owned()]),
             ("Endpoint", "endpoints", vec!["nsep".to_owned()]),
             ("Admission", "admissions", vec!["nsadm".to_owned()]),
-            ("IdentityGrant", "identitygrants", vec!["nsgrant".to_owned()]),
+            (
+                "IdentityGrant",
+                "identitygrants",
+                vec!["nsgrant".to_owned()]
+            ),
         ]
     );
     for file in &files {

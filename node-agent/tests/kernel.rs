@@ -8,10 +8,16 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
 
+#[path = "kernel/isolation.rs"]
+mod isolation;
+#[path = "kernel/probes.rs"]
+mod probes;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use wireway_agent::testing::*;
 use wireway_proto::NodeState;
@@ -39,12 +45,16 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Namespaces, state directories and processes of one test, removed on drop.
+/// Namespaces, state directories, files and processes of one test, removed on drop.
 struct Lab {
     prefix: String,
     namespaces: Vec<String>,
     dir: PathBuf,
     underlay: BTreeMap<String, String>,
+    /// Files the test planted outside its directory (in /run/netns).
+    planted: Vec<PathBuf>,
+    /// Processes it started.
+    children: Vec<Child>,
 }
 
 impl Lab {
@@ -61,6 +71,8 @@ impl Lab {
             namespaces: Vec::new(),
             dir,
             underlay: BTreeMap::new(),
+            planted: Vec::new(),
+            children: Vec::new(),
         };
         let switch = lab.netns("switch");
         ok(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
@@ -76,7 +88,8 @@ impl Lab {
         full
     }
 
-    /// A node: a namespace with `eth0` on the underlay bridge at 192.168.77.<n>.
+    /// A node: a namespace with `eth0` on the underlay bridge at 192.168.77.<n> and
+    /// fd77::<n>.
     fn node(&mut self, name: &str, n: u8) -> String {
         let ns = self.netns(name);
         let switch = format!("{}-switch", self.prefix);
@@ -99,9 +112,39 @@ impl Lab {
             "dev",
             "eth0",
         ]);
+        ok(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("fd77::{n}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         self.underlay.insert(name.to_owned(), address);
         ns
+    }
+
+    /// A process that sleeps in the namespace `name` (its `/proc/<pid>/ns/net` is that
+    /// namespace); its pid.
+    fn sleeper(&mut self, name: &str) -> u32 {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(name), "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// A file of this test's in /run/netns (removed on drop).
+    fn planted(&mut self, name: &str) -> PathBuf {
+        let path = PathBuf::from("/run/netns").join(format!("{}-{name}", self.prefix));
+        self.planted.push(path.clone());
+        path
     }
 
     fn state_dir(&self, node: &str) -> String {
@@ -112,6 +155,45 @@ impl Lab {
         ok(&[AGENT, "--state-dir", &self.state_dir(node), "public-key"])
             .trim()
             .to_owned()
+    }
+
+    /// Runs `wireway-agent apply` in the node's namespace with the state file of the
+    /// node's last `apply`; returns its output, whatever it says, and how long it took.
+    fn try_pass(&self, node: &str) -> (Output, Duration) {
+        let file = self.dir.join(format!("{node}.json"));
+        let ns = format!("{}-{node}", self.prefix);
+        let state_dir = self.state_dir(node);
+        let started = Instant::now();
+        // A pass that hangs fails the test instead of stalling it.
+        let out = run(&[
+            "timeout",
+            "60",
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            AGENT,
+            "--state-dir",
+            &state_dir,
+            "--netns-path-prefix",
+            "/run/netns",
+            "apply",
+            "--node-state",
+            file.to_str().unwrap(),
+        ]);
+        (out, started.elapsed())
+    }
+
+    /// Applies `state` on `node` whatever comes of it: (stdout, stderr, time taken).
+    fn try_apply(&self, node: &str, state: &NodeState) -> (String, String, Duration) {
+        let json = serde_json::to_string(state).unwrap();
+        std::fs::write(self.dir.join(format!("{node}.json")), json).unwrap();
+        let (out, took) = self.try_pass(node);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            took,
+        )
     }
 
     /// Runs `wireway-agent apply` in the node's namespace with the state file of the
@@ -183,6 +265,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for path in &self.planted {
+            let _ = std::fs::remove_file(path);
+        }
         // The userspace WireGuard devices are processes started from our state dirs.
         let _ = run(&["pkill", "-f", &self.dir.to_string_lossy()]);
         for ns in self.namespaces.iter().rev() {
@@ -193,7 +282,8 @@ impl Drop for Lab {
 }
 
 /// A service for the NodeStates of these tests: members are (node, workload, address);
-/// each node's prefix is the member address's /24.
+/// each node's prefix is the member address's /24 (/64).
+#[derive(Clone)]
 struct Service {
     name: &'static str,
     port: u16,
@@ -201,10 +291,23 @@ struct Service {
     members: Vec<(&'static str, &'static str, &'static str)>,
 }
 
+/// A member's node prefix: its address's /24 (IPv4) or /64 (IPv6).
 fn prefix_of(address: &str) -> String {
-    let mut parts: Vec<&str> = address.split('.').collect();
-    parts[3] = "0";
-    format!("{}/24", parts.join("."))
+    let address: std::net::IpAddr = address.parse().unwrap();
+    let length = if address.is_ipv4() { 24 } else { 64 };
+    ipnet::IpNet::new(address, length)
+        .unwrap()
+        .trunc()
+        .to_string()
+}
+
+/// The host side of `workload`'s veth in `service`, as the operator would name it.
+fn host_side(service: &str, workload: &str) -> String {
+    format!(
+        "wwv{}{}",
+        &service[..1],
+        workload.len() + workload.bytes().map(usize::from).sum::<usize>()
+    )
 }
 
 /// The NodeState of `node`, as the operator would send it.
@@ -223,15 +326,10 @@ fn node_state(
             .cidr(svc.cidr)
             .node_prefix(&prefix_of(first.2));
         for (_, workload, address) in &local {
-            let host_side = format!(
-                "wwv{}{}",
-                &svc.name[..1],
-                workload.len() + workload.bytes().map(usize::from).sum::<usize>()
-            );
             service = service.member(
                 member(&format!("{}/{workload}", svc.name))
                     .in_netns(&format!("/run/netns/{}", lab.ns(workload)))
-                    .host_side(&host_side)
+                    .host_side(&host_side(svc.name, workload))
                     .at(address),
             );
         }
@@ -417,7 +515,7 @@ fn a_second_pass_and_a_restarted_agent_change_nothing_and_drop_nothing() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
     let second = apply_all(&lab, &[&red(), &green()], &keys);
     let output = pinger.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use wireway_crds::{Endpoint, EndpointSpec, NetworkService, NetworkServiceRef, NetworkServiceSpec};
-use wireway_operator::plan::{Node, Pod, World};
+use wireway_operator::plan::{Bounds, Node, Pod, World};
 
 /// The size of a synthetic World.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,7 @@ pub fn world(scale: Scale) -> World {
             public_key: Some(format!("key-{n:040}")),
             underlay: Some(IpAddr::from([10, 0, (n / 256) as u8, (n % 256) as u8])),
             underlay_mtu: Some(1500),
-            seen_version: 0,
+            ..Node::default()
         })
         .collect();
     let per_service = scale.members / scale.services;
@@ -102,5 +102,8 @@ pub fn world(scale: Scale) -> World {
         network_services: services,
         endpoints,
         admissions: Vec::new(),
+        identity_grants: Vec::new(),
+        service_cidrs: Vec::new(),
+        bounds: Bounds::default(),
     }
 }

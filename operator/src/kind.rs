@@ -1,5 +1,5 @@
-//! The kinds of object the operator reads, named in one place: the three Wireway kinds,
-//! and the core/v1 kinds that say where workloads run.
+//! The kinds of object the operator reads, named in one place: the four Wireway kinds,
+//! the core/v1 kinds that say where workloads run, and the cluster's Service ranges.
 //!
 //! Pure data (no Kubernetes client): the planner names kinds in its events, the sources
 //! read them, the controller writes to them. What the API server calls each kind is
@@ -18,23 +18,31 @@ pub enum Kind {
     Endpoint,
     /// wireway.dev Admission.
     Admission,
+    /// wireway.dev IdentityGrant (cluster-scoped).
+    IdentityGrant,
     /// core/v1 Pod.
     Pod,
     /// core/v1 Node.
     Node,
     /// core/v1 Namespace.
     Namespace,
+    /// networking.k8s.io/v1 ServiceCIDR: the cluster's Service ranges. Optional: a
+    /// cluster that does not serve it has none to read.
+    #[serde(rename = "ServiceCIDR")]
+    ServiceCidr,
 }
 
 impl Kind {
     /// Every kind the operator reads.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::NetworkService,
         Kind::Endpoint,
         Kind::Admission,
+        Kind::IdentityGrant,
         Kind::Pod,
         Kind::Node,
         Kind::Namespace,
+        Kind::ServiceCidr,
     ];
 
     /// The kind's name, as in an object's `kind` field.
@@ -43,23 +51,38 @@ impl Kind {
             Kind::NetworkService => "NetworkService",
             Kind::Endpoint => "Endpoint",
             Kind::Admission => "Admission",
+            Kind::IdentityGrant => "IdentityGrant",
             Kind::Pod => "Pod",
             Kind::Node => "Node",
             Kind::Namespace => "Namespace",
+            Kind::ServiceCidr => "ServiceCIDR",
         }
     }
 
     /// The `apiVersion` its objects carry.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::NetworkService | Kind::Endpoint | Kind::Admission => wireway_crds::API_VERSION,
+            Kind::NetworkService | Kind::Endpoint | Kind::Admission | Kind::IdentityGrant => {
+                wireway_crds::API_VERSION
+            }
             Kind::Pod | Kind::Node | Kind::Namespace => "v1",
+            Kind::ServiceCidr => "networking.k8s.io/v1",
         }
     }
 
     /// Whether its objects live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::Namespace)
+        !matches!(
+            self,
+            Kind::Node | Kind::Namespace | Kind::IdentityGrant | Kind::ServiceCidr
+        )
+    }
+
+    /// Whether a cluster must serve it: the operator waits for every required kind's
+    /// first list before it plans, and gets on without the others when the API server
+    /// does not know them.
+    pub fn required(self) -> bool {
+        self != Kind::ServiceCidr
     }
 
     /// The kind an object's `apiVersion` and `kind` name, if the operator reads it.

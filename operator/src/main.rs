@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use tokio::sync::mpsc;
+use wireway_crds::Cidr;
 use wireway_crds::validation::SchemaError;
 use wireway_operator::controller::{self, auth::TokenReviewer};
 use wireway_operator::engine::{self, Config, Engine, Hub, store::StoreError};
 use wireway_operator::metrics::Metrics;
+use wireway_operator::plan::{Bounds, ListenPorts, bounds};
 use wireway_operator::serve::{
     Auth, NodeApiServer, NodeApiService, StatusApiServer, StatusApiService,
 };
@@ -79,7 +81,54 @@ struct Args {
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     #[command(flatten)]
+    bounds: BoundsArgs,
+    #[command(flatten)]
     tls: TlsArgs,
+}
+
+/// The administrator's bounds on every NetworkService: a service outside them is refused
+/// with a reason and installs nothing (docs/operations.md).
+#[derive(Debug, clap::Args)]
+struct BoundsArgs {
+    /// CIDRs every NetworkService's cidr must lie inside, comma-separated.
+    #[arg(
+        long,
+        env = "WIREWAY_SERVICE_POOLS",
+        value_delimiter = ',',
+        default_value = bounds::DEFAULT_SERVICE_POOLS,
+        value_name = "CIDRS"
+    )]
+    service_pools: Vec<Cidr>,
+    /// CIDRs no NetworkService may overlap, comma-separated, beyond those always reserved
+    /// (loopback, link-local, multicast, unspecified) and those found in the cluster (the
+    /// nodes' pod ranges and addresses, the ServiceCIDRs): say the Service range here on
+    /// a cluster that does not show it.
+    #[arg(
+        long,
+        env = "WIREWAY_RESERVED_RANGES",
+        value_delimiter = ',',
+        value_name = "CIDRS"
+    )]
+    reserved_ranges: Vec<Cidr>,
+    /// UDP ports the services' WireGuard interfaces may listen on, FIRST-LAST; services
+    /// that pin none get the lowest free one.
+    #[arg(
+        long,
+        env = "WIREWAY_LISTEN_PORTS",
+        default_value = bounds::DEFAULT_LISTEN_PORTS,
+        value_name = "FIRST-LAST"
+    )]
+    listen_ports: ListenPorts,
+}
+
+impl BoundsArgs {
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            service_pools: self.service_pools.clone(),
+            reserved_ranges: self.reserved_ranges.clone(),
+            listen_ports: self.listen_ports,
+        }
+    }
 }
 
 /// Why the operator cannot start, or stopped on its own.
@@ -209,6 +258,7 @@ async fn run(args: Args) -> Result<(), Error> {
         state_dir: (!in_cluster).then(|| args.state_dir.clone()),
         agent_grace: Duration::from_secs(args.agent_grace),
         kubernetes: in_cluster,
+        bounds: args.bounds.bounds(),
     };
     let mut engine = Engine::new(config, hub.clone(), metrics.clone(), readiness.clone())
         .map_err(Error::StateDir)?;

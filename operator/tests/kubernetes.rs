@@ -167,6 +167,14 @@ fn admission() -> DynamicObject {
     }))
 }
 
+fn grant() -> DynamicObject {
+    object(json!({
+        "apiVersion": "wireway.dev/v1alpha1", "kind": "IdentityGrant",
+        "metadata": {"name": "partner-in-red", "uid": "uid-grant", "generation": 1},
+        "spec": {"namespace": "red", "identities": [{"trustDomain": "partner.example"}]},
+    }))
+}
+
 fn node() -> DynamicObject {
     object(json!({
         "apiVersion": "v1", "kind": "Node",
@@ -193,6 +201,7 @@ impl Operator {
             state_dir: None,
             agent_grace: Duration::ZERO,
             kubernetes: true,
+            bounds: Default::default(),
         };
         let (metrics, _) = Metrics::new();
         let mut engine =
@@ -267,6 +276,7 @@ async fn status_writes(calls: &Calls) {
         ),
         (Kind::Endpoint, endpoint()),
         (Kind::Admission, admission()),
+        (Kind::IdentityGrant, grant()),
         (Kind::Pod, pod("red", "red-a")),
         (Kind::Node, node()),
     ]);
@@ -314,6 +324,14 @@ async fn status_writes(calls: &Calls) {
         "/apis/wireway.dev/v1alpha1/namespaces/red/admissions/vms/status"
     );
     assert_eq!(asked.body["status"]["conditions"][0]["reason"], "Ready");
+    // And the IdentityGrant's, cluster-scoped: no namespace in its path.
+    let asked = api.answer(written()).await;
+    assert_eq!(
+        asked.path,
+        "/apis/wireway.dev/v1alpha1/identitygrants/partner-in-red/status"
+    );
+    assert_eq!(asked.body["kind"], "IdentityGrant");
+    assert_eq!(asked.body["status"]["conditions"][0]["reason"], "Ready");
     let (mut writer, published) = sync.await.unwrap();
 
     // The watch brings the objects back with their new status: nothing more to write.
@@ -328,6 +346,10 @@ async fn status_writes(calls: &Calls) {
     adm.data["status"] =
         serde_json::to_value(published.statuses.admissions.values().next()).unwrap();
     op.watch(Kind::Admission, watcher::Event::Apply(adm));
+    let mut granted = grant();
+    granted.data["status"] =
+        serde_json::to_value(published.statuses.identity_grants.values().next()).unwrap();
+    op.watch(Kind::IdentityGrant, watcher::Event::Apply(granted));
     let published = op.published();
     assert_eq!(
         published.live, published.statuses,
@@ -928,10 +950,12 @@ async fn watches_every_kind(calls: &Calls) {
         [
             "admissions",
             "endpoints",
+            "identitygrants",
             "namespaces",
             "networkservices",
             "nodes",
-            "pods"
+            "pods",
+            "servicecidrs"
         ]
         .map(str::to_owned)
         .into()
@@ -958,8 +982,60 @@ async fn watches_every_kind(calls: &Calls) {
     }
 }
 
+/// An API server that does not serve ServiceCIDRs (before Kubernetes 1.33, or with the
+/// API turned off): the operator syncs without them.
+async fn syncs_without_service_cidrs(calls: &Calls) {
+    let (client, mut api) = mock(calls);
+    let (events, mut received) = mpsc::channel::<source::Event>(64);
+    tokio::spawn(source::kubernetes::watch(client, events));
+    let mut listed = BTreeSet::new();
+    while listed.len() < Kind::ALL.len() {
+        let (request, send) =
+            tokio::time::timeout(Duration::from_secs(5), api.handle.next_request())
+                .await
+                .unwrap()
+                .unwrap();
+        let asked = api.record(request).await;
+        if asked.query.contains("watch=true") {
+            assert!(!asked.path.ends_with("/servicecidrs"), "{}", asked.path);
+            std::mem::forget(send);
+            continue;
+        }
+        let kind = asked.path.rsplit('/').next().unwrap().to_owned();
+        let (code, body) = if kind == "servicecidrs" {
+            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"});
+            (404, status)
+        } else {
+            let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []});
+            (200, list)
+        };
+        listed.insert(kind);
+        let response = Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap();
+        send.send_response(response);
+    }
+    let synced = async {
+        while let Some(event) = received.recv().await {
+            if event == source::Event::Synced {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), synced)
+        .await
+        .expect("synced without ServiceCIDRs");
+}
+
 fn calls() -> Calls {
     Calls::default()
+}
+
+#[tokio::test]
+async fn a_cluster_without_service_cidrs_still_syncs() {
+    syncs_without_service_cidrs(&calls()).await;
 }
 
 #[tokio::test]

@@ -74,6 +74,7 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
         state_dir: None,
         agent_grace: Duration::ZERO,
         kubernetes: false,
+        bounds: Default::default(),
     };
     let engine = Engine::new(
         config,

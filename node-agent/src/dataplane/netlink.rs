@@ -15,7 +15,9 @@ use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::nsid::{NsidAttribute, NsidMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, LinkWireguard, RouteMessageBuilder};
@@ -394,7 +396,11 @@ impl Netlink {
         gateway: Option<IpAddr>,
     ) -> Result<(), NetlinkError> {
         self.count();
-        let message = Self::route_message(table, destination, oif, gateway)?;
+        let mut message = Self::route_message(table, destination, oif, gateway)?;
+        // Whoever added it (`ip route` says `proto boot`) and in whatever scope: the
+        // kernel matches a deletion on these only when they are given.
+        message.header.protocol = RouteProtocol::Unspec;
+        message.header.scope = RouteScope::NoWhere;
         self.handle.route().del(message).execute().await?;
         Ok(())
     }

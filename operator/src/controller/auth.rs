@@ -289,31 +289,36 @@ impl TokenReviewer {
         }
     }
 
-    fn ttl<T, E>(&self, verdict: &Result<T, E>) -> Duration {
-        if verdict.is_ok() {
+    /// The verdict `memory` holds on `key`, else `review`'s (for one of `peer`'s
+    /// reviews), then remembered: an acceptance for [`Limits::accepted_for`], a refusal
+    /// for [`Limits::refused_for`]. A review that could not be made is not remembered.
+    async fn verdict<T: Clone, E: Clone>(
+        &self,
+        memory: impl Fn(&mut State) -> &mut Memory<Result<T, E>>,
+        key: Digest,
+        peer: Option<IpAddr>,
+        review: impl Future<Output = Result<Result<T, E>, Refusal>>,
+    ) -> Result<Result<T, E>, Refusal> {
+        if let Some(verdict) = memory(&mut self.state()).get(&key, Instant::now()) {
+            return Ok(verdict);
+        }
+        self.spend(peer)?;
+        let verdict = review.await?;
+        let ttl = if verdict.is_ok() {
             self.limits.accepted_for
         } else {
             self.limits.refused_for
-        }
+        };
+        memory(&mut self.state()).insert(key, verdict.clone(), ttl, Instant::now());
+        Ok(verdict)
     }
 
     /// The user `token` proves: from memory when reviewed lately.
     async fn user(&self, token: &str, peer: Option<IpAddr>) -> Result<UserInfo, Refusal> {
-        let key = digest(token);
-        let remembered = self.state().users.get(&key, Instant::now());
-        let verdict = match remembered {
-            Some(verdict) => verdict,
-            None => {
-                self.spend(peer)?;
-                let verdict = self.token_review(token).await?;
-                let ttl = self.ttl(&verdict);
-                self.state()
-                    .users
-                    .insert(key, verdict.clone(), ttl, Instant::now());
-                verdict
-            }
-        };
-        verdict.map_err(|r| Refusal::Unauthenticated(r.into()))
+        let review = self.token_review(token);
+        self.verdict(|s| &mut s.users, digest(token), peer, review)
+            .await?
+            .map_err(|r| Refusal::Unauthenticated(r.into()))
     }
 
     /// Asks the API server who `token` proves, for the operator's audience.
@@ -372,21 +377,10 @@ impl TokenReviewer {
         user: &UserInfo,
         peer: Option<IpAddr>,
     ) -> Result<(), Refusal> {
-        let key = digest(token);
-        let remembered = self.state().status_access.get(&key, Instant::now());
-        let verdict = match remembered {
-            Some(verdict) => verdict,
-            None => {
-                self.spend(peer)?;
-                let verdict = self.access_review(user).await?;
-                let ttl = self.ttl(&verdict);
-                self.state()
-                    .status_access
-                    .insert(key, verdict.clone(), ttl, Instant::now());
-                verdict
-            }
-        };
-        verdict.map_err(Refusal::Forbidden)
+        let review = self.access_review(user);
+        self.verdict(|s| &mut s.status_access, digest(token), peer, review)
+            .await?
+            .map_err(Refusal::Forbidden)
     }
 
     /// Asks the API server whether `user` has [`STATUS_ACCESS`]: `Err` says why not.

@@ -104,7 +104,11 @@ impl std::fmt::Debug for StatusWriter {
 }
 
 fn api(client: &Client, kind: Kind, key: &ObjectKey) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), &key.namespace, &resource(kind))
+    if kind.namespaced() {
+        Api::namespaced_with(client.clone(), &key.namespace, &resource(kind))
+    } else {
+        Api::all_with(client.clone(), &resource(kind))
+    }
 }
 
 impl StatusWriter {
@@ -158,6 +162,10 @@ impl StatusWriter {
         for (key, desired) in &p.statuses.admissions {
             self.status(Kind::Admission, key, desired, p.live.admissions.get(key))
                 .await;
+        }
+        for (key, desired) in &p.statuses.identity_grants {
+            let live = p.live.identity_grants.get(key);
+            self.status(Kind::IdentityGrant, key, desired, live).await;
         }
         for action in &p.finalizers {
             self.finalizer(action).await;

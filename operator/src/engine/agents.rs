@@ -114,6 +114,9 @@ impl Engine {
                     .and_then(|a| a.underlay_mtu)
                     .or_else(|| declared.and_then(|d| d.underlay_mtu)),
                 seen_version: agent.map_or(0, |a| a.hello_version),
+                pod_cidrs: declared.map(|d| d.pod_cidrs.clone()).unwrap_or_default(),
+                addresses: declared.map(|d| d.addresses.clone()).unwrap_or_default(),
+                created: declared.and_then(|d| d.created.clone()),
             }),
         };
         let current = self.planner.node(name);

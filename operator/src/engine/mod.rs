@@ -40,7 +40,7 @@ use crate::kind::Kind;
 use crate::metrics::{Metrics, category};
 use crate::plan::events::{self, Event};
 use crate::plan::status::condition_time;
-use crate::plan::{Change, Node, ObjectKey, Plan, Planner, Statuses, World};
+use crate::plan::{Bounds, Change, Node, ObjectKey, Plan, Planner, Statuses, World};
 use crate::source::{self, Problem};
 use agents::Agent;
 use cleanup::Finalizers;
@@ -79,6 +79,9 @@ pub struct Config {
     /// Whether the objects live in an API server: then NetworkServices carry the
     /// operator's finalizer, statuses are written back, and events are told.
     pub kubernetes: bool,
+    /// The administrator's bounds on every service (service pools, reserved ranges,
+    /// listen ports).
+    pub bounds: Bounds,
 }
 
 /// The engine's state.
@@ -136,6 +139,9 @@ impl Engine {
             network_services: Vec::new(),
             endpoints: Vec::new(),
             admissions: Vec::new(),
+            identity_grants: Vec::new(),
+            service_cidrs: Vec::new(),
+            bounds: config.bounds.clone(),
         };
         let previous = Plan {
             nodes: stored.node_states.clone(),
@@ -273,6 +279,17 @@ impl Engine {
                     return;
                 }
             }
+            Change::IdentityGrant(ref mut o) => {
+                restore(&mut self.restored, o, |s| &mut s.identity_grants);
+                seen(
+                    &mut self.live.identity_grants,
+                    &mut self.published.identity_grants,
+                    o,
+                );
+                if same_spec(self.planner.identity_grant(&o.key()), o) {
+                    return;
+                }
+            }
             Change::NetworkServiceDeleted(ref key) => {
                 self.live.network_services.remove(key);
                 self.finalizers.forget(key);
@@ -282,6 +299,9 @@ impl Engine {
             }
             Change::AdmissionDeleted(ref key) => {
                 self.live.admissions.remove(key);
+            }
+            Change::IdentityGrantDeleted(ref name) => {
+                self.live.identity_grants.remove(&ObjectKey::new("", name));
             }
             _ => {}
         }
@@ -367,6 +387,11 @@ impl Engine {
         );
         carry(&mut statuses.endpoints, &self.published.endpoints, &now);
         carry(&mut statuses.admissions, &self.published.admissions, &now);
+        carry(
+            &mut statuses.identity_grants,
+            &self.published.identity_grants,
+            &now,
+        );
         if let Some(events) = &self.events
             && self.plans > 0
         {
@@ -396,12 +421,13 @@ impl Engine {
                 .map(|o| &o.metadata),
             Kind::Endpoint => self.planner.endpoint(&event.key).map(|o| &o.metadata),
             Kind::Admission => self.planner.admission(&event.key).map(|o| &o.metadata),
-            Kind::Pod | Kind::Node | Kind::Namespace => None,
+            Kind::IdentityGrant => self.planner.identity_grant(&event.key).map(|o| &o.metadata),
+            Kind::Pod | Kind::Node | Kind::Namespace | Kind::ServiceCidr => None,
         };
         ObjectReference {
             api_version: Some(event.kind.api_version().to_owned()),
             kind: Some(event.kind.name().to_owned()),
-            namespace: Some(event.key.namespace.clone()),
+            namespace: event.kind.namespaced().then(|| event.key.namespace.clone()),
             name: Some(event.key.name.clone()),
             uid: metadata.and_then(|m| m.uid.clone()),
             ..ObjectReference::default()
@@ -441,6 +467,7 @@ impl Engine {
             network_services: statuses_of(self.planner.network_services(), keyed),
             endpoints: statuses_of(self.planner.endpoints(), keyed),
             admissions: statuses_of(self.planner.admissions(), keyed),
+            identity_grants: statuses_of(self.planner.identity_grants(), keyed),
         };
         if let Err(e) = store.save(&stored) {
             self.metrics.error(category::STORE);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use wireway_crds::{Admission, Endpoint, NetworkService};
+use wireway_crds::{Admission, Endpoint, IdentityGrant, NetworkService};
 
 use super::store::Stored;
 use crate::plan::ObjectKey;
@@ -40,6 +40,7 @@ macro_rules! object {
 object!(NetworkService, wireway_crds::NetworkServiceStatus);
 object!(Endpoint, wireway_crds::EndpointStatus);
 object!(Admission, wireway_crds::AdmissionStatus);
+object!(IdentityGrant, wireway_crds::IdentityGrantStatus);
 
 /// Gives an object that arrives with no status the one stored for it.
 pub(super) fn restore<O: Object>(
@@ -147,7 +148,8 @@ macro_rules! conditions {
 conditions!(
     wireway_crds::NetworkServiceStatus,
     wireway_crds::EndpointStatus,
-    wireway_crds::AdmissionStatus
+    wireway_crds::AdmissionStatus,
+    wireway_crds::IdentityGrantStatus
 );
 
 /// Keeps the transition times of conditions whose status did not change since they were

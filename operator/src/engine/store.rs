@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wireway_crds::{AdmissionStatus, EndpointStatus, NetworkServiceStatus};
+use wireway_crds::{AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus};
 use wireway_proto::NodeState;
 use wireway_runtime::errors::FileError;
 
@@ -53,6 +53,9 @@ pub struct Stored {
     /// Admission statuses by `namespace/name`.
     #[serde(default)]
     pub admissions: BTreeMap<String, AdmissionStatus>,
+    /// IdentityGrant statuses by name.
+    #[serde(default)]
+    pub identity_grants: BTreeMap<String, IdentityGrantStatus>,
 }
 
 /// Why the store could not be used.

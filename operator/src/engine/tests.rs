@@ -80,6 +80,7 @@ fn engine(state_dir: Option<&Path>, grace: Duration) -> (Engine, Arc<Hub>, Readi
         state_dir: state_dir.map(Path::to_owned),
         agent_grace: grace,
         kubernetes: false,
+        bounds: Default::default(),
     };
     let (metrics, _) = Metrics::new();
     let engine = Engine::new(config, hub.clone(), metrics, readiness.clone()).unwrap();

@@ -15,7 +15,7 @@ use crate::kind::Kind;
 /// One event on one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// The object's kind: `NetworkService`, `Endpoint` or `Admission`.
+    /// The object's kind: `NetworkService`, `Endpoint`, `Admission` or `IdentityGrant`.
     pub kind: Kind,
     /// The object.
     pub key: ObjectKey,
@@ -114,6 +114,18 @@ pub fn events(old: &Statuses, new: &Statuses) -> Vec<Event> {
         let before = old.admissions.get(key).map(|s| s.conditions.as_slice());
         out.extend(readiness(
             Kind::Admission,
+            key,
+            before.unwrap_or_default(),
+            &status.conditions,
+        ));
+    }
+    for (key, status) in &new.identity_grants {
+        let before = old
+            .identity_grants
+            .get(key)
+            .map(|s| s.conditions.as_slice());
+        out.extend(readiness(
+            Kind::IdentityGrant,
             key,
             before.unwrap_or_default(),
             &status.conditions,

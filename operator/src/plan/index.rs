@@ -2,16 +2,21 @@
 //!
 //! Planning is done per *target*: the key of a NetworkService, whether or not the service
 //! exists. A target's plan depends only on the service, the Endpoints naming it (and the
-//! pods they select), the Admissions naming it, the namespaces' labels, the nodes carrying
-//! it, and the listen port and interface name it was assigned. [`Index::apply`] says
-//! which targets (and nodes) a change can affect, so only those are planned again.
+//! pods they select), the Admissions naming it, the namespaces' labels, the IdentityGrants
+//! of the namespaces of its external Endpoints, the nodes carrying it, the reserved ranges
+//! its cidr overlaps, and what was decided across services (its listen port and interface
+//! name, which nodes present another's key, which of two overlapping services is
+//! refused). [`Index::apply`] says which targets (and nodes, and grants) a change can
+//! affect, so only those are planned again; the planner adds what is decided across
+//! services.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wireway_crds::{Admission, Endpoint, NetworkService, TrustDomain};
+use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, TrustDomain};
 
+use super::bounds::{Bounds, node_ranges};
 use super::world::{Change, Labels, Node, Pod, World};
 use super::{ObjectKey, selector};
 
@@ -34,6 +39,16 @@ pub struct Index {
     pub endpoints: BTreeMap<ObjectKey, Endpoint>,
     /// Admissions by key.
     pub admissions: BTreeMap<ObjectKey, Admission>,
+    /// IdentityGrants by key (an empty namespace: they are cluster-scoped).
+    pub identity_grants: BTreeMap<ObjectKey, IdentityGrant>,
+    /// The cluster's Service ranges, by ServiceCIDR name.
+    pub service_cidrs: BTreeMap<String, Vec<Cidr>>,
+    /// The administrator's bounds.
+    pub bounds: Bounds,
+    /// IdentityGrants by the namespace they widen.
+    grants_by_namespace: BTreeMap<String, BTreeSet<ObjectKey>>,
+    /// Nodes by the WireGuard public key they present.
+    nodes_by_key: BTreeMap<String, BTreeSet<String>>,
     /// Endpoints by the target they name.
     endpoints_by_target: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Admissions by the target they govern.
@@ -48,6 +63,8 @@ pub struct Affected {
     /// Nodes whose own record changed: the targets they carry must be planned again, and
     /// their state reassembled.
     pub nodes: BTreeSet<String>,
+    /// IdentityGrants whose status must be planned again.
+    pub grants: BTreeSet<ObjectKey>,
 }
 
 /// The target an Endpoint names.
@@ -116,6 +133,10 @@ impl Index {
         for (key, pod) in keyed(world.pods, |p| ObjectKey::new(&p.namespace, &p.name)) {
             pods.entry(key.namespace).or_default().insert(key.name, pod);
         }
+        let service_cidrs = keyed(world.service_cidrs, |c| ObjectKey::new("", &c.name))
+            .into_iter()
+            .map(|(k, c)| (k.name, c.cidrs))
+            .collect();
         let mut index = Self {
             trust_domain: world
                 .trust_domain
@@ -128,9 +149,27 @@ impl Index {
             services: keyed(world.network_services, |s| ObjectKey::of(&s.metadata)),
             endpoints: keyed(world.endpoints, |e| ObjectKey::of(&e.metadata)),
             admissions: keyed(world.admissions, |a| ObjectKey::of(&a.metadata)),
+            identity_grants: keyed(world.identity_grants, |g| ObjectKey::of(&g.metadata)),
+            service_cidrs,
+            bounds: world.bounds,
+            grants_by_namespace: BTreeMap::new(),
+            nodes_by_key: BTreeMap::new(),
             endpoints_by_target: BTreeMap::new(),
             admissions_by_target: BTreeMap::new(),
         };
+        for (key, g) in &index.identity_grants {
+            index
+                .grants_by_namespace
+                .entry(g.spec.namespace.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        for node in index.nodes.values() {
+            if let Some(key) = &node.public_key {
+                let holders = index.nodes_by_key.entry(key.clone()).or_default();
+                holders.insert(node.name.clone());
+            }
+        }
         for (key, e) in &index.endpoints {
             index
                 .endpoints_by_target
@@ -189,6 +228,34 @@ impl Index {
             .take_while(move |(k, _)| k.namespace == namespace)
     }
 
+    /// The IdentityGrants for a namespace, sorted by name.
+    pub fn grants_for<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a IdentityGrant> {
+        self.grants_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.identity_grants.get(k))
+    }
+
+    /// The WireGuard keys two or more nodes present, with those nodes.
+    pub fn shared_keys(&self) -> impl Iterator<Item = (&str, &BTreeSet<String>)> {
+        self.nodes_by_key
+            .iter()
+            .filter(|(_, nodes)| nodes.len() > 1)
+            .map(|(key, nodes)| (key.as_str(), nodes))
+    }
+
+    /// The services whose cidr overlaps one of `ranges`.
+    pub fn services_overlapping<'a>(
+        &'a self,
+        ranges: &'a [Cidr],
+    ) -> impl Iterator<Item = &'a ObjectKey> {
+        self.services.iter().filter_map(move |(key, svc)| {
+            let cidr = svc.spec.cidr.parse::<Cidr>().ok()?;
+            ranges.iter().any(|r| r.overlaps(&cidr)).then_some(key)
+        })
+    }
+
     /// The pods of a namespace, sorted by name.
     pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Pod> {
         self.pods
@@ -207,11 +274,49 @@ impl Index {
         match change {
             Change::Node(node) => {
                 affected.nodes.insert(node.name.clone());
+                let old = self.remove_node(&node.name);
+                self.affect_reserved(
+                    old.as_ref().map(node_ranges),
+                    node_ranges(&node),
+                    &mut affected,
+                );
+                if let Some(key) = &node.public_key {
+                    let holders = self.nodes_by_key.entry(key.clone()).or_default();
+                    holders.insert(node.name.clone());
+                }
                 self.nodes.insert(node.name.clone(), node);
             }
             Change::NodeDeleted(name) => {
-                self.nodes.remove(&name);
+                let old = self.remove_node(&name);
+                self.affect_reserved(old.as_ref().map(node_ranges), Vec::new(), &mut affected);
                 affected.nodes.insert(name);
+            }
+            Change::ServiceCidr(c) => {
+                let old = self.service_cidrs.insert(c.name.clone(), c.cidrs.clone());
+                self.affect_reserved(old, c.cidrs, &mut affected);
+            }
+            Change::ServiceCidrDeleted(name) => {
+                let old = self.service_cidrs.remove(&name);
+                self.affect_reserved(old, Vec::new(), &mut affected);
+            }
+            Change::IdentityGrant(mut g) => {
+                let key = ObjectKey::of(&g.metadata);
+                if let Some(old) = self.remove_grant(&key, &mut affected) {
+                    g.status = old.status;
+                }
+                let namespace = g.spec.namespace.clone();
+                self.affect_external_endpoints(&namespace, &mut affected);
+                self.grants_by_namespace
+                    .entry(namespace)
+                    .or_default()
+                    .insert(key.clone());
+                self.identity_grants.insert(key.clone(), g);
+                affected.grants.insert(key);
+            }
+            Change::IdentityGrantDeleted(name) => {
+                let key = ObjectKey::new("", &name);
+                self.remove_grant(&key, &mut affected);
+                affected.grants.insert(key);
             }
             Change::Namespace(ns) => {
                 self.affect_namespace_selectors(&mut affected);
@@ -286,6 +391,55 @@ impl Index {
             }
         }
         affected
+    }
+
+    /// Removes a node, and its key from the keys nodes present.
+    fn remove_node(&mut self, name: &str) -> Option<Node> {
+        let old = self.nodes.remove(name)?;
+        if let Some(key) = &old.public_key
+            && let Some(holders) = self.nodes_by_key.get_mut(key)
+        {
+            holders.remove(name);
+            if holders.is_empty() {
+                self.nodes_by_key.remove(key);
+            }
+        }
+        Some(old)
+    }
+
+    fn remove_grant(&mut self, key: &ObjectKey, affected: &mut Affected) -> Option<IdentityGrant> {
+        let old = self.identity_grants.remove(key)?;
+        let namespace = &old.spec.namespace;
+        self.affect_external_endpoints(namespace, affected);
+        if let Some(set) = self.grants_by_namespace.get_mut(namespace) {
+            set.remove(key);
+            if set.is_empty() {
+                self.grants_by_namespace.remove(namespace);
+            }
+        }
+        Some(old)
+    }
+
+    /// Targets of the external Endpoints of a namespace: what the namespace may claim
+    /// changed.
+    fn affect_external_endpoints(&self, namespace: &str, affected: &mut Affected) {
+        let targets: Vec<ObjectKey> = self
+            .endpoints_in(namespace)
+            .filter(|(_, e)| e.spec.external.is_some())
+            .map(|(_, e)| endpoint_target(e))
+            .collect();
+        affected.targets.extend(targets);
+    }
+
+    /// Services whose cidr overlaps a reserved range that changed from `old` to `new`.
+    fn affect_reserved(&self, old: Option<Vec<Cidr>>, new: Vec<Cidr>, affected: &mut Affected) {
+        let old = old.unwrap_or_default();
+        if old == new {
+            return;
+        }
+        let ranges: Vec<Cidr> = old.into_iter().chain(new).collect();
+        let targets: Vec<ObjectKey> = self.services_overlapping(&ranges).cloned().collect();
+        affected.targets.extend(targets);
     }
 
     fn remove_endpoint(&mut self, key: &ObjectKey, affected: &mut Affected) -> Option<Endpoint> {

@@ -4,7 +4,8 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-/// `namespace/name` of a namespaced object; orders by namespace, then name.
+/// `namespace/name` of a namespaced object, or the name alone of a cluster-scoped one
+/// (an empty namespace); orders by namespace, then name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ObjectKey {
     /// Namespace.
@@ -23,7 +24,7 @@ impl ObjectKey {
     }
 
     /// The key of an object (missing fields read as empty: the API server never leaves
-    /// them out of namespaced objects).
+    /// them out of namespaced objects, and cluster-scoped objects have no namespace).
     pub fn of(meta: &ObjectMeta) -> Self {
         Self {
             namespace: meta.namespace.clone().unwrap_or_default(),
@@ -34,6 +35,10 @@ impl ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
     }
 }

@@ -1,25 +1,34 @@
 //! The incremental planner: keeps the World indexed and the plan of every target, and on
 //! each change plans again only the targets the change affects, and reassembles only
 //! the nodes those targets touch.
+//!
+//! What is decided across services comes first, each round: listen ports and interface
+//! names (unique over all services), and which nodes present another node's key. Then the
+//! affected targets, with every service whose cidr overlaps theirs, are planned as
+//! drafts, and of overlapping services sharing a node one is refused (`overlaps`); then
+//! the plans are recorded and the touched nodes reassembled.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wireway_crds::{Admission, Endpoint, NetworkService};
+use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService};
 use wireway_proto::{NodeState, ServiceState};
 
 use super::index::Index;
-use super::service::{self, Assigned, FIRST_LISTEN_PORT, TargetPlan};
+use super::node_keys::{self, Refused};
+use super::service::{self, Across, Assigned, TargetPlan};
 use super::world::{Change, World};
-use super::{ObjectKey, Plan, names, nodes};
+use super::{ObjectKey, Plan, grants, names, nodes, overlaps};
 
-/// What a planned target leaves in the plan: the objects whose statuses it wrote, and the
-/// nodes carrying it. (Its share of each node lives in that node's state only.)
+/// What a planned target leaves in the plan: the objects whose statuses it wrote, the
+/// nodes carrying it (and those it would if their key were their own), and the cidr it
+/// was planned with. (Its share of each node lives in that node's state only.)
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Footprint {
     endpoints: Vec<ObjectKey>,
     admissions: Vec<ObjectKey>,
     nodes: BTreeSet<String>,
+    cidr: Option<Cidr>,
 }
 
 /// Plans a World and keeps planning it as it changes.
@@ -28,9 +37,12 @@ pub struct Planner {
     index: Index,
     targets: BTreeMap<ObjectKey, Footprint>,
     assigned: BTreeMap<ObjectKey, Assigned>,
+    /// Nodes refused for presenting another node's key, as last decided.
+    refused_nodes: Refused,
     plan: Plan,
     dirty_targets: BTreeSet<ObjectKey>,
     dirty_nodes: BTreeSet<String>,
+    dirty_grants: BTreeSet<ObjectKey>,
     /// Until the first plan, node states come from `previous` (for versions and veth
     /// names) and every service in them is rebuilt.
     rebuild: bool,
@@ -42,6 +54,7 @@ impl Planner {
     pub fn new(world: World, previous: Option<&Plan>) -> Self {
         let index = Index::new(world);
         let dirty_targets = index.targets();
+        let dirty_grants = index.identity_grants.keys().cloned().collect();
         let mut dirty_nodes: BTreeSet<String> = index.nodes.keys().cloned().collect();
         let plan = Plan {
             nodes: previous.map(|p| p.nodes.clone()).unwrap_or_default(),
@@ -52,9 +65,11 @@ impl Planner {
             index,
             targets: BTreeMap::new(),
             assigned: BTreeMap::new(),
+            refused_nodes: Refused::new(),
             plan,
             dirty_targets,
             dirty_nodes,
+            dirty_grants,
             rebuild: true,
         }
     }
@@ -74,6 +89,7 @@ impl Planner {
         }
         self.dirty_nodes.extend(affected.nodes);
         self.dirty_targets.extend(affected.targets);
+        self.dirty_grants.extend(affected.grants);
     }
 
     /// Sets the time conditions that change from now on are stamped with.
@@ -136,16 +152,45 @@ impl Planner {
         self.index.endpoints.get(key)
     }
 
+    /// The IdentityGrants of the World, with the statuses last planned.
+    pub fn identity_grants(&self) -> impl Iterator<Item = &IdentityGrant> {
+        self.index.identity_grants.values()
+    }
+
+    /// One IdentityGrant of the World (its key has an empty namespace).
+    pub fn identity_grant(&self, key: &ObjectKey) -> Option<&IdentityGrant> {
+        self.index.identity_grants.get(key)
+    }
+
     /// Plans what changed since the last call. `changed_nodes` of the result lists the
     /// nodes whose state differs from the last call's.
     pub fn plan(&mut self) -> &Plan {
         self.reassign();
+        self.decide_node_keys();
+        self.plan_grants();
         let mut touched = std::mem::take(&mut self.dirty_nodes);
         let mut shares: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
-        let replanned: BTreeSet<String> =
-            self.dirty_targets.iter().map(ToString::to_string).collect();
-        for target in std::mem::take(&mut self.dirty_targets) {
-            let mut fresh = service::plan_target(&self.index, &target, self.assigned.get(&target));
+        let targets = overlaps::closure(
+            &self.index,
+            std::mem::take(&mut self.dirty_targets),
+            |target| self.targets.get(target).and_then(|f| f.cidr),
+        );
+        let replanned: BTreeSet<String> = targets.iter().map(ToString::to_string).collect();
+        // Every target is planned against the World as the round found it; then the
+        // overlapping ones are settled; only then is anything recorded.
+        let mut drafts: BTreeMap<ObjectKey, TargetPlan> = targets
+            .into_iter()
+            .map(|target| {
+                let across = Across {
+                    assigned: self.assigned.get(&target),
+                    refused_nodes: &self.refused_nodes,
+                };
+                let draft = service::plan_target(&self.index, &target, across);
+                (target, draft)
+            })
+            .collect();
+        overlaps::settle(&self.index, &mut drafts);
+        for (target, mut fresh) in drafts {
             let old = self.targets.remove(&target).unwrap_or_default();
             touched.extend(old.nodes.iter().cloned());
             self.forget(&old);
@@ -171,7 +216,12 @@ impl Planner {
 
     /// Listen ports and interface names are unique across services, so they are assigned
     /// over all of them; a service whose assignment moved is planned again.
+    ///
+    /// Ports come from the administrator's range: a port recorded outside it (allocated
+    /// before the range changed) is given up for one inside, and a port pinned outside it
+    /// takes none (the service is refused for it).
     fn reassign(&mut self) {
+        let ports_allowed = self.index.bounds.listen_ports;
         let mut port_claims: Vec<Claim<u16>> = Vec::new();
         let mut interface_claims: Vec<Claim<String>> = Vec::new();
         for (key, svc) in &self.index.services {
@@ -181,26 +231,30 @@ impl Planner {
             let status = svc.status.as_ref();
             let port = status
                 .and_then(|s| s.listen_port)
-                .and_then(|p| u16::try_from(p).ok());
-            let interface = status.and_then(|s| s.interface_name.clone()).filter(|n| {
-                n.starts_with(names::WIREGUARD_PREFIX) && n.len() <= names::MAX_INTERFACE_NAME
-            });
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| ports_allowed.contains(*p));
+            if spec.listen_port.is_some_and(|p| !ports_allowed.contains(p)) {
+                interface_claims.push((key.clone(), None, interface_of(status)));
+                continue;
+            }
             port_claims.push((key.clone(), spec.listen_port, port));
-            interface_claims.push((key.clone(), None, interface));
+            interface_claims.push((key.clone(), None, interface_of(status)));
         }
-        let ports = assign_unique(&port_claims, |_| FIRST_LISTEN_PORT..=u16::MAX);
+        let ports = assign_unique(&port_claims, |_| ports_allowed.all());
         let interfaces = assign_unique(&interface_claims, |key| {
             names::wireguard_candidates(&key.namespace, &key.name)
         });
-        let assigned: BTreeMap<ObjectKey, Assigned> = ports
+        let assigned: BTreeMap<ObjectKey, Assigned> = interfaces
             .into_iter()
-            .filter_map(|(key, listen_port)| {
-                let interface = interfaces.get(&key)?.clone().ok()?;
+            .filter_map(|(key, interface)| {
+                let listen_port = ports.get(&key).cloned().unwrap_or_else(|| {
+                    Err(format!("the pinned port lies outside {ports_allowed}"))
+                });
                 Some((
                     key,
                     Assigned {
                         listen_port,
-                        interface,
+                        interface: interface.ok()?,
                     },
                 ))
             })
@@ -211,6 +265,44 @@ impl Planner {
             }
         }
         self.assigned = assigned;
+    }
+
+    /// Decides which nodes present another node's key; a node whose refusal changed has
+    /// the targets it touches planned again.
+    fn decide_node_keys(&mut self) {
+        let refused = node_keys::refused(&self.index, &self.plan.nodes);
+        if refused == self.refused_nodes {
+            return;
+        }
+        let changed: BTreeSet<&String> = refused
+            .keys()
+            .chain(self.refused_nodes.keys())
+            .filter(|node| refused.get(*node) != self.refused_nodes.get(*node))
+            .collect();
+        let affected = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.nodes.iter().any(|n| changed.contains(n)))
+            .map(|(k, _)| k.clone());
+        self.dirty_targets.extend(affected.collect::<Vec<_>>());
+        self.refused_nodes = refused;
+    }
+
+    /// Plans the statuses of the IdentityGrants that changed.
+    fn plan_grants(&mut self) {
+        for key in std::mem::take(&mut self.dirty_grants) {
+            let Some(grant) = self.index.identity_grants.get(&key) else {
+                self.plan.identity_grants.remove(&key);
+                continue;
+            };
+            let status = grants::grant_status(&self.index, grant);
+            self.plan
+                .identity_grants
+                .insert(key.clone(), status.clone());
+            if let Some(grant) = self.index.identity_grants.get_mut(&key) {
+                grant.status = Some(status);
+            }
+        }
     }
 
     /// Removes a target's statuses from the plan.
@@ -226,6 +318,11 @@ impl Planner {
     /// Puts a target's statuses into the plan and into the index, where they are the
     /// recorded allocations the next planning keeps; keeps what node assembly needs.
     fn record(&mut self, target: &ObjectKey, fresh: TargetPlan) -> Footprint {
+        let mut footprint = Footprint {
+            nodes: fresh.refused_nodes,
+            cidr: overlaps::cidr(&self.index, target),
+            ..Footprint::default()
+        };
         match fresh.service {
             Some(status) => {
                 self.plan
@@ -239,7 +336,6 @@ impl Planner {
                 self.plan.network_services.remove(target);
             }
         }
-        let mut footprint = Footprint::default();
         for (key, status) in fresh.endpoints {
             self.plan.endpoints.insert(key.clone(), status.clone());
             if let Some(e) = self.index.endpoints.get_mut(&key) {
@@ -295,6 +391,14 @@ impl Planner {
             },
         );
     }
+}
+
+/// The WireGuard interface name recorded in a service's status, if it is one Wireway
+/// would give.
+fn interface_of(status: Option<&wireway_crds::NetworkServiceStatus>) -> Option<String> {
+    status
+        .and_then(|s| s.interface_name.clone())
+        .filter(|n| n.starts_with(names::WIREGUARD_PREFIX) && n.len() <= names::MAX_INTERFACE_NAME)
 }
 
 /// A claim on a unique value: claimant, value pinned in its spec, value recorded in its

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use wireway_crds::conditions::{READY, reason};
-use wireway_crds::{AdmissionStatus, EndpointStatus, NetworkServiceStatus};
+use wireway_crds::{AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus};
 
 use super::index::endpoint_target;
 use super::{ObjectKey, Planner};
@@ -25,6 +25,8 @@ pub struct Statuses {
     pub endpoints: BTreeMap<ObjectKey, EndpointStatus>,
     /// Status of every Admission (rules are in effect once planned).
     pub admissions: BTreeMap<ObjectKey, AdmissionStatus>,
+    /// Status of every IdentityGrant (in effect once planned).
+    pub identity_grants: BTreeMap<ObjectKey, IdentityGrantStatus>,
 }
 
 /// How many names a Progressing message lists before it counts the rest.
@@ -104,6 +106,7 @@ impl Planner {
             network_services,
             endpoints,
             admissions: plan.admissions.clone(),
+            identity_grants: plan.identity_grants.clone(),
         }
     }
 }

@@ -7,11 +7,12 @@ use k8s_openapi::jiff::Timestamp;
 use wireway_crds::conditions::reason;
 use wireway_crds::{
     Admission, AdmissionRule, AdmissionSpec, Endpoint, EndpointSpec, ExternalEndpoint,
-    NetworkService, NetworkServiceRef, NetworkServiceSpec,
+    GrantedIdentity, IdentityGrant, IdentityGrantSpec, NetworkService, NetworkServiceRef,
+    NetworkServiceSpec,
 };
 
 use super::*;
-use crate::testing::{KEY_A, labels};
+use crate::testing::{KEY_A, KEY_B, labels};
 
 fn meta(ns: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -43,19 +44,26 @@ fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
     }
 }
 
+/// A reference to `target`: "ns/name", or "name" in the Endpoint's own namespace.
+fn service_ref(target: &str) -> NetworkServiceRef {
+    match target.split_once('/') {
+        Some((ns, name)) => NetworkServiceRef {
+            name: name.to_owned(),
+            namespace: Some(ns.to_owned()),
+        },
+        None => NetworkServiceRef {
+            name: target.to_owned(),
+            namespace: None,
+        },
+    }
+}
+
 /// An Endpoint in `ns` attaching the pods labelled `pairs` to `target` ("ns/name" or "name").
 fn attach(ns: &str, name: &str, target: &str, pairs: &[(&str, &str)]) -> Endpoint {
-    let (target_ns, target_name) = match target.split_once('/') {
-        Some((n, s)) => (Some(n.to_owned()), s.to_owned()),
-        None => (None, target.to_owned()),
-    };
     Endpoint {
         metadata: meta(ns, name),
         spec: EndpointSpec {
-            network_service: NetworkServiceRef {
-                name: target_name,
-                namespace: target_ns,
-            },
+            network_service: service_ref(target),
             pod_selector: Some(selector(pairs)),
             external: None,
             interface_name: None,
@@ -64,14 +72,13 @@ fn attach(ns: &str, name: &str, target: &str, pairs: &[(&str, &str)]) -> Endpoin
     }
 }
 
+/// An external host in `ns`, with key [`KEY_A`], attached to `target` ("ns/name" or
+/// "name").
 fn external(ns: &str, name: &str, target: &str, address: &str, spiffe_id: &str) -> Endpoint {
     Endpoint {
         metadata: meta(ns, name),
         spec: EndpointSpec {
-            network_service: NetworkServiceRef {
-                name: target.into(),
-                namespace: None,
-            },
+            network_service: service_ref(target),
             pod_selector: None,
             external: Some(ExternalEndpoint {
                 public_key: KEY_A.into(),
@@ -128,7 +135,7 @@ fn node(name: &str, n: u8) -> Node {
         public_key: Some(format!("{name}-key")),
         underlay: Some(IpAddr::from([192, 168, 77, n])),
         underlay_mtu: Some(1500),
-        seen_version: 0,
+        ..Node::default()
     }
 }
 
@@ -142,6 +149,9 @@ fn world() -> World {
         network_services: Vec::new(),
         endpoints: Vec::new(),
         admissions: Vec::new(),
+        identity_grants: Vec::new(),
+        service_cidrs: Vec::new(),
+        bounds: Bounds::default(),
     }
 }
 
@@ -549,7 +559,7 @@ fn external_hosts_need_an_admission_and_become_peers_with_their_address_only() {
         "backup-vm",
         "red",
         "10.100.255.10",
-        "spiffe://cluster.local/vm/backup",
+        "spiffe://cluster.local/ns/red/vm/backup",
     ));
     let refused = plan(&w, None);
     assert_eq!(
@@ -560,7 +570,7 @@ fn external_hosts_need_an_admission_and_become_peers_with_their_address_only() {
         "red",
         "admit-vms",
         "red",
-        vec![prefix("spiffe://cluster.local/vm")],
+        vec![prefix("spiffe://cluster.local/ns/red/vm")],
         vec![],
     ));
     let plan = plan(&w, None);
@@ -595,13 +605,13 @@ fn an_external_address_outside_the_cidr_is_refused() {
         "vm",
         "red",
         "10.99.0.1",
-        "spiffe://cluster.local/vm/x",
+        "spiffe://cluster.local/ns/red/vm/x",
     ));
     w.admissions.push(admission(
         "red",
         "admit-vms",
         "red",
-        vec![prefix("spiffe://cluster.local/vm")],
+        vec![prefix("spiffe://cluster.local/ns/red/vm")],
         vec![],
     ));
     let plan = plan(&w, None);
@@ -768,6 +778,675 @@ fn input_order_does_not_matter() {
     assert_eq!(plan(&w, None), plan(&shuffled, None));
 }
 
+// Identities are proven or granted, never taken as written (issue 11, item 1).
+
+fn grant(name: &str, namespace: &str, identities: Vec<GrantedIdentity>) -> IdentityGrant {
+    IdentityGrant {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        },
+        spec: IdentityGrantSpec {
+            namespace: namespace.into(),
+            identities,
+        },
+        status: None,
+    }
+}
+
+fn granted_trust_domain(td: &str) -> GrantedIdentity {
+    GrantedIdentity {
+        spiffe_id_prefix: None,
+        trust_domain: Some(td.into()),
+    }
+}
+
+fn granted_prefix(id: &str) -> GrantedIdentity {
+    GrantedIdentity {
+        spiffe_id_prefix: Some(id.into()),
+        trust_domain: None,
+    }
+}
+
+/// The seeds, with the samples' other Admissions: red admits its VMs (here by the
+/// prefix an older sample used, spiffe://cluster.local/vm, which would admit anyone's
+/// claim below it), green admits the partner's trust domain.
+fn seeds_with_external_admissions() -> World {
+    let mut w = seeds();
+    w.admissions.extend([
+        admission(
+            "red",
+            "admit-vms",
+            "red",
+            vec![
+                prefix("spiffe://cluster.local/vm"),
+                prefix("spiffe://cluster.local/ns/red/vm"),
+            ],
+            vec![],
+        ),
+        admission(
+            "green",
+            "partner-access",
+            "green",
+            vec![AdmissionRule {
+                spiffe_id: None,
+                spiffe_id_prefix: None,
+                trust_domain: Some("partner.example".into()),
+                namespace_selector: None,
+            }],
+            vec![],
+        ),
+    ]);
+    w
+}
+
+/// An external host of namespace `ns` with the attacker's key [`KEY_B`], asking to join
+/// `target` as `identity`.
+fn claim(ns: &str, target: &str, address: &str, identity: &str) -> Endpoint {
+    let mut e = external(ns, "claim", target, address, identity);
+    if let Some(x) = e.spec.external.as_mut() {
+        x.public_key = KEY_B.into();
+    }
+    e
+}
+
+/// The nodes (and services) whose peers include `key`.
+fn nodes_with_peer_key(plan: &Plan, key: &str) -> Vec<String> {
+    plan.nodes
+        .iter()
+        .flat_map(|(node, state)| {
+            state
+                .services
+                .iter()
+                .filter(|s| s.peers.iter().any(|p| p.public_key == key))
+                .map(move |s| format!("{node}:{}", s.name))
+        })
+        .collect()
+}
+
+/// Plans `w` with `attack` added; asserts the claim is refused IdentityNotGranted, names
+/// what is missing, and reaches no node.
+fn assert_claim_refused(mut w: World, attack: Endpoint) {
+    let key = ObjectKey::of(&attack.metadata);
+    w.endpoints.push(attack);
+    let plan = plan(&w, None);
+    let m = member(&plan, &key.to_string(), &key.name);
+    assert_eq!(
+        (m.admitted, m.reason.as_str(), m.address.as_deref()),
+        (false, reason::IDENTITY_NOT_GRANTED, None),
+        "{m:?}"
+    );
+    let wanted = format!("an IdentityGrant for namespace {}", key.namespace);
+    assert!(m.message.contains(&wanted), "{}", m.message);
+    assert!(m.message.contains(&m.identity), "{}", m.message);
+    assert_eq!(
+        ready_reason(&plan.endpoints[&key].conditions),
+        ("False", reason::IDENTITY_NOT_GRANTED)
+    );
+    assert_eq!(nodes_with_peer_key(&plan, KEY_B), Vec::<String>::new());
+}
+
+#[test]
+fn an_external_endpoint_in_other_cannot_claim_a_vm_identity_of_red() {
+    let w = seeds_with_external_admissions();
+    // Without confinement red's prefix spiffe://cluster.local/vm would admit it.
+    let attack = claim(
+        "other",
+        "red/red",
+        "10.100.255.66",
+        "spiffe://cluster.local/vm/x",
+    );
+    assert_claim_refused(w.clone(), attack);
+    // Nor red's own VM path, which its namespace does not own either.
+    let attack = claim(
+        "other",
+        "red/red",
+        "10.100.255.66",
+        "spiffe://cluster.local/ns/red/vm/backup",
+    );
+    assert_claim_refused(w, attack);
+}
+
+#[test]
+fn an_external_endpoint_in_other_cannot_claim_another_namespaces_service_account() {
+    // green admits spiffe://cluster.local/ns/red/sa/bridge: the identity of a red pod.
+    let attack = claim(
+        "other",
+        "green/green",
+        "10.200.255.66",
+        "spiffe://cluster.local/ns/red/sa/bridge",
+    );
+    assert_claim_refused(seeds_with_external_admissions(), attack);
+}
+
+#[test]
+fn an_external_endpoint_in_other_cannot_claim_a_partner_trust_domain() {
+    // green admits the trust domain partner.example, and grants it to green: not to other.
+    let mut w = seeds_with_external_admissions();
+    w.identity_grants.push(grant(
+        "partner-in-green",
+        "green",
+        vec![granted_trust_domain("partner.example")],
+    ));
+    let attack = claim(
+        "other",
+        "green/green",
+        "10.200.255.66",
+        "spiffe://partner.example/ns/analytics/sa/reporter",
+    );
+    assert_claim_refused(w, attack);
+}
+
+#[test]
+fn an_external_endpoint_in_other_cannot_sidestep_a_deny_rule_by_claiming_another_id() {
+    // red lets in every identity of the cluster except namespace other's.
+    let mut w = seeds();
+    w.admissions.push(admission(
+        "red",
+        "all-but-other",
+        "red",
+        vec![prefix("spiffe://cluster.local/ns")],
+        vec![prefix("spiffe://cluster.local/ns/other")],
+    ));
+    // Under its own identity the deny rule keeps it out...
+    let mut honest = w.clone();
+    honest.endpoints.push(claim(
+        "other",
+        "red/red",
+        "10.100.255.66",
+        "spiffe://cluster.local/ns/other/vm/x",
+    ));
+    let denied = plan(&honest, None);
+    assert_eq!(
+        member(&denied, "other/claim", "claim").reason,
+        reason::DENIED
+    );
+    // ...and claiming an identity outside namespace other does not get past it.
+    let attack = claim(
+        "other",
+        "red/red",
+        "10.100.255.66",
+        "spiffe://cluster.local/ns/red/vm/x",
+    );
+    assert_claim_refused(w, attack);
+}
+
+#[test]
+fn an_external_identity_is_its_namespaces_own_path_whole_segments_at_a_time() {
+    let w = seeds_with_external_admissions();
+    for (identity, own) in [
+        ("spiffe://cluster.local/ns/red/vm/backup", true),
+        ("spiffe://cluster.local/ns/red", true),
+        ("spiffe://cluster.local/ns/redx/vm/backup", false),
+        ("spiffe://cluster.local/ns", false),
+        ("spiffe://other.cluster/ns/red/vm/backup", false),
+    ] {
+        let mut w = w.clone();
+        w.endpoints
+            .push(claim("red", "red", "10.100.255.66", identity));
+        let plan = plan(&w, None);
+        let m = member(&plan, "red/claim", "claim");
+        assert_eq!(
+            m.reason != reason::IDENTITY_NOT_GRANTED,
+            own,
+            "{identity}: {m:?}"
+        );
+    }
+}
+
+#[test]
+fn a_grant_admits_exactly_what_it_names_and_its_deletion_removes_the_member_everywhere() {
+    let mut w = seeds_with_external_admissions();
+    w.identity_grants.push(grant(
+        "partner-in-green",
+        "green",
+        vec![granted_trust_domain("partner.example")],
+    ));
+    w.identity_grants.push(grant(
+        "vms-in-green",
+        "green",
+        vec![granted_prefix("spiffe://cluster.local/vm/green")],
+    ));
+    // What the grants name, from namespace green: claimed; the Admissions then decide.
+    for (identity, granted) in [
+        ("spiffe://partner.example/ns/analytics/sa/reporter", true),
+        ("spiffe://partner.example", true),
+        ("spiffe://cluster.local/vm/green/db", true),
+        ("spiffe://cluster.local/vm/greenhouse", false),
+        ("spiffe://cluster.local/vm", false),
+        ("spiffe://partner.example.evil/ns/a", false),
+        ("spiffe://cluster.local/ns/red/sa/bridge", false),
+    ] {
+        let mut w = w.clone();
+        w.endpoints
+            .push(claim("green", "green", "10.200.255.20", identity));
+        let plan = plan(&w, None);
+        let m = member(&plan, "green/claim", "claim");
+        assert_eq!(
+            m.reason != reason::IDENTITY_NOT_GRANTED,
+            granted,
+            "{identity}: {m:?}"
+        );
+    }
+    assert_eq!(
+        ready_reason(
+            &plan(&w, None).identity_grants[&ObjectKey::new("", "partner-in-green")].conditions
+        ),
+        ("True", reason::READY)
+    );
+
+    // The partner's host joins green on every node that carries green...
+    w.endpoints.push(claim(
+        "green",
+        "green",
+        "10.200.255.20",
+        "spiffe://partner.example/ns/analytics/sa/reporter",
+    ));
+    let mut planner = Planner::new(w, None);
+    let with = planner.plan().clone();
+    let reporter = member(&with, "green/claim", "claim");
+    assert!(reporter.admitted, "{reporter:?}");
+    assert!(
+        reporter
+            .message
+            .contains("granted to namespace green by IdentityGrant partner-in-green"),
+        "{}",
+        reporter.message
+    );
+    assert_eq!(
+        nodes_with_peer_key(&with, KEY_B),
+        [
+            "node-1:green/green",
+            "node-2:green/green",
+            "node-3:green/green"
+        ]
+    );
+    // ...and deleting the grant removes it from every one of them.
+    planner.apply(Change::IdentityGrantDeleted("partner-in-green".into()));
+    let without = planner.plan().clone();
+    assert_eq!(
+        member(&without, "green/claim", "claim").reason,
+        reason::IDENTITY_NOT_GRANTED
+    );
+    assert_eq!(nodes_with_peer_key(&without, KEY_B), Vec::<String>::new());
+    assert!(
+        !without
+            .identity_grants
+            .contains_key(&ObjectKey::new("", "partner-in-green"))
+    );
+}
+
+#[test]
+fn a_grant_entry_that_does_not_parse_is_invalid_and_the_others_stay_in_effect() {
+    let mut w = seeds_with_external_admissions();
+    w.identity_grants.push(grant(
+        "partner-in-green",
+        "green",
+        vec![
+            granted_trust_domain("Partner.Example"),
+            granted_trust_domain("partner.example"),
+        ],
+    ));
+    w.endpoints.push(claim(
+        "green",
+        "green",
+        "10.200.255.20",
+        "spiffe://partner.example/ns/analytics/sa/reporter",
+    ));
+    let plan = plan(&w, None);
+    let status = &plan.identity_grants[&ObjectKey::new("", "partner-in-green")];
+    assert_eq!(
+        ready_reason(&status.conditions),
+        ("False", reason::INVALID_SPEC)
+    );
+    assert!(
+        status.conditions[0].message.contains("spec.identities[0]"),
+        "{}",
+        status.conditions[0].message
+    );
+    assert!(member(&plan, "green/claim", "claim").admitted);
+}
+
+// Administrator-owned bounds (issue 11, item 4).
+
+/// The plan of `w` with `svc` (members: the red pods of namespace red, again) added.
+fn with_service(mut w: World, svc: NetworkService) -> Plan {
+    let key = ObjectKey::of(&svc.metadata);
+    w.endpoints.push(attach(
+        &key.namespace,
+        "bounded-members",
+        &key.to_string(),
+        &[("net", "red")],
+    ));
+    w.endpoints.last_mut().unwrap().spec.interface_name = Some("nsm-bounded".into());
+    w.network_services.push(svc);
+    plan(&w, None)
+}
+
+/// Asserts `svc` is refused for `why`, with a message containing `says`, and installs
+/// nothing on any node.
+fn assert_refused(w: World, svc: NetworkService, why: &str, says: &str) {
+    let key = ObjectKey::of(&svc.metadata);
+    let plan = with_service(w, svc);
+    let status = &plan.network_services[&key];
+    assert_eq!(
+        ready_reason(&status.conditions),
+        ("False", why),
+        "{status:?}"
+    );
+    let message = &status.conditions[0].message;
+    assert!(message.contains(says), "{message}");
+    assert_eq!((status.node_count, status.member_count), (0, 0));
+    assert!(status.node_prefixes.is_empty());
+    for (node, state) in &plan.nodes {
+        assert!(
+            state.services.iter().all(|s| s.name != key.to_string()),
+            "{node} carries {key}"
+        );
+    }
+    let endpoint = &plan.endpoints[&ObjectKey::new(&key.namespace, "bounded-members")];
+    assert_eq!(ready_reason(&endpoint.conditions), ("False", why));
+}
+
+#[test]
+fn a_service_over_the_pod_range_is_refused() {
+    let mut w = seeds();
+    w.nodes[0].pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
+    let svc = service("red", "pods", "10.244.0.0/16", 24);
+    assert_refused(
+        w.clone(),
+        svc,
+        reason::RESERVED_RANGE,
+        "10.244.1.0/24, the pod range of node node-1",
+    );
+    // The node's own addresses, and the underlay address its agent reports, likewise.
+    w.nodes[1].addresses = vec!["10.250.0.2".parse().unwrap()];
+    for (cidr, says) in [
+        ("10.250.0.0/24", "10.250.0.2/32, an address of node node-2"),
+        (
+            "192.168.77.0/24",
+            "192.168.77.1/32, an address of node node-1",
+        ),
+    ] {
+        let svc = service("red", "nodes", cidr, 28);
+        assert_refused(w.clone(), svc, reason::RESERVED_RANGE, says);
+    }
+}
+
+#[test]
+fn a_service_over_the_service_range_is_refused() {
+    // Discovered from the ServiceCIDR objects...
+    let mut w = seeds();
+    w.service_cidrs = vec![ServiceCidr {
+        name: "kubernetes".into(),
+        cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+    }];
+    let svc = service("red", "services", "10.96.0.0/16", 24);
+    assert_refused(
+        w,
+        svc.clone(),
+        reason::RESERVED_RANGE,
+        "10.96.0.0/12, the cluster's Service range (ServiceCIDR kubernetes)",
+    );
+    // ...or said by the administrator where the cluster does not show it.
+    let mut w = seeds();
+    w.bounds.reserved_ranges = vec!["10.96.0.0/12".parse().unwrap()];
+    assert_refused(w, svc, reason::RESERVED_RANGE, "--reserved-ranges");
+    // Loopback, link-local, multicast and unspecified addresses, whatever the pools say.
+    let mut w = seeds();
+    w.bounds.service_pools = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    for (cidr, says) in [
+        ("127.0.0.0/16", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/8", "multicast"),
+        ("fe80::/64", "link-local"),
+        ("0.0.0.0/16", "unspecified"),
+    ] {
+        let len = if cidr.contains(':') { 120 } else { 24 };
+        let svc = service("red", "special", cidr, len);
+        assert_refused(w.clone(), svc, reason::RESERVED_RANGE, says);
+    }
+}
+
+#[test]
+fn a_service_outside_every_pool_is_refused() {
+    let svc = service("red", "public", "203.0.113.0/24", 28);
+    assert_refused(
+        seeds(),
+        svc,
+        reason::OUTSIDE_SERVICE_POOLS,
+        "outside every service pool",
+    );
+}
+
+#[test]
+fn a_listen_port_outside_the_range_is_refused() {
+    for port in [8472, 4789, 53, 51820, 51871] {
+        let mut svc = service("red", "vxlan", "10.150.0.0/16", 24);
+        svc.spec.listen_port = Some(port);
+        assert_refused(
+            seeds(),
+            svc,
+            reason::LISTEN_PORT_OUT_OF_RANGE,
+            &format!("spec.listenPort {port}"),
+        );
+    }
+    // Inside the range it is had, and ports handed out start at the range's first.
+    let mut svc = service("red", "pinned", "10.150.0.0/16", 24);
+    svc.spec.listen_port = Some(52500);
+    let plan = with_service(seeds(), svc);
+    let ports: Vec<i32> = ["green/green", "red/pinned", "red/red"]
+        .iter()
+        .map(|k| {
+            let (ns, name) = k.split_once('/').unwrap();
+            plan.network_services[&ObjectKey::new(ns, name)]
+                .listen_port
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ports, [52000, 52500, 52001]);
+}
+
+#[test]
+fn a_recorded_port_outside_the_range_moves_into_it() {
+    let mut w = seeds();
+    let first = plan(&w, None);
+    record(&mut w, &first);
+    for svc in &mut w.network_services {
+        if let Some(status) = svc.status.as_mut() {
+            status.listen_port = Some(51820);
+        }
+    }
+    let plan = plan(&w, None);
+    for status in plan.network_services.values() {
+        let port = status.listen_port.unwrap();
+        assert!((52000..=52999).contains(&port), "{port}");
+    }
+}
+
+/// red/capture: 10.100.0.0/24, inside red's 10.100.0.0/16 (and so over node-1's prefix
+/// of red), attaching red's own pods: each would hold both routes.
+fn capture() -> NetworkService {
+    service("red", "capture", "10.100.0.0/24", 26)
+}
+
+#[test]
+fn a_service_inside_another_services_range_that_shares_a_member_is_refused_and_captures_nothing() {
+    let mut w = seeds();
+    let before = plan(&w, None);
+    record(&mut w, &before);
+    let mut planner = Planner::new(w.clone(), Some(&before));
+    planner.plan();
+    let mut attack = attach("red", "capture-members", "capture", &[("net", "red")]);
+    attack.spec.interface_name = Some("nsm-capture".into());
+    planner.apply(Change::NetworkService(capture()));
+    planner.apply(Change::Endpoint(attack.clone()));
+    let after = planner.plan().clone();
+
+    let status = &after.network_services[&ObjectKey::new("red", "capture")];
+    assert_eq!(
+        ready_reason(&status.conditions),
+        ("False", reason::OVERLAPPING_CIDR)
+    );
+    let message = &status.conditions[0].message;
+    assert!(
+        message.contains("overlaps 10.100.0.0/16 of NetworkService red/red")
+            && message.contains("node-1, node-2, node-3"),
+        "{message}"
+    );
+    assert_eq!(
+        ready_reason(&after.endpoints[&ObjectKey::new("red", "capture-members")].conditions),
+        ("False", reason::OVERLAPPING_CIDR)
+    );
+    // Nothing of it reaches a node, and red's node states are the same, byte for byte.
+    assert_eq!(after.nodes, before.nodes);
+    assert!(after.changed_nodes.is_empty());
+    assert_eq!(
+        after.network_services[&ObjectKey::new("red", "red")],
+        before.network_services[&ObjectKey::new("red", "red")]
+    );
+
+    // Planned from scratch (after an operator restart), the working service still wins.
+    w.network_services.push(capture());
+    w.endpoints.push(attack);
+    record(&mut w, &after);
+    let restarted = plan(&w, Some(&after));
+    assert_eq!(restarted.nodes, before.nodes);
+    assert_eq!(
+        ready_reason(&restarted.network_services[&ObjectKey::new("red", "capture")].conditions),
+        ("False", reason::OVERLAPPING_CIDR)
+    );
+}
+
+#[test]
+fn of_two_new_overlapping_services_the_older_wins_whatever_the_names() {
+    let created = |svc: NetworkService, second: i64| {
+        let mut svc = svc;
+        svc.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));
+        svc
+    };
+    let mut w = world();
+    w.pods = vec![
+        Pod::test("red", "a")
+            .on("node-1")
+            .labelled(&[("net", "red")]),
+    ];
+    w.network_services = vec![
+        created(service("red", "zzz-old", "10.100.0.0/16", 24), 100),
+        created(service("red", "aaa-new", "10.100.0.0/24", 26), 200),
+    ];
+    w.endpoints = vec![
+        attach("red", "old-members", "zzz-old", &[("net", "red")]),
+        attach("red", "new-members", "aaa-new", &[("net", "red")]),
+    ];
+    w.endpoints[1].spec.interface_name = Some("nsm-new".into());
+    let plan = plan(&w, None);
+    assert_eq!(services_on(&plan, "node-1"), ["red/zzz-old"]);
+    assert_eq!(
+        ready_reason(&plan.network_services[&ObjectKey::new("red", "aaa-new")].conditions),
+        ("False", reason::OVERLAPPING_CIDR)
+    );
+}
+
+#[test]
+fn overlapping_services_on_different_nodes_both_work() {
+    let mut w = world();
+    w.pods = vec![
+        Pod::test("red", "a").on("node-1").labelled(&[("net", "a")]),
+        Pod::test("red", "b").on("node-2").labelled(&[("net", "b")]),
+    ];
+    w.network_services = vec![
+        service("red", "a", "10.100.0.0/16", 24),
+        service("red", "b", "10.100.0.0/24", 26),
+    ];
+    w.endpoints = vec![
+        attach("red", "a-members", "a", &[("net", "a")]),
+        attach("red", "b-members", "b", &[("net", "b")]),
+    ];
+    let plan = plan(&w, None);
+    assert_eq!(services_on(&plan, "node-1"), ["red/a"]);
+    assert_eq!(services_on(&plan, "node-2"), ["red/b"]);
+}
+
+// Two nodes presenting one public key (issue 11, item 7).
+
+fn peers_of(plan: &Plan, node: &str, service: &str) -> Vec<(String, String)> {
+    plan.nodes[node]
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .map(|s| {
+            s.peers
+                .iter()
+                .map(|p| (p.name.clone(), p.public_key.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_node_presenting_another_nodes_key_carries_nothing_and_the_holder_keeps_it() {
+    let w = seeds();
+    let mut planner = Planner::new(w.clone(), None);
+    let before = planner.plan().clone();
+    // node-1 copies node-3's key (node-1 sorts first and its Node is no older: neither
+    // lets it win against the node recorded with the key).
+    let mut impostor = w.nodes[0].clone();
+    impostor.public_key = Some("node-3-key".into());
+    planner.apply(Change::Node(impostor));
+    let after = planner.plan().clone();
+    assert!(
+        after.nodes["node-1"].services.is_empty(),
+        "{:?}",
+        after.nodes["node-1"]
+    );
+    assert_eq!(
+        services_on(&after, "node-3"),
+        services_on(&before, "node-3")
+    );
+    for service in ["red/red", "green/green"] {
+        assert_eq!(
+            peers_of(&after, "node-2", service),
+            [("node-3".to_owned(), "node-3-key".to_owned())],
+            "{service}"
+        );
+        let (ns, name) = service.split_once('/').unwrap();
+        let status = &after.network_services[&ObjectKey::new(ns, name)];
+        assert_eq!(
+            ready_reason(&status.conditions),
+            ("False", reason::DUPLICATE_NODE_KEY)
+        );
+        assert!(
+            status.conditions[0]
+                .message
+                .contains("node node-1 presents the WireGuard public key of node node-3"),
+            "{}",
+            status.conditions[0].message
+        );
+    }
+    assert_eq!(
+        member(&after, "red/red-members", "red-a").reason,
+        reason::DUPLICATE_NODE_KEY
+    );
+    // Its own key back, it carries its services again.
+    planner.apply(Change::Node(w.nodes[0].clone()));
+    let mended = planner.plan().clone();
+    assert_eq!(services_on(&mended, "node-1"), ["green/green", "red/red"]);
+}
+
+#[test]
+fn without_a_record_the_older_node_keeps_a_shared_key() {
+    let mut w = seeds();
+    w.nodes[0].created = Some(Time(Timestamp::from_second(200).unwrap()));
+    w.nodes[2].created = Some(Time(Timestamp::from_second(100).unwrap()));
+    w.nodes[0].public_key = Some("cloned-key".into());
+    w.nodes[2].public_key = Some("cloned-key".into());
+    let plan = plan(&w, None);
+    assert!(plan.nodes["node-1"].services.is_empty());
+    assert_eq!(services_on(&plan, "node-3"), ["green/green", "red/red"]);
+}
+
 mod properties {
     use std::collections::BTreeSet;
 
@@ -779,32 +1458,83 @@ mod properties {
     const NAMESPACES: [&str; 3] = ["ns0", "ns1", "ns2"];
     const COLORS: [&str; 3] = ["red", "green", "blue"];
 
+    /// When a random service was created: not known (0), or second 1 or 2.
+    fn created(second: u8) -> Option<Time> {
+        (second > 0).then(|| Time(Timestamp::from_second(i64::from(second)).unwrap()))
+    }
+
     /// Random worlds: a few nodes, services of small IPv4 and IPv6 pools (so pools run
-    /// out), pods with random labels and accounts, Endpoints across namespaces, and
-    /// Admissions with random allow and deny rules.
+    /// out), some inside others' ranges (so overlapping services contend for nodes),
+    /// pods with random labels and accounts, Endpoints across namespaces, external hosts
+    /// claiming identities of random namespaces, IdentityGrants, and Admissions with
+    /// random allow and deny rules.
     fn worlds() -> impl Strategy<Value = World> {
-        let services = prop::collection::vec((0..3usize, any::<bool>(), 0..3u8), 1..4);
+        let services = prop::collection::vec(
+            (0..3usize, any::<bool>(), 0..3u8, any::<bool>(), 0..3u8),
+            1..4,
+        );
         let pods = prop::collection::vec((0..3usize, 0..3usize, 0..5usize, 0..2usize), 0..30);
         let endpoints =
             prop::collection::vec((0..3usize, 0..3usize, 0..3usize, any::<bool>()), 0..6);
         let admissions =
             prop::collection::vec((0..3usize, any::<bool>(), 0..3usize, 0..3usize), 0..4);
-        (services, pods, endpoints, admissions).prop_map(
-            |(services, pods, endpoints, admissions)| {
+        let externals = prop::collection::vec(
+            (0..3usize, 0..3usize, 0..3usize, 0..3usize, any::<bool>()),
+            0..4,
+        );
+        let grants = prop::collection::vec((0..3usize, 0..3usize), 0..3);
+        (services, pods, endpoints, admissions, externals, grants).prop_map(
+            |(services, pods, endpoints, admissions, externals, grants)| {
                 let mut w = world();
                 w.nodes.extend([node("node-4", 4), node("node-5", 5)]);
-                for (i, (ns, v6, size)) in services.iter().enumerate() {
+                for (i, (ns, v6, size, inside, second)) in services.iter().enumerate() {
+                    // A service "inside" takes the range of the first service's family
+                    // (the same or a part of it): the two overlap.
+                    let at = if *inside { 0 } else { i };
                     let (cidr, len) = match (v6, size) {
-                        (false, 0) => (format!("10.{i}.0.0/29"), 30),
-                        (false, _) => (format!("10.{i}.0.0/24"), 26 + i32::from(*size)),
-                        (true, _) => (format!("fd00:{i}::/120"), 124 + i32::from(*size)),
+                        (false, 0) => (format!("10.{at}.0.0/29"), 30),
+                        (false, _) => (format!("10.{at}.0.0/24"), 26 + i32::from(*size)),
+                        (true, _) => (format!("fd00:{at}::/120"), 124 + i32::from(*size)),
                     };
                     let mut svc = service(NAMESPACES[*ns], COLORS[i], &cidr, len);
                     if !v6 && *size == 2 {
                         // This cluster's slice of the service: the upper half.
-                        svc.spec.cluster_prefix = Some(format!("10.{i}.0.128/25"));
+                        svc.spec.cluster_prefix = Some(format!("10.{at}.0.128/25"));
                     }
+                    svc.metadata.creation_timestamp = created(*second);
                     w.network_services.push(svc);
+                }
+                for (i, (ns, color, target_ns, claim_ns, key_b)) in externals.iter().enumerate() {
+                    let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
+                    let address = w
+                        .network_services
+                        .iter()
+                        .find(|s| ObjectKey::of(&s.metadata).to_string() == target)
+                        .and_then(|s| s.spec.cidr.parse::<IpNet>().ok()?.hosts().nth(4))
+                        .map_or_else(|| "10.99.0.5".to_owned(), |a| a.to_string());
+                    let identity = format!(
+                        "spiffe://cluster.local/ns/{}/vm/x{i}",
+                        NAMESPACES[*claim_ns]
+                    );
+                    let mut e = external(
+                        NAMESPACES[*ns],
+                        &format!("x{i}"),
+                        &target,
+                        &address,
+                        &identity,
+                    );
+                    if *key_b && let Some(x) = e.spec.external.as_mut() {
+                        x.public_key = KEY_B.into();
+                    }
+                    w.endpoints.push(e);
+                }
+                for (i, (ns, subject_ns)) in grants.iter().enumerate() {
+                    let id = format!("spiffe://cluster.local/ns/{}", NAMESPACES[*subject_ns]);
+                    w.identity_grants.push(grant(
+                        &format!("g{i}"),
+                        NAMESPACES[*ns],
+                        vec![granted_prefix(&id)],
+                    ));
                 }
                 for (i, (ns, color, node, sa)) in pods.iter().enumerate() {
                     w.pods.push(
@@ -889,14 +1619,31 @@ mod properties {
                 Change::AdmissionDeleted(ObjectKey::of(&w.admissions[i].metadata))
             }
             (6, _, _, _) => {
+                // Keys repeat across nodes: two nodes may present one key.
                 let mut node = node(&format!("node-{}", n % 5 + 1), (n % 5 + 1) as u8);
-                node.public_key = Some(format!("rotated-{n}"));
+                node.public_key = Some(format!("rotated-{}", n % 4));
                 node.underlay_mtu = Some(1400 + n as u32);
                 Change::Node(node)
             }
             (7, _, _, _) if !w.network_services.is_empty() => Change::NetworkServiceDeleted(
                 ObjectKey::of(&w.network_services[n % w.network_services.len()].metadata),
             ),
+            (8, _, _, _) => Change::IdentityGrant(grant(
+                &format!("g{}", n % 3),
+                NAMESPACES[n % 3],
+                vec![granted_prefix(&format!(
+                    "spiffe://cluster.local/ns/{}",
+                    NAMESPACES[(n / 3) % 3]
+                ))],
+            )),
+            (9, _, _, _) => Change::IdentityGrantDeleted(format!("g{}", n % 3)),
+            (10, _, _, _) => {
+                // A service over the first service's range (or one replacing a service of
+                // that name with it).
+                let mut svc = service(NAMESPACES[n % 3], color, "10.0.0.0/28", 30);
+                svc.metadata.creation_timestamp = created((n % 3) as u8);
+                Change::NetworkService(svc)
+            }
             _ => Change::Admission(admission(
                 NAMESPACES[n % 3],
                 &format!("new{n}"),
@@ -928,6 +1675,15 @@ mod properties {
             Change::NetworkServiceDeleted(k) => w
                 .network_services
                 .retain(|s| &ObjectKey::of(&s.metadata) != k),
+            Change::NetworkService(s) => upsert(&mut w.network_services, s, |x| {
+                ObjectKey::of(&x.metadata) == ObjectKey::of(&s.metadata)
+            }),
+            Change::IdentityGrant(g) => upsert(&mut w.identity_grants, g, |x| {
+                x.metadata.name == g.metadata.name
+            }),
+            Change::IdentityGrantDeleted(name) => w
+                .identity_grants
+                .retain(|g| g.metadata.name.as_deref() != Some(name.as_str())),
             Change::Admission(a) => upsert(&mut w.admissions, a, |x| {
                 x.metadata.name == a.metadata.name && x.metadata.namespace == a.metadata.namespace
             }),
@@ -986,6 +1742,51 @@ mod properties {
         }
 
         #[test]
+        fn overlapping_services_never_share_a_node(w in worlds()) {
+            let plan = plan(&w, None);
+            for (node, state) in &plan.nodes {
+                for (i, a) in state.services.iter().enumerate() {
+                    for b in &state.services[i + 1..] {
+                        let (x, y) = (net(&a.cidr), net(&b.cidr));
+                        prop_assert!(
+                            !(x.contains(&y) || y.contains(&x)),
+                            "{} and {} overlap on {}", a.name, b.name, node
+                        );
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn one_key_is_carried_by_one_node_at_most(w in worlds()) {
+            let plan = plan(&w, None);
+            let mut seen: BTreeSet<&str> = BTreeSet::new();
+            for node in &w.nodes {
+                let carries = plan.nodes.get(&node.name).is_some_and(|s| !s.services.is_empty());
+                if let (true, Some(key)) = (carries, node.public_key.as_deref()) {
+                    prop_assert!(seen.insert(key), "{} is carried twice", key);
+                }
+            }
+        }
+
+        #[test]
+        fn external_hosts_reach_nodes_only_with_an_identity_owned_or_granted(w in worlds()) {
+            let plan = plan(&w, None);
+            for (key, status) in &plan.endpoints {
+                for m in status.members.iter().filter(|m| m.node.is_none() && m.admitted) {
+                    let own = format!("spiffe://cluster.local/ns/{}/", key.namespace);
+                    let granted = w.identity_grants.iter().any(|g| {
+                        g.spec.namespace == key.namespace
+                            && g.spec.identities.iter().any(|i| {
+                                i.spiffe_id_prefix.as_deref().is_some_and(|p| m.identity.starts_with(&format!("{p}/")))
+                            })
+                    });
+                    prop_assert!(m.identity.starts_with(&own) || granted, "{} claims {}", key, m.identity);
+                }
+            }
+        }
+
+        #[test]
         fn input_order_never_matters(w in worlds()) {
             let mut shuffled = w.clone();
             shuffled.pods.reverse();
@@ -998,7 +1799,7 @@ mod properties {
         #[test]
         fn incremental_planning_equals_planning_from_scratch(
             w in worlds(),
-            ops in prop::collection::vec((0..8usize, 0..40usize, 0..3usize), 1..6),
+            ops in prop::collection::vec((0..11usize, 0..40usize, 0..3usize), 1..6),
         ) {
             let mut planner = Planner::new(w.clone(), None);
             let first = planner.plan().clone();
@@ -1016,6 +1817,7 @@ mod properties {
             prop_assert_eq!(&incremental.network_services, &scratch.network_services);
             prop_assert_eq!(&incremental.endpoints, &scratch.endpoints);
             prop_assert_eq!(&incremental.admissions, &scratch.admissions);
+            prop_assert_eq!(&incremental.identity_grants, &scratch.identity_grants);
         }
 
         #[test]

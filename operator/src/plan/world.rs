@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wireway_crds::{Admission, Endpoint, NetworkService};
+use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService};
 
 use super::ObjectKey;
+pub use super::bounds::{Bounds, ListenPorts};
 
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;
@@ -34,6 +35,15 @@ pub struct World {
     pub endpoints: Vec<Endpoint>,
     /// See [`World::network_services`].
     pub admissions: Vec<Admission>,
+    /// The IdentityGrants (cluster-scoped, written by cluster administrators): which
+    /// identities beyond its own a namespace's external Endpoints may claim.
+    pub identity_grants: Vec<IdentityGrant>,
+    /// The cluster's Service ranges, from its networking.k8s.io/v1 ServiceCIDR objects:
+    /// no service may overlap them.
+    pub service_cidrs: Vec<ServiceCidr>,
+    /// The administrator's bounds on every service: the pools its range must come from,
+    /// the ranges it may never overlap, the UDP ports it may listen on.
+    pub bounds: Bounds,
 }
 
 /// A node, as far as its agent has told.
@@ -51,6 +61,16 @@ pub struct Node {
     /// Highest NodeState version the node has seen (from its agent's hello), so versions
     /// keep increasing across operator restarts.
     pub seen_version: u64,
+    /// The node's pod ranges (a Kubernetes Node's `spec.podCIDRs`): no service may
+    /// overlap them.
+    pub pod_cidrs: Vec<Cidr>,
+    /// The node's own addresses (a Kubernetes Node's InternalIP and ExternalIP): no
+    /// service may contain them (nor the underlay address).
+    pub addresses: Vec<IpAddr>,
+    /// When the node was created (a Kubernetes Node's `metadata.creationTimestamp`), if
+    /// known: of two nodes presenting one WireGuard key, the older keeps it unless the
+    /// other is the one recorded with it.
+    pub created: Option<Time>,
 }
 
 /// A namespace and its labels.
@@ -82,6 +102,15 @@ pub struct Pod {
     pub netns: Option<String>,
 }
 
+/// One of the cluster's Service ranges: a networking.k8s.io/v1 ServiceCIDR object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceCidr {
+    /// The object's name (`kubernetes` for the cluster's default range).
+    pub name: String,
+    /// Its ranges (`spec.cidrs`: one per address family).
+    pub cidrs: Vec<Cidr>,
+}
+
 /// One change to the World, as a watch delivers it: an object created or updated
 /// (upsert), or deleted (by key).
 #[derive(Debug, Clone, PartialEq)]
@@ -110,4 +139,12 @@ pub enum Change {
     Admission(Admission),
     /// An Admission is gone.
     AdmissionDeleted(ObjectKey),
+    /// An IdentityGrant appeared or changed.
+    IdentityGrant(IdentityGrant),
+    /// An IdentityGrant is gone: its name.
+    IdentityGrantDeleted(String),
+    /// A ServiceCIDR appeared or changed.
+    ServiceCidr(ServiceCidr),
+    /// A ServiceCIDR is gone: its name.
+    ServiceCidrDeleted(String),
 }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use wireway_crds::{Admission, Endpoint, NetworkService, annotations};
+use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, annotations};
 
 use crate::plan::names::stable_hash;
-use crate::plan::{Change, Namespace, Node, ObjectKey, Pod};
+use crate::plan::{Change, Namespace, Node, ObjectKey, Pod, ServiceCidr};
 
 /// The UID of a pod whose manifest gives none: stable for its namespace and name, in the
 /// shape of a Kubernetes UID, so whatever finds a pod's network namespace by UID (the
@@ -37,6 +39,8 @@ pub enum Key {
     NetworkService(ObjectKey),
     Endpoint(ObjectKey),
     Admission(ObjectKey),
+    IdentityGrant(String),
+    ServiceCidr(String),
 }
 
 /// The World's items as a source describes them.
@@ -49,6 +53,8 @@ pub enum Item {
     NetworkService(Box<NetworkService>),
     Endpoint(Box<Endpoint>),
     Admission(Box<Admission>),
+    IdentityGrant(Box<IdentityGrant>),
+    ServiceCidr(ServiceCidr),
 }
 
 /// The changes that take `old` to `new`.
@@ -62,6 +68,8 @@ pub fn diff(old: &BTreeMap<Key, Item>, new: &BTreeMap<Key, Item>) -> Vec<Change>
             Key::NetworkService(k) => Change::NetworkServiceDeleted(k),
             Key::Endpoint(k) => Change::EndpointDeleted(k),
             Key::Admission(k) => Change::AdmissionDeleted(k),
+            Key::IdentityGrant(name) => Change::IdentityGrantDeleted(name),
+            Key::ServiceCidr(name) => Change::ServiceCidrDeleted(name),
         });
     }
     for (key, item) in new {
@@ -75,6 +83,8 @@ pub fn diff(old: &BTreeMap<Key, Item>, new: &BTreeMap<Key, Item>) -> Vec<Change>
             Item::NetworkService(o) => Change::NetworkService(*o),
             Item::Endpoint(o) => Change::Endpoint(*o),
             Item::Admission(o) => Change::Admission(*o),
+            Item::IdentityGrant(o) => Change::IdentityGrant(*o),
+            Item::ServiceCidr(c) => Change::ServiceCidr(c),
         });
     }
     changes
@@ -96,9 +106,23 @@ fn annotation<'a>(meta: &'a ObjectMeta, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// A prefix as the API server writes it, host bits cleared; `None` if it is none.
+fn prefix(text: &str) -> Option<Cidr> {
+    text.parse::<IpNet>().ok().map(Cidr::from)
+}
+
 /// A core/v1 Node as the World knows it: its key and underlay from its annotations (or
-/// its InternalIP) until its agent says them.
+/// its InternalIP) until its agent says them; its pod ranges and addresses, which no
+/// service may overlap; when it was created.
 pub fn node(name: &str, node: core::Node) -> Result<Node, String> {
+    let addresses: Vec<(String, IpAddr)> = node
+        .status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| matches!(a.type_.as_str(), "InternalIP" | "ExternalIP"))
+        .filter_map(|a| Some((a.type_, a.address.parse().ok()?)))
+        .collect();
     let underlay = match annotation(&node.metadata, annotations::UNDERLAY_ADDRESS) {
         Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
             format!(
@@ -106,21 +130,37 @@ pub fn node(name: &str, node: core::Node) -> Result<Node, String> {
                 annotations::UNDERLAY_ADDRESS
             )
         })?),
-        None => node
-            .status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|a| a.type_ == "InternalIP")
-            .and_then(|a| a.address.parse().ok()),
+        None => addresses
+            .iter()
+            .find(|(kind, _)| kind == "InternalIP")
+            .map(|(_, a)| *a),
     };
+    let pod_cidrs = node
+        .spec
+        .and_then(|s| s.pod_cidrs)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| prefix(c))
+        .collect();
     Ok(Node {
         name: name.to_owned(),
         public_key: annotation(&node.metadata, annotations::PUBLIC_KEY).map(str::to_owned),
         underlay,
         underlay_mtu: None,
         seen_version: 0,
+        pod_cidrs,
+        addresses: addresses.into_iter().map(|(_, a)| a).collect(),
+        created: node.metadata.creation_timestamp,
     })
+}
+
+/// A networking.k8s.io/v1 ServiceCIDR as the World knows it: its ranges.
+pub fn service_cidr(name: &str, object: networking::ServiceCIDR) -> ServiceCidr {
+    let cidrs = object.spec.and_then(|s| s.cidrs).unwrap_or_default();
+    ServiceCidr {
+        name: name.to_owned(),
+        cidrs: cidrs.iter().filter_map(|c| prefix(c)).collect(),
+    }
 }
 
 /// A core/v1 Pod as the World knows it.

@@ -1,15 +1,21 @@
 //! The Kubernetes source: watches on the API server feed the same World the manifest
 //! source feeds.
 //!
-//! It watches NetworkServices, Endpoints and Admissions in every namespace, and Pods,
-//! Nodes and Namespaces. Every kind is watched as untyped objects and decoded one object
-//! at a time, so an object that does not decode (stored before a schema change, written
-//! around validation) is reported as a problem with its identity and skipped, keeping
-//! its last good version; it never stops a watch. Pods that run on the host's network or
-//! have finished are not workloads and are left out.
+//! It watches NetworkServices, Endpoints and Admissions in every namespace,
+//! IdentityGrants, Pods, Nodes and Namespaces, and the cluster's ServiceCIDRs. Every kind
+//! is watched as untyped objects and decoded one object at a time, so an object that does
+//! not decode (stored before a schema change, written around validation) is reported as a
+//! problem with its identity and skipped, keeping its last good version; it never stops a
+//! watch. Pods that run on the host's network or have finished are not workloads and are
+//! left out.
+//!
+//! ServiceCIDRs are optional (`Kind::required`): on an API server that does not serve
+//! them, the operator says so once and plans without them (the administrator's
+//! `--reserved-ranges` then stand for the Service range).
 //!
 //! Guarantees:
-//! * `Synced` is delivered once, after every kind's first complete list;
+//! * `Synced` is delivered once, after every kind's first complete list (an optional kind
+//!   the API server does not serve counts as listed, empty);
 //! * a re-list after a broken watch delivers exactly what changed meanwhile, deletions
 //!   included (the list replaces the kind's objects and is diffed against them).
 
@@ -17,11 +23,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as networking;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use tokio::sync::mpsc;
-use wireway_crds::{Admission, Endpoint, NetworkService};
+use wireway_crds::{Admission, Endpoint, IdentityGrant, NetworkService};
 use wireway_runtime::errors::chain;
 
 use super::items::{self, Item, Key, diff};
@@ -35,9 +42,11 @@ pub fn resource(kind: Kind) -> ApiResource {
         Kind::NetworkService => ApiResource::erase::<NetworkService>(&()),
         Kind::Endpoint => ApiResource::erase::<Endpoint>(&()),
         Kind::Admission => ApiResource::erase::<Admission>(&()),
+        Kind::IdentityGrant => ApiResource::erase::<IdentityGrant>(&()),
         Kind::Pod => ApiResource::erase::<core::Pod>(&()),
         Kind::Node => ApiResource::erase::<core::Node>(&()),
         Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
+        Kind::ServiceCidr => ApiResource::erase::<networking::ServiceCIDR>(&()),
     }
 }
 
@@ -62,6 +71,15 @@ pub fn decode(kind: Kind, object: &DynamicObject) -> (Key, Result<Option<Item>, 
         Kind::Admission => (
             Key::Admission(object_key),
             typed(object).map(|o| Some(Item::Admission(Box::new(o)))),
+        ),
+        Kind::IdentityGrant => (
+            Key::IdentityGrant(name),
+            typed(object).map(|o| Some(Item::IdentityGrant(Box::new(o)))),
+        ),
+        Kind::ServiceCidr => (
+            Key::ServiceCidr(name.clone()),
+            typed::<networking::ServiceCIDR>(object)
+                .map(|c| Some(Item::ServiceCidr(items::service_cidr(&name, c)))),
         ),
         Kind::Pod => {
             let key = Key::Pod(namespace.clone(), name.clone());
@@ -191,9 +209,11 @@ fn kind_of(key: &Key) -> Kind {
         Key::NetworkService(_) => Kind::NetworkService,
         Key::Endpoint(_) => Kind::Endpoint,
         Key::Admission(_) => Kind::Admission,
+        Key::IdentityGrant(_) => Kind::IdentityGrant,
         Key::Pod(..) => Kind::Pod,
         Key::Node(_) => Kind::Node,
         Key::Namespace(_) => Kind::Namespace,
+        Key::ServiceCidr(_) => Kind::ServiceCidr,
     }
 }
 
@@ -249,6 +269,14 @@ fn record(
     }
 }
 
+/// Whether a watch failed because the API server does not serve the kind at all.
+fn not_served(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404
+    )
+}
+
 /// Watches every kind and delivers the World's changes until `events` closes.
 pub async fn watch<T: From<Event> + Send + 'static>(client: Client, events: mpsc::Sender<T>) {
     let (found, mut received) = mpsc::channel::<(Kind, watcher::Event<DynamicObject>)>(256);
@@ -265,6 +293,18 @@ pub async fn watch<T: From<Event> + Send + 'static>(client: Client, events: mpsc
                         if found.send((kind, event)).await.is_err() {
                             return;
                         }
+                    }
+                    Err(e) if !kind.required() && not_served(&e) => {
+                        tracing::warn!(
+                            kind = ?kind,
+                            "the API server does not serve {kind}; planning without it (restart the operator once it does)"
+                        );
+                        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+                            if found.send((kind, event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
                     }
                     Err(e) => tracing::warn!(
                         kind = ?kind,

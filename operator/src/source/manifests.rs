@@ -1,11 +1,12 @@
 //! The manifest-directory source: the World from YAML files instead of an API server.
 //!
-//! It reads the three Wireway kinds and the core/v1 objects that describe where workloads
-//! run: `Namespace` (labels, for Admission namespace selectors), `Node`, `Pod` (labels,
-//! service account, node, and the network namespace in the `wireway.dev/netns`
-//! annotation, or its UID when something else finds it) and `Binding` (a pod's node, as a
-//! scheduler records it). Other kinds are skipped, so the manifests a user applies to a
-//! cluster work unchanged.
+//! It reads the Wireway kinds (IdentityGrants, cluster-scoped, included) and the core/v1
+//! objects that describe where workloads run: `Namespace` (labels, for Admission
+//! namespace selectors), `Node` (its pod ranges and addresses too), `Pod` (labels, service
+//! account, node, and the network namespace in the `wireway.dev/netns` annotation, or its
+//! UID when something else finds it) and `Binding` (a pod's node, as a scheduler records
+//! it); and networking.k8s.io/v1 `ServiceCIDR` (Service ranges no service may overlap).
+//! Other kinds are skipped, so the manifests a user applies to a cluster work unchanged.
 //!
 //! Guarantees:
 //! * an object is accepted only if a cluster would accept it: Wireway objects pass the
@@ -25,13 +26,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use wireway_crds::manifest::{documents, yaml_files};
 use wireway_crds::validation::{SchemaError, Validator};
-use wireway_crds::{API_VERSION, Admission, Endpoint, NetworkService};
+use wireway_crds::{API_VERSION, Admission, Endpoint, IdentityGrant, NetworkService};
 
 pub use super::items::pod_uid;
 use super::items::{self, Item, Key, diff};
 use super::{Event, Problem};
 use crate::kind::Kind;
-use crate::plan::{Change, Namespace, Node, ObjectKey, Pod};
+use crate::plan::{Change, Namespace, Node, ObjectKey, Pod, ServiceCidr};
 
 /// The namespace of an object that names none, as `kubectl apply` would use it.
 const DEFAULT_NAMESPACE: &str = "default";
@@ -104,6 +105,8 @@ enum Object {
     NetworkService(NetworkService),
     Endpoint(Endpoint),
     Admission(Admission),
+    IdentityGrant(IdentityGrant),
+    ServiceCidr(ServiceCidr),
 }
 
 /// One accepted document.
@@ -318,6 +321,14 @@ impl Manifests {
                     Key::Admission(ObjectKey::of(&o.metadata)),
                     Item::Admission(Box::new(o.clone())),
                 ),
+                Object::IdentityGrant(o) => (
+                    Key::IdentityGrant(a.id.name.clone()),
+                    Item::IdentityGrant(Box::new(o.clone())),
+                ),
+                Object::ServiceCidr(c) => (
+                    Key::ServiceCidr(c.name.clone()),
+                    Item::ServiceCidr(c.clone()),
+                ),
             };
             world.insert(key, item);
         }
@@ -471,7 +482,7 @@ fn parse_object(
         Some(known) => known,
         None if api_version.starts_with("wireway.dev/") => {
             return Err(format!(
-                "{kind} of {api_version} is not served: the Wireway kinds are NetworkService, Endpoint and Admission of {API_VERSION}"
+                "{kind} of {api_version} is not served: the Wireway kinds are NetworkService, Endpoint, Admission and IdentityGrant of {API_VERSION}"
             ));
         }
         None => return Ok(None),
@@ -531,6 +542,10 @@ fn convert(kind: Known, id: &ObjectId, raw: Value) -> Result<Object, String> {
         Known::Kind(Kind::NetworkService) => Object::NetworkService(typed(raw)?),
         Known::Kind(Kind::Endpoint) => Object::Endpoint(typed(raw)?),
         Known::Kind(Kind::Admission) => Object::Admission(typed(raw)?),
+        Known::Kind(Kind::IdentityGrant) => Object::IdentityGrant(typed(raw)?),
+        Known::Kind(Kind::ServiceCidr) => {
+            Object::ServiceCidr(items::service_cidr(&id.name, typed(raw)?))
+        }
     })
 }
 

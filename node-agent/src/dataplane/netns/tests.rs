@@ -129,7 +129,7 @@ fn a_missing_namespace_is_not_found_yet() {
     let dirs = dirs();
     let e = refusal(&finder(&dirs), &by_path(&dirs.allowed.join("starting")));
     assert!(matches!(e, NetnsError::NotFound), "{e}");
-    assert_eq!(e.to_string(), crate::converge::NOT_FOUND);
+    assert_eq!(e.to_string(), NOT_FOUND);
 }
 
 #[test]

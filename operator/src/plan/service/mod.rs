@@ -1,7 +1,9 @@
 //! Planning one target (a NetworkService key) as a pipeline of named stages.
 //!
-//! [`plan_target`] parses the spec, gathers the workloads the target's Endpoints attach,
-//! decides admission, settles interface-name conflicts, places external hosts, allocates
+//! [`plan_target`] parses the spec and checks it against the administrator's bounds,
+//! gathers the workloads the target's Endpoints attach, confines external hosts to the
+//! identities their namespace may claim, decides admission, leaves out nodes presenting
+//! another node's key, settles interface-name conflicts, places external hosts, allocates
 //! node prefixes and member addresses, and keeps the nodes left with an addressed member
 //! (the carrying nodes). `stages` holds those decisions; `projections` derives the
 //! outputs from them and decides nothing: the service's, Endpoints' and Admissions'
@@ -10,7 +12,7 @@
 mod projections;
 mod stages;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -23,11 +25,9 @@ use wireway_proto::ServiceState;
 use super::ObjectKey;
 use super::admission::{InvalidRule, Policy};
 use super::index::Index;
+use super::node_keys::Refused;
 use super::world::Pod;
 pub use stages::parse_spec;
-
-/// First port handed out to services that do not pin one.
-pub const FIRST_LISTEN_PORT: u16 = 51820;
 /// WireGuard's overhead over the underlay: 80 bytes covers an IPv6 outer header.
 pub const WIREGUARD_OVERHEAD: u32 = 80;
 /// MTU assumed for an underlay that did not report its own.
@@ -96,6 +96,9 @@ pub struct TargetPlan {
     /// The service's share of each carrying node's state. Host veth names are left
     /// empty: they are unique per node, so the node assembly picks them.
     pub nodes: BTreeMap<String, ServiceState>,
+    /// Nodes that would carry the service but present another node's key: the target is
+    /// planned again when that changes.
+    pub refused_nodes: BTreeSet<String>,
 }
 
 /// One workload asking to join through one Endpoint, and what became of it.
@@ -105,6 +108,12 @@ struct Entry<'i> {
     workload: String,
     identity: Result<SpiffeId, String>,
     kind: Workload<'i>,
+    /// A stage before admission refused it (its reason and message say why): admission
+    /// leaves it be.
+    settled: bool,
+    /// The IdentityGrant that lets the Endpoint's namespace claim this external host's
+    /// identity, when it is not the namespace's own.
+    granted_by: Option<String>,
     admitted: bool,
     reason: &'static str,
     message: String,
@@ -118,6 +127,12 @@ enum Workload<'i> {
 }
 
 impl<'i> Entry<'i> {
+    /// Refuses it before admission: admission will not look at it.
+    fn settle(&mut self, reason: &'static str, message: String) {
+        self.reject(reason, message);
+        self.settled = true;
+    }
+
     fn reject(&mut self, reason: &'static str, message: String) {
         self.admitted = false;
         self.reason = reason;
@@ -140,13 +155,16 @@ impl<'i> Entry<'i> {
 
 /// Something that keeps an object from being Ready: the condition's reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Problem {
-    reason: &'static str,
-    message: String,
+pub struct Problem {
+    /// The condition's reason.
+    pub reason: &'static str,
+    /// The condition's message.
+    pub message: String,
 }
 
 impl Problem {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    /// A problem for this reason.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -168,24 +186,41 @@ struct Decided<'i> {
     admission_counts: BTreeMap<ObjectKey, (i32, i32)>,
     /// The carrying nodes, with their prefixes.
     carrying: BTreeMap<String, IpNet>,
+    /// Nodes left out for presenting another node's key.
+    refused_nodes: BTreeSet<String>,
     /// What keeps the service from being Ready, in the order the stages found it.
     problems: Vec<Problem>,
 }
 
+/// What was decided across services before any target is planned.
+#[derive(Debug, Clone, Copy)]
+pub struct Across<'a> {
+    /// The target's listen port and interface name, if it could be given any.
+    pub assigned: Option<&'a Assigned>,
+    /// Nodes refused for presenting another node's key.
+    pub refused_nodes: &'a Refused,
+}
+
 /// Plans one target, stage by stage.
-pub fn plan_target(index: &Index, target: &ObjectKey, assigned: Option<&Assigned>) -> TargetPlan {
+pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> TargetPlan {
     let (policy, invalid_rules) = Policy::compile(index.admissions_for(target));
     let Some(svc) = index.services.get(target) else {
         return projections::missing_service(index, target, &invalid_rules);
     };
-    let (spec, assigned) = match stages::parse(svc, assigned) {
+    let (spec, assigned) = match stages::parse(svc, across.assigned) {
         Ok(parsed) => parsed,
         Err(why) => return projections::invalid_service(index, target, svc, why, &invalid_rules),
     };
+    if let Err(refusal) = stages::within_bounds(index, &spec) {
+        return projections::refused_service(index, target, svc, &refusal, &invalid_rules);
+    }
     let mut problems = stages::rule_problems(&invalid_rules);
     let listen_port = stages::listen_port(assigned, &mut problems);
     let (mut entries, endpoint_problems) = stages::gather(index, target);
+    stages::confine_identities(index, &mut entries);
     let admission_counts = stages::admit(index, &policy, target, &mut entries);
+    let refused_nodes =
+        stages::leave_out_refused_nodes(across.refused_nodes, &mut entries, &mut problems);
     stages::resolve_interface_conflicts(index, target, &mut entries);
     let external_addresses = stages::place_externals(&spec, &mut entries);
     let prefixes =
@@ -206,7 +241,18 @@ pub fn plan_target(index: &Index, target: &ObjectKey, assigned: Option<&Assigned
             endpoint_problems,
             admission_counts,
             carrying,
+            refused_nodes,
             problems,
         },
     )
+}
+
+/// The plan of a target whose service is refused for `problem`, decided across services
+/// (its cidr overlaps another's): it says why and installs nothing.
+pub fn refuse(index: &Index, target: &ObjectKey, problem: &Problem) -> TargetPlan {
+    let (_, invalid_rules) = Policy::compile(index.admissions_for(target));
+    match index.services.get(target) {
+        Some(svc) => projections::refused_service(index, target, svc, problem, &invalid_rules),
+        None => projections::missing_service(index, target, &invalid_rules),
+    }
 }

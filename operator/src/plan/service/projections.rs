@@ -1,7 +1,8 @@
 //! The outputs of planning one target, derived from what the stages decided and deciding
 //! nothing themselves: the NetworkService's status, every Endpoint's and Admission's
 //! status, and each carrying node's share of its state. A target that cannot be planned
-//! (its service missing or invalid) projects to statuses that say why, and to no node.
+//! (its service missing, invalid or refused) projects to statuses that say why, and to no
+//! node.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,6 +63,42 @@ pub(super) fn invalid_service(
     unplanned(index, target, &problem, Some(status), invalid_rules)
 }
 
+/// The target of a NetworkService refused for `problem` (outside the administrator's
+/// bounds, or overlapping another service). Its status keeps its listen port and
+/// interface name, and records no node and no member: it installs nothing, and an
+/// overlapping service that holds allocations wins over it.
+pub(super) fn refused_service(
+    index: &Index,
+    target: &ObjectKey,
+    svc: &NetworkService,
+    problem: &Problem,
+    invalid_rules: &[InvalidRule],
+) -> TargetPlan {
+    let previous = svc.status.clone().unwrap_or_default();
+    let generation = svc.metadata.generation;
+    let status = NetworkServiceStatus {
+        observed_generation: generation,
+        conditions: status::ready(
+            false,
+            problem.reason,
+            problem.message.clone(),
+            generation,
+            &previous.conditions,
+            &index.now,
+        ),
+        listen_port: previous.listen_port,
+        interface_name: previous.interface_name,
+        node_count: 0,
+        member_count: 0,
+        node_prefixes: Vec::new(),
+    };
+    let refused = Problem::new(
+        problem.reason,
+        format!("NetworkService {target} is refused: {}", problem.message),
+    );
+    unplanned(index, target, &refused, Some(status), invalid_rules)
+}
+
 /// The plan of a target whose service could be planned.
 pub(super) fn planned(index: &Index, decided: &Decided<'_>) -> TargetPlan {
     let d = decided;
@@ -78,6 +115,7 @@ pub(super) fn planned(index: &Index, decided: &Decided<'_>) -> TargetPlan {
         nodes: d
             .listen_port
             .map_or_else(BTreeMap::new, |port| node_states(index, d, port)),
+        refused_nodes: d.refused_nodes.clone(),
     }
 }
 
@@ -164,6 +202,7 @@ fn unplanned(
             &BTreeMap::new(),
         ),
         nodes: BTreeMap::new(),
+        refused_nodes: Default::default(),
     }
 }
 

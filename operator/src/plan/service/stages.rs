@@ -13,9 +13,11 @@ use wireway_crds::{Cidr, Endpoint, NetworkService, SpiffeId};
 
 use super::{Assigned, Entry, Problem, Spec, SpecError, Workload};
 use crate::plan::admission::{Candidate, InvalidRule, Policy};
+use crate::plan::grants::{self, Claim};
 use crate::plan::index::{Index, endpoint_target};
+use crate::plan::node_keys::Refused;
 use crate::plan::world::Labels;
-use crate::plan::{ObjectKey, ipam, names, selector};
+use crate::plan::{ObjectKey, bounds, ipam, names, selector};
 
 /// Parses a spec the API server should have validated; what it let through (an object
 /// stored before a rule existed) becomes an InvalidSpec condition.
@@ -59,6 +61,13 @@ pub(super) fn parse<'a>(
     Ok((spec, assigned))
 }
 
+/// Stage: the spec keeps within the administrator's bounds (service pools, reserved
+/// ranges, listen ports), or the service is refused.
+pub(super) fn within_bounds(index: &Index, spec: &Spec) -> Result<(), Problem> {
+    bounds::check(index, &spec.cidr, spec.listen_port)
+        .map_err(|refusal| Problem::new(refusal.reason, refusal.message))
+}
+
 /// Stage: the Admissions' rules that do not compile keep the service from being Ready.
 pub(super) fn rule_problems(invalid_rules: &[InvalidRule]) -> Vec<Problem> {
     invalid_rules
@@ -99,6 +108,8 @@ pub(super) fn gather<'i>(
             workload,
             identity,
             kind,
+            settled: false,
+            granted_by: None,
             admitted: false,
             reason: reason::NOT_ADMITTED,
             message: String::new(),
@@ -156,9 +167,27 @@ pub(super) fn gather<'i>(
     (entries, problems)
 }
 
+/// Stage: an external host may claim only an identity its Endpoint's namespace owns (its
+/// own path of this cluster's trust domain) or is granted by an IdentityGrant; any other
+/// is refused here, before any Admission rule is consulted. (Pods' identities come from
+/// their service account, proven by the cluster.)
+pub(super) fn confine_identities(index: &Index, entries: &mut [Entry<'_>]) {
+    for entry in entries.iter_mut() {
+        let (Workload::External { .. }, Ok(identity)) = (&entry.kind, &entry.identity) else {
+            continue;
+        };
+        match grants::confine(index, &entry.endpoint.namespace, identity) {
+            Ok(Claim::Own) => {}
+            Ok(Claim::Granted(grant)) => entry.granted_by = Some(grant),
+            Err(message) => entry.settle(reason::IDENTITY_NOT_GRANTED, message),
+        }
+    }
+}
+
 /// Stage: admission. Returns, per Admission, how many workloads its rules admitted and
 /// denied. A pod attached through two Endpoints is one member: the first Endpoint in name
-/// order owns it, and the others say `DuplicateMember`.
+/// order owns it, and the others say `DuplicateMember`. Workloads refused before
+/// admission are left as they are.
 pub(super) fn admit(
     index: &Index,
     policy: &Policy,
@@ -168,7 +197,7 @@ pub(super) fn admit(
     let empty = Labels::new();
     let mut counts: BTreeMap<ObjectKey, (i32, i32)> = BTreeMap::new();
     let mut owners: BTreeMap<(&str, &str), ObjectKey> = BTreeMap::new();
-    for entry in entries.iter_mut() {
+    for entry in entries.iter_mut().filter(|e| !e.settled) {
         let decision = match &entry.identity {
             Err(e) => {
                 entry.reject(reason::INVALID_SPEC, e.clone());
@@ -200,7 +229,13 @@ pub(super) fn admit(
         }
         entry.admitted = decision.admitted;
         entry.reason = decision.reason;
-        entry.message = decision.message;
+        entry.message = match &entry.granted_by {
+            Some(grant) => format!(
+                "{}; the identity is granted to namespace {} by IdentityGrant {grant}",
+                decision.message, entry.endpoint.namespace
+            ),
+            None => decision.message,
+        };
         if let (true, Some(pod)) = (entry.admitted, entry.pod()) {
             match owners.get(&(pod.namespace.as_str(), pod.name.as_str())) {
                 Some(owner) => {
@@ -214,6 +249,31 @@ pub(super) fn admit(
         }
     }
     counts
+}
+
+/// Stage: a node presenting another node's WireGuard key carries no service: its pods are
+/// not members, and the service says why. Returns the nodes left out.
+pub(super) fn leave_out_refused_nodes(
+    refused: &Refused,
+    entries: &mut [Entry<'_>],
+    problems: &mut Vec<Problem>,
+) -> BTreeSet<String> {
+    let mut left_out = BTreeSet::new();
+    for entry in entries.iter_mut().filter(|e| e.admitted) {
+        let Some(node) = entry.pod().and_then(|p| p.node.as_deref()) else {
+            continue;
+        };
+        if let Some(keeper) = refused.get(node) {
+            let message = format!(
+                "node {node} presents the WireGuard public key of node {keeper}, which keeps it; {node} carries no service until its key is its own"
+            );
+            entry.reject(reason::DUPLICATE_NODE_KEY, message.clone());
+            if left_out.insert(node.to_owned()) {
+                problems.push(Problem::new(reason::DUPLICATE_NODE_KEY, message));
+            }
+        }
+    }
+    left_out
 }
 
 /// Stage: a pod cannot hold two interfaces of one name. When an Endpoint of another
