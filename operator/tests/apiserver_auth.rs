@@ -6,119 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by panicking
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kube::Client;
-use serde_json::{Value, json};
-use wireway_crds::manifest::documents;
+use serde_json::json;
 use wireway_operator::controller::auth::{Limits, TokenReviewer};
 use wireway_operator::serve::TokenAuthenticator;
-use wireway_testkit::{ControlPlane, unique_name};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `kubectl apply -f -` of `objects` (JSON is YAML).
-fn apply(cp: &ControlPlane, objects: &[Value]) {
-    let text: String = objects.iter().map(|o| format!("---\n{o}\n")).collect();
-    let file = cp.dir().join(format!("{}.yaml", unique_name("objects")));
-    std::fs::write(&file, text).unwrap();
-    cp.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
-}
-
-/// The objects of a file of config/ whose kind is one of `kinds`.
-fn config(file: &str, kinds: &[&str]) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo().join(file)).unwrap();
-    documents(&text)
-        .into_iter()
-        .map(|d| d.unwrap().value)
-        .filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or_default()))
-        .collect()
-}
-
-fn namespace(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-}
-
-fn service_account(namespace: &str, name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "ServiceAccount",
-           "metadata": {"name": name, "namespace": namespace}})
-}
-
-/// A binding of ClusterRole `role` to a service account: cluster-wide, or in `scope`'s
-/// namespace only.
-fn binding(role: &str, namespace: &str, account: &str, scope: Option<&str>) -> Value {
-    let name = unique_name(role);
-    let (kind, metadata) = match scope {
-        None => ("ClusterRoleBinding", json!({"name": name})),
-        Some(ns) => ("RoleBinding", json!({"name": name, "namespace": ns})),
-    };
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-    })
-}
-
-/// A token of a service account (`kubectl create token`), with `args` (audience, bound
-/// object).
-fn token(cp: &ControlPlane, namespace: &str, account: &str, args: &[&str]) -> String {
-    let mut all = vec!["create", "token", account, "-n", namespace];
-    all.extend(args);
-    cp.kubectl(&all)
-        .unwrap_or_else(|e| panic!("kubectl create token: {e}"))
-        .trim()
-        .to_owned()
-}
-
-/// A kubeconfig that authenticates with `token` alone (the admin's also carries a client
-/// certificate, which the API server would prefer).
-fn kubeconfig_for(cp: &ControlPlane, token: &str) -> PathBuf {
-    let admin: Value = serde_json::from_str(
-        &cp.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"])
-            .unwrap(),
-    )
-    .unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    });
-    let path = cp
-        .dir()
-        .join(format!("{}.kubeconfig", unique_name("token")));
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
-async fn client_for(kubeconfig: &Path) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-/// `kubectl ARGS` as the holder of `kubeconfig`.
-fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
-    let out = cp
-        .kubectl_command()
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
+use wireway_testkit::objects::{binding, config, namespace, service_account};
+use wireway_testkit::{ControlPlane, client_for, unique_name};
 
 /// The operator, as its own service account under config/rbac/operator.yaml's ClusterRole,
 /// reviews tokens: an administrator's (bound cluster-wide to wireway-status-reader) reads
@@ -144,10 +38,10 @@ async fn the_status_permission_is_cluster_wide_and_a_tenant_cannot_have_it() {
         service_account(&tenant, "nosy"),
         binding("wireway-status-reader", &tenant, "nosy", Some(&tenant)),
     ]);
-    apply(cp, &objects);
+    cp.apply(&objects);
 
-    let operator = token(cp, &system, "wireway-operator", &[]);
-    let client = client_for(&kubeconfig_for(cp, &operator)).await;
+    let operator = cp.token(&system, "wireway-operator", &[]);
+    let client = client_for(&cp.kubeconfig_for(&operator, None)).await;
     // Refusals are not remembered here: RBAC may take a moment to reach the authorizer.
     let limits = Limits {
         refused_for: Duration::ZERO,
@@ -156,7 +50,7 @@ async fn the_status_permission_is_cluster_wide_and_a_tenant_cannot_have_it() {
     let reviewer = TokenReviewer::with_limits(client, &system, limits);
     let for_operator = ["--audience", "wireway-operator"];
 
-    let ops = token(cp, &system, "ops", &for_operator);
+    let ops = cp.token(&system, "ops", &for_operator);
     let deadline = Instant::now() + Duration::from_secs(30);
     let reader = loop {
         match reviewer.status_reader(&ops, None).await {
@@ -170,7 +64,7 @@ async fn the_status_permission_is_cluster_wide_and_a_tenant_cannot_have_it() {
     };
     assert_eq!(reader, format!("system:serviceaccount:{system}:ops"));
 
-    let nosy = token(cp, &tenant, "nosy", &for_operator);
+    let nosy = cp.token(&tenant, "nosy", &for_operator);
     let refused = reviewer.status_reader(&nosy, None).await.unwrap_err();
     assert_eq!(
         refused.status().code(),
@@ -178,7 +72,7 @@ async fn the_status_permission_is_cluster_wide_and_a_tenant_cannot_have_it() {
         "{refused}"
     );
 
-    let for_the_api_server = token(cp, &system, "ops", &[]);
+    let for_the_api_server = cp.token(&system, "ops", &[]);
     let refused = reviewer
         .status_reader(&for_the_api_server, None)
         .await
@@ -219,17 +113,15 @@ async fn the_node_policy_holds_in_any_installation_namespace() {
                "spec": {"nodeName": a, "serviceAccountName": "wireway-agent",
                         "containers": [{"name": "agent", "image": "agent"}]}}),
     ]);
-    apply(cp, &objects);
-    let bound = token(
-        cp,
+    cp.apply(&objects);
+    let bound = cp.token(
         &elsewhere,
         "wireway-agent",
         &["--bound-object-kind", "Pod", "--bound-object-name", "agent"],
     );
-    let agent = kubeconfig_for(cp, &bound);
+    let agent = cp.kubeconfig_for(&bound, None);
     let annotate = |node: &str, key: &str| {
-        kubectl_as(
-            cp,
+        cp.kubectl_as(
             &agent,
             &["annotate", "node", node, "--overwrite", &format!("{key}=x")],
         )
@@ -248,6 +140,8 @@ async fn the_node_policy_holds_in_any_installation_namespace() {
     };
     assert!(refused.contains(&b), "{refused}");
     annotate(&a, "wireway.dev/public-key").expect("its own node's wireway.dev/ annotation");
-    let label = kubectl_as(cp, &agent, &["label", "node", &a, "evil=yes"]).unwrap_err();
+    let label = cp
+        .kubectl_as(&agent, &["label", "node", &a, "evil=yes"])
+        .unwrap_err();
     assert!(label.contains("may not change a Node's labels"), "{label}");
 }

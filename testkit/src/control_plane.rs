@@ -234,14 +234,7 @@ impl ControlPlane {
     /// A client with the admin's kubeconfig. A `kube::Client` serves only while the tokio
     /// runtime it was made on runs, so each test makes its own (it costs milliseconds).
     pub async fn client(&self) -> kube::Client {
-        let path = &self.kubeconfig;
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()));
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("failed to load {}: {e}", path.display()));
-        kube::Client::try_from(config)
-            .unwrap_or_else(|e| panic!("failed to make a client for {}: {e}", path.display()))
+        client_for(&self.kubeconfig).await
     }
 
     /// `kubectl` (`.tools/bin/kubectl`, from `make tools`) with the admin's kubeconfig, to
@@ -262,6 +255,81 @@ impl ControlPlane {
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         let out = self
             .kubectl_command()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("failed to run kubectl: {e}"));
+        text_of(&out)
+    }
+
+    /// `kubectl apply --server-side -f` of `objects` (JSON is YAML), as the admin.
+    pub fn apply(&self, objects: &[serde_json::Value]) {
+        let text: String = objects.iter().map(|o| format!("---\n{o}\n")).collect();
+        let file = self.dir.join(format!("{}.yaml", unique_name("objects")));
+        std::fs::write(&file, text)
+            .unwrap_or_else(|e| panic!("failed to write {}: {e}", file.display()));
+        let path = file.to_string_lossy();
+        self.kubectl(&["apply", "--server-side", "-f", &path])
+            .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
+    }
+
+    /// A token of a service account (`kubectl create token`), with `args` (audience,
+    /// bound object, duration).
+    pub fn token(&self, namespace: &str, account: &str, args: &[&str]) -> String {
+        let mut all = vec!["create", "token", account, "-n", namespace];
+        all.extend(args);
+        self.kubectl(&all)
+            .unwrap_or_else(|e| panic!("kubectl create token: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// A kubeconfig (a new file in [`dir`](Self::dir)) that authenticates with `token`
+    /// alone (the admin's also carries a client certificate, which the API server would
+    /// prefer), for the API server at `server` (its own URL when `None`).
+    pub fn kubeconfig_for(&self, token: &str, server: Option<&str>) -> PathBuf {
+        let view = self
+            .kubectl(&["config", "view", "--raw", "--minify", "-o", "json"])
+            .unwrap_or_else(|e| panic!("kubectl config view: {e}"));
+        let admin: serde_json::Value = serde_json::from_str(&view)
+            .unwrap_or_else(|e| panic!("kubectl config view said {view:?}: {e}"));
+        let mut cluster = admin["clusters"][0]["cluster"].clone();
+        if let Some(server) = server {
+            cluster["server"] = server.into();
+        }
+        let config = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": cluster}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        });
+        let path = self
+            .dir
+            .join(format!("{}.kubeconfig", unique_name("token")));
+        std::fs::write(&path, config.to_string())
+            .unwrap_or_else(|e| panic!("failed to write {}: {e}", path.display()));
+        path
+    }
+
+    /// The API server's URL (`https://127.0.0.1:PORT`).
+    pub fn server(&self) -> String {
+        self.kubectl(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ])
+        .unwrap_or_else(|e| panic!("kubectl config view: {e}"))
+        .trim()
+        .to_owned()
+    }
+
+    /// `kubectl ARGS` as the holder of `kubeconfig`.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .kubectl_command()
+            .env("KUBECONFIG", kubeconfig)
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("failed to run kubectl: {e}"));
@@ -311,6 +379,18 @@ impl Drop for ControlPlane {
         let _ = self.wrapper.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A client for the holder of `kubeconfig` (see [`ControlPlane::client`] on runtimes).
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let path = kubeconfig;
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("failed to read {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("failed to load {}: {e}", path.display()));
+    kube::Client::try_from(config)
+        .unwrap_or_else(|e| panic!("failed to make a client for {}: {e}", path.display()))
 }
 
 /// A name no other test of this process uses: `PREFIX-N`, for namespaces and

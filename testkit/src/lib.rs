@@ -1,12 +1,13 @@
 //! What Wireway's tests share, and nothing a binary needs: whether a test that needs
-//! root runs ([`root_or_skip`]), RBAC read both ways ([`rbac`]), and a real API server
-//! ([`control_plane`]: [`ControlPlane`]). Each crate's own fixtures (pods, nodes, hellos)
-//! live in that crate's test-support module.
+//! root runs ([`root_or_skip`]), RBAC read both ways ([`rbac`]), a real API server
+//! ([`control_plane`]: [`ControlPlane`]) and objects to put in it ([`objects`]). Each
+//! crate's own fixtures (pods, nodes, hellos) live in that crate's test-support module.
 
 pub mod control_plane;
+pub mod objects;
 pub mod rbac;
 
-pub use control_plane::{ControlPlane, unique_name};
+pub use control_plane::{ControlPlane, client_for, unique_name};
 /// The kube and k8s-openapi the [`ControlPlane`]'s client comes from, for tests.
 pub use {k8s_openapi, kube};
 

@@ -43,6 +43,15 @@ pub const FIELD_MANAGER: &str = "wireway-operator";
 /// How a failed write backs off: 1 s, doubling up to 5 min.
 const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 
+/// A merge patch's parameters: under [`FIELD_MANAGER`] too (without one, the API server
+/// books the fields to "unknown", and nobody can tell who set the finalizer).
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
 /// What a failed write means for retrying it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -190,7 +199,7 @@ impl StatusWriter {
             let body = json!({"status": {"conditions": [condition], "observedGeneration": object.generation}});
             let write = Write::Invalid(kind, key.clone());
             let api = api(&self.client, kind, &key);
-            let params = PatchParams::default();
+            let params = merge_params();
             if self
                 .attempt(write, body, |body| async move {
                     api.patch_status(&key.name, &params, &Patch::Merge(body))
@@ -258,8 +267,7 @@ impl StatusWriter {
         let name = action.key.name.clone();
         let write = Write::Finalizers(action.key.clone());
         self.attempt(write, body, |body| async move {
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(body))
-                .await
+            api.patch(&name, &merge_params(), &Patch::Merge(body)).await
         })
         .await;
     }

@@ -1,0 +1,596 @@
+//! The operator binary against a real API server (the test control plane), running as its
+//! own ServiceAccount under the ClusterRole and Role of config/rbac/operator.yaml, applied
+//! as they are: real authorisation, not admin. The objects are config/samples/, with
+//! their pods bound to two nodes whose agents' keys are on the Node objects.
+//!
+//! Each test starts a control plane of its own: an operator watches every namespace and
+//! writes to every Wireway object it sees, so two tests' operators on one control plane
+//! would write each other's objects (and the Lease and compaction tests change the
+//! control plane itself). Under `cargo nextest` every test has its own process, and so
+//! its own control plane, anyway.
+//!
+//! Waiting is by polling with a deadline, for convergence only; a test that gives up says
+//! what it waited for, what it saw last, and the ends of the operators' logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly by panicking
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DynamicObject, ListParams};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use wireway_operator::kind::Kind;
+use wireway_operator::source::kubernetes::resource;
+use wireway_operator::testing::{KEY_A, KEY_B, hello};
+use wireway_proto::node_api_client::NodeApiClient;
+use wireway_proto::{AgentHello, AgentReport};
+use wireway_runtime::listen::grpc_channel;
+use wireway_runtime::pki::{self, Subject};
+use wireway_runtime::tls::{BearerToken, OPERATOR_SERVER_NAME, TlsArgs};
+use wireway_testkit::objects::{config, namespace, repo};
+use wireway_testkit::{ControlPlane, client_for};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_wireway-operator");
+/// The operator's namespace, as config/rbac/ names it.
+const SYSTEM: &str = "wireway-system";
+/// The Wireway kinds whose statuses the operator writes (namespaced, in the samples).
+const WIREWAY: [Kind; 3] = [Kind::NetworkService, Kind::Endpoint, Kind::Admission];
+/// How long convergence may take on a busy 2-core machine.
+const CONVERGE: Duration = Duration::from_secs(90);
+/// How long a takeover may take: the Lease (15 s) expires, then a standby's round (every
+/// 5 s) finds it so.
+const TAKEOVER: Duration = Duration::from_secs(90);
+
+/// A control plane with the CRDs, config/rbac/operator.yaml and agent.yaml, certificates
+/// for the operator's gRPC port, and a token of the operator's ServiceAccount.
+struct Cluster {
+    cp: ControlPlane,
+    dir: tempfile::TempDir,
+    /// The operator's kubeconfig: its ServiceAccount's token, nothing else.
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// `None` (skipped) without the control plane's binary.
+    fn start(test: &str, args: &[&str]) -> Option<Self> {
+        let cp = ControlPlane::start_with(test, args)?;
+        let crds: Vec<String> = [
+            "networkservices",
+            "endpoints",
+            "admissions",
+            "identitygrants",
+        ]
+        .iter()
+        .map(|c| repo().join(format!("crds/{c}.yaml")).display().to_string())
+        .collect();
+        let mut apply = vec!["apply", "--server-side"];
+        for crd in &crds {
+            apply.extend(["-f", crd]);
+        }
+        cp.kubectl(&apply)
+            .unwrap_or_else(|e| panic!("the CRDs: {e}"));
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ])
+        .unwrap_or_else(|e| panic!("the CRDs are not Established: {e}"));
+        let mut objects = vec![namespace(SYSTEM)];
+        objects.extend(config("config/rbac/operator.yaml", &[]));
+        objects.extend(config("config/rbac/agent.yaml", &[]));
+        cp.apply(&objects);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        pki::create_ca_in(&ca, "cluster.local").unwrap();
+        let names = vec![OPERATOR_SERVER_NAME.to_owned()];
+        pki::issue_into(
+            &ca,
+            &dir.path().join("operator"),
+            "cluster.local",
+            &Subject::Operator(names),
+        )
+        .unwrap();
+        let token = cp.token(SYSTEM, "wireway-operator", &["--duration", "2h"]);
+        let kubeconfig = cp.kubeconfig_for(&token, None);
+        Some(Self {
+            cp,
+            dir,
+            kubeconfig,
+        })
+    }
+
+    /// An operator named `identity` with the operator's kubeconfig.
+    fn operator(&self, identity: &str) -> Operator {
+        self.operator_with(identity, &self.kubeconfig)
+    }
+
+    /// An operator named `identity` with `kubeconfig`: token authentication for agents,
+    /// no grace for agents (the Nodes carry their keys), its ports on Unix sockets.
+    fn operator_with(&self, identity: &str, kubeconfig: &Path) -> Operator {
+        let dir = self.dir.path();
+        let tls = dir.join("operator");
+        let socket = dir.join(format!("{identity}.sock"));
+        let http = dir.join(format!("{identity}-http.sock"));
+        let log = dir.join(format!("{identity}.log"));
+        let child = Command::new(OPERATOR)
+            .arg("--listen-grpc")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--listen-http")
+            .arg(format!("unix:{}", http.display()))
+            .args(["--namespace", SYSTEM, "--identity", identity])
+            .args(["--agent-grace", "0", "--agent-auth", "token"])
+            .arg("--tls-ca")
+            .arg(tls.join("ca.crt"))
+            .arg("--tls-cert")
+            .arg(tls.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(tls.join("tls.key"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to run {OPERATOR}: {e}"));
+        Operator {
+            child,
+            identity: identity.to_owned(),
+            socket,
+            http,
+            log,
+        }
+    }
+
+    /// config/samples/ with their pods bound: red-a, green-a, bridge and intruder on
+    /// node-a, the others on node-b; the two Nodes with their agents' keys and underlay
+    /// addresses.
+    fn apply_samples(&self) {
+        let mut objects = vec![
+            node("node-a", KEY_A, "192.0.2.1"),
+            node("node-b", KEY_B, "192.0.2.2"),
+        ];
+        let dir = repo().join("config/samples");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let relative = file.strip_prefix(repo()).unwrap().display().to_string();
+            for mut object in config(&relative, &[]) {
+                if object["kind"] == "Pod" {
+                    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+                    let on = if matches!(name, "red-a" | "green-a" | "bridge" | "intruder") {
+                        "node-a"
+                    } else {
+                        "node-b"
+                    };
+                    object["spec"]["nodeName"] = on.into();
+                }
+                objects.push(object);
+            }
+        }
+        self.cp.apply(&objects);
+    }
+
+    /// The objects of `kind` in every namespace, by "namespace/name".
+    async fn objects(&self, kind: Kind) -> BTreeMap<String, DynamicObject> {
+        let api: Api<DynamicObject> = Api::all_with(self.cp.client().await, &resource(kind));
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| (key(&o), o))
+            .collect()
+    }
+
+    /// Every Wireway object of the samples, by "Kind namespace/name".
+    async fn wireway(&self) -> BTreeMap<String, DynamicObject> {
+        let mut all = BTreeMap::new();
+        for kind in WIREWAY {
+            for (k, o) in self.objects(kind).await {
+                all.insert(format!("{} {k}", kind.name()), o);
+            }
+        }
+        all
+    }
+
+    /// The holder of the operator's Lease.
+    async fn leader(&self) -> Option<String> {
+        let api: Api<Lease> = Api::namespaced(self.cp.client().await, SYSTEM);
+        api.get_opt("wireway-operator")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    }
+
+    /// Polls `check` until it says `Ok`, for at most `timeout`; then fails saying what it
+    /// waited for, its last answer, and the ends of the logs of `operators`.
+    async fn until<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        operators: &[&Operator],
+        mut check: F,
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match check().await {
+                Ok(value) => return value,
+                Err(last) if Instant::now() > deadline => {
+                    let logs: String = operators
+                        .iter()
+                        .map(|o| format!("\n{} said:\n{}", o.identity, o.log_tail()))
+                        .collect();
+                    panic!(
+                        "waited {} s for {what}; last: {last}\n{logs}\ncontrol plane:\n{}",
+                        timeout.as_secs(),
+                        self.cp.log_tail()
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// Waits until every Wireway object's status describes its generation (written by
+    /// the leader), and returns them.
+    async fn converged(&self, operators: &[&Operator]) -> BTreeMap<String, DynamicObject> {
+        self.until(
+            "every Wireway object's status to describe its generation",
+            CONVERGE,
+            operators,
+            || async {
+                let all = self.wireway().await;
+                let behind: Vec<&String> = all
+                    .iter()
+                    .filter(|(_, o)| {
+                        o.data["status"]["observedGeneration"].as_i64() != o.metadata.generation
+                            || ready(o).is_none()
+                    })
+                    .map(|(k, _)| k)
+                    .collect();
+                if all.is_empty() || !behind.is_empty() {
+                    return Err(format!("{} objects; not yet: {behind:?}", all.len()));
+                }
+                Ok(all)
+            },
+        )
+        .await
+    }
+}
+
+/// "namespace/name" of an object.
+fn key(o: &DynamicObject) -> String {
+    format!(
+        "{}/{}",
+        o.metadata.namespace.as_deref().unwrap_or_default(),
+        o.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A Node with its agent's key and underlay address (as its agent publishes them).
+fn node(name: &str, key: &str, underlay: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": {
+        "wireway.dev/public-key": key, "wireway.dev/underlay-address": underlay}}})
+}
+
+/// An object's Ready condition.
+fn ready(o: &DynamicObject) -> Option<&Value> {
+    o.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+/// (status, reason) of an object's Ready condition.
+fn readiness(o: &DynamicObject) -> (String, String) {
+    let c = ready(o).cloned().unwrap_or_default();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (text(&c["status"]), text(&c["reason"]))
+}
+
+/// A running operator, killed (SIGKILL) when dropped.
+struct Operator {
+    child: Child,
+    identity: String,
+    /// The node API (and status API): gRPC with TLS.
+    socket: PathBuf,
+    /// Metrics and health.
+    http: PathBuf,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// SIGKILL: no chance to step down or finish a write.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..]
+            .iter()
+            .map(|l| format!("    {l}\n"))
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether `/readyz` answers 200: its sources synced and it planned.
+    async fn ready(&self) -> Result<(), String> {
+        let mut stream = tokio::net::UnixStream::connect(&self.http)
+            .await
+            .map_err(|e| format!("{}: {e}", self.http.display()))?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.0\r\nHost: operator\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(answer)
+        }
+    }
+
+    /// A node API client presenting `token` (as the agent's `BearerToken` does, from a
+    /// file), trusting the operator's CA.
+    async fn agent(
+        &self,
+        dir: &Path,
+        token: &str,
+    ) -> NodeApiClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+    > {
+        let file = dir.join(format!("{}.token", wireway_testkit::unique_name("agent")));
+        std::fs::write(&file, token).unwrap();
+        let pem = TlsArgs {
+            ca: dir.join("operator/ca.crt"),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            insecure_plaintext: false,
+        }
+        .load_ca()
+        .unwrap()
+        .unwrap();
+        let target = format!("unix:{}", self.socket.display());
+        let channel = grpc_channel(&target, Some(pem.client(OPERATOR_SERVER_NAME)), |e| {
+            e.connect_timeout(Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("failed to connect to {target}: {e:?}"));
+        NodeApiClient::with_interceptor(channel, BearerToken(Some(file)))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The owner of every status field is the operator's field manager, by server-side apply
+/// on the status subresource, owning status fields only; `observedGeneration` follows a
+/// spec change; the samples' conditions say what the planner decided (no agent has
+/// applied anything: the services and their Endpoints are Progressing, the intruder is
+/// NotAdmitted, the Admissions are Ready); and the admission decisions are recorded as
+/// events.k8s.io/v1 Events on the Endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_are_applied_by_the_operators_field_manager_with_conditions_and_events() {
+    let Some(cluster) = Cluster::start(
+        "statuses_are_applied_by_the_operators_field_manager_with_conditions_and_events",
+        &[],
+    ) else {
+        return;
+    };
+    cluster.apply_samples();
+    let operator = cluster.operator("operator-a");
+    let all = cluster.converged(&[&operator]).await;
+
+    for (name, object) in &all {
+        let entries = object.metadata.managed_fields.clone().unwrap_or_default();
+        let status_owners: Vec<_> = entries
+            .iter()
+            .filter(|e| {
+                e.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.get("f:status").is_some())
+            })
+            .collect();
+        assert!(!status_owners.is_empty(), "{name}: nobody owns its status");
+        for entry in &status_owners {
+            assert_eq!(
+                entry.manager.as_deref(),
+                Some("wireway-operator"),
+                "{name}: {entry:?}"
+            );
+            assert_eq!(
+                entry.operation.as_deref(),
+                Some("Apply"),
+                "{name}: {entry:?}"
+            );
+            assert_eq!(
+                entry.subresource.as_deref(),
+                Some("status"),
+                "{name}: {entry:?}"
+            );
+            let owned: Vec<&String> = entry
+                .fields_v1
+                .as_ref()
+                .unwrap()
+                .0
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect();
+            assert_eq!(
+                owned,
+                ["f:status"],
+                "{name}: the operator owns only status fields"
+            );
+        }
+        // Every write of the operator's is under its field manager (the finalizer too).
+        for entry in &entries {
+            let fields = entry
+                .fields_v1
+                .as_ref()
+                .map(|f| f.0.clone())
+                .unwrap_or_default();
+            if !fields["f:metadata"]["f:finalizers"].is_null() {
+                assert_eq!(
+                    entry.manager.as_deref(),
+                    Some("wireway-operator"),
+                    "{name}: the finalizer's writer: {entry:?}"
+                );
+            }
+        }
+    }
+
+    let expected = [
+        ("NetworkService red/red", "False", "Progressing"),
+        ("NetworkService green/green", "False", "Progressing"),
+        ("Endpoint red/red-members", "False", "Progressing"),
+        ("Endpoint other/join-red", "False", "NotAdmitted"),
+        ("Admission green/admit-red-bridge", "True", "Ready"),
+    ];
+    for (name, status, reason) in expected {
+        let object = all
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", all.keys()));
+        assert_eq!(
+            readiness(object),
+            (status.to_owned(), reason.to_owned()),
+            "{name}: {}",
+            object.data["status"]
+        );
+    }
+    let red = &all["NetworkService red/red"].data["status"];
+    assert_eq!(red["nodeCount"], 2, "{red}");
+    let prefixes: Vec<&str> = red["nodePrefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(prefixes, ["node-a", "node-b"], "{red}");
+
+    // A spec change: the generation moves, and the status follows it.
+    cluster
+        .cp
+        .kubectl(&[
+            "patch", "endpoint.wireway.dev", "red-members", "-n", "red", "--type", "merge", "-p",
+            r#"{"spec":{"podSelector":{"matchLabels":null,"matchExpressions":[{"key":"net","operator":"In","values":["red"]}]}}}"#,
+        ])
+        .unwrap();
+    cluster
+        .until(
+            "red/red-members' status to describe generation 2",
+            CONVERGE,
+            &[&operator],
+            || async {
+                let all = cluster.objects(Kind::Endpoint).await;
+                let members = &all["red/red-members"];
+                let status = &members.data["status"];
+                let condition = ready(members).cloned().unwrap_or_default();
+                if members.metadata.generation == Some(2)
+                    && status["observedGeneration"] == 2
+                    && condition["observedGeneration"] == 2
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "generation {:?}, status {status}",
+                        members.metadata.generation
+                    ))
+                }
+            },
+        )
+        .await;
+
+    // Events: the intruder's refusal, a Warning on other/join-red, by this operator.
+    let events = cluster
+        .until(
+            "a NotAdmitted event on other/join-red",
+            CONVERGE,
+            &[&operator],
+            || async {
+                let api: Api<Event> = Api::namespaced(cluster.cp.client().await, "other");
+                let events = api
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let found: Vec<Event> = events
+                    .items
+                    .into_iter()
+                    .filter(|e| {
+                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("join-red")
+                    })
+                    .collect();
+                if found
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some("NotAdmitted"))
+                {
+                    Ok(found)
+                } else {
+                    Err(format!("{found:?}"))
+                }
+            },
+        )
+        .await;
+    let event = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("NotAdmitted"))
+        .unwrap();
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:?}");
+    assert_eq!(
+        event.reporting_controller.as_deref(),
+        Some("wireway-operator"),
+        "{event:?}"
+    );
+    assert_eq!(
+        event.reporting_instance.as_deref(),
+        Some("operator-a"),
+        "{event:?}"
+    );
+    let regarding = event.regarding.as_ref().unwrap();
+    assert_eq!(regarding.kind.as_deref(), Some("Endpoint"), "{event:?}");
+    assert_eq!(
+        regarding.uid, all["Endpoint other/join-red"].metadata.uid,
+        "{event:?}"
+    );
+    assert!(
+        event
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("intruder"),
+        "{event:?}"
+    );
+}
