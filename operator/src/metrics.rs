@@ -28,6 +28,8 @@ pub mod category {
     pub const EVENT: &str = "event";
     /// A round of leader election failed.
     pub const LEADER_ELECTION: &str = "leader_election";
+    /// A node's state was not sent: encoded, it exceeds the node API's limit.
+    pub const STATE_TOO_LARGE: &str = "state_too_large";
 }
 
 /// A label set with one label.

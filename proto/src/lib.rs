@@ -20,6 +20,11 @@ pub mod status {
     tonic::include_proto!("wireway.status.v1alpha1");
 }
 
+/// The largest NodeState the operator sends and an agent accepts, encoded: 64 MiB, some
+/// 400,000 peers (a peer takes about 150 bytes). gRPC's default, 4 MiB, would break a
+/// node's stream at some 25,000 peers; both sides set this explicitly instead.
+pub const MAX_NODE_STATE_BYTES: usize = 64 << 20;
+
 /// Prefix of every WireGuard interface Wireway creates (`ww-red`). The agent owns, and
 /// only ever touches, links with this prefix or [`HOST_VETH_PREFIX`].
 pub const WIREGUARD_PREFIX: &str = "ww-";

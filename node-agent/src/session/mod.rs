@@ -23,7 +23,10 @@ use tonic::Streaming;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use wireway_proto::node_api_client::NodeApiClient;
-use wireway_proto::{AgentHello, AgentReport, ErrorCount, NodeState, PeerStatus, WireGuardBackend};
+use wireway_proto::{
+    AgentHello, AgentReport, ErrorCount, MAX_NODE_STATE_BYTES, NodeState, PeerStatus,
+    WireGuardBackend,
+};
 use wireway_runtime::backoff::Backoff;
 use wireway_runtime::clock;
 use wireway_runtime::http::Readiness;
@@ -271,7 +274,8 @@ impl<D: Dataplane> Session<D> {
         .await
         .map_err(|e| crate::chain(&e))?;
         let mut client =
-            NodeApiClient::with_interceptor(channel, Credentials(config.token_file.clone()));
+            NodeApiClient::with_interceptor(channel, Credentials(config.token_file.clone()))
+                .max_decoding_message_size(MAX_NODE_STATE_BYTES);
         let hello = AgentHello {
             node: config.node.clone(),
             public_key: config.public_key.clone(),

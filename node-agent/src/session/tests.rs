@@ -279,3 +279,39 @@ async fn what_failed_is_reported_to_the_operator_by_category() {
     );
     session.stop().await;
 }
+
+#[tokio::test]
+async fn a_state_beyond_grpcs_default_limit_of_4_mib_is_received_and_converged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (_, states) = operator.watch().await;
+
+    // 50,000 peers, each a node with its own prefix and endpoint.
+    let mut big = service("red/big").cidr("10.0.0.0/8");
+    for n in 0..50_000u32 {
+        let [_, _, b, c] = n.to_be_bytes();
+        big = big.peer(
+            peer(&format!("node-{n}"))
+                .key(&test_key(n))
+                .at(&format!("192.0.{b}.{c}:51820"))
+                .allowing(&format!("10.{b}.{c}.0/24")),
+        );
+    }
+    let state = node("node-1").with(big);
+    let bytes = prost::Message::encoded_len(&state);
+    assert!(
+        bytes > 4 << 20,
+        "only {bytes} bytes: not beyond the default"
+    );
+    states.send(state).unwrap();
+    // Refused, it would never arrive: the agent would reconnect and be refused again.
+    let report = tokio::time::timeout(Duration::from_secs(60), operator.report())
+        .await
+        .expect("no report: the state never arrived");
+    assert_eq!(report.applied_version, 1);
+    assert_eq!(report.errors, []);
+    assert_eq!(kernel.held().wireguard["ww-big"].peers.len(), 50_000);
+    session.stop().await;
+}

@@ -14,12 +14,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use wireway_proto::node_api_server::NodeApi;
-use wireway_proto::{AgentHello, AgentReport, NodeState, ReportAck};
+use wireway_proto::{AgentHello, AgentReport, MAX_NODE_STATE_BYTES, NodeState, ReportAck};
 
 use crate::engine::{Hub, Input};
 use crate::metrics::{Metrics, category};
@@ -167,14 +168,28 @@ impl NodeApi for NodeApiService {
             node: node.clone(),
             inputs: self.inputs.clone(),
         };
-        let pushes = self.metrics.pushes.clone();
+        let metrics = self.metrics.clone();
         let span = tracing::Span::current();
         let states = WatchStream::new(self.hub.subscribe(&node)).filter_map(move |state| {
             let _open = &connection;
             let state = state?;
             let _stream = span.enter();
+            // Sent, it would end the stream (the agent would only reconnect to the same
+            // state): the agent keeps the state it has instead.
+            let bytes = state.encoded_len();
+            if bytes > MAX_NODE_STATE_BYTES {
+                metrics.error(category::STATE_TOO_LARGE);
+                tracing::error!(
+                    version = state.version,
+                    bytes,
+                    limit = MAX_NODE_STATE_BYTES,
+                    "state not sent: larger than the node API allows; the agent keeps its \
+                     state (fewer services or peers on this node would fit)"
+                );
+                return None;
+            }
             tracing::debug!(version = state.version, "state sent");
-            pushes.inc();
+            metrics.pushes.inc();
             Some(Ok(NodeState::clone(&state)))
         });
         Ok(Response::new(Box::pin(states)))
