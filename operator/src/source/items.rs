@@ -163,7 +163,9 @@ pub fn service_cidr(name: &str, object: networking::ServiceCIDR) -> ServiceCidr 
     }
 }
 
-/// A core/v1 Pod as the World knows it.
+/// A core/v1 Pod as the World knows it. Its namespace is found from its UID: the
+/// `wireway.dev/netns` annotation is for manifests only (see [`pod_in_manifests`]), since
+/// in a cluster anyone who may edit a pod could aim it at another pod's namespace.
 pub fn pod(namespace: &str, name: &str, pod: core::Pod) -> Pod {
     let spec = pod.spec.unwrap_or_default();
     let service_account = spec
@@ -182,6 +184,17 @@ pub fn pod(namespace: &str, name: &str, pod: core::Pod) -> Pod {
         node: spec.node_name.filter(|n| !n.is_empty()),
         service_account,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
-        netns: annotation(&pod.metadata, annotations::NETNS).map(str::to_owned),
+        netns: None,
+    }
+}
+
+/// A Pod of a manifest (the lab, hosts without Kubernetes): as [`pod`], and in the
+/// namespace its `wireway.dev/netns` annotation names, if any (the agent opens only
+/// paths beneath its `--netns-path-prefix` directories).
+pub fn pod_in_manifests(namespace: &str, name: &str, raw: core::Pod) -> Pod {
+    let netns = annotation(&raw.metadata, annotations::NETNS).map(str::to_owned);
+    Pod {
+        netns,
+        ..pod(namespace, name, raw)
     }
 }

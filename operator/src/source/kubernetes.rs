@@ -36,6 +36,9 @@ use super::{Event, Problem, ProblemObject};
 use crate::kind::Kind;
 use crate::plan::ObjectKey;
 
+/// The annotation a kubelet puts on the mirror of a static pod.
+const MIRROR_POD: &str = "kubernetes.io/config.mirror";
+
 /// The API resource of a kind, as the API server serves it.
 pub fn resource(kind: Kind) -> ApiResource {
     match kind {
@@ -88,7 +91,14 @@ pub fn decode(kind: Kind, object: &DynamicObject) -> (Key, Result<Option<Item>, 
                 let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
                 let finished = matches!(phase, Some("Succeeded" | "Failed"));
                 let gone = pod.metadata.deletion_timestamp.is_some();
-                (!host_network && !finished && !gone)
+                // A static pod's mirror is written by its node's kubelet, in any namespace
+                // with any labels: a node's word, not the cluster's, so never a member.
+                let mirror = pod
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(MIRROR_POD));
+                (!host_network && !finished && !gone && !mirror)
                     .then(|| Item::Pod(items::pod(&namespace, &name, pod)))
             });
             (key, item)

@@ -528,7 +528,11 @@ fn convert(kind: Known, id: &ObjectId, raw: Value) -> Result<Object, String> {
     Ok(match kind {
         Known::Kind(Kind::Namespace) => Object::Namespace(items::namespace(&typed(raw)?)),
         Known::Kind(Kind::Node) => Object::Node(items::node(&id.name, typed(raw)?)?),
-        Known::Kind(Kind::Pod) => Object::Pod(items::pod(&id.namespace, &id.name, typed(raw)?)),
+        Known::Kind(Kind::Pod) => Object::Pod(items::pod_in_manifests(
+            &id.namespace,
+            &id.name,
+            typed(raw)?,
+        )),
         Known::Binding => {
             let binding: core::Binding = typed(raw)?;
             if binding.target.kind.as_deref().is_some_and(|k| k != "Node") {

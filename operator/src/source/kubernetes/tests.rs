@@ -133,18 +133,7 @@ fn pods_on_the_host_network_or_finished_are_not_workloads() {
     let mut host_network = pod("host");
     host_network.data["spec"]["hostNetwork"] = json!(true);
     let (mut state, out) = synced(Kind::Pod, vec![pod("a"), host_network]);
-    let pods: Vec<String> = out
-        .iter()
-        .flat_map(|e| match e {
-            Event::Changes(c) => c.clone(),
-            _ => Vec::new(),
-        })
-        .map(|c| match c {
-            Change::Pod(p) => p.name,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(pods, ["a"]);
+    assert_eq!(delivered(&out), [("a".to_owned(), None)]);
     let mut finished = pod("a");
     finished.data["status"] = json!({"phase": "Succeeded"});
     let out = state.apply_event(Kind::Pod, watcher::Event::Apply(finished));
@@ -154,6 +143,42 @@ fn pods_on_the_host_network_or_finished_are_not_workloads() {
             "red".into(),
             "a".into()
         )])]
+    );
+}
+
+/// The pods a source delivers, by name, with the namespace path each carries.
+fn delivered(out: &[Event]) -> Vec<(String, Option<String>)> {
+    out.iter()
+        .flat_map(|e| match e {
+            Event::Changes(c) => c.clone(),
+            _ => Vec::new(),
+        })
+        .map(|c| match c {
+            Change::Pod(p) => (p.name, p.netns),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_static_pods_mirror_is_not_a_workload() {
+    // Its kubelet writes it, in any namespace with any labels: the node's word only.
+    let mut mirror = pod("static");
+    mirror.data["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"});
+    let (_, out) = synced(Kind::Pod, vec![pod("a"), mirror]);
+    assert_eq!(delivered(&out), [("a".to_owned(), None)]);
+}
+
+#[test]
+fn the_netns_annotation_aimed_at_another_pods_namespace_is_ignored_in_a_cluster() {
+    let mut aimed = pod("a");
+    aimed.data["metadata"]["annotations"] =
+        json!({"wireway.dev/netns": "/run/netns/cni-1234-another-tenant"});
+    let (_, out) = synced(Kind::Pod, vec![aimed]);
+    assert_eq!(
+        delivered(&out),
+        [("a".to_owned(), None)],
+        "found by UID only"
     );
 }
 

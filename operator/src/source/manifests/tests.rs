@@ -83,6 +83,51 @@ fn reads_the_samples_as_a_cluster_would() {
     assert_eq!(source.scan().changes, []);
 }
 
+/// The samples' external hosts claim identities their namespaces may claim (red's VM its
+/// own path, green's partner under the samples' IdentityGrant), so they are admitted.
+#[test]
+fn the_samples_external_hosts_are_admitted() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples");
+    let mut source = Manifests::new(vec![root]).unwrap();
+    let world = crate::plan::World {
+        trust_domain: "cluster.local".into(),
+        now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+        nodes: Vec::new(),
+        namespaces: Vec::new(),
+        pods: Vec::new(),
+        network_services: Vec::new(),
+        endpoints: Vec::new(),
+        admissions: Vec::new(),
+        identity_grants: Vec::new(),
+        service_cidrs: Vec::new(),
+        bounds: crate::plan::Bounds::default(),
+    };
+    let mut planner = crate::plan::Planner::new(world, None);
+    for change in source.scan().changes {
+        planner.apply(change);
+    }
+    let plan = planner.plan();
+    for (key, identity) in [
+        ("red/backup-vm", "spiffe://cluster.local/ns/red/vm/backup"),
+        (
+            "green/partner-reporter",
+            "spiffe://partner.example/ns/analytics/sa/reporter",
+        ),
+    ] {
+        let (namespace, name) = key.split_once('/').unwrap();
+        let status = &plan.endpoints[&ObjectKey::new(namespace, name)];
+        let member = &status.members[0];
+        assert_eq!(member.identity, identity);
+        assert!(
+            member.admitted,
+            "{key}: {} {}",
+            member.reason, member.message
+        );
+    }
+}
+
 #[test]
 fn pods_get_their_node_namespace_and_identity() {
     let binding = "apiVersion: v1\nkind: Binding\nmetadata: {name: red-a, namespace: red}\ntarget: {kind: Node, name: node-b}\n";
