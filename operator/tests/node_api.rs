@@ -11,13 +11,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use wireway_operator::engine::{Config, Engine, Hub, Input};
 use wireway_operator::metrics::Metrics;
+use wireway_operator::plan::{Change, Node, Pod};
 use wireway_operator::serve::{
     Auth, NodeApiServer, NodeApiService, StatusApiServer, StatusApiService,
 };
 use wireway_operator::snapshot::Snapshot;
 use wireway_operator::source::{self, manifests::Manifests};
-use wireway_operator::testing::hello;
 use wireway_operator::testing::manifests::{RED, pod};
+use wireway_operator::testing::{KEY_A, hello};
 use wireway_proto::AgentReport;
 use wireway_proto::node_api_client::NodeApiClient;
 use wireway_proto::status::GetStatusRequest;
@@ -65,8 +66,8 @@ fn certificates(dir: &Path) -> impl Fn(&str) -> Pem {
 }
 
 /// An operator (engine, node API and status API) serving red, with a pod on node-a and
-/// one on node-b, on `address`.
-async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
+/// one on node-b, on `address`; and where its engine takes inputs.
+async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>, mpsc::Sender<Input>) {
     let hub = Arc::new(Hub::default());
     let (metrics, _) = Metrics::new();
     let config = Config {
@@ -105,7 +106,7 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
         trust_domain: "cluster.local".into(),
     };
     let status = StatusApiService::new(hub.clone(), auth.clone(), metrics.clone());
-    let service = NodeApiService::new(hub.clone(), inputs, auth, metrics);
+    let service = NodeApiService::new(hub.clone(), inputs.clone(), auth, metrics);
     let listener = address.bind().await.unwrap();
     let bound = match &listener {
         Listener::Tcp(tcp) => Address::Tcp(tcp.local_addr().unwrap()),
@@ -117,7 +118,7 @@ async fn operator(address: &Address, tls: Pem) -> (Address, Arc<Hub>) {
         .add_service(NodeApiServer::new(service))
         .add_service(StatusApiServer::new(status));
     tokio::spawn(serve_grpc(router, listener, std::future::pending()));
-    (bound, hub)
+    (bound, hub, inputs)
 }
 
 async fn channel(address: &Address, tls: Option<Pem>) -> Result<tonic::transport::Channel, String> {
@@ -149,7 +150,7 @@ async fn status(address: &Address, tls: Option<Pem>) -> Result<Snapshot, String>
 async fn scenario(listen: Address) {
     let dir = tempfile::tempdir().unwrap();
     let pem = certificates(dir.path());
-    let (address, hub) = operator(&listen, pem("operator")).await;
+    let (address, hub, _) = operator(&listen, pem("operator")).await;
 
     // node-a's agent, proving node-a: its state, with node-b's member routed to node-b.
     let mut a = client(&address, Some(pem("node-a"))).await.unwrap();
@@ -233,7 +234,7 @@ async fn scenario(listen: Address) {
 async fn status_scenario(listen: Address) {
     let dir = tempfile::tempdir().unwrap();
     let pem = certificates(dir.path());
-    let (address, _hub) = operator(&listen, pem("operator")).await;
+    let (address, _, _) = operator(&listen, pem("operator")).await;
 
     let shown = status(&address, Some(pem("admin"))).await.unwrap();
     assert!(
@@ -277,4 +278,79 @@ async fn mutual_tls_over_tcp() {
 async fn mutual_tls_over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     scenario(Address::Unix(dir.path().join("operator.sock"))).await;
+}
+
+/// Waits (up to 10 s) until `hub` shows what `check` wants.
+async fn until(hub: &Hub, what: &str, check: impl Fn(&Hub) -> bool) {
+    let wait = async {
+        while !check(hub) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 10 s"));
+}
+
+#[tokio::test]
+async fn a_node_deleted_and_recreated_is_first_sent_its_new_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificates(dir.path());
+    let (address, hub, inputs) = operator(&"127.0.0.1:0".parse().unwrap(), pem("operator")).await;
+    let change = |changes: Vec<Change>| Input::Source(source::Event::Changes(changes));
+    let node_a = Change::Node(Node {
+        name: "node-a".into(),
+        public_key: Some(KEY_A.into()),
+        underlay: Some([192, 0, 2, 1].into()),
+        ..Node::default()
+    });
+    inputs.send(change(vec![node_a.clone()])).await.unwrap();
+    until(&hub, "node-a's key taken", |hub| {
+        let snapshot = hub.snapshot();
+        let node = snapshot.nodes.iter().find(|n| n.name == "node-a");
+        node.is_some_and(|n| n.public_key.is_some())
+    })
+    .await;
+    let before = hub.current("node-a").unwrap();
+
+    // The Node and its pod are deleted; it comes back (a new machine) with a new pod.
+    inputs
+        .send(change(vec![
+            Change::NodeDeleted("node-a".into()),
+            Change::PodDeleted("red".into(), "red-a".into()),
+        ]))
+        .await
+        .unwrap();
+    until(&hub, "node-a's state gone", |hub| {
+        hub.current("node-a").is_none()
+    })
+    .await;
+    let new_pod = Pod::test("red", "red-a3")
+        .on("node-a")
+        .labelled(&[("net", "red")]);
+    inputs
+        .send(change(vec![node_a, Change::Pod(new_pod)]))
+        .await
+        .unwrap();
+
+    // Its agent, holding nothing, is first sent the new state, numbered above the old.
+    let mut a = client(&address, Some(pem("node-a"))).await.unwrap();
+    let mut stream = a.watch(hello("node-a")).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a state within 10 s")
+        .unwrap()
+        .unwrap();
+    let members: Vec<&str> = first
+        .services
+        .iter()
+        .flat_map(|s| s.members.iter().map(|m| m.id.as_str()))
+        .collect();
+    assert_eq!(members, ["red/red-a3"]);
+    assert!(
+        first.version > before.version,
+        "{} after {}",
+        first.version,
+        before.version
+    );
 }

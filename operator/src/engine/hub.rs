@@ -92,6 +92,16 @@ impl Hub {
         sender.send_replace(Some(Arc::new(state)));
     }
 
+    /// Closes `node`'s channel: its state is gone. Whoever follows it sees the end, and
+    /// the next subscriber waits for a new state rather than get the old one.
+    pub fn retire(&self, node: &str) {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        nodes.remove(node);
+    }
+
     /// The state last published for `node`.
     pub fn current(&self, node: &str) -> Option<Arc<NodeState>> {
         let nodes = self

@@ -14,7 +14,9 @@
 //! * after a restart, nothing is served that drops a peer only because its agent has not
 //!   said hello yet: keys come back from the store, and a node whose key is unknown is
 //!   waited for (up to the agent grace) before the first plan;
-//! * a node's state is published only when it changed;
+//! * a node's state is published only when it changed; a node whose state is gone has
+//!   its channel closed, so a node that returns under the same name is never served the
+//!   state it had before, and its versions go on from where they were;
 //! * inputs are handled in batches: all that is waiting, then one plan.
 
 mod agents;
@@ -145,6 +147,7 @@ impl Engine {
         };
         let previous = Plan {
             nodes: stored.node_states.clone(),
+            retired_versions: stored.retired_versions.clone(),
             ..Plan::default()
         };
         let mut engine = Self {
@@ -356,8 +359,9 @@ impl Engine {
         };
         tracing::debug!(pushed = pushed.len(), took = ?started.elapsed(), "planned");
         for node in pushed {
-            if let Some(state) = plan.nodes.get(node) {
-                self.hub.publish(state.clone());
+            match plan.nodes.get(node) {
+                Some(state) => self.hub.publish(state.clone()),
+                None => self.hub.retire(node),
             }
         }
         let changed = plan.changed_nodes.len();
@@ -464,6 +468,7 @@ impl Engine {
                 .map(|(n, a)| (n.clone(), a.record.clone()))
                 .collect(),
             node_states: self.planner.last_plan().nodes.clone(),
+            retired_versions: self.planner.last_plan().retired_versions.clone(),
             network_services: statuses_of(self.planner.network_services(), keyed),
             endpoints: statuses_of(self.planner.endpoints(), keyed),
             admissions: statuses_of(self.planner.admissions(), keyed),

@@ -44,6 +44,9 @@ pub struct Stored {
     /// The NodeStates served, by node.
     #[serde(default)]
     pub node_states: BTreeMap<String, NodeState>,
+    /// The last versions of nodes whose state is gone, by node.
+    #[serde(default)]
+    pub retired_versions: BTreeMap<String, u64>,
     /// NetworkService statuses by `namespace/name`.
     #[serde(default)]
     pub network_services: BTreeMap<String, NetworkServiceStatus>,

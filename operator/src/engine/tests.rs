@@ -332,3 +332,70 @@ fn agents_reports_show_their_peers_and_errors() {
         }]
     );
 }
+
+/// node-a as its Node object declares it (its key from the agent's annotation).
+fn declared_node_a() -> Input {
+    Input::Source(source::Event::Changes(vec![Change::Node(Node {
+        name: "node-a".into(),
+        public_key: Some(KEY_A.into()),
+        underlay: Some([192, 0, 2, 1].into()),
+        ..Node::default()
+    })]))
+}
+
+fn members(state: &NodeState) -> Vec<String> {
+    state
+        .services
+        .iter()
+        .flat_map(|s| s.members.iter().map(|m| m.id.clone()))
+        .collect()
+}
+
+#[test]
+fn a_node_that_returns_under_its_name_gets_a_fresh_state_above_its_old_versions() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    let mut files = Files::new();
+    engine.handle(files.write("/m/red.yaml", Some(RED.to_owned())));
+    engine.handle(files.write("/m/a.yaml", Some(pod("red-a", "node-a"))));
+    engine.handle(files.write("/m/b.yaml", Some(pod("red-b", "node-b"))));
+    engine.handle(declared_node_a());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    engine.handle(files.write("/m/a2.yaml", Some(pod("red-a2", "node-a"))));
+    engine.step();
+    let before = hub.current("node-a").unwrap();
+    assert_eq!(members(&before), ["red/red-a", "red/red-a2"]);
+    let old = hub.subscribe("node-a");
+
+    // The Node is deleted, and its pods with it: its state is gone, its channel closed.
+    engine.handle(Input::Source(source::Event::Changes(vec![
+        Change::NodeDeleted("node-a".into()),
+    ])));
+    engine.handle(files.write("/m/a.yaml", None));
+    engine.handle(files.write("/m/a2.yaml", None));
+    engine.step();
+    assert!(
+        hub.current("node-a").is_none(),
+        "the old state is not served"
+    );
+    assert!(old.has_changed().is_err(), "the old channel is closed");
+
+    // It comes back under the same name (a new machine: its agent holds nothing), with a
+    // new pod. The first state it is served is the new one, numbered above the old.
+    engine.handle(declared_node_a());
+    engine.handle(files.write("/m/a3.yaml", Some(pod("red-a3", "node-a"))));
+    let mut following = hub.subscribe("node-a");
+    engine.handle(hello("node-a", KEY_A, 0));
+    engine.step();
+    let first = following.borrow_and_update().clone().unwrap();
+    assert_eq!(members(&first), ["red/red-a3"]);
+    assert!(
+        first.version > before.version,
+        "version {} after {}: an agent that kept version {} would ignore it",
+        first.version,
+        before.version,
+        before.version
+    );
+    assert_eq!(hub.current("node-a").as_deref(), Some(first.as_ref()));
+}

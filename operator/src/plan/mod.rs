@@ -69,8 +69,13 @@ pub struct Plan {
     /// Desired state of every node of the World and every node carrying a service; a node
     /// with nothing to hold gets an empty state, so its agent removes what it made.
     pub nodes: BTreeMap<String, NodeState>,
-    /// Nodes whose state differs from the previous plan's (the ones to push to).
+    /// Nodes whose state differs from the previous plan's (the ones to push to), and
+    /// nodes whose state is gone (no longer in `nodes`).
     pub changed_nodes: BTreeSet<String>,
+    /// The last version of each node whose state is gone (deleted, carrying nothing): a
+    /// node that comes back under the same name goes on from there, since its agent
+    /// applies only versions newer than the one it holds.
+    pub retired_versions: BTreeMap<String, u64>,
     /// Status of every NetworkService.
     pub network_services: BTreeMap<ObjectKey, NetworkServiceStatus>,
     /// Status of every Endpoint.
@@ -81,8 +86,8 @@ pub struct Plan {
     pub identity_grants: BTreeMap<ObjectKey, IdentityGrantStatus>,
 }
 
-/// Plans `world` from scratch. `previous` is the last plan, whose node versions (and host
-/// veth names) are carried on.
+/// Plans `world` from scratch. `previous` is the last plan, whose node versions (also of
+/// nodes whose state is gone) and host veth names are carried on.
 pub fn plan(world: &World, previous: Option<&Plan>) -> Plan {
     Planner::new(world.clone(), previous).plan().clone()
 }

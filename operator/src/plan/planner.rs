@@ -58,6 +58,9 @@ impl Planner {
         let mut dirty_nodes: BTreeSet<String> = index.nodes.keys().cloned().collect();
         let plan = Plan {
             nodes: previous.map(|p| p.nodes.clone()).unwrap_or_default(),
+            retired_versions: previous
+                .map(|p| p.retired_versions.clone())
+                .unwrap_or_default(),
             ..Plan::default()
         };
         dirty_nodes.extend(plan.nodes.keys().cloned());
@@ -356,19 +359,27 @@ impl Planner {
     /// Rebuilds one node's state; a node whose state changed gets the next version.
     ///
     /// The node's services of targets not planned again stay as they are; those of
-    /// `replanned` targets are replaced by `shares`.
+    /// `replanned` targets are replaced by `shares`. A node neither known nor carrying
+    /// anything loses its state, and its version is kept aside for its return.
     fn reassemble(&mut self, node: &str, shares: Vec<ServiceState>, replanned: &BTreeSet<String>) {
         let previous = self.plan.nodes.remove(node);
-        let (version, before) = previous.map_or((0, Vec::new()), |p| (p.version, p.services));
+        let retired = self.plan.retired_versions.get(node).copied().unwrap_or(0);
+        let had_state = previous.is_some();
+        let (version, before) = previous.map_or((retired, Vec::new()), |p| (p.version, p.services));
         let (replaced, kept): (Vec<ServiceState>, Vec<ServiceState>) = before
             .into_iter()
             .partition(|s| self.rebuild || replanned.contains(&s.name));
         let fresh = nodes::assemble(shares, &kept, &replaced);
         let known = self.index.nodes.get(node);
         if fresh.is_empty() && kept.is_empty() && known.is_none() {
+            if had_state {
+                self.plan.retired_versions.insert(node.to_owned(), version);
+                self.plan.changed_nodes.insert(node.to_owned());
+            }
             return;
         }
-        let changed = fresh != replaced;
+        self.plan.retired_versions.remove(node);
+        let changed = !had_state || fresh != replaced;
         let mut services = kept;
         services.extend(fresh);
         services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -376,9 +387,9 @@ impl Planner {
         // state, another one planned for it) gets a version above it: an agent applies
         // only versions newer than its own.
         let seen = known.map_or(0, |n| n.seen_version);
-        let version = if changed || version == 0 || version < seen {
+        let version = if changed || version < seen {
             self.plan.changed_nodes.insert(node.to_owned());
-            version.max(seen) + 1
+            version.max(seen).saturating_add(1)
         } else {
             version
         };
