@@ -155,8 +155,16 @@ pub struct Refusal {
 }
 
 /// Whether a service of `cidr`, with `listen_port` pinned in its spec, keeps within the
-/// bounds; if not, why not (the first rule it breaks).
-pub fn check(index: &Index, cidr: &Cidr, listen_port: Option<u16>) -> Result<(), Refusal> {
+/// bounds; if not, why not (the first rule it breaks). The nodes' ranges and addresses
+/// bound only a service that is not yet `working`: they are what nodes say (an agent
+/// reports its own underlay address), and a node's word must not take down a service
+/// already working.
+pub fn check(
+    index: &Index,
+    cidr: &Cidr,
+    listen_port: Option<u16>,
+    working: bool,
+) -> Result<(), Refusal> {
     let bounds = &index.bounds;
     if !bounds.service_pools.iter().any(|pool| pool.contains(cidr)) {
         let pools: Vec<String> = bounds.service_pools.iter().map(Cidr::to_string).collect();
@@ -172,7 +180,7 @@ pub fn check(index: &Index, cidr: &Cidr, listen_port: Option<u16>) -> Result<(),
             ),
         });
     }
-    if let Some((range, why)) = reserved_overlap(index, cidr) {
+    if let Some((range, why)) = reserved_overlap(index, cidr, working) {
         return Err(Refusal {
             reason: reason::RESERVED_RANGE,
             message: format!(
@@ -195,9 +203,9 @@ pub fn check(index: &Index, cidr: &Cidr, listen_port: Option<u16>) -> Result<(),
 }
 
 /// The first reserved range `cidr` overlaps, and why it is reserved: always-reserved
-/// ranges, the administrator's, the cluster's Service ranges, then the nodes' pod ranges
-/// and addresses.
-fn reserved_overlap(index: &Index, cidr: &Cidr) -> Option<(Cidr, String)> {
+/// ranges, the administrator's, the cluster's Service ranges, then (unless the service is
+/// `working`) the nodes' pod ranges and addresses.
+fn reserved_overlap(index: &Index, cidr: &Cidr, working: bool) -> Option<(Cidr, String)> {
     let always = ALWAYS_RESERVED.iter().filter_map(|(range, why)| {
         let range: Cidr = range.parse().ok()?;
         Some((range, (*why).to_owned()))
@@ -215,6 +223,9 @@ fn reserved_overlap(index: &Index, cidr: &Cidr) -> Option<(Cidr, String)> {
             let why = format!("the cluster's Service range (ServiceCIDR {name})");
             return Some((*range, why));
         }
+    }
+    if working {
+        return None;
     }
     for node in index.nodes.values() {
         if let Some(range) = node.pod_cidrs.iter().find(|range| range.overlaps(cidr)) {

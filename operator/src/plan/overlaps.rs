@@ -81,10 +81,7 @@ pub fn settle(index: &Index, drafts: &mut BTreeMap<ObjectKey, TargetPlan>) {
         .filter(|(_, draft)| !draft.nodes.is_empty())
         .filter_map(|(key, draft)| {
             let svc = index.services.get(key)?;
-            let allocated = svc
-                .status
-                .as_ref()
-                .is_some_and(|s| !s.node_prefixes.is_empty());
+            let allocated = service::holds_allocations(svc);
             let created = svc.metadata.creation_timestamp.clone();
             let contender = Contender {
                 key,

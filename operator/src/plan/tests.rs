@@ -1175,6 +1175,33 @@ fn a_service_over_the_pod_range_is_refused() {
 }
 
 #[test]
+fn a_node_claiming_an_address_inside_a_working_service_does_not_take_it_down() {
+    // A node's addresses (its agent reports its own underlay address) are its word: they
+    // bound services planned after them, never one already working.
+    let mut w = seeds();
+    let first = plan(&w, None);
+    let red = ObjectKey::new("red", "red");
+    assert_eq!(
+        ready_reason(&first.network_services[&red].conditions).0,
+        "True"
+    );
+    record(&mut w, &first);
+    w.nodes[1].underlay = Some("10.100.0.1".parse().unwrap());
+    w.nodes[2].addresses = vec!["10.100.9.9".parse().unwrap()];
+    w.nodes[2].pod_cidrs = vec!["10.100.64.0/18".parse().unwrap()];
+    let again = plan(&w, Some(&first));
+    let status = &again.network_services[&red];
+    assert_eq!(ready_reason(&status.conditions).0, "True", "{status:?}");
+    assert_eq!(
+        status.node_prefixes,
+        first.network_services[&red].node_prefixes
+    );
+    // A new service over those ranges is refused.
+    let svc = service("red", "late", "10.100.0.0/16", 24);
+    assert_refused(w, svc, reason::RESERVED_RANGE, "node");
+}
+
+#[test]
 fn a_service_over_the_service_range_is_refused() {
     // Discovered from the ServiceCIDR objects...
     let mut w = seeds();

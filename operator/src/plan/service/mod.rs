@@ -201,6 +201,14 @@ pub struct Across<'a> {
     pub refused_nodes: &'a Refused,
 }
 
+/// Whether `svc` is working: it holds allocations recorded in its status (node
+/// prefixes). What others do later must not take a working service down.
+pub fn holds_allocations(svc: &NetworkService) -> bool {
+    svc.status
+        .as_ref()
+        .is_some_and(|s| !s.node_prefixes.is_empty())
+}
+
 /// Plans one target, stage by stage.
 pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> TargetPlan {
     let (policy, invalid_rules) = Policy::compile(index.admissions_for(target));
@@ -211,7 +219,7 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
         Ok(parsed) => parsed,
         Err(why) => return projections::invalid_service(index, target, svc, why, &invalid_rules),
     };
-    if let Err(refusal) = stages::within_bounds(index, &spec) {
+    if let Err(refusal) = stages::within_bounds(index, svc, &spec) {
         return projections::refused_service(index, target, svc, &refusal, &invalid_rules);
     }
     let mut problems = stages::rule_problems(&invalid_rules);

@@ -63,8 +63,13 @@ pub(super) fn parse<'a>(
 
 /// Stage: the spec keeps within the administrator's bounds (service pools, reserved
 /// ranges, listen ports), or the service is refused.
-pub(super) fn within_bounds(index: &Index, spec: &Spec) -> Result<(), Problem> {
-    bounds::check(index, &spec.cidr, spec.listen_port)
+pub(super) fn within_bounds(
+    index: &Index,
+    svc: &NetworkService,
+    spec: &Spec,
+) -> Result<(), Problem> {
+    let working = super::holds_allocations(svc);
+    bounds::check(index, &spec.cidr, spec.listen_port, working)
         .map_err(|refusal| Problem::new(refusal.reason, refusal.message))
 }
 
