@@ -390,6 +390,19 @@ fn seeds(lab: &mut Lab) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Blue, an IPv6 service on n1 and n2.
+fn blue() -> Service {
+    Service {
+        name: "blue",
+        port: 51822,
+        cidr: "fd00:b::/48",
+        members: vec![
+            ("n1", "blue-a", "fd00:b:0:1::1"),
+            ("n2", "blue-b", "fd00:b:0:2::1"),
+        ],
+    }
+}
+
 fn apply_all(
     lab: &Lab,
     services: &[&Service],
@@ -527,6 +540,41 @@ fn a_second_pass_and_a_restarted_agent_change_nothing_and_drop_nothing() {
     assert!(
         text.contains("300 packets transmitted, 300 received"),
         "{text}"
+    );
+}
+
+#[test]
+fn an_ipv6_member_is_usable_the_moment_its_state_is_applied() {
+    if !root_or_skip("an_ipv6_member_is_usable...") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    lab.netns("blue-a");
+    lab.netns("blue-b");
+    apply_all(&lab, &[&blue()], &keys);
+    // Right after the pass: no address still in duplicate address detection (which
+    // would drop packets for a second or more after "applied"), on either side of a
+    // member's veth.
+    // (The kernel's own link-local addresses may still be checked: they are not ours.)
+    for (node, workload) in [("n1", "blue-a"), ("n2", "blue-b")] {
+        for ns in [lab.ns(node), lab.ns(workload)] {
+            let addresses = ok(&["ip", "-n", &ns, "-6", "-o", "address"]);
+            let ours: Vec<&str> = addresses
+                .lines()
+                .filter(|l| l.contains("fd00:b:") || l.contains("fe80::77:1/"))
+                .collect();
+            assert!(!ours.is_empty(), "{ns} has none of ours: {addresses}");
+            for line in ours {
+                assert!(!line.contains("tentative"), "{ns} still checks: {line}");
+            }
+        }
+    }
+    // The first ping crosses: the member's address, its route through the gateway, the
+    // peer's address (the WireGuard handshake holds the packet, it does not drop it).
+    assert!(
+        lab.ping("blue-a", "fd00:b:0:2::1"),
+        "first ping blue-a -> blue-b"
     );
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -322,13 +322,24 @@ impl Netlink {
     }
 
     /// Adds an address.
+    ///
+    /// IPv6 addresses skip duplicate address detection (`nodad`): they are usable as soon
+    /// as they are added, so an applied state passes packets at once. The planner hands
+    /// each address out once, and the gateway `fe80::77:1` is alone on its link.
     pub async fn add_address(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
         self.count();
-        self.handle
+        let mut request = self
+            .handle
             .address()
-            .add(index, net.addr(), net.prefix_len())
-            .execute()
-            .await?;
+            .add(index, net.addr(), net.prefix_len());
+        if net.addr().is_ipv6() {
+            let message = request.message_mut();
+            message.header.flags = AddressHeaderFlags::Nodad;
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        request.execute().await?;
         Ok(())
     }
 

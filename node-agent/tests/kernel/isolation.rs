@@ -13,19 +13,6 @@ use std::os::unix::fs::symlink;
 use super::probes::{Listeners, send};
 use super::*;
 
-/// Blue, an IPv6 service on n1 and n2.
-fn blue() -> Service {
-    Service {
-        name: "blue",
-        port: 51822,
-        cidr: "fd00:b::/48",
-        members: vec![
-            ("n1", "blue-a", "fd00:b:0:1::1"),
-            ("n2", "blue-b", "fd00:b:0:2::1"),
-        ],
-    }
-}
-
 /// `state` with one more red member, `red/<name>` at `address`, whose namespace is `path`.
 fn with_red_member(state: NodeState, name: &str, path: &str, address: &str) -> NodeState {
     let mut state = state;
