@@ -35,8 +35,8 @@ use wireway_proto::{AgentHello, AgentReport};
 use wireway_runtime::listen::grpc_channel;
 use wireway_runtime::pki::{self, Subject};
 use wireway_runtime::tls::{BearerToken, OPERATOR_SERVER_NAME, TlsArgs};
+use wireway_testkit::ControlPlane;
 use wireway_testkit::objects::{config, namespace, repo};
-use wireway_testkit::{ControlPlane, client_for};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_wireway-operator");
 /// The operator's namespace, as config/rbac/ names it.
@@ -251,8 +251,8 @@ impl Cluster {
         }
     }
 
-    /// Waits until every Wireway object's status describes its generation (written by
-    /// the leader), and returns them.
+    /// Waits until every Wireway object's status describes its generation and every
+    /// NetworkService has the finalizer (written by the leader), and returns them.
     async fn converged(&self, operators: &[&Operator]) -> BTreeMap<String, DynamicObject> {
         self.until(
             "every Wireway object's status to describe its generation",
@@ -262,9 +262,13 @@ impl Cluster {
                 let all = self.wireway().await;
                 let behind: Vec<&String> = all
                     .iter()
-                    .filter(|(_, o)| {
+                    .filter(|(k, o)| {
+                        let finalized = !k.starts_with("NetworkService ")
+                            || o.metadata.finalizers.as_deref()
+                                == Some(&["wireway.dev/cleanup".to_owned()]);
                         o.data["status"]["observedGeneration"].as_i64() != o.metadata.generation
                             || ready(o).is_none()
+                            || !finalized
                     })
                     .map(|(k, _)| k)
                     .collect();
@@ -593,4 +597,528 @@ async fn statuses_are_applied_by_the_operators_field_manager_with_conditions_and
             .contains("intruder"),
         "{event:?}"
     );
+}
+
+/// Two operators on one Lease: the leader is killed (SIGKILL, no stepping down), the
+/// standby takes the Lease over, and what the objects hold does not move: not a status,
+/// not a condition's lastTransitionTime, not an allocated prefix or address, and not a
+/// single write to them (their resourceVersions stay). The new leader does write: a
+/// service created after the takeover gets its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not_flap() {
+    let Some(cluster) = Cluster::start(
+        "a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not_flap",
+        &[],
+    ) else {
+        return;
+    };
+    cluster.apply_samples();
+    // Both start together, as a Deployment's two replicas do: each plans the samples
+    // before either has written a status.
+    let mut a = cluster.operator("operator-a");
+    let mut b = cluster.operator("operator-b");
+    let leader = cluster
+        .until("a leader", CONVERGE, &[&a, &b], || async {
+            cluster.leader().await.ok_or("no Lease holder".to_owned())
+        })
+        .await;
+    let before = cluster.converged(&[&a, &b]).await;
+    for operator in [&a, &b] {
+        cluster
+            .until(
+                "both operators ready (synced and planned)",
+                CONVERGE,
+                &[&a, &b],
+                || operator.ready(),
+            )
+            .await;
+    }
+    let (dead, standby) = if leader == "operator-a" {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    let standby_name = standby.identity.clone();
+    dead.kill();
+    let (a, b) = (&a, &b);
+    cluster
+        .until(
+            &format!("{standby_name} to hold the Lease"),
+            TAKEOVER,
+            &[a, b],
+            || async {
+                match cluster.leader().await {
+                    Some(holder) if holder == standby_name => Ok(()),
+                    other => Err(format!("held by {other:?}")),
+                }
+            },
+        )
+        .await;
+    // The new leader writes: a service created now gets its status.
+    cluster.cp.apply(&[
+        namespace("blue"),
+        json!({"apiVersion": "wireway.dev/v1alpha1", "kind": "NetworkService",
+               "metadata": {"name": "blue", "namespace": "blue"},
+               "spec": {"cidr": "10.150.0.0/16", "nodePrefixLength": 24}}),
+    ]);
+    cluster
+        .until(
+            "blue/blue's status, from the new leader",
+            CONVERGE,
+            &[a, b],
+            || async {
+                let all = cluster.objects(Kind::NetworkService).await;
+                let blue = all.get("blue/blue").ok_or("no blue/blue")?;
+                ready(blue).map(|_| ()).ok_or(format!("{}", blue.data))
+            },
+        )
+        .await;
+    let after = cluster.wireway().await;
+    for (name, old) in &before {
+        let new = after.get(name).unwrap_or_else(|| panic!("{name} is gone"));
+        assert_eq!(
+            new.data["status"], old.data["status"],
+            "{name}: the status moved when {standby_name} took over"
+        );
+        assert_eq!(
+            new.metadata.resource_version, old.metadata.resource_version,
+            "{name} was written to when {standby_name} took over: before {:?}, after {:?}",
+            old.metadata, new.metadata
+        );
+    }
+}
+
+/// The finalizer wireway.dev/cleanup goes on every NetworkService; deleting one that no
+/// connected agent carries releases it (nothing to wait for) and the object goes; deleting
+/// a namespace with a NetworkService, Endpoints and an Admission in it completes (the
+/// namespace controller deletes them, the operator releases the finalizer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizer_is_released_and_a_namespace_deletion_completes() {
+    let Some(cluster) = Cluster::start(
+        "the_finalizer_is_released_and_a_namespace_deletion_completes",
+        &[],
+    ) else {
+        return;
+    };
+    cluster.apply_samples();
+    let operator = cluster.operator("operator-a");
+    let ops = [&operator];
+    for service in ["red/red", "green/green"] {
+        cluster
+            .until(
+                &format!("the finalizer on {service}"),
+                CONVERGE,
+                &ops,
+                || async {
+                    let all = cluster.objects(Kind::NetworkService).await;
+                    let finalizers = all.get(service).and_then(|s| s.metadata.finalizers.clone());
+                    if finalizers.as_deref() == Some(&["wireway.dev/cleanup".to_owned()]) {
+                        Ok(())
+                    } else {
+                        Err(format!("finalizers {finalizers:?}"))
+                    }
+                },
+            )
+            .await;
+    }
+
+    cluster
+        .cp
+        .kubectl(&[
+            "delete",
+            "networkservice.wireway.dev",
+            "green",
+            "-n",
+            "green",
+            "--wait=false",
+        ])
+        .unwrap();
+    cluster
+        .until("green/green to be gone", CONVERGE, &ops, || async {
+            let all = cluster.objects(Kind::NetworkService).await;
+            match all.get("green/green") {
+                None => Ok(()),
+                Some(green) => Err(format!("still there: {:?}", green.metadata)),
+            }
+        })
+        .await;
+
+    cluster
+        .cp
+        .kubectl(&["delete", "namespace", "red", "--wait=false"])
+        .unwrap();
+    cluster
+        .until("namespace red to be gone", CONVERGE, &ops, || async {
+            // The control plane has no kubelet: as one would, let the pods go (the
+            // namespace controller deletes them gracefully, and waits for that).
+            let _ = cluster.cp.kubectl(&[
+                "delete",
+                "pods",
+                "--all",
+                "-n",
+                "red",
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ]);
+            match cluster
+                .cp
+                .kubectl(&["get", "namespace", "red", "-o", "json"])
+            {
+                Err(e) if e.contains("NotFound") => Ok(()),
+                Err(e) => Err(e),
+                Ok(ns) => {
+                    let left = cluster.wireway().await;
+                    let left: Vec<String> = left
+                        .iter()
+                        .filter(|(k, _)| k.contains(" red/"))
+                        .map(|(k, o)| {
+                            format!(
+                                "{k} (finalizers {:?}, deleting since {:?})",
+                                o.metadata.finalizers, o.metadata.deletion_timestamp
+                            )
+                        })
+                        .collect();
+                    Err(format!("still there, holding {left:?}: {ns}"))
+                }
+            }
+        })
+        .await;
+}
+
+/// A Pod of the agent's DaemonSet (service account wireway-agent) on `node`.
+fn agent_pod(name: &str, node: &str, account: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": SYSTEM},
+           "spec": {"nodeName": node, "serviceAccountName": account,
+                    "containers": [{"name": "agent", "image": "wireway-agent"}]}})
+}
+
+/// Agents prove their node to the operator (`--agent-auth token`) with their pod's
+/// service-account token, which the operator checks with a TokenReview for its own
+/// audience under its real RBAC: a token for the API server's audience, one not bound to
+/// a pod, and one of another service account are refused as unauthenticated; a proper
+/// token of a pod on node-a cannot claim node-b; proper tokens are served their nodes'
+/// states, and once their agents report them applied the services are Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_tokens_are_reviewed_for_the_operators_audience_and_their_pods_node() {
+    let Some(cluster) = Cluster::start(
+        "agents_tokens_are_reviewed_for_the_operators_audience_and_their_pods_node",
+        &[],
+    ) else {
+        return;
+    };
+    cluster.apply_samples();
+    cluster.cp.apply(&[
+        agent_pod("agent-a", "node-a", "wireway-agent"),
+        agent_pod("agent-b", "node-b", "wireway-agent"),
+        agent_pod("impostor", "node-a", "default"),
+    ]);
+    let operator = cluster.operator("operator-a");
+    let ops = [&operator];
+    cluster.converged(&ops).await;
+    cluster
+        .until("the operator ready", CONVERGE, &ops, || operator.ready())
+        .await;
+    let dir = cluster.dir.path();
+    let for_operator = ["--audience", "wireway-operator"];
+    let token = |account: &str, pod: Option<&str>, audience: bool| {
+        let mut args: Vec<&str> = Vec::new();
+        if audience {
+            args.extend(for_operator);
+        }
+        if let Some(pod) = pod {
+            args.extend(["--bound-object-kind", "Pod", "--bound-object-name", pod]);
+        }
+        cluster.cp.token(SYSTEM, account, &args)
+    };
+    let refused = |status: tonic::Status, code: tonic::Code, says: &str| {
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains(says),
+            "{:?} should say {says:?}",
+            status.message()
+        );
+    };
+
+    let hello_b = AgentHello {
+        public_key: KEY_B.into(),
+        underlay_address: "192.0.2.2".into(),
+        ..hello("node-b")
+    };
+    let cases = [
+        (
+            "for the API server's audience",
+            token("wireway-agent", Some("agent-a"), false),
+            hello("node-a"),
+            tonic::Code::Unauthenticated,
+            "audience wireway-operator",
+        ),
+        (
+            "not bound to a pod",
+            token("wireway-agent", None, true),
+            hello("node-a"),
+            tonic::Code::Unauthenticated,
+            "not bound to a pod",
+        ),
+        (
+            "another service account's, bound to a pod on node-a",
+            token("default", Some("impostor"), true),
+            hello("node-a"),
+            tonic::Code::Unauthenticated,
+            "not system:serviceaccount:wireway-system:wireway-agent's",
+        ),
+        (
+            "bound to a pod on node-a, claiming node-b",
+            token("wireway-agent", Some("agent-a"), true),
+            hello_b.clone(),
+            tonic::Code::PermissionDenied,
+            "proves node node-a, not node node-b",
+        ),
+    ];
+    for (what, token, hello, code, says) in cases {
+        let mut agent = operator.agent(dir, &token).await;
+        match agent.watch(hello).await {
+            Ok(_) => panic!("a token {what} is accepted"),
+            Err(status) => refused(status, code, says),
+        }
+    }
+
+    // Proper tokens: each agent gets its own node's state, reports it applied, and the
+    // services (and the Endpoints of their members) turn Ready.
+    let mut streams = Vec::new();
+    for (pod, hello) in [("agent-a", hello("node-a")), ("agent-b", hello_b)] {
+        let node = hello.node.clone();
+        let mut agent = operator
+            .agent(dir, &token("wireway-agent", Some(pod), true))
+            .await;
+        let mut stream = agent
+            .watch(hello)
+            .await
+            .unwrap_or_else(|e| panic!("{pod}'s proper token is refused: {e:?}"))
+            .into_inner();
+        let state = tokio::time::timeout(CONVERGE, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no state for {node} within {} s", CONVERGE.as_secs()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.node, node);
+        assert!(
+            !state.services.is_empty(),
+            "{node} carries services: {state:?}"
+        );
+        agent
+            .report(AgentReport {
+                node: node.clone(),
+                applied_version: state.version,
+                ..AgentReport::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{pod}'s report is refused: {e:?}"));
+        streams.push((agent, stream));
+    }
+    cluster
+        .until(
+            "red and green Ready, and red's members",
+            CONVERGE,
+            &ops,
+            || async {
+                let all = cluster.wireway().await;
+                let not_ready: Vec<String> = [
+                    "NetworkService red/red",
+                    "NetworkService green/green",
+                    "Endpoint red/red-members",
+                    "Endpoint green/green-members",
+                ]
+                .iter()
+                .filter(|k| all.get(**k).map(readiness) != Some(("True".into(), "Ready".into())))
+                .map(|k| {
+                    format!(
+                        "{k}: {:?}",
+                        all.get(*k).map(|o| &o.data["status"]["conditions"])
+                    )
+                })
+                .collect();
+                if not_ready.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{not_ready:?}"))
+                }
+            },
+        )
+        .await;
+    drop(streams);
+}
+
+/// A TCP proxy between the operator and the API server that the test can cut: while cut,
+/// every connection through it is dropped and new ones are closed at once.
+struct Proxy {
+    address: SocketAddr,
+    open: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (open, is_open) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut is_open = is_open.clone();
+                if !*is_open.borrow_and_update() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = is_open.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { address, open }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// The operator's watches expire while it is away from the API server: changes are made
+/// (a member's pod deleted, another added), etcd is compacted past them, the Endpoint's
+/// spec changes and one more pod arrives; back, its watches resume from a
+/// resourceVersion that is gone (410 Gone: the control plane runs without the watch
+/// cache, as the test must for etcd's compaction to reach watches), re-list, and the
+/// status shows every one of those changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_expires_is_recovered_without_losing_an_update() {
+    let Some(cluster) = Cluster::start(
+        "a_watch_that_expires_is_recovered_without_losing_an_update",
+        &["--apiserver-arg=--watch-cache=false"],
+    ) else {
+        return;
+    };
+    cluster.apply_samples();
+    let server = cluster.cp.server();
+    let upstream: SocketAddr = server
+        .strip_prefix("https://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the API server is at {server}"));
+    let proxy = Proxy::start(upstream).await;
+    let token = cluster
+        .cp
+        .token(SYSTEM, "wireway-operator", &["--duration", "2h"]);
+    let kubeconfig = cluster
+        .cp
+        .kubeconfig_for(&token, Some(&format!("https://{}", proxy.address)));
+    let operator = cluster.operator_with("operator-a", &kubeconfig);
+    let ops = [&operator];
+    cluster.converged(&ops).await;
+    let members = |all: &BTreeMap<String, DynamicObject>| -> Vec<(String, bool)> {
+        all["red/red-members"].data["status"]["members"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                (
+                    m["workload"].as_str().unwrap_or_default().to_owned(),
+                    m["address"].is_string(),
+                )
+            })
+            .collect()
+    };
+    let before = members(&cluster.objects(Kind::Endpoint).await);
+    assert_eq!(
+        before,
+        [
+            ("bridge".into(), true),
+            ("red-a".into(), true),
+            ("red-b".into(), true)
+        ],
+        "red/red-members before"
+    );
+
+    proxy.cut();
+    let red_pod = |name: &str, node: &str, net: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "red", "labels": {"net": net}},
+               "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}]}})
+    };
+    cluster
+        .cp
+        .kubectl(&[
+            "delete",
+            "pod",
+            "red-b",
+            "-n",
+            "red",
+            "--grace-period=0",
+            "--force",
+        ])
+        .unwrap();
+    cluster.cp.apply(&[red_pod("red-c", "node-a", "red")]);
+    let compacted = cluster.cp.compact();
+    eprintln!("compacted etcd to revision {compacted}");
+    cluster
+        .cp
+        .kubectl(&[
+            "patch",
+            "endpoint.wireway.dev",
+            "red-members",
+            "-n",
+            "red",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"podSelector":{"matchLabels":null,"matchExpressions":[{"key":"net","operator":"In","values":["red","rouge"]}]}}}"#,
+        ])
+        .unwrap();
+    cluster.cp.apply(&[red_pod("red-d", "node-b", "rouge")]);
+    proxy.restore();
+
+    let expected = [
+        ("bridge".to_owned(), true),
+        ("red-a".to_owned(), true),
+        ("red-c".to_owned(), true),
+        ("red-d".to_owned(), true),
+    ];
+    cluster
+        .until(
+            "red/red-members to show every change made while the operator was away",
+            CONVERGE,
+            &ops,
+            || async {
+                let all = cluster.objects(Kind::Endpoint).await;
+                let endpoint = &all["red/red-members"];
+                let now = members(&all);
+                if now == expected && endpoint.data["status"]["observedGeneration"] == 2 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "members {now:?}, generation {:?}, status {}",
+                        endpoint.metadata.generation, endpoint.data["status"]
+                    ))
+                }
+            },
+        )
+        .await;
+    // The watches of the kinds that changed did expire: otherwise this proved nothing.
+    let log = operator.log();
+    for kind in ["Pod", "Endpoint"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("kind={kind} ")) && l.contains("too old")),
+            "the operator's watch of {kind}s did not expire (no 410 Gone in its log), so this \
+             test proved nothing:\n{}",
+            operator.log_tail()
+        );
+    }
 }
