@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wireway_proto::{NetnsLocator, NodeState, netns_locator};
+use wireway_runtime::files;
 
 use crate::converge::{self, DesiredError, Lookup, Op, Plane, ResolvedNetns};
 use crate::dataplane::kernel::Kernel;
@@ -17,7 +18,6 @@ use crate::dataplane::pods::PodIndex;
 use crate::dataplane::wireguard::userspace::Userspace;
 use crate::dataplane::wireguard::{self, Backend, PeerStats};
 use crate::dataplane::{ApplyError, Dataplane};
-use crate::files;
 
 /// How long a peer endpoint's host name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +48,10 @@ impl StateDir {
     /// The node's private key (base64), generated on first use and stored 0600 (written
     /// whole or not at all, never through a symbolic link). It never leaves this file and
     /// the agent's memory.
+    ///
+    /// A file that holds no WireGuard key (empty, cut short) is moved aside
+    /// ([`files::set_aside`]) and a new key made: the node's next hello gives the operator
+    /// the new key, which its peers then get.
     pub fn private_key(&self) -> Result<String, StartError> {
         use std::os::unix::fs::PermissionsExt;
         let path = self.0.join("private.key");
@@ -58,14 +62,24 @@ impl StateDir {
         std::fs::create_dir_all(&self.0).map_err(error)?;
         std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
         match files::read_private(&path) {
-            Ok(key) => Ok(key.trim().to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (private, _) = wireguard::generate_key().map_err(error)?;
-                files::write_private(&path, private.as_bytes()).map_err(error)?;
-                Ok(private)
+            Ok(key) if wireguard::key_bytes(key.trim()).is_ok() => {
+                return Ok(key.trim().to_owned());
             }
-            Err(e) => Err(error(e)),
+            Ok(_) => {
+                let to = files::set_aside(&path).map_err(error)?;
+                tracing::error!(
+                    key = %path.display(),
+                    moved_to = %to.display(),
+                    "the node's private key file holds no WireGuard key; moved it aside and \
+                     made a new key (the operator gives the node's peers the new one)"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(error(e)),
         }
+        let (private, _) = wireguard::generate_key().map_err(error)?;
+        files::write_private(&path, private.as_bytes()).map_err(error)?;
+        Ok(private)
     }
 
     /// Where the userspace WireGuard devices' control sockets are.

@@ -18,13 +18,12 @@
 //! * `agent`: one pass; imports `converge` and `dataplane`;
 //! * `session`: the operator's stream; imports `agent`, `dataplane` (the trait) and
 //!   `metrics`;
-//! * `metrics`, `node`, `files`: import nothing of the agent's;
+//! * `metrics`, `node`: import nothing of the agent's;
 //! * `testing` (tests only): fixtures; imports `converge` and `dataplane`.
 
 pub mod agent;
 pub mod converge;
 pub mod dataplane;
-pub mod files;
 pub mod metrics;
 pub mod node;
 pub mod session;

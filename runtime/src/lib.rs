@@ -10,11 +10,14 @@
 //! * [`http`]: `/metrics` (Prometheus text), `/healthz` and `/readyz`;
 //! * [`backoff`]: exponential backoff for retry loops; [`clock`]: the wall clock;
 //! * [`errors`]: a file error that names the file, an error chain on one line;
+//! * [`files`]: files written whole or not at all (write, `fsync`, rename, `fsync` the
+//!   directory), 0600, never through a symbolic link;
 //! * [`logging`]: structured logs through `tracing`; [`signal`]: when to stop.
 
 pub mod backoff;
 pub mod clock;
 pub mod errors;
+pub mod files;
 pub mod http;
 pub mod listen;
 pub mod logging;

@@ -189,3 +189,23 @@ async fn a_failed_operation_does_not_stop_the_rest_and_is_reported_with_its_cate
     assert_eq!(healed.problems().len(), 1, "red-c still has no namespace");
     assert_eq!(agent.converge(&state).await.unwrap().ops, []);
 }
+
+#[test]
+fn a_key_file_that_holds_no_key_is_set_aside_and_a_new_key_made() {
+    // Empty, cut short, not base64.
+    for bad in ["", "dHEACKy9pHe/WJDy6Je7", "not a key at all"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("private.key"), bad).unwrap();
+        let state = StateDir(dir.path().to_owned());
+        let key = state.private_key().unwrap();
+        assert!(wireguard::public_key(&key).is_ok(), "{bad:?}");
+        assert_eq!(state.private_key().unwrap(), key, "the new key is kept");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("private.key.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{bad:?}");
+        assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), bad);
+    }
+}

@@ -18,7 +18,7 @@ impl StateFile {
     /// The state last saved; `None` if there is none. A file that does not parse is an
     /// error (the agent then waits for the operator rather than guess).
     pub fn load(&self) -> Result<Option<NodeState>, FileError> {
-        match crate::files::read_private(&self.0) {
+        match wireway_runtime::files::read_private(&self.0) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| FileError::on("parse the last applied state", &self.0)(invalid(e))),
@@ -28,11 +28,11 @@ impl StateFile {
     }
 
     /// Saves `state`, atomically and durably: a crash leaves the old state or the new
-    /// one (see [`crate::files::write_private`]).
+    /// one (see [`wireway_runtime::files::write_private`]).
     pub fn save(&self, state: &NodeState) -> Result<(), FileError> {
         let text = serde_json::to_string(state)
             .map_err(|e| FileError::on("encode the last applied state", &self.0)(invalid(e)))?;
-        crate::files::write_private(&self.0, text.as_bytes())
+        wireway_runtime::files::write_private(&self.0, text.as_bytes())
             .map_err(FileError::on("write the last applied state", &self.0))
     }
 }

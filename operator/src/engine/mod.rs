@@ -127,8 +127,12 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         let (store, stored) = match &config.state_dir {
             Some(dir) => {
-                let (store, stored) = Store::open(dir)?;
-                (Some(store), stored)
+                let opened = Store::open(dir)?;
+                if let Some(set_aside) = &opened.set_aside {
+                    metrics.error(category::STORE);
+                    tracing::error!(error = %chain(set_aside), "starting from nothing");
+                }
+                (Some(opened.store), opened.stored)
             }
             None => (None, Stored::default()),
         };

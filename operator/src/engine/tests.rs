@@ -399,3 +399,24 @@ fn a_node_that_returns_under_its_name_gets_a_fresh_state_above_its_old_versions(
     );
     assert_eq!(hub.current("node-a").as_deref(), Some(first.as_ref()));
 }
+
+#[test]
+fn an_operator_whose_store_does_not_parse_starts_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state.json"), "{\"agents\": {\"node-a\"").unwrap();
+    let (mut engine, hub, _) = engine(Some(dir.path()), Duration::ZERO);
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-a", KEY_A, 4));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    assert_eq!(peers(&hub, "node-a"), ["node-b"]);
+    assert_eq!(version(&hub, "node-a"), 5, "above what its agent holds");
+    let set_aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.json.corrupt-"))
+        .count();
+    assert_eq!(set_aside, 1);
+    assert!(dir.path().join("state.json").exists(), "saved anew");
+}

@@ -1,5 +1,5 @@
-//! The files the agent keeps (the node's private key, the last applied state): written
-//! whole or not at all, 0600, never through a symbolic link.
+//! The files the binaries keep (the agent's private key and last applied state, the
+//! operator's store): written whole or not at all, 0600, never through a symbolic link.
 //!
 //! Guarantees of [`write_private`]:
 //! * a crash leaves the old content or the new one: a temporary file in the same
@@ -8,14 +8,17 @@
 //! * the temporary file is created new (`O_CREAT | O_EXCL`, which never follows a link)
 //!   with mode 0600 from the start, and the rename replaces a link at the path rather than
 //!   writing where it points.
+//!
+//! A file that is there but cannot be used (empty, cut short, not what it should hold) is
+//! moved aside with [`set_aside`], never deleted: the caller says what it starts from.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-/// Reads a file the agent wrote, refusing a symbolic link at its path (`ELOOP`).
+/// Reads a file this program wrote, refusing a symbolic link at its path (`ELOOP`).
 pub fn read_private(path: &Path) -> std::io::Result<String> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -61,6 +64,21 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// Moves a file that cannot be used out of the way, to `<name>.corrupt-<unix ms>` beside
+/// it, where a person can look at it; returns where it is now.
+pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let to = path.with_file_name(format!(
+        "{}.corrupt-{}",
+        name.to_string_lossy(),
+        crate::clock::unix_ms()
+    ));
+    std::fs::rename(path, &to)?;
+    Ok(to)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -96,5 +114,18 @@ mod tests {
         write_private(&path, b"key").unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "someone else's");
         assert_eq!(read_private(&path).unwrap(), "key");
+    }
+
+    #[test]
+    fn a_file_set_aside_keeps_its_content_beside_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{ cut sh").unwrap();
+        let to = set_aside(&path).unwrap();
+        assert!(!path.exists());
+        assert_eq!(to.parent(), Some(dir.path()));
+        let name = to.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("state.json.corrupt-"), "{name}");
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "{ cut sh");
     }
 }
