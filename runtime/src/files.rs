@@ -29,6 +29,12 @@ pub fn read_private(path: &Path) -> std::io::Result<String> {
 
 /// Replaces the file at `path` with `bytes`, atomically and durably, 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, 0o600)
+}
+
+/// Replaces the file at `path` with `bytes`, atomically and durably, with permissions
+/// `mode` (a certificate others may read: 0644), as [`write_private`] does.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -50,7 +56,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(&temporary)?;
         file.write_all(bytes)?;

@@ -149,20 +149,14 @@ pub fn read(path: &Path) -> Result<String, CertError> {
     Ok(std::fs::read_to_string(path).map_err(FileError::on("read", path))?)
 }
 
-/// Writes `text` to `path`, 0600 when `private`, creating the directory.
+/// Writes `text` to `path`, 0600 when `private`, creating the directory: whole or not at
+/// all, durably, never through a symbolic link ([`crate::files::write_file`]).
 pub fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(FileError::on("create the directory of", path))?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(FileError::on("write", path))?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(FileError::on("write", path))?;
+    let mode = if private { 0o600 } else { 0o644 };
+    crate::files::write_file(path, text.as_bytes(), mode).map_err(FileError::on("write", path))?;
     Ok(())
 }
 
@@ -199,6 +193,25 @@ mod tests {
         base64::engine::general_purpose::STANDARD
             .decode(body)
             .unwrap()
+    }
+
+    #[test]
+    fn a_key_is_never_written_through_a_planted_link_and_only_its_owner_reads_it() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("someone-elses");
+        std::fs::write(&elsewhere, "theirs").unwrap();
+        let key = dir.path().join("pki/tls.key");
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        symlink(&elsewhere, &key).unwrap();
+        write(&key, "KEY", true).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "theirs");
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "KEY");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        let cert = dir.path().join("pki/tls.crt");
+        write(&cert, "CERT", false).unwrap();
+        assert_eq!(mode(&cert), 0o644);
     }
 
     #[test]
