@@ -18,8 +18,10 @@ pub mod category {
     pub const AGENT_REFUSED: &str = "agent_refused";
     /// A request for the status was refused (not an administrator, or no credentials).
     pub const STATUS_REFUSED: &str = "status_refused";
-    /// The operator's state could not be saved.
+    /// The operator's state could not be saved, or did not parse and was set aside.
     pub const STORE: &str = "store";
+    /// An agent's report was dropped: its node reports faster than the node API allows.
+    pub const REPORT_THROTTLED: &str = "report_throttled";
     /// A status (or an invalid-spec condition) could not be written.
     pub const STATUS_WRITE: &str = "status_write";
     /// A finalizer could not be added or removed.

@@ -13,7 +13,8 @@ use wireway_operator::engine::{Config, Engine, Hub, Input};
 use wireway_operator::metrics::Metrics;
 use wireway_operator::plan::{Change, Node, Pod};
 use wireway_operator::serve::{
-    Auth, NodeApiServer, NodeApiService, StatusApiServer, StatusApiService,
+    Auth, NodeApiServer, NodeApiService, REPORT_BURST, REPORTS_PER_SECOND, StatusApiServer,
+    StatusApiService,
 };
 use wireway_operator::snapshot::Snapshot;
 use wireway_operator::source::{self, manifests::Manifests};
@@ -353,4 +354,45 @@ async fn a_node_deleted_and_recreated_is_first_sent_its_new_state() {
         first.version,
         before.version
     );
+}
+
+#[tokio::test]
+async fn a_node_that_floods_reports_gets_its_share_and_the_others_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificates(dir.path());
+    let (address, _, _) = operator(&"127.0.0.1:0".parse().unwrap(), pem("operator")).await;
+    let report = |node: &str| AgentReport {
+        node: node.into(),
+        ..AgentReport::default()
+    };
+    let mut a = client(&address, Some(pem("node-a"))).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut taken = 0u32;
+    let mut refused = None;
+    for _ in 0..200 {
+        match a.report(report("node-a")).await {
+            Ok(_) => taken += 1,
+            Err(status) => refused = Some(status),
+        }
+    }
+    // The burst, then what the rate earned while the flood went on, and no more.
+    let earned = started.elapsed().as_secs_f64() * REPORTS_PER_SECOND;
+    assert!(taken >= REPORT_BURST, "{taken} taken");
+    assert!(
+        f64::from(taken) <= f64::from(REPORT_BURST) + earned + 1.0,
+        "{taken} taken in {:?}",
+        started.elapsed()
+    );
+    let refused = refused.expect("some reports refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("node node-a reports faster than"),
+        "{}",
+        refused.message()
+    );
+    // node-b has its own share.
+    let mut b = client(&address, Some(pem("node-b"))).await.unwrap();
+    b.report(report("node-b")).await.unwrap();
 }

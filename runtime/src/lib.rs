@@ -8,7 +8,8 @@
 //!   agent proves `spiffe://<trust-domain>/wireway/node/<node>`);
 //! * [`pki`]: issuing those certificates;
 //! * [`http`]: `/metrics` (Prometheus text), `/healthz` and `/readyz`;
-//! * [`backoff`]: exponential backoff for retry loops; [`clock`]: the wall clock;
+//! * [`backoff`]: exponential backoff for retry loops; [`limit`]: a token bucket per
+//!   caller; [`clock`]: the wall clock;
 //! * [`errors`]: a file error that names the file, an error chain on one line;
 //! * [`files`]: files written whole or not at all (write, `fsync`, rename, `fsync` the
 //!   directory), 0600, never through a symbolic link;
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod errors;
 pub mod files;
 pub mod http;
+pub mod limit;
 pub mod listen;
 pub mod logging;
 pub mod pki;

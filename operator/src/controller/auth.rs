@@ -19,7 +19,7 @@
 //! server's answer is believed only for the operator's audience: a token it accepts for
 //! other audiences (its own, by default) proves nothing here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::Client;
 use kube::api::{Api, PostParams};
+use wireway_runtime::limit::Buckets;
 
 use crate::serve::{Refusal, TokenAuthenticator};
 
@@ -169,60 +170,6 @@ impl<T> Default for Memory<T> {
     }
 }
 
-/// A token bucket per caller address: a caller may have [`Limits::burst`] reviews made
-/// at once, then [`Limits::per_second`]. Callers on a Unix socket (`None`) share one.
-#[derive(Debug)]
-struct Buckets {
-    burst: f64,
-    per_second: f64,
-    /// Each address's tokens, as of when they were counted.
-    by_peer: HashMap<Option<IpAddr>, (f64, Instant)>,
-}
-
-/// Above this many addresses, full buckets (which are as good as none) are forgotten.
-const BUCKETS_KEPT: usize = 1024;
-
-impl Buckets {
-    fn new(limits: &Limits) -> Self {
-        Self {
-            burst: f64::from(limits.burst),
-            per_second: limits.per_second,
-            by_peer: HashMap::new(),
-        }
-    }
-
-    /// `peer`'s tokens at `now`.
-    fn level(&self, (tokens, at): (f64, Instant), now: Instant) -> f64 {
-        let earned = now.saturating_duration_since(at).as_secs_f64() * self.per_second;
-        (tokens + earned).min(self.burst)
-    }
-
-    /// Takes a token from `peer`'s bucket: whether it had one.
-    fn take(&mut self, peer: Option<IpAddr>, now: Instant) -> bool {
-        if self.by_peer.len() >= BUCKETS_KEPT {
-            let full: Vec<_> = self
-                .by_peer
-                .iter()
-                .filter(|(_, b)| self.level(**b, now) >= self.burst)
-                .map(|(p, _)| *p)
-                .collect();
-            for p in full {
-                self.by_peer.remove(&p);
-            }
-        }
-        let bucket = self
-            .by_peer
-            .get(&peer)
-            .copied()
-            .unwrap_or((self.burst, now));
-        let tokens = self.level(bucket, now);
-        let allowed = tokens >= 1.0;
-        let left = if allowed { tokens - 1.0 } else { tokens };
-        self.by_peer.insert(peer, (left, now));
-        allowed
-    }
-}
-
 /// What the reviewer remembers, under one lock.
 #[derive(Debug)]
 struct State {
@@ -230,7 +177,10 @@ struct State {
     users: Memory<Result<UserInfo, Rejected>>,
     /// SubjectAccessReview verdicts for the status: granted, or why not.
     status_access: Memory<Result<(), String>>,
-    buckets: Buckets,
+    /// A token bucket per caller address: a caller may have [`Limits::burst`] reviews
+    /// made at once, then [`Limits::per_second`]. Callers on a Unix socket (`None`) share
+    /// one.
+    buckets: Buckets<Option<IpAddr>>,
 }
 
 /// Checks tokens with TokenReviews, and administrators' access with
@@ -268,7 +218,7 @@ impl TokenReviewer {
             state: Mutex::new(State {
                 users: Memory::default(),
                 status_access: Memory::default(),
-                buckets: Buckets::new(&limits),
+                buckets: Buckets::new(limits.burst, limits.per_second),
             }),
         }
     }
@@ -281,7 +231,7 @@ impl TokenReviewer {
 
     /// Spends one of `peer`'s reviews, or refuses.
     fn spend(&self, peer: Option<IpAddr>) -> Result<(), Refusal> {
-        if self.state().buckets.take(peer, Instant::now()) {
+        if self.state().buckets.take(&peer, Instant::now()) {
             Ok(())
         } else {
             tracing::debug!(?peer, "token review throttled");
@@ -441,54 +391,6 @@ impl TokenAuthenticator for TokenReviewer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn buckets(burst: u32, per_second: f64) -> Buckets {
-        Buckets::new(&Limits {
-            burst,
-            per_second,
-            ..Limits::default()
-        })
-    }
-
-    #[test]
-    fn a_bucket_allows_a_burst_then_its_rate() {
-        let mut b = buckets(3, 2.0);
-        let peer = Some(IpAddr::from([10, 0, 0, 1]));
-        let t0 = Instant::now();
-        assert!((0..3).all(|_| b.take(peer, t0)), "the burst");
-        assert!(!b.take(peer, t0), "then nothing");
-        // Two per second: after half a second, one more; not two.
-        let t1 = t0 + Duration::from_millis(500);
-        assert!(b.take(peer, t1));
-        assert!(!b.take(peer, t1));
-        // Never more than the burst, however long the wait.
-        let t2 = t1 + Duration::from_secs(3600);
-        assert_eq!((0..10).filter(|_| b.take(peer, t2)).count(), 3);
-    }
-
-    #[test]
-    fn each_address_has_its_own_bucket() {
-        let mut b = buckets(1, 0.0);
-        let t0 = Instant::now();
-        let flooder = Some(IpAddr::from([10, 0, 0, 1]));
-        assert!(b.take(flooder, t0));
-        assert!(!b.take(flooder, t0));
-        assert!(b.take(Some(IpAddr::from([10, 0, 0, 2])), t0));
-        assert!(b.take(None, t0), "Unix-socket callers share one");
-    }
-
-    #[test]
-    fn full_buckets_are_forgotten_when_many() {
-        let mut b = buckets(2, 1.0);
-        let t0 = Instant::now();
-        for i in 0..BUCKETS_KEPT as u32 {
-            b.take(Some(IpAddr::from(i.to_be_bytes())), t0);
-        }
-        assert_eq!(b.by_peer.len(), BUCKETS_KEPT);
-        // A second later every bucket is full again: all forgotten but the new one.
-        b.take(None, t0 + Duration::from_secs(2));
-        assert_eq!(b.by_peer.len(), 1);
-    }
 
     #[test]
     fn verdicts_expire() {

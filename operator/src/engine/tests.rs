@@ -420,3 +420,17 @@ fn an_operator_whose_store_does_not_parse_starts_from_nothing() {
     assert_eq!(set_aside, 1);
     assert!(dir.path().join("state.json").exists(), "saved anew");
 }
+
+#[test]
+fn versions_an_agent_says_cannot_make_the_next_one_overflow() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    // The node API refuses such a hello (`serve::MAX_VERSION`); the planner does not
+    // count on it.
+    engine.handle(hello("node-a", KEY_A, u64::MAX));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), u64::MAX);
+    assert_eq!(peers(&hub, "node-a"), ["node-b"]);
+}

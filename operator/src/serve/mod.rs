@@ -11,7 +11,8 @@ pub mod auth;
 pub mod status;
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use base64::Engine as _;
 use prost::Message as _;
@@ -21,6 +22,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use wireway_proto::node_api_server::NodeApi;
 use wireway_proto::{AgentHello, AgentReport, MAX_NODE_STATE_BYTES, NodeState, ReportAck};
+use wireway_runtime::limit::Buckets;
 
 use crate::engine::{Hub, Input};
 use crate::metrics::{Metrics, category};
@@ -29,6 +31,19 @@ pub use auth::{Auth, Refusal, TokenAuthenticator, TokenError};
 pub use status::{StatusApiServer, StatusApiService};
 pub use wireway_proto::node_api_server::NodeApiServer;
 
+/// The highest version an agent may say it holds: 2^53, more than any operator numbers
+/// (a node whose state changed a million times a second would take 285 years to get
+/// there), and every version below it fits a JSON number and a metric. An agent that says
+/// more is refused, so no version the operator computes from it can overflow.
+pub const MAX_VERSION: u64 = 1 << 53;
+
+/// Reports one node may send at once, then [`REPORTS_PER_SECOND`]: an agent reports after
+/// each pass and every `--report-interval`; a node that floods costs the engine this
+/// much and no more.
+pub const REPORT_BURST: u32 = 20;
+/// Reports one node earns per second after a burst.
+pub const REPORTS_PER_SECOND: f64 = 5.0;
+
 /// The node API.
 #[derive(Debug, Clone)]
 pub struct NodeApiService {
@@ -36,6 +51,8 @@ pub struct NodeApiService {
     inputs: mpsc::Sender<Input>,
     auth: Auth,
     metrics: Metrics,
+    /// A token bucket per node for its reports.
+    reports: Arc<Mutex<Buckets<String>>>,
 }
 
 impl NodeApiService {
@@ -46,7 +63,26 @@ impl NodeApiService {
             inputs,
             auth,
             metrics,
+            reports: Arc::new(Mutex::new(Buckets::new(REPORT_BURST, REPORTS_PER_SECOND))),
         }
+    }
+
+    /// Takes one of `node`'s reports, or refuses it (counted, logged at debug only: a
+    /// flood must not flood the log either).
+    fn throttle(&self, node: &str) -> Result<(), Status> {
+        let mut buckets = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.take(&node.to_owned(), Instant::now()) {
+            return Ok(());
+        }
+        self.metrics.error(category::REPORT_THROTTLED);
+        tracing::debug!(node, "report throttled");
+        Err(Status::resource_exhausted(format!(
+            "node {node} reports faster than {REPORTS_PER_SECOND} a second (after a burst of \
+             {REPORT_BURST}); this report is dropped, the agent's next one says the same"
+        )))
     }
 
     /// Refuses a request that is not from `node`'s agent.
@@ -107,6 +143,12 @@ pub enum Malformed {
         "underlay_address {0:?} is not an IP address (the address other nodes reach this one at)"
     )]
     Underlay(String),
+    /// The applied version is above any the operator gives.
+    #[error(
+        "applied_version {0} is above {MAX_VERSION}, more than any operator numbers (remove the \
+         agent's node-state.json to start the node from nothing)"
+    )]
+    Version(u64),
 }
 
 /// Why a hello cannot be taken, for the agent's operator.
@@ -122,6 +164,19 @@ pub fn check_hello(hello: &AgentHello) -> Result<(), Malformed> {
         .underlay_address
         .parse::<std::net::IpAddr>()
         .map_err(|_| Malformed::Underlay(hello.underlay_address.clone()))?;
+    check_version(hello.applied_version)
+}
+
+/// Why a report cannot be taken, for the agent's operator.
+pub fn check_report(report: &AgentReport) -> Result<(), Malformed> {
+    check_node_name(&report.node)?;
+    check_version(report.applied_version)
+}
+
+fn check_version(version: u64) -> Result<(), Malformed> {
+    if version > MAX_VERSION {
+        return Err(Malformed::Version(version));
+    }
     Ok(())
 }
 
@@ -198,8 +253,11 @@ impl NodeApi for NodeApiService {
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().node))]
     async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
         let node = request.get_ref().node.clone();
-        check_node_name(&node).map_err(|e| self.refuse(Status::invalid_argument(e.to_string())))?;
+        check_report(request.get_ref())
+            .map_err(|e| self.refuse(Status::invalid_argument(e.to_string())))?;
         self.authorize(&request, &node).await?;
+        // After the caller proved the node: no one spends another node's reports.
+        self.throttle(&node)?;
         self.tell(Input::Report(request.into_inner())).await?;
         Ok(Response::new(ReportAck {}))
     }
@@ -218,7 +276,7 @@ mod tests {
     fn a_hello_is_checked_field_by_field() {
         assert_eq!(check_hello(&hello()), Ok(()));
         type Break = fn(&mut AgentHello);
-        let cases: [(Break, &str); 5] = [
+        let cases: [(Break, &str); 6] = [
             (|h| h.node = String::new(), "not a valid node name"),
             (|h| h.node = "Node_A".into(), "not a valid node name"),
             (|h| h.public_key = "not base64!".into(), "not base64"),
@@ -227,6 +285,10 @@ mod tests {
                 |h| h.underlay_address = "node-a.example".into(),
                 "not an IP address",
             ),
+            (
+                |h| h.applied_version = u64::MAX,
+                "applied_version 18446744073709551615 is above 9007199254740992",
+            ),
         ];
         for (break_it, expected) in cases {
             let mut h = hello();
@@ -234,5 +296,18 @@ mod tests {
             let err = check_hello(&h).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} should say {expected:?}");
         }
+    }
+
+    #[test]
+    fn a_report_of_a_version_no_operator_gives_is_refused() {
+        let report = |applied_version| AgentReport {
+            node: "node-a".into(),
+            applied_version,
+            ..AgentReport::default()
+        };
+        assert_eq!(check_report(&report(MAX_VERSION)), Ok(()));
+        let err = check_report(&report(MAX_VERSION + 1)).unwrap_err();
+        assert_eq!(err, Malformed::Version(MAX_VERSION + 1));
+        assert!(err.to_string().contains("node-state.json"), "{err}");
     }
 }
