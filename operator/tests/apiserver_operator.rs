@@ -343,13 +343,24 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Whether `/readyz` answers 200: its sources synced and it planned.
-    async fn ready(&self) -> Result<(), String> {
+    /// Sends SIGSTOP or SIGCONT: a leader held still, as on a busy node.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.identity);
+    }
+
+    /// The body of `GET path` on its HTTP port, if it answers 200.
+    async fn get(&self, path: &str) -> Result<String, String> {
         let mut stream = tokio::net::UnixStream::connect(&self.http)
             .await
             .map_err(|e| format!("{}: {e}", self.http.display()))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: operator\r\n\r\n");
         stream
-            .write_all(b"GET /readyz HTTP/1.0\r\nHost: operator\r\n\r\n")
+            .write_all(request.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
         let mut answer = String::new();
@@ -357,11 +368,19 @@ impl Operator {
             .read_to_string(&mut answer)
             .await
             .map_err(|e| e.to_string())?;
-        if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-            Ok(())
-        } else {
-            Err(answer)
+        match answer.split_once("\r\n\r\n") {
+            Some((head, body))
+                if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+            {
+                Ok(body.to_owned())
+            }
+            _ => Err(answer),
         }
+    }
+
+    /// Whether `/readyz` answers 200: its sources synced and it planned.
+    async fn ready(&self) -> Result<(), String> {
+        self.get("/readyz").await.map(|_| ())
     }
 
     /// A node API client presenting `token` (as the agent's `BearerToken` does, from a
@@ -604,6 +623,10 @@ async fn statuses_are_applied_by_the_operators_field_manager_with_conditions_and
 /// not a condition's lastTransitionTime, not an allocated prefix or address, and not a
 /// single write to them (their resourceVersions stay). The new leader does write: a
 /// service created after the takeover gets its status.
+///
+/// One service (blue) is planned by the standby a second before the leader (held stopped
+/// meanwhile) plans it and writes its status: their transition times differ, and the
+/// standby must take the leader's, which the object holds, not its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not_flap() {
     let Some(cluster) = Cluster::start(
@@ -613,48 +636,29 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
         return;
     };
     cluster.apply_samples();
-    // Both start together, as a Deployment's two replicas do: each plans the samples
-    // before either has written a status.
     let mut a = cluster.operator("operator-a");
-    let mut b = cluster.operator("operator-b");
-    let leader = cluster
-        .until("a leader", CONVERGE, &[&a, &b], || async {
-            cluster.leader().await.ok_or("no Lease holder".to_owned())
+    cluster
+        .until("operator-a to hold the Lease", CONVERGE, &[&a], || async {
+            match cluster.leader().await {
+                Some(holder) if holder == "operator-a" => Ok(()),
+                other => Err(format!("held by {other:?}")),
+            }
         })
         .await;
-    let before = cluster.converged(&[&a, &b]).await;
-    for operator in [&a, &b] {
-        cluster
-            .until(
-                "both operators ready (synced and planned)",
-                CONVERGE,
-                &[&a, &b],
-                || operator.ready(),
-            )
-            .await;
-    }
-    let (dead, standby) = if leader == "operator-a" {
-        (&mut a, &b)
-    } else {
-        (&mut b, &a)
-    };
-    let standby_name = standby.identity.clone();
-    dead.kill();
-    let (a, b) = (&a, &b);
+    let b = cluster.operator("operator-b");
+    cluster.converged(&[&a, &b]).await;
     cluster
         .until(
-            &format!("{standby_name} to hold the Lease"),
-            TAKEOVER,
-            &[a, b],
-            || async {
-                match cluster.leader().await {
-                    Some(holder) if holder == standby_name => Ok(()),
-                    other => Err(format!("held by {other:?}")),
-                }
-            },
+            "operator-b ready (synced and planned)",
+            CONVERGE,
+            &[&a, &b],
+            || b.ready(),
         )
         .await;
-    // The new leader writes: a service created now gets its status.
+
+    // blue: planned by the standby while the leader is stopped, then by the leader a
+    // second later (transition times are whole seconds).
+    a.signal("STOP");
     cluster.cp.apply(&[
         namespace("blue"),
         json!({"apiVersion": "wireway.dev/v1alpha1", "kind": "NetworkService",
@@ -662,14 +666,64 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
                "spec": {"cidr": "10.150.0.0/16", "nodePrefixLength": 24}}),
     ]);
     cluster
+        .until("operator-b to plan blue", CONVERGE, &[&a, &b], || async {
+            let metrics = b.get("/metrics").await?;
+            let services = metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("wireway_operator_objects{") && l.contains("NetworkService")
+                })
+                .unwrap_or_default();
+            if services.ends_with(" 3") {
+                Ok(())
+            } else {
+                Err(format!("{services:?} in\n{metrics}"))
+            }
+        })
+        .await;
+    let planned = k8s_openapi::jiff::Timestamp::now().as_second();
+    while k8s_openapi::jiff::Timestamp::now().as_second() <= planned + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.signal("CONT");
+    let before = cluster.converged(&[&a, &b]).await;
+    assert!(
+        before.contains_key("NetworkService blue/blue"),
+        "{:?}",
+        before.keys()
+    );
+    assert_eq!(cluster.leader().await.as_deref(), Some("operator-a"));
+
+    a.kill();
+    cluster
         .until(
-            "blue/blue's status, from the new leader",
+            "operator-b to hold the Lease",
+            TAKEOVER,
+            &[&a, &b],
+            || async {
+                match cluster.leader().await {
+                    Some(holder) if holder == "operator-b" => Ok(()),
+                    other => Err(format!("held by {other:?}")),
+                }
+            },
+        )
+        .await;
+    // The new leader writes: a service created now gets its status.
+    cluster.cp.apply(&[
+        namespace("violet"),
+        json!({"apiVersion": "wireway.dev/v1alpha1", "kind": "NetworkService",
+               "metadata": {"name": "violet", "namespace": "violet"},
+               "spec": {"cidr": "10.160.0.0/16", "nodePrefixLength": 24}}),
+    ]);
+    cluster
+        .until(
+            "violet/violet's status, from the new leader",
             CONVERGE,
-            &[a, b],
+            &[&a, &b],
             || async {
                 let all = cluster.objects(Kind::NetworkService).await;
-                let blue = all.get("blue/blue").ok_or("no blue/blue")?;
-                ready(blue).map(|_| ()).ok_or(format!("{}", blue.data))
+                let violet = all.get("violet/violet").ok_or("no violet/violet")?;
+                ready(violet).map(|_| ()).ok_or(format!("{}", violet.data))
             },
         )
         .await;
@@ -678,11 +732,11 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
         let new = after.get(name).unwrap_or_else(|| panic!("{name} is gone"));
         assert_eq!(
             new.data["status"], old.data["status"],
-            "{name}: the status moved when {standby_name} took over"
+            "{name}: the status moved when operator-b took over"
         );
         assert_eq!(
             new.metadata.resource_version, old.metadata.resource_version,
-            "{name} was written to when {standby_name} took over: before {:?}, after {:?}",
+            "{name} was written to when operator-b took over: before {:?}, after {:?}",
             old.metadata, new.metadata
         );
     }

@@ -29,14 +29,28 @@ pub struct Config {
 
 /// Starts leader election, the status writer and the event publisher. Returns whether
 /// this operator leads, as it changes.
+///
+/// Until it wins the election this operator is a standby, and the engine is told so
+/// ([`Hub::set_leading`]): a standby's statuses follow what the objects hold.
 pub fn start(
     client: Client,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     events: mpsc::Receiver<Addressed>,
     config: Config,
     metrics: Metrics,
 ) -> watch::Receiver<bool> {
     let (leading, leader) = watch::channel(false);
+    hub.set_leading(false);
+    let mut told = leader.clone();
+    let engine = hub.clone();
+    tokio::spawn(async move {
+        loop {
+            engine.set_leading(*told.borrow_and_update());
+            if told.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let election = lease::Election {
         namespace: config.namespace.clone(),
         lease: "wireway-operator".into(),

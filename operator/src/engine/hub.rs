@@ -55,6 +55,9 @@ pub struct Hub {
     nodes: Mutex<BTreeMap<String, watch::Sender<Option<Arc<NodeState>>>>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     published: watch::Sender<Arc<Published>>,
+    /// Whether this operator writes to the objects: true unless a controller says it is
+    /// a standby (without a cluster nothing else writes).
+    leading: watch::Sender<bool>,
 }
 
 impl Default for Hub {
@@ -63,6 +66,7 @@ impl Default for Hub {
             nodes: Mutex::default(),
             snapshot: watch::Sender::new(Arc::new(Snapshot::default())),
             published: watch::Sender::new(Arc::new(Published::default())),
+            leading: watch::Sender::new(true),
         }
     }
 }
@@ -114,6 +118,28 @@ impl Hub {
     /// Publishes a new status snapshot.
     pub fn publish_snapshot(&self, snapshot: Snapshot) {
         self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    /// Says whether this operator leads (writes statuses, events and finalizers). A
+    /// standby's engine takes the statuses the objects hold as its own last published
+    /// ones, so that on taking over it carries on from them (transition times included)
+    /// rather than from what it planned itself.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.send_if_modified(|current| {
+            let changed = *current != leading;
+            *current = leading;
+            changed
+        });
+    }
+
+    /// Whether this operator leads (see [`set_leading`](Self::set_leading)).
+    pub fn leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Follows whether this operator leads.
+    pub fn subscribe_leading(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
     }
 
     /// Publishes what the controller acts on, if it changed.

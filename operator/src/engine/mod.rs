@@ -101,7 +101,13 @@ pub struct Engine {
     declared: BTreeMap<String, Node>,
     agents: BTreeMap<String, Agent>,
     problems: Vec<Problem>,
+    /// The statuses in effect, as last computed (shown, and written while leading).
     published: Statuses,
+    /// What events and transition times carry on from: while leading, the statuses last
+    /// published; while a standby, what the objects hold (the leader's), so that on
+    /// taking over this engine neither moves the leader's transition times nor repeats
+    /// its events, and announces what the leader had not.
+    announced: Statuses,
     /// Statuses from the store, given to objects that arrive before the first plan.
     restored: Option<Stored>,
     /// The statuses the objects hold, as the source last delivered them.
@@ -166,6 +172,7 @@ impl Engine {
             agents: agents::restored(&stored.agents),
             problems: Vec::new(),
             published: Statuses::default(),
+            announced: Statuses::default(),
             restored: Some(stored),
             live: Statuses::default(),
             finalizers: Finalizers::default(),
@@ -188,14 +195,24 @@ impl Engine {
     }
 
     /// Handles inputs until `inputs` closes: each batch of waiting inputs, then one step.
+    /// A change of leadership is a step too: a new leader announces what differs from
+    /// what the objects hold.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut leading = self.hub.subscribe_leading();
         loop {
-            let input = match self.grace_deadline() {
-                Some(deadline) => tokio::select! {
-                    input = inputs.recv() => input.map(Some),
-                    () = tokio::time::sleep_until(deadline.into()) => Some(None),
-                },
-                None => inputs.recv().await.map(Some),
+            let grace = self.grace_deadline();
+            let input = tokio::select! {
+                input = inputs.recv() => input.map(Some),
+                () = async {
+                    match grace {
+                        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(None),
+                Ok(()) = leading.changed() => {
+                    self.stale = true;
+                    Some(None)
+                }
             };
             let Some(input) = input else { return };
             if let Some(input) = input {
@@ -240,6 +257,8 @@ impl Engine {
     /// A change from a source. Nodes are merged with what their agents said; objects that
     /// arrive before the first plan get their stored status back.
     fn source_change(&mut self, mut change: Change) {
+        // A standby's statuses follow what the objects hold (see `seen`).
+        let follow = !self.hub.leading();
         match change {
             Change::Node(node) => {
                 let name = node.name.clone();
@@ -257,8 +276,9 @@ impl Engine {
                 restore(&mut self.restored, o, |s| &mut s.network_services);
                 seen(
                     &mut self.live.network_services,
-                    &mut self.published.network_services,
+                    &mut self.announced.network_services,
                     o,
+                    follow,
                 );
                 let unchanged = same_spec(self.planner.network_service(&key), o);
                 if self.config.kubernetes {
@@ -274,14 +294,24 @@ impl Engine {
             }
             Change::Endpoint(ref mut o) => {
                 restore(&mut self.restored, o, |s| &mut s.endpoints);
-                seen(&mut self.live.endpoints, &mut self.published.endpoints, o);
+                seen(
+                    &mut self.live.endpoints,
+                    &mut self.announced.endpoints,
+                    o,
+                    follow,
+                );
                 if same_spec(self.planner.endpoint(&o.key()), o) {
                     return;
                 }
             }
             Change::Admission(ref mut o) => {
                 restore(&mut self.restored, o, |s| &mut s.admissions);
-                seen(&mut self.live.admissions, &mut self.published.admissions, o);
+                seen(
+                    &mut self.live.admissions,
+                    &mut self.announced.admissions,
+                    o,
+                    follow,
+                );
                 if same_spec(self.planner.admission(&o.key()), o) {
                     return;
                 }
@@ -290,8 +320,9 @@ impl Engine {
                 restore(&mut self.restored, o, |s| &mut s.identity_grants);
                 seen(
                     &mut self.live.identity_grants,
-                    &mut self.published.identity_grants,
+                    &mut self.announced.identity_grants,
                     o,
+                    follow,
                 );
                 if same_spec(self.planner.identity_grant(&o.key()), o) {
                     return;
@@ -388,27 +419,33 @@ impl Engine {
         };
         let mut statuses = self.planner.statuses(applied);
         let now = self.planner.now();
+        let announced = &self.announced;
         carry(
             &mut statuses.network_services,
-            &self.published.network_services,
+            &announced.network_services,
             &now,
         );
-        carry(&mut statuses.endpoints, &self.published.endpoints, &now);
-        carry(&mut statuses.admissions, &self.published.admissions, &now);
+        carry(&mut statuses.endpoints, &announced.endpoints, &now);
+        carry(&mut statuses.admissions, &announced.admissions, &now);
         carry(
             &mut statuses.identity_grants,
-            &self.published.identity_grants,
+            &announced.identity_grants,
             &now,
         );
-        if let Some(events) = &self.events
-            && self.plans > 0
-        {
-            for event in events::events(&self.published, &statuses) {
-                let reference = self.reference(&event);
-                if events.try_send((event, reference)).is_err() {
-                    tracing::warn!("the event queue is full; an event is dropped");
+        // Only a leader announces (a standby's events would be dropped, and it keeps
+        // following what the objects hold until it leads).
+        if self.hub.leading() {
+            if let Some(events) = &self.events
+                && self.plans > 0
+            {
+                for event in events::events(&self.announced, &statuses) {
+                    let reference = self.reference(&event);
+                    if events.try_send((event, reference)).is_err() {
+                        tracing::warn!("the event queue is full; an event is dropped");
+                    }
                 }
             }
+            self.announced = statuses.clone();
         }
         self.published = statuses;
         if self.config.kubernetes && self.plans > 0 {

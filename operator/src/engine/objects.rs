@@ -56,19 +56,29 @@ pub(super) fn restore<O: Object>(
 }
 
 /// Remembers the status an object arrives with: what it holds (for the status writer),
-/// and, the first time, what was last published (so transition times and events carry
-/// on across operator restarts).
+/// and as what was last announced (so transition times and events carry on across
+/// operator restarts and takeovers): the first time, and every time when `follow`.
+///
+/// A standby follows: the leader writes, so what the object holds is what was
+/// announced, whatever the standby planned itself. Were it to keep its own, it would
+/// write its own transition times over the leader's on taking over. The leader does not
+/// follow: what arrives may be the echo of an older write of its own.
 pub(super) fn seen<O: Object>(
     live: &mut BTreeMap<ObjectKey, O::Status>,
     published: &mut BTreeMap<ObjectKey, O::Status>,
     object: &O,
+    follow: bool,
 ) {
     let key = object.key();
     match object.status() {
         Some(status) => {
-            published
-                .entry(key.clone())
-                .or_insert_with(|| status.clone());
+            if follow {
+                published.insert(key.clone(), status.clone());
+            } else {
+                published
+                    .entry(key.clone())
+                    .or_insert_with(|| status.clone());
+            }
             live.insert(key, status.clone());
         }
         None => {
@@ -165,5 +175,55 @@ pub(super) fn carry<S: Conditions>(
             .map(Conditions::conditions)
             .unwrap_or_default();
         carry_transitions(status.conditions_mut(), previous, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wireway_crds::AdmissionStatus;
+
+    use super::*;
+
+    fn admission(ready_since: &str) -> Admission {
+        let mut admission: Admission = serde_json::from_value(serde_json::json!({
+            "apiVersion": "wireway.dev/v1alpha1", "kind": "Admission",
+            "metadata": {"name": "a", "namespace": "red"},
+            "spec": {"networkService": "red", "allow": [{"namespace": "green"}]},
+        }))
+        .expect("an Admission");
+        admission.status = Some(AdmissionStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Ready".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: Time(ready_since.parse().expect("a time")),
+            }],
+            ..AdmissionStatus::default()
+        });
+        admission
+    }
+
+    #[test]
+    fn a_standby_follows_what_objects_hold_and_a_leader_keeps_what_it_published() {
+        let key = ObjectKey::new("red", "a");
+        let own = admission("2026-01-01T00:00:02Z");
+        let leaders = admission("2026-01-01T00:00:01Z");
+        for (follow, expected) in [(true, &leaders), (false, &own)] {
+            let mut live = BTreeMap::new();
+            let mut published = BTreeMap::from([(key.clone(), own.status.clone().expect("own"))]);
+            seen(&mut live, &mut published, &leaders, follow);
+            assert_eq!(
+                published.get(&key),
+                expected.status.as_ref(),
+                "follow: {follow}"
+            );
+            assert_eq!(
+                live.get(&key),
+                leaders.status.as_ref(),
+                "live is what it holds"
+            );
+        }
     }
 }
