@@ -223,7 +223,6 @@ impl<D: Dataplane> Agent<D> {
     #[tracing::instrument(name = "pass", skip_all, fields(version = state.version, services = state.services.len()))]
     pub async fn converge(&self, state: &NodeState) -> Result<Pass, ApplyError> {
         let before = self.dataplane.writes();
-        self.dataplane.prepare()?;
         let endpoints = resolve_endpoints(converge::endpoint_names(state)).await;
         let found = Found {
             netns: &self.netns,

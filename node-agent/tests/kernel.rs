@@ -700,3 +700,98 @@ fn removing_a_service_removes_all_it_made_and_nothing_else() {
     assert!(routes.trim().is_empty(), "{routes}");
     assert!(lab.reachable("bridge", "10.100.1.1"), "red still works");
 }
+
+/// A sysctl of `node`'s namespace, e.g. `net/ipv6/conf/all/forwarding`.
+fn sysctl(lab: &Lab, node: &str, key: &str) -> String {
+    let path = format!("/proc/sys/{key}");
+    ok(&["ip", "netns", "exec", &lab.ns(node), "cat", &path])
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn forwarding_is_turned_on_only_on_the_links_a_service_needs() {
+    if !root_or_skip("forwarding_is_turned_on_only...") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    lab.netns("blue-a");
+    lab.netns("blue-b");
+    // A SLAAC node: its uplink takes router advertisements (the namespace's default).
+    let accept_ra = sysctl(&lab, "n1", "net/ipv6/conf/eth0/accept_ra");
+    let node_wide = |lab: &Lab| {
+        [
+            "net/ipv4/ip_forward",
+            "net/ipv4/conf/eth0/forwarding",
+            "net/ipv6/conf/all/forwarding",
+            "net/ipv6/conf/eth0/forwarding",
+        ]
+        .map(|key| (key, sysctl(lab, "n1", key)))
+    };
+    let off = |key| (key, "0".to_owned());
+
+    // IPv4 services only: forwarding on their links, nothing IPv6, nothing node-wide.
+    apply_all(&lab, &[&red(), &green()], &keys);
+    assert!(lab.reachable("red-a", "10.100.2.1"), "red-a -> red-b");
+    assert!(lab.reachable("bridge", "10.200.1.1"), "bridge -> green-a");
+    assert_eq!(
+        node_wide(&lab),
+        [
+            "net/ipv4/ip_forward",
+            "net/ipv4/conf/eth0/forwarding",
+            "net/ipv6/conf/all/forwarding",
+            "net/ipv6/conf/eth0/forwarding",
+        ]
+        .map(off)
+    );
+    assert_eq!(
+        sysctl(&lab, "n1", "net/ipv6/conf/eth0/accept_ra"),
+        accept_ra
+    );
+    let red_a = host_side("red", "red-a");
+    for link in ["ww-red", red_a.as_str()] {
+        assert_eq!(
+            sysctl(&lab, "n1", &format!("net/ipv4/conf/{link}/forwarding")),
+            "1",
+            "{link}"
+        );
+    }
+
+    // An IPv6 service too: its links forward IPv6; still nothing node-wide where the
+    // kernel forwards per link (Linux 6.17+, `force_forwarding`).
+    apply_all(&lab, &[&red(), &green(), &blue()], &keys);
+    assert!(lab.reachable("blue-a", "fd00:b:0:2::1"), "blue-a -> blue-b");
+    assert!(lab.reachable("red-a", "10.100.2.1"), "red-a -> red-b");
+    let per_link = std::path::Path::new("/proc/sys/net/ipv6/conf/all/force_forwarding").exists();
+    if per_link {
+        assert_eq!(
+            node_wide(&lab),
+            [
+                "net/ipv4/ip_forward",
+                "net/ipv4/conf/eth0/forwarding",
+                "net/ipv6/conf/all/forwarding",
+                "net/ipv6/conf/eth0/forwarding",
+            ]
+            .map(off)
+        );
+        let blue_a = host_side("blue", "blue-a");
+        for link in ["ww-blue", blue_a.as_str()] {
+            assert_eq!(
+                sysctl(
+                    &lab,
+                    "n1",
+                    &format!("net/ipv6/conf/{link}/force_forwarding")
+                ),
+                "1",
+                "{link}"
+            );
+        }
+    } else {
+        eprintln!("this kernel forwards IPv6 only node-wide (no force_forwarding)");
+    }
+    assert_eq!(
+        sysctl(&lab, "n1", "net/ipv6/conf/eth0/accept_ra"),
+        accept_ra
+    );
+}

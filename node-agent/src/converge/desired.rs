@@ -9,7 +9,9 @@ use wireway_proto::{
 };
 
 use super::firewall::{Firewall, Source};
-use super::model::{MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide};
+use super::model::{
+    Forwarding, MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide,
+};
 
 /// The routing tables the agent owns: `ROUTE_TABLE_BASE` and the 65535 after it. A
 /// NodeState naming another table is refused.
@@ -253,7 +255,13 @@ fn add_service(
             ipv4: family_ipv4,
         });
         plane.rules.insert(Rule::Reject {
-            iif,
+            iif: iif.clone(),
+            ipv4: family_ipv4,
+        });
+        // Packets arriving here are routed on (by the service's table): forwarding on
+        // this link, in the service's family only.
+        plane.forwarding.insert(Forwarding {
+            device: iif,
             ipv4: family_ipv4,
         });
     }

@@ -10,8 +10,11 @@
 //!   (before any link is made: the fence stands before the gate opens), then new links,
 //!   their configuration and peers, then the new members' sources (each after its
 //!   member's address is configured), then rules (each device's reject rule before its
-//!   lookup rule, so a device is never without its fence), routes last (they need the
+//!   lookup rule, so a device is never without its fence), then forwarding on the links
+//!   packets arrive on (each behind its fence and rules), routes last (they need the
 //!   links);
+//! * forwarding is turned on only where a service needs it (its links, its family),
+//!   never node-wide, and never turned off: a link that goes takes its own with it;
 //! * only objects the agent owns (its name prefixes, tables, rule priorities and its
 //!   nftables table) appear in `observed`, so nothing else is ever touched.
 //!
@@ -27,7 +30,9 @@ pub use desired::{
     endpoint_names,
 };
 pub use firewall::{Firewall, Source};
-pub use model::{MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide};
+pub use model::{
+    Forwarding, MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide,
+};
 pub use op::Op;
 
 use std::collections::BTreeSet;
@@ -43,6 +48,7 @@ pub fn converge(desired: &Plane, observed: &Plane) -> Vec<Op> {
     member_veths(desired, observed, &gone, &mut ops);
     add_sources(desired, observed, &mut ops);
     add_rules(desired, observed, &mut ops);
+    enable_forwarding(desired, observed, &gone, &mut ops);
     add_routes(desired, observed, &gone, &mut ops);
     ops
 }
@@ -319,7 +325,20 @@ fn add_rules(desired: &Plane, observed: &Plane, ops: &mut Vec<Op>) {
     ops.extend(missing.into_iter().cloned().map(Op::AddRule));
 }
 
-/// 8. Routes last: they point at the links made above. A route of a link just
+/// 8. Forwarding on the links packets arrive on, once their fences and rules stand. A link
+///    just (re)created has none, whatever was observed on the old one.
+fn enable_forwarding(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &mut Vec<Op>) {
+    ops.extend(
+        desired
+            .forwarding
+            .iter()
+            .filter(|f| !observed.forwarding.contains(*f) || gone.contains(f.device.as_str()))
+            .cloned()
+            .map(Op::EnableForwarding),
+    );
+}
+
+/// 9. Routes last: they point at the links made above. A route of a link just
 ///    (re)created is missing even if it was observed on the old link.
 fn add_routes(desired: &Plane, observed: &Plane, gone: &BTreeSet<&str>, ops: &mut Vec<Op>) {
     ops.extend(

@@ -115,6 +115,17 @@ pub enum Rule {
     },
 }
 
+/// Forwarding for one address family on one of the agent's links: packets arriving on
+/// it may be routed to another link. Only what a service needs is turned on: its
+/// WireGuard interface and its members' host veths, in its family; nothing node-wide.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Forwarding {
+    /// The link packets arrive on.
+    pub device: String,
+    /// IPv4 (true) or IPv6.
+    pub ipv4: bool,
+}
+
 /// The data plane of one node, everything the agent owns there: desired, or observed in
 /// the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -127,6 +138,8 @@ pub struct Plane {
     pub routes: BTreeSet<Route>,
     /// The agent's policy rules.
     pub rules: BTreeSet<Rule>,
+    /// Forwarding on the agent's links (observed: of the desired ones, those on).
+    pub forwarding: BTreeSet<Forwarding>,
     /// The agent's nftables table; `None` when there is none (no service on the node).
     pub firewall: Option<Firewall>,
 }

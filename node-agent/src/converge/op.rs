@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::firewall::Source;
-use super::model::{NetnsId, Peer, Route, Rule};
+use super::model::{Forwarding, NetnsId, Peer, Route, Rule};
 
 /// One change to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +113,8 @@ pub enum Op {
     },
     /// Add a policy rule.
     AddRule(Rule),
+    /// Turn forwarding on for packets arriving on a link, in one family.
+    EnableForwarding(Forwarding),
     /// Add a route.
     AddRoute(Route),
     /// Make the agent's nftables table anew (it is missing, or a set, chain or rule
@@ -141,6 +143,7 @@ impl Op {
             Self::ConfigureHost { host, .. } | Self::ConfigureWorkload { host, .. } => Some(host),
             Self::SetPeer { interface, .. } | Self::RemovePeer { interface, .. } => Some(interface),
             Self::AddRoute(route) => Some(&route.device),
+            Self::EnableForwarding(f) => Some(&f.device),
             _ => None,
         }
     }
@@ -196,6 +199,11 @@ impl fmt::Display for Op {
                 ..
             } => write!(f, "set peer {public_key} on {interface}"),
             Self::AddRule(rule) => write!(f, "add rule {rule}"),
+            Self::EnableForwarding(Forwarding { device, ipv4 }) => write!(
+                f,
+                "enable {} forwarding on {device}",
+                if *ipv4 { "IPv4" } else { "IPv6" }
+            ),
             Self::AddRoute(r) => write!(
                 f,
                 "add route {} dev {} table {}",

@@ -51,8 +51,13 @@ fn from_nothing_links_come_first_rules_then_routes_last() {
         .iter()
         .rposition(|o| matches!(o, Op::AddRule(_)))
         .expect("rules");
+    let first_forwarding = position(&|o| matches!(o, Op::EnableForwarding(_)));
+    let last_forwarding = ops
+        .iter()
+        .rposition(|o| matches!(o, Op::EnableForwarding(_)))
+        .expect("forwarding");
     assert!(
-        last_link < first_rule && last_rule < first_route,
+        last_link < first_rule && last_rule < first_forwarding && last_forwarding < first_route,
         "{ops:#?}"
     );
     assert!(!ops.iter().any(|o| matches!(
@@ -114,6 +119,30 @@ fn what_each_service_asks_for() {
         green_member.addresses,
         BTreeSet::from(["fe80::77:1/64".parse().unwrap()])
     );
+}
+
+/// Forwarding where a service needs it and nowhere else: on the links its packets arrive
+/// on (its WireGuard interface, its members' veths), in its family only; nothing
+/// node-wide, and nothing without a service.
+#[test]
+fn forwarding_is_on_each_service_links_in_its_family_only() {
+    let on = |device: &str, ipv4| Forwarding {
+        device: device.into(),
+        ipv4,
+    };
+    assert_eq!(
+        plane(vec![red()]).forwarding,
+        BTreeSet::from([
+            on("ww-red", true),
+            on("wwv0000000a", true),
+            on("wwv0000000b", true)
+        ])
+    );
+    assert_eq!(
+        plane(vec![green()]).forwarding,
+        BTreeSet::from([on("ww-green", false), on("wwv0000000c", false)])
+    );
+    assert_eq!(plane(vec![]).forwarding, BTreeSet::new());
 }
 
 /// The node API carries no routes: the agent derives them, so they always point at the
@@ -257,6 +286,11 @@ fn a_member_in_a_new_namespace_gets_a_new_pair() {
         }
     );
     assert!(ops.iter().any(|o| matches!(o, Op::CreateMember { .. })));
+    // The new pair's link has forwarding off until it is turned on again.
+    assert!(ops.contains(&Op::EnableForwarding(Forwarding {
+        device: "wwv0000000a".into(),
+        ipv4: true
+    })));
     let mut healed = observed.clone();
     apply(&mut healed, &want, &ops);
     assert_eq!(converge(&want, &healed), []);

@@ -56,8 +56,8 @@ fn missing(op: &Op, link: &str) -> ApplyError {
 }
 
 /// What a kernel holds of the agent's objects, changed by operations as the kernel
-/// changes: deleting a link drops its routes, not its rules; a new veth's workload side
-/// is in the namespace the operation names, down and unconfigured.
+/// changes: deleting a link drops its routes and its forwarding, not its rules; a new
+/// veth's workload side is in the namespace the operation names, down and unconfigured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model {
     held: Plane,
@@ -106,6 +106,7 @@ impl Model {
                     return Err(missing(op, name));
                 }
                 held.routes.retain(|r| &r.device != name);
+                held.forwarding.retain(|f| &f.device != name);
             }
             Op::RemoveRule(rule) => {
                 if !held.rules.remove(rule) {
@@ -225,6 +226,13 @@ impl Model {
                     return Err(refusal(op, EXISTS));
                 }
             }
+            Op::EnableForwarding(forwarding) => {
+                let device = &forwarding.device;
+                if !held.wireguard.contains_key(device) && !held.members.contains_key(device) {
+                    return Err(missing(op, device));
+                }
+                held.forwarding.insert(forwarding.clone());
+            }
             Op::AddRoute(route) => {
                 let device = &route.device;
                 if !held.wireguard.contains_key(device) && !held.members.contains_key(device) {
@@ -291,8 +299,6 @@ impl Model {
 /// A call the agent made on the fake kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    /// [`Dataplane::prepare`].
-    Prepare,
     /// [`Dataplane::observe`].
     Observe,
     /// [`Dataplane::apply_op`] with this operation.
@@ -367,14 +373,9 @@ impl Dataplane for FakeKernel {
     }
 
     /// One per operation applied, as netlink counts: WireGuard configuration (listen
-    /// ports, peers) and nftables are not counted.
+    /// ports, peers), forwarding (sysctls) and nftables are not counted.
     fn writes(&self) -> u64 {
         self.lock().writes
-    }
-
-    fn prepare(&self) -> Result<(), ApplyError> {
-        self.lock().calls.push(Call::Prepare);
-        Ok(())
     }
 
     async fn observe(&self, desired: &Plane, _: &Namespaces) -> Result<Plane, ApplyError> {
@@ -418,6 +419,7 @@ impl Dataplane for FakeKernel {
             Op::SetListenPort { .. }
                 | Op::SetPeer { .. }
                 | Op::RemovePeer { .. }
+                | Op::EnableForwarding(_)
                 | Op::ReplaceFirewall { .. }
                 | Op::SetFirewallSources { .. }
                 | Op::DeleteFirewall

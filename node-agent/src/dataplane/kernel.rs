@@ -27,7 +27,8 @@ use super::wireguard::{Backend, PeerChange, PeerStats, PrivateKey, WireGuardErro
 use super::{ApplyError, Dataplane};
 use crate::converge::firewall;
 use crate::converge::{
-    GATEWAY_V6, MemberLink, NetnsId, Op, Plane, ROUTE_TABLES, Route, Rule, WireGuard, WorkloadSide,
+    Forwarding, GATEWAY_V6, MemberLink, NetnsId, Op, Plane, ROUTE_TABLES, Route, Rule, WireGuard,
+    WorkloadSide,
 };
 
 /// Priority of the rules `iif <dev> lookup <table>`.
@@ -57,6 +58,25 @@ pub struct Kernel {
 fn sysctl_path(ipv4: bool, device: &str, key: &str) -> String {
     let family = if ipv4 { "ipv4" } else { "ipv6" };
     format!("/proc/sys/net/{family}/conf/{device}/{key}")
+}
+
+/// The sysctls that must read 1 for packets arriving on a link to be forwarded, in the
+/// calling thread's namespace. IPv4: the link's own `forwarding` (the kernel checks the
+/// input link's; `net.ipv4.ip_forward` would turn on every link). IPv6: the link's
+/// `force_forwarding` (Linux 6.17+), which forwards regardless of `conf/all`; on older
+/// kernels only `conf/all/forwarding` forwards IPv6, and that makes every interface of
+/// the node a router (no router advertisements taken; `docs/operations.md`).
+fn forwarding_sysctls(forwarding: &Forwarding) -> String {
+    let Forwarding { device, ipv4 } = forwarding;
+    if *ipv4 {
+        return sysctl_path(true, device, "forwarding");
+    }
+    let force = sysctl_path(false, device, "force_forwarding");
+    if std::path::Path::new(&force).exists() {
+        force
+    } else {
+        "/proc/sys/net/ipv6/conf/all/forwarding".to_owned()
+    }
 }
 
 /// Turns IPv6 on or off on `device` in the calling thread's namespace. Without IPv6 in
@@ -191,24 +211,6 @@ impl Dataplane for Kernel {
         self.netlink.writes()
     }
 
-    /// Turns on forwarding, which every service needs (packets go from a veth to
-    /// WireGuard and back).
-    fn prepare(&self) -> Result<(), ApplyError> {
-        for path in [
-            "/proc/sys/net/ipv4/ip_forward",
-            "/proc/sys/net/ipv6/conf/all/forwarding",
-        ] {
-            let io = |source| ApplyError::Io {
-                action: format!("enable forwarding ({path})"),
-                source,
-            };
-            if std::fs::read_to_string(path).map_err(io)?.trim() != "1" {
-                std::fs::write(path, "1").map_err(io)?;
-            }
-        }
-        Ok(())
-    }
-
     async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {
         let links = self
             .netlink
@@ -318,6 +320,16 @@ impl Dataplane for Kernel {
                 _ => {}
             }
         }
+        // Forwarding is read where it is wanted, on the links that are there.
+        plane.forwarding = desired
+            .forwarding
+            .iter()
+            .filter(|f| names.values().any(|n| *n == f.device))
+            .filter(|f| {
+                std::fs::read_to_string(forwarding_sysctls(f)).is_ok_and(|v| v.trim() == "1")
+            })
+            .cloned()
+            .collect();
         // A table that cannot be listed is taken as missing: replacing it then says why.
         plane.firewall = nftables::list().await.ok().flatten();
         Ok(plane)
@@ -535,6 +547,9 @@ impl Dataplane for Kernel {
                     .add_rule(ipv4, priority, iif, table)
                     .await
                     .map_err(nl)
+            }
+            Op::EnableForwarding(forwarding) => {
+                std::fs::write(forwarding_sysctls(forwarding), "1").map_err(sys)
             }
             Op::AddRoute(route) => {
                 let index = self.index_of(&route.device, &action).await?;

@@ -104,9 +104,6 @@ pub trait Dataplane: Send + Sync {
     /// in sync makes none.
     fn writes(&self) -> u64;
 
-    /// Sets up what every service needs (forwarding). Writes only what is not already set.
-    fn prepare(&self) -> Result<(), ApplyError>;
-
     /// What the data plane holds of the agent's objects. Workload sides are looked up in
     /// the namespaces `desired` names for them, as opened for this pass (`namespaces`).
     fn observe(
