@@ -5,7 +5,6 @@ use std::cell::{OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use wireway_proto::{NetnsLocator, NodeState, netns_locator};
 use wireway_runtime::files;
@@ -18,9 +17,7 @@ use crate::dataplane::pods::PodIndex;
 use crate::dataplane::wireguard::userspace::Userspace;
 use crate::dataplane::wireguard::{self, Backend, PeerStats};
 use crate::dataplane::{ApplyError, Dataplane};
-
-/// How long a peer endpoint's host name may take to resolve.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::resolver::{Limits, Resolver, System};
 
 /// Where the agent keeps what must survive it: the node's private key, and the control
 /// sockets of its userspace WireGuard devices.
@@ -116,11 +113,12 @@ impl Pass {
 pub struct Agent<D = Kernel> {
     dataplane: D,
     netns: NetnsFinder,
+    resolver: Resolver,
 }
 
 /// What [`converge::desired`] looks up, found: namespaces now, each opened once and
 /// kept for the pass (the pods' cgroups read at most once a pass, and only if a member is
-/// named by UID), endpoints resolved before.
+/// named by UID), endpoints as the resolver knows them (never waiting for a lookup).
 struct Found<'a> {
     netns: &'a NetnsFinder,
     pods: OnceCell<Option<PodIndex>>,
@@ -168,22 +166,6 @@ impl Lookup for &Found<'_> {
     }
 }
 
-/// Resolves host names of peer endpoints; a name that does not resolve in time is left out.
-async fn resolve_endpoints(
-    names: impl IntoIterator<Item = String>,
-) -> BTreeMap<String, SocketAddr> {
-    let mut found = BTreeMap::new();
-    for name in names {
-        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name.clone()));
-        if let Ok(Ok(mut addresses)) = lookup.await
-            && let Some(address) = addresses.next()
-        {
-            found.insert(name, address);
-        }
-    }
-    found
-}
-
 impl Agent<Kernel> {
     /// An agent for the calling thread's network namespace, keeping its state in
     /// `state`; `program` is the agent binary (run again for userspace WireGuard devices).
@@ -209,9 +191,26 @@ impl Agent<Kernel> {
 }
 
 impl<D: Dataplane> Agent<D> {
-    /// An agent that converges `dataplane`, finding workloads' namespaces with `netns`.
+    /// An agent that converges `dataplane`, finding workloads' namespaces with `netns`
+    /// and peers' endpoints given by host name with the system's resolver.
     pub fn new(dataplane: D, netns: NetnsFinder) -> Self {
-        Self { dataplane, netns }
+        Self {
+            dataplane,
+            netns,
+            resolver: Resolver::new(System, Limits::default()),
+        }
+    }
+
+    /// The agent, looking host names up with `resolver` instead.
+    #[must_use]
+    pub fn with_resolver(self, resolver: Resolver) -> Self {
+        Self { resolver, ..self }
+    }
+
+    /// Where the passes' host names are looked up: [`Resolver::changed`] says when a pass
+    /// would set a new endpoint.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
     }
 
     /// The WireGuard backend in use: `kernel` or `userspace`.
@@ -219,11 +218,12 @@ impl<D: Dataplane> Agent<D> {
         self.dataplane.backend()
     }
 
-    /// Converges the data plane to `state` once.
+    /// Converges the data plane to `state` once, with the endpoints known now: a peer whose
+    /// host name has no address yet is set without one (see [`crate::resolver`]).
     #[tracing::instrument(name = "pass", skip_all, fields(version = state.version, services = state.services.len()))]
     pub async fn converge(&self, state: &NodeState) -> Result<Pass, ApplyError> {
         let before = self.dataplane.writes();
-        let endpoints = resolve_endpoints(converge::endpoint_names(state)).await;
+        let endpoints = self.resolver.endpoints(&converge::endpoint_names(state));
         let found = Found {
             netns: &self.netns,
             pods: OnceCell::new(),

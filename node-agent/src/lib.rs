@@ -15,17 +15,20 @@
 //! * `converge`: pure; imports only the node API (`wireway-proto`);
 //! * `dataplane`: the kernel (netlink, WireGuard, namespaces) behind [`dataplane::Dataplane`];
 //!   imports `converge`;
-//! * `agent`: one pass; imports `converge` and `dataplane`;
+//! * `agent`: one pass; imports `converge`, `dataplane` and `resolver`;
 //! * `session`: the operator's stream; imports `agent`, `dataplane` (the trait) and
 //!   `metrics`;
+//! * `resolver`: peers' host names, looked up in the background; imports nothing of the
+//!   agent's;
 //! * `metrics`, `node`: import nothing of the agent's;
-//! * `testing` (tests only): fixtures; imports `converge` and `dataplane`.
+//! * `testing` (tests only): fixtures; imports `converge`, `dataplane` and `resolver`.
 
 pub mod agent;
 pub mod converge;
 pub mod dataplane;
 pub mod metrics;
 pub mod node;
+pub mod resolver;
 pub mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

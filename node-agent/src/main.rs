@@ -195,6 +195,10 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
+                // One pass, with no later one to set an endpoint whose name resolves
+                // after it: it waits for the names' first answers.
+                let names = wireway_agent::converge::endpoint_names(&desired);
+                agent.resolver().answered(&names).await;
                 match agent.converge(&desired).await {
                     Ok(pass) => {
                         for op in &pass.ops {

@@ -18,7 +18,9 @@
 //! benchmarks and integration tests turn on).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -29,6 +31,8 @@ use wireway_proto::{
 
 use crate::converge::{NetnsId, Plane, ResolvedNetns};
 use crate::dataplane::netns::NetnsFinder;
+use crate::resolver::{Answer, Resolve};
+use tokio::sync::{Notify, oneshot};
 
 /// The pods of [`red`] and [`green`] on node-1, by UID: `0a` and `0b` in red, `0c` in
 /// green.
@@ -322,4 +326,108 @@ pub fn pods_in(dir: &Path, uids: &[&str]) -> std::io::Result<NetnsFinder> {
         std::fs::write(dir.join(uid), "")?;
     }
     Ok(NetnsFinder::new(Vec::new(), Some(dir.to_owned()), None).accepting_any_file())
+}
+
+/// A resolver whose lookups wait until the test answers them ([`Held::answer`]), and
+/// that counts them: asked, and in flight at most at once.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    lookups: Arc<Mutex<Lookups>>,
+    asked: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct Lookups {
+    /// Lookups waiting for an answer: the name, and where the answer goes.
+    waiting: Vec<(String, oneshot::Sender<Option<SocketAddr>>)>,
+    asked: usize,
+    in_flight: usize,
+    most_in_flight: usize,
+}
+
+/// One lookup in flight, until its answer arrives or it is dropped.
+struct InFlight(Arc<Mutex<Lookups>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+    }
+}
+
+fn lock(lookups: &Mutex<Lookups>) -> std::sync::MutexGuard<'_, Lookups> {
+    lookups
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Resolve for Held {
+    fn resolve(&self, host_port: &str) -> Answer {
+        let (send, receive) = oneshot::channel();
+        {
+            let mut lookups = lock(&self.lookups);
+            lookups.waiting.push((host_port.to_owned(), send));
+            lookups.asked += 1;
+            lookups.in_flight += 1;
+            lookups.most_in_flight = lookups.most_in_flight.max(lookups.in_flight);
+        }
+        self.asked.notify_waiters();
+        let in_flight = InFlight(Arc::clone(&self.lookups));
+        Box::pin(async move {
+            let answer = receive.await;
+            drop(in_flight);
+            answer.map_err(|_| std::io::Error::other("the test did not answer"))
+        })
+    }
+}
+
+impl Held {
+    /// The names of the lookups waiting for an answer, once there are `count` (panics
+    /// after 10 s without, on tokio's clock: paused, it gets there as soon as nothing
+    /// else is due sooner).
+    pub async fn waiting(&self, count: usize) -> Vec<String> {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let asked = self.asked.notified();
+                tokio::pin!(asked);
+                asked.as_mut().enable();
+                let names: Vec<String> = {
+                    let lookups = lock(&self.lookups);
+                    lookups.waiting.iter().map(|(n, _)| n.clone()).collect()
+                };
+                if names.len() >= count {
+                    return names;
+                }
+                asked.await;
+            }
+        });
+        waited
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {count} lookups waiting after 10 s"))
+    }
+
+    /// Answers the waiting lookups of `name` with `address` (`None`: the name has no
+    /// address); how many there were.
+    pub fn answer(&self, name: &str, address: Option<SocketAddr>) -> usize {
+        let mut lookups = lock(&self.lookups);
+        let (these, others) = std::mem::take(&mut lookups.waiting)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(n, _)| n == name);
+        lookups.waiting = others;
+        drop(lookups);
+        let answered = these.len();
+        for (_, send) in these {
+            let _ = send.send(address);
+        }
+        answered
+    }
+
+    /// Lookups asked for so far.
+    pub fn asked(&self) -> usize {
+        lock(&self.lookups).asked
+    }
+
+    /// The most lookups that were in flight at once.
+    pub fn most_in_flight(&self) -> usize {
+        lock(&self.lookups).most_in_flight
+    }
 }

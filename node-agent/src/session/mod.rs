@@ -9,11 +9,15 @@
 //! * the last applied state is kept on disk and re-applied at start, before the operator
 //!   is reached, so an agent restart changes nothing;
 //! * only versions newer than the applied one are applied;
-//! * the agent reconnects with exponential backoff (100 ms to 10 s).
+//! * the agent reconnects with exponential backoff (100 ms to 10 s);
+//! * an error is counted once, when it appears: a problem a pass meets that the pass
+//!   before met too is not counted again, and a streak of failed connections counts once,
+//!   and only if it lasts `UNREACHABLE_AFTER` (30 s; an operator that is starting with the
+//!   agents, or restarting, is no error).
 
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +46,8 @@ use store::StateFile;
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// Retry interval while the last pass left something out (a pod still starting).
 const RETRY_PROBLEMS: Duration = Duration::from_secs(1);
+/// How long connections to the operator must fail in a row before it counts as an error.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// How the agent reaches the operator and introduces itself.
 #[derive(Debug, Clone)]
@@ -89,6 +95,8 @@ pub struct Session<D> {
 enum Wake {
     Received(Result<Option<NodeState>, tonic::Status>),
     Connect,
+    /// A peer's host name has a new address.
+    Resolved,
     Resync,
     Report,
     Stop,
@@ -150,6 +158,18 @@ impl<D: Dataplane> Session<D> {
         entry.1 = message;
     }
 
+    /// Counts a problem of a pass, unless the pass before had it too (`earlier`).
+    fn error_if_new(
+        &mut self,
+        earlier: &BTreeSet<String>,
+        category: &'static str,
+        message: String,
+    ) {
+        if !earlier.contains(&message) {
+            self.error(category, message);
+        }
+    }
+
     /// Runs until `stop` completes (in the binary: SIGTERM or SIGINT).
     #[tracing::instrument(name = "session", skip_all, fields(node = %self.config.node, operator = %self.config.operator))]
     pub async fn run(mut self, stop: impl Future<Output = ()>) {
@@ -170,6 +190,8 @@ impl<D: Dataplane> Session<D> {
         let mut stream: Option<Connected> = None;
         let mut backoff = RECONNECT;
         let mut connect_at = Instant::now();
+        let mut unreachable = Streak::default();
+        let resolver = self.agent.resolver().clone();
         let mut resync_at = Instant::now() + self.resync_interval();
         let mut report_at = Instant::now() + self.config.report_every;
         tokio::pin!(stop);
@@ -182,6 +204,7 @@ impl<D: Dataplane> Session<D> {
                     }
                 } => Wake::Received(received),
                 () = tokio::time::sleep_until(connect_at), if stream.is_none() => Wake::Connect,
+                () = resolver.changed() => Wake::Resolved,
                 () = tokio::time::sleep_until(resync_at) => Wake::Resync,
                 () = tokio::time::sleep_until(report_at), if stream.is_some() => Wake::Report,
                 () = &mut stop => Wake::Stop,
@@ -190,11 +213,14 @@ impl<D: Dataplane> Session<D> {
                 Wake::Connect => match self.open().await {
                     Ok(connected) => {
                         tracing::info!("following the operator");
+                        unreachable = Streak::default();
                         self.metrics.operator_connected.set(1);
                         stream = Some(connected);
                     }
                     Err(message) => {
-                        self.error(category::OPERATOR, message.clone());
+                        if unreachable.fail(Instant::now()) {
+                            self.error(category::OPERATOR, message.clone());
+                        }
                         let delay = backoff.fail();
                         tracing::warn!(error = message, retry_in = ?delay, "cannot reach the operator");
                         connect_at = Instant::now() + delay;
@@ -224,6 +250,12 @@ impl<D: Dataplane> Session<D> {
                     self.metrics.operator_connected.set(0);
                     stream = None;
                     connect_at = Instant::now() + backoff.fail();
+                }
+                Wake::Resolved => {
+                    if let Some(state) = self.applied.clone() {
+                        self.converge(state).await;
+                        resync_at = Instant::now() + self.resync_interval();
+                    }
                 }
                 Wake::Resync => {
                     if let Some(state) = self.applied.clone() {
@@ -300,6 +332,7 @@ impl<D: Dataplane> Session<D> {
         self.metrics
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
+        let earlier: BTreeSet<String> = std::mem::take(&mut self.problems).into_iter().collect();
         let pass = match result {
             Ok(pass) => pass,
             Err(e) => {
@@ -314,7 +347,7 @@ impl<D: Dataplane> Session<D> {
                     .passes
                     .get_or_create(&[("result", "failed")])
                     .inc();
-                self.error(e.category(), message.clone());
+                self.error_if_new(&earlier, e.category(), message.clone());
                 self.problems = vec![message];
                 return;
             }
@@ -330,13 +363,16 @@ impl<D: Dataplane> Session<D> {
             .get_or_create(&[("result", result)])
             .inc();
         for e in &pass.apply_errors {
-            self.error(e.category(), crate::chain(e));
+            self.error_if_new(&earlier, e.category(), crate::chain(e));
         }
         for e in &pass.desired_errors {
-            self.error(category::STATE, e.to_string());
+            self.error_if_new(&earlier, category::STATE, e.to_string());
         }
         self.problems = pass.problems();
-        if !pass.ops.is_empty() || !self.problems.is_empty() {
+        // Said when something changed, not at every retry of the same problems.
+        let same_problems = self.problems.len() == earlier.len()
+            && self.problems.iter().all(|p| earlier.contains(p));
+        if !pass.ops.is_empty() || !same_problems {
             tracing::info!(
                 version = state.version,
                 operations = pass.ops.len(),
@@ -413,6 +449,25 @@ impl<D: Dataplane> Session<D> {
                 format!("report refused: {}", status.message()),
             );
         }
+    }
+}
+
+/// A run of failed connections to the operator: it counts as one error, once it has
+/// lasted [`UNREACHABLE_AFTER`].
+#[derive(Debug, Default)]
+struct Streak {
+    /// When the first failure of the run was.
+    since: Option<Instant>,
+    counted: bool,
+}
+
+impl Streak {
+    /// A failure at `now`; whether it is the one that makes the run count.
+    fn fail(&mut self, now: Instant) -> bool {
+        let since = *self.since.get_or_insert(now);
+        let count = !self.counted && now.duration_since(since) >= UNREACHABLE_AFTER;
+        self.counted |= count;
+        count
     }
 }
 

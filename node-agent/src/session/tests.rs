@@ -16,6 +16,7 @@ use wireway_runtime::listen::{Address, serve_grpc};
 use super::*;
 use crate::converge::{Op, Route};
 use crate::dataplane::fake::{Call, FakeKernel};
+use crate::resolver::{Limits, Resolver, System};
 use crate::testing::*;
 
 /// A stream of NodeStates opened by an agent: its hello, and where the test sends the
@@ -100,6 +101,16 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, operator: &str, kernel: &FakeKernel) -> Self {
+        Self::resolving(
+            dir,
+            operator,
+            kernel,
+            Resolver::new(System, Limits::default()),
+        )
+    }
+
+    /// The session, looking host names up with `resolver`.
+    fn resolving(dir: &Path, operator: &str, kernel: &FakeKernel, resolver: Resolver) -> Self {
         let netns = pods_in(dir, &PODS).unwrap();
         let config = Config {
             operator: operator.to_owned(),
@@ -116,7 +127,7 @@ impl Running {
         };
         let (metrics, _) = Metrics::new("fake");
         let session = Session::new(
-            Agent::new(kernel.clone(), netns),
+            Agent::new(kernel.clone(), netns).with_resolver(resolver),
             config,
             metrics.clone(),
             Readiness::new("starting"),
@@ -141,6 +152,38 @@ impl Running {
         self.stop.send(()).unwrap();
         self.task.await.unwrap();
     }
+}
+
+/// Waits until `done` holds (panics after 10 s).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    waited
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not after 10 s"));
+}
+
+/// The next report (panics after 10 s without one).
+async fn report_within(operator: &mut Served, why: &str) -> AgentReport {
+    tokio::time::timeout(Duration::from_secs(10), operator.report())
+        .await
+        .unwrap_or_else(|_| panic!("no report: {why}"))
+}
+
+/// Partner, a peer outside the cluster reached at `host_port`, key 10.
+fn partner(host_port: &str) -> wireway_proto::Peer {
+    peer("partner")
+        .key(&test_key(10))
+        .at(host_port)
+        .allowing("10.100.255.10/32")
+}
+
+fn errors(report: &AgentReport) -> Vec<(&str, u64)> {
+    let errors = report.errors.iter();
+    errors.map(|e| (e.category.as_str(), e.count)).collect()
 }
 
 fn observes(kernel: &FakeKernel) -> usize {
@@ -314,4 +357,134 @@ async fn a_state_beyond_grpcs_default_limit_of_4_mib_is_received_and_converged()
     assert_eq!(report.errors, []);
     assert_eq!(kernel.held().wireguard["ww-big"].peers.len(), 50_000);
     session.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_not_resolved_yet_stalls_no_pass_and_each_new_address_wakes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let dns = Held::default();
+    let limits = Limits {
+        // Looked up again at once: the test answers each lookup when it chooses.
+        refresh: Duration::ZERO,
+        ..Limits::default()
+    };
+    let resolver = Resolver::new(dns.clone(), limits);
+    let session = Running::resolving(dir.path(), &operator.address, &kernel, resolver);
+    let (_, states) = operator.watch().await;
+
+    let name = "partner.example:51820";
+    states
+        .send(node("node-1").with(red().peer(partner(name))))
+        .unwrap();
+    let report = report_within(&mut operator, "the pass waits for the lookup").await;
+    // Applied and reported while the lookup has no answer (the test has given none).
+    assert_eq!(dns.waiting(1).await, [name]);
+    assert_eq!(report.applied_version, 1);
+    assert_eq!(
+        report.problems,
+        [
+            "service red/red: peer partner: endpoint partner.example:51820 does not resolve; \
+          the peer is set without one and can still connect to this node"
+        ]
+    );
+    let endpoint = || {
+        let held = kernel.held();
+        held.wireguard["ww-red"].peers[&test_key(10)]
+            .endpoint
+            .clone()
+    };
+    assert_eq!(endpoint(), None, "set without an endpoint meanwhile");
+
+    dns.answer(name, Some("192.0.2.50:51820".parse().unwrap()));
+    until("the endpoint is set", || endpoint().is_some()).await;
+    assert_eq!(endpoint().as_deref(), Some("192.0.2.50:51820"));
+
+    // Nothing is left to retry and the resync is an hour away: only the new address
+    // wakes the pass that sets it.
+    dns.waiting(1).await;
+    dns.answer(name, Some("192.0.2.51:51820".parse().unwrap()));
+    until("the new endpoint is set", || {
+        endpoint().as_deref() == Some("192.0.2.51:51820")
+    })
+    .await;
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_that_never_resolves_counts_one_error_however_many_passes_meet_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    // The system's resolver; RFC 6761: a name under `.invalid` never resolves.
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (_, states) = operator.watch().await;
+
+    let red = red().peer(partner("partner.invalid:51820"));
+    states.send(node("node-1").with(red.clone())).unwrap();
+    let report = report_within(&mut operator, "the pass waits for the lookup").await;
+    assert_eq!(errors(&report), [("state", 1)]);
+    // The pass is retried every second while the problem stays.
+    until("three passes", || session.passes() >= 3).await;
+    states
+        .send(node("node-1").version(2).with(red.clone()))
+        .unwrap();
+    let report = operator.report().await;
+    assert_eq!(report.applied_version, 2);
+    assert_eq!(report.problems.len(), 1);
+    assert_eq!(
+        errors(&report),
+        [("state", 1)],
+        "one error, not one per pass"
+    );
+    let state_errors = session
+        .metrics
+        .errors
+        .get_or_create(&[("category", "state")]);
+    assert_eq!(state_errors.get(), 1);
+    drop(state_errors);
+
+    // Another name that does not resolve is another error.
+    let other = peer("other")
+        .key(&test_key(11))
+        .at("other.invalid:51820")
+        .allowing("10.100.255.11/32");
+    states
+        .send(node("node-1").version(3).with(red.peer(other)))
+        .unwrap();
+    let report = operator.report().await;
+    assert_eq!(report.problems.len(), 2);
+    assert_eq!(errors(&report), [("state", 2)]);
+    session.stop().await;
+}
+
+#[tokio::test]
+async fn an_operator_not_up_yet_when_the_agent_starts_is_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = FakeKernel::default();
+    let socket = dir.path().join("operator.sock");
+    let session = Running::start(dir.path(), &format!("unix:{}", socket.display()), &kernel);
+    // Connections fail (nothing listens yet) at 0, 100 and 300 ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut operator = Served::start(dir.path()).await;
+    let (_, states) = operator.watch().await;
+    states.send(node("node-1").with(red())).unwrap();
+    let report = operator.report().await;
+    assert_eq!(errors(&report), []);
+    assert_eq!(session.metrics.operator_connected.get(), 1);
+    session.stop().await;
+}
+
+#[test]
+fn a_streak_of_failed_connections_counts_once_when_it_has_lasted_30_s() {
+    let start = Instant::now();
+    let mut streak = Streak::default();
+    let counted = [0, 10, 29, 30, 31, 600].map(|s| streak.fail(start + Duration::from_secs(s)));
+    assert_eq!(counted, [false, false, false, true, false, false]);
+    // After a connection, a new streak counts again.
+    let mut streak = Streak::default();
+    assert!(!streak.fail(start + Duration::from_secs(1000)));
+    assert!(streak.fail(start + Duration::from_secs(1030)));
 }
