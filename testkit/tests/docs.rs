@@ -97,3 +97,58 @@ fn every_module_is_on_the_map_and_the_map_names_only_modules() {
         problems.join("\n")
     );
 }
+
+/// The tests the docs cite as `path.rs::name`, each with the path it is in; a cell's
+/// further `::name`s are in the same file.
+fn cited_tests(doc: &str) -> Vec<(String, String)> {
+    let mut cited = Vec::new();
+    let mut file: Option<String> = None;
+    for (i, span) in doc.split('`').enumerate() {
+        if i % 2 == 0 {
+            // Text between spans: a line break or a cell border ends a list of names.
+            if span.contains('\n') || span.contains('|') {
+                file = None;
+            }
+            continue;
+        }
+        if let Some((path, name)) = span.split_once(".rs::") {
+            file = Some(format!("{path}.rs"));
+            cited.push((format!("{path}.rs"), name.to_owned()));
+        } else if let (Some(name), Some(path)) = (span.strip_prefix("::"), &file) {
+            cited.push((path.clone(), name.to_owned()));
+        }
+    }
+    cited
+}
+
+#[test]
+fn every_test_the_docs_cite_exists() {
+    let mut problems = Vec::new();
+    let mut count = 0;
+    for entry in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let doc = std::fs::read_to_string(&path).unwrap();
+        for (file, name) in cited_tests(&doc) {
+            count += 1;
+            let source = std::fs::read_to_string(repo().join(&file)).unwrap_or_default();
+            let defined = source.match_indices(&format!("fn {name}")).any(|(at, m)| {
+                !source[at + m.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+            });
+            if !defined {
+                problems.push(format!("{} cites {file}::{name}", path.display()));
+            }
+        }
+    }
+    assert!(
+        count > 20,
+        "only {count} citations found: is the parser right?"
+    );
+    assert!(
+        problems.is_empty(),
+        "tests the docs cite that do not exist:\n{}",
+        problems.join("\n")
+    );
+}
