@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,6 +298,13 @@ fn node(name: &str, key: &str, underlay: &str) -> Value {
         "wireway.dev/public-key": key, "wireway.dev/underlay-address": underlay}}})
 }
 
+/// A NetworkService with a /24 per node.
+fn service(namespace: &str, name: &str, cidr: &str) -> Value {
+    json!({"apiVersion": "wireway.dev/v1alpha1", "kind": "NetworkService",
+           "metadata": {"name": name, "namespace": namespace},
+           "spec": {"cidr": cidr, "nodePrefixLength": 24}})
+}
+
 /// An object's Ready condition.
 fn ready(o: &DynamicObject) -> Option<&Value> {
     o.data["status"]["conditions"]
@@ -378,6 +386,18 @@ impl Operator {
         }
     }
 
+    /// How many objects of `kind` its last plan had (its metric `objects`).
+    async fn objects(&self, kind: &str) -> Result<u64, String> {
+        let metrics = self.get("/metrics").await?;
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("wireway_operator_objects{") && l.contains(&format!("\"{kind}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .ok_or(format!("no objects of kind {kind} in\n{metrics}"))
+    }
+
     /// Whether `/readyz` answers 200: its sources synced and it planned.
     async fn ready(&self) -> Result<(), String> {
         self.get("/readyz").await.map(|_| ())
@@ -420,11 +440,13 @@ impl Drop for Operator {
 }
 
 /// The owner of every status field is the operator's field manager, by server-side apply
-/// on the status subresource, owning status fields only; `observedGeneration` follows a
-/// spec change; the samples' conditions say what the planner decided (no agent has
-/// applied anything: the services and their Endpoints are Progressing, the intruder is
-/// NotAdmitted, the Admissions are Ready); and the admission decisions are recorded as
-/// events.k8s.io/v1 Events on the Endpoints.
+/// on the status subresource, owning status fields only (and the finalizer is its too);
+/// `observedGeneration` follows a spec change; the samples' conditions say what the
+/// planner decided (no agent has applied anything: the services and their Endpoints are
+/// Progressing, the intruder is NotAdmitted, the Admissions are Ready); and the admission
+/// decisions are recorded as events.k8s.io/v1 Events on the Endpoints, by an operator
+/// that planned them as a standby (the Lease held by a replica that is gone) and wrote
+/// nothing until it took the Lease over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_are_applied_by_the_operators_field_manager_with_conditions_and_events() {
     let Some(cluster) = Cluster::start(
@@ -434,8 +456,52 @@ async fn statuses_are_applied_by_the_operators_field_manager_with_conditions_and
         return;
     };
     cluster.apply_samples();
+    // The Lease is still held by a replica that is gone: this operator plans as a
+    // standby first, writing nothing, and must announce everything once it leads.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("wireway-operator".into()),
+            namespace: Some(SYSTEM.into()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some("operator-gone".into()),
+            lease_duration_seconds: Some(20),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            ..Default::default()
+        }),
+    };
+    Api::<Lease>::namespaced(cluster.cp.client().await, SYSTEM)
+        .create(&Default::default(), &lease)
+        .await
+        .unwrap();
     let operator = cluster.operator("operator-a");
+    cluster
+        .until(
+            "operator-a ready (synced and planned)",
+            CONVERGE,
+            &[&operator],
+            || operator.ready(),
+        )
+        .await;
+    let written: Vec<String> = cluster
+        .wireway()
+        .await
+        .into_iter()
+        .filter(|(_, o)| !o.data["status"].is_null())
+        .map(|(k, _)| k)
+        .collect();
+    if cluster.leader().await.as_deref() == Some("operator-gone") {
+        assert_eq!(written, Vec::<String>::new(), "a standby wrote statuses");
+    } else {
+        eprintln!(
+            "note: operator-a took the Lease over before it had planned: it never planned as a standby"
+        );
+    }
     let all = cluster.converged(&[&operator]).await;
+    assert_eq!(cluster.leader().await.as_deref(), Some("operator-a"));
 
     for (name, object) in &all {
         let entries = object.metadata.managed_fields.clone().unwrap_or_default();
@@ -624,9 +690,10 @@ async fn statuses_are_applied_by_the_operators_field_manager_with_conditions_and
 /// single write to them (their resourceVersions stay). The new leader does write: a
 /// service created after the takeover gets its status.
 ///
-/// One service (blue) is planned by the standby a second before the leader (held stopped
-/// meanwhile) plans it and writes its status: their transition times differ, and the
-/// standby must take the leader's, which the object holds, not its own.
+/// Two changes (a service's Ready turning False, a new service) are planned by the
+/// standby a second before the leader (held stopped meanwhile) plans them and writes
+/// their statuses: their transition times differ, and the standby must take the
+/// leader's, which the objects hold, not its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not_flap() {
     let Some(cluster) = Cluster::start(
@@ -656,30 +723,54 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
         )
         .await;
 
-    // blue: planned by the standby while the leader is stopped, then by the leader a
-    // second later (transition times are whole seconds).
-    a.signal("STOP");
-    cluster.cp.apply(&[
-        namespace("blue"),
-        json!({"apiVersion": "wireway.dev/v1alpha1", "kind": "NetworkService",
-               "metadata": {"name": "blue", "namespace": "blue"},
-               "spec": {"cidr": "10.150.0.0/16", "nodePrefixLength": 24}}),
-    ]);
+    // blue, a service without members (Ready), planned and written as usual.
     cluster
+        .cp
+        .apply(&[namespace("blue"), service("blue", "blue", "10.150.0.0/16")]);
+    let services = cluster
         .until("operator-b to plan blue", CONVERGE, &[&a, &b], || async {
-            let metrics = b.get("/metrics").await?;
-            let services = metrics
-                .lines()
-                .find(|l| {
-                    l.starts_with("wireway_operator_objects{") && l.contains("NetworkService")
-                })
-                .unwrap_or_default();
-            if services.ends_with(" 3") {
-                Ok(())
-            } else {
-                Err(format!("{services:?} in\n{metrics}"))
+            match b.objects("NetworkService").await? {
+                3 => Ok(3),
+                n => Err(format!("{n} NetworkServices")),
             }
         })
+        .await;
+    cluster.converged(&[&a, &b]).await;
+    // While the leader is held still, the standby plans two changes: blue gets a member
+    // (its Ready turns False: Progressing), and a new service, indigo, arrives. The
+    // leader plans them after the next whole second (transition times are whole
+    // seconds), so its transition times differ from the standby's, and the standby must
+    // take the leader's.
+    let endpoints = b.objects("Endpoint").await.unwrap();
+    a.signal("STOP");
+    cluster.cp.apply(&[
+        json!({"apiVersion": "wireway.dev/v1alpha1", "kind": "Endpoint",
+               "metadata": {"name": "members", "namespace": "blue"},
+               "spec": {"networkService": {"name": "blue"},
+                        "podSelector": {"matchLabels": {"net": "blue"}}}}),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "blue-a", "namespace": "blue", "labels": {"net": "blue"}},
+               "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "busybox"}]}}),
+        namespace("indigo"),
+        service("indigo", "indigo", "10.170.0.0/16"),
+    ]);
+    cluster
+        .until(
+            "operator-b to plan blue's member and indigo",
+            CONVERGE,
+            &[&a, &b],
+            || async {
+                let now = (
+                    b.objects("NetworkService").await?,
+                    b.objects("Endpoint").await?,
+                );
+                if now == (services + 1, endpoints + 1) {
+                    Ok(())
+                } else {
+                    Err(format!("(NetworkServices, Endpoints): {now:?}"))
+                }
+            },
+        )
         .await;
     let planned = k8s_openapi::jiff::Timestamp::now().as_second();
     while k8s_openapi::jiff::Timestamp::now().as_second() <= planned + 1 {
@@ -687,8 +778,15 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
     }
     a.signal("CONT");
     let before = cluster.converged(&[&a, &b]).await;
+    let blue = &before["NetworkService blue/blue"];
+    assert_eq!(
+        readiness(blue),
+        ("False".into(), "Progressing".into()),
+        "{}",
+        blue.data
+    );
     assert!(
-        before.contains_key("NetworkService blue/blue"),
+        before.contains_key("NetworkService indigo/indigo"),
         "{:?}",
         before.keys()
     );
@@ -711,9 +809,7 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
     // The new leader writes: a service created now gets its status.
     cluster.cp.apply(&[
         namespace("violet"),
-        json!({"apiVersion": "wireway.dev/v1alpha1", "kind": "NetworkService",
-               "metadata": {"name": "violet", "namespace": "violet"},
-               "spec": {"cidr": "10.160.0.0/16", "nodePrefixLength": 24}}),
+        service("violet", "violet", "10.160.0.0/16"),
     ]);
     cluster
         .until(
