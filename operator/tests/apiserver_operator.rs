@@ -398,7 +398,16 @@ impl Operator {
             .ok_or(format!("no objects of kind {kind} in\n{metrics}"))
     }
 
-    /// Whether `/readyz` answers 200: its sources synced and it planned.
+    /// Whether it planned: `/readyz` answers 200 (it leads) or says it is a standby (only
+    /// the leader is ready, so that the Service sends agents to it).
+    async fn planned(&self) -> Result<(), String> {
+        match self.get("/readyz").await {
+            Err(answer) if !answer.contains("a standby: ") => Err(answer),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `/readyz` answers 200: its sources synced, it planned and it leads.
     async fn ready(&self) -> Result<(), String> {
         self.get("/readyz").await.map(|_| ())
     }
@@ -480,10 +489,10 @@ async fn statuses_are_applied_by_the_operators_field_manager_with_conditions_and
     let operator = cluster.operator("operator-a");
     cluster
         .until(
-            "operator-a ready (synced and planned)",
+            "operator-a synced and planned",
             CONVERGE,
             &[&operator],
-            || operator.ready(),
+            || operator.planned(),
         )
         .await;
     let written: Vec<String> = cluster
@@ -715,13 +724,12 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
     let b = cluster.operator("operator-b");
     cluster.converged(&[&a, &b]).await;
     cluster
-        .until(
-            "operator-b ready (synced and planned)",
-            CONVERGE,
-            &[&a, &b],
-            || b.ready(),
-        )
+        .until("operator-b synced and planned", CONVERGE, &[&a, &b], || {
+            b.planned()
+        })
         .await;
+    let standby = b.ready().await.expect_err("a standby is not ready");
+    assert!(standby.contains("a standby: operator-a leads"), "{standby}");
 
     // blue, a service without members (Ready), planned and written as usual.
     cluster
@@ -805,6 +813,11 @@ async fn a_standby_takes_the_lease_over_from_a_killed_leader_and_statuses_do_not
                 }
             },
         )
+        .await;
+    cluster
+        .until("operator-b ready, leading", TAKEOVER, &[&a, &b], || {
+            b.ready()
+        })
         .await;
     // The new leader writes: a service created now gets its status.
     cluster.cp.apply(&[

@@ -681,7 +681,12 @@ async fn leader_election(calls: &Calls) {
     let l = leases.clone();
     let round = tokio::spawn(async move { e.round(&l, now).await.unwrap() });
     api.answer(lease("operator-1", now)).await;
-    assert_eq!(round.await.unwrap(), Round::Standby);
+    assert_eq!(
+        round.await.unwrap(),
+        Round::Standby {
+            holder: Some("operator-1".into())
+        }
+    );
     // Its Lease expired: take it over with a compare-and-swap on the resourceVersion.
     let e = election.clone();
     let round = tokio::spawn(async move { e.round(&leases, now).await.unwrap() });

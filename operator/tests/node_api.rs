@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use wireway_operator::engine::{Config, Engine, Hub, Input};
+use wireway_operator::engine::{Config, Engine, Hub, Input, Leadership};
 use wireway_operator::metrics::Metrics;
 use wireway_operator::plan::{Change, Node, Pod};
 use wireway_operator::serve::{
@@ -395,4 +395,57 @@ async fn a_node_that_floods_reports_gets_its_share_and_the_others_theirs() {
     // node-b has its own share.
     let mut b = client(&address, Some(pem("node-b"))).await.unwrap();
     b.report(report("node-b")).await.unwrap();
+}
+
+/// Only the leader serves agents: a standby refuses a watch and a report with UNAVAILABLE
+/// naming the leader (the agent retries, and the Service sends it to the ready leader);
+/// a leader that loses the Lease ends its streams the same way.
+#[tokio::test]
+async fn only_the_leader_serves_agents_and_a_lost_lease_ends_their_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificates(dir.path());
+    let (address, hub, _) = operator(&"127.0.0.1:0".parse().unwrap(), pem("operator")).await;
+    until(&hub, "node-a's state", |hub| {
+        hub.current("node-a").is_some()
+    })
+    .await;
+    let standby = Leadership {
+        leading: false,
+        leader: Some("operator-1".into()),
+    };
+    hub.set_leadership(standby.clone());
+    let mut a = client(&address, Some(pem("node-a"))).await.unwrap();
+    let sent_away = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("operator-1 leads"),
+            "{}",
+            status.message()
+        );
+    };
+    sent_away(a.watch(hello("node-a")).await.unwrap_err());
+    let report = AgentReport {
+        node: "node-a".into(),
+        ..AgentReport::default()
+    };
+    sent_away(a.report(report.clone()).await.unwrap_err());
+
+    // Leading, it serves; losing the Lease ends the stream, and the next watch is refused.
+    hub.set_leadership(Leadership {
+        leading: true,
+        leader: Some("operator-0".into()),
+    });
+    let mut stream = a.watch(hello("node-a")).await.unwrap().into_inner();
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a state within 10 s")
+        .unwrap()
+        .unwrap();
+    a.report(report).await.unwrap();
+    hub.set_leadership(standby);
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream's end within 10 s");
+    sent_away(ended.unwrap_err());
+    sent_away(a.watch(hello("node-a")).await.unwrap_err());
 }

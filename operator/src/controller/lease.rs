@@ -1,5 +1,6 @@
 //! Leader election on a `coordination.k8s.io` Lease: one operator writes statuses,
-//! events and finalizers; the others plan and serve agents, and write nothing.
+//! events and finalizers and serves agents; the others plan, write nothing and send
+//! agents away.
 //!
 //! The leader renews the Lease every `renew` (a third of its duration); a standby takes
 //! it over once it has not been renewed for its duration. Every write is a `replace`
@@ -16,6 +17,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use wireway_runtime::errors::chain;
 
+use crate::engine::Leadership;
 use crate::metrics::{Metrics, category};
 
 /// Who runs for leader, and on which Lease.
@@ -32,12 +34,15 @@ pub struct Election {
 }
 
 /// What one round of the election found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Round {
     /// This candidate holds the Lease.
     Leader,
-    /// Another does, and it is fresh.
-    Standby,
+    /// Another does, and it is fresh: `holder` names it.
+    Standby {
+        /// The Lease's holder.
+        holder: Option<String>,
+    },
 }
 
 fn micro(t: Timestamp) -> MicroTime {
@@ -85,7 +90,9 @@ impl Election {
             .as_ref()
             .is_none_or(|renewed| renewed.0 + SignedDuration::from_secs(duration) < now);
         if !mine && !expired {
-            return Ok(Round::Standby);
+            return Ok(Round::Standby {
+                holder: spec.holder_identity,
+            });
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
         let acquired = if mine { spec.acquire_time } else { None };
@@ -96,37 +103,51 @@ impl Election {
         Ok(Round::Leader)
     }
 
-    /// Runs the election until `leader` has no receivers, telling it whether this
-    /// candidate leads.
-    pub async fn run(self, client: Client, leader: watch::Sender<bool>, metrics: Metrics) {
+    /// Runs the election until `leader` has no receivers, telling it who leads.
+    pub async fn run(self, client: Client, leader: watch::Sender<Leadership>, metrics: Metrics) {
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
         let renew = self.duration / 3;
         let mut last_renewed: Option<tokio::time::Instant> = None;
         loop {
             let outcome = self.round(&api, Timestamp::now()).await;
-            let leads = match outcome {
+            let me = || Leadership {
+                leading: true,
+                leader: Some(self.identity.clone()),
+            };
+            let now = match outcome {
                 Ok(Round::Leader) => {
                     last_renewed = Some(tokio::time::Instant::now());
-                    true
+                    me()
                 }
-                Ok(Round::Standby) => false,
+                Ok(Round::Standby { holder }) => Leadership {
+                    leading: false,
+                    leader: holder,
+                },
                 Err(e) => {
                     // A conflict means someone else wrote first; anything else: keep
                     // leading only while the Lease we hold is surely still ours.
                     metrics.error(category::LEADER_ELECTION);
                     tracing::warn!(error = %chain(&e), "leader election round failed");
-                    *leader.borrow()
+                    let before = leader.borrow().clone();
+                    if before.leading
                         && last_renewed.is_some_and(|t| t.elapsed() < self.duration - renew)
+                    {
+                        me()
+                    } else if before.leading {
+                        Leadership::UNKNOWN
+                    } else {
+                        before
+                    }
                 }
             };
-            if leads != *leader.borrow() {
+            if now.leading != leader.borrow().leading {
                 tracing::info!(
                     identity = self.identity,
-                    leader = leads,
+                    leader = now.leading,
                     "leadership changed"
                 );
             }
-            if leader.send(leads).is_err() {
+            if leader.send(now).is_err() {
                 return;
             }
             tokio::time::sleep(renew).await;

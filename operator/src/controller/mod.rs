@@ -13,7 +13,7 @@ use std::time::Duration;
 use kube::Client;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{Addressed, Hub, Published};
+use crate::engine::{Addressed, Hub, Leadership, Published};
 use crate::metrics::Metrics;
 
 /// Where the operator runs in the cluster.
@@ -31,7 +31,8 @@ pub struct Config {
 /// this operator leads, as it changes.
 ///
 /// Until it wins the election this operator is a standby, and the engine is told so
-/// ([`Hub::set_leading`]): a standby's statuses follow what the objects hold.
+/// ([`Hub::set_leadership`]): a standby's statuses follow what the objects hold, and it
+/// serves no agent.
 pub fn start(
     client: Client,
     hub: &Arc<Hub>,
@@ -39,13 +40,16 @@ pub fn start(
     config: Config,
     metrics: Metrics,
 ) -> watch::Receiver<bool> {
-    let (leading, leader) = watch::channel(false);
-    hub.set_leading(false);
-    let mut told = leader.clone();
+    let (elected, mut told) = watch::channel(Leadership::UNKNOWN);
+    let (writes, leader) = watch::channel(false);
+    hub.set_leadership(Leadership::UNKNOWN);
     let engine = hub.clone();
     tokio::spawn(async move {
         loop {
-            engine.set_leading(*told.borrow_and_update());
+            let leadership = told.borrow_and_update().clone();
+            // The writers are told first: a lost Lease stops their writes before anything.
+            writes.send_replace(leadership.leading);
+            engine.set_leadership(leadership);
             if told.changed().await.is_err() {
                 return;
             }
@@ -57,7 +61,7 @@ pub fn start(
         identity: config.identity.clone(),
         duration: config.lease_duration,
     };
-    tokio::spawn(election.run(client.clone(), leading, metrics.clone()));
+    tokio::spawn(election.run(client.clone(), elected, metrics.clone()));
     let published: watch::Receiver<Arc<Published>> = hub.subscribe_controller();
     let writer = status::StatusWriter::new(client.clone(), metrics.clone());
     tokio::spawn(writer.run(published, leader.clone()));

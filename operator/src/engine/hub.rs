@@ -46,6 +46,25 @@ pub struct FinalizerAction {
     pub resource_version: Option<String>,
 }
 
+/// Who leads, as this operator knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// Whether this operator leads: it writes statuses, events and finalizers, and it
+    /// serves agents.
+    pub leading: bool,
+    /// The leader's identity, when known (agents sent away are told it).
+    pub leader: Option<String>,
+}
+
+impl Leadership {
+    /// A standby that knows no leader yet (an operator in a cluster, until its first
+    /// round of the election).
+    pub const UNKNOWN: Self = Self {
+        leading: false,
+        leader: None,
+    };
+}
+
 /// A node's latest state; `None` until the operator serves (its sources have synced).
 pub type NodeStateWatch = watch::Receiver<Option<Arc<NodeState>>>;
 
@@ -55,9 +74,9 @@ pub struct Hub {
     nodes: Mutex<BTreeMap<String, watch::Sender<Option<Arc<NodeState>>>>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     published: watch::Sender<Arc<Published>>,
-    /// Whether this operator writes to the objects: true unless a controller says it is
-    /// a standby (without a cluster nothing else writes).
-    leading: watch::Sender<bool>,
+    /// Whether this operator writes to the objects and serves agents: it does unless a
+    /// controller says it is a standby (without a cluster there is no other operator).
+    leadership: watch::Sender<Leadership>,
 }
 
 impl Default for Hub {
@@ -66,7 +85,10 @@ impl Default for Hub {
             nodes: Mutex::default(),
             snapshot: watch::Sender::new(Arc::new(Snapshot::default())),
             published: watch::Sender::new(Arc::new(Published::default())),
-            leading: watch::Sender::new(true),
+            leadership: watch::Sender::new(Leadership {
+                leading: true,
+                leader: None,
+            }),
         }
     }
 }
@@ -120,26 +142,31 @@ impl Hub {
         self.snapshot.send_replace(Arc::new(snapshot));
     }
 
-    /// Says whether this operator leads (writes statuses, events and finalizers). A
-    /// standby's engine takes the statuses the objects hold as its own last published
-    /// ones, so that on taking over it carries on from them (transition times included)
-    /// rather than from what it planned itself.
-    pub fn set_leading(&self, leading: bool) {
-        self.leading.send_if_modified(|current| {
-            let changed = *current != leading;
-            *current = leading;
+    /// Says who leads. A standby's engine takes the statuses the objects hold as its own
+    /// last published ones, so that on taking over it carries on from them (transition
+    /// times included) rather than from what it planned itself; only a leader serves
+    /// agents.
+    pub fn set_leadership(&self, leadership: Leadership) {
+        self.leadership.send_if_modified(|current| {
+            let changed = *current != leadership;
+            *current = leadership;
             changed
         });
     }
 
-    /// Whether this operator leads (see [`set_leading`](Self::set_leading)).
+    /// Whether this operator leads (see [`set_leadership`](Self::set_leadership)).
     pub fn leading(&self) -> bool {
-        *self.leading.borrow()
+        self.leadership.borrow().leading
     }
 
-    /// Follows whether this operator leads.
-    pub fn subscribe_leading(&self) -> watch::Receiver<bool> {
-        self.leading.subscribe()
+    /// Who leads.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.borrow().clone()
+    }
+
+    /// Follows who leads.
+    pub fn subscribe_leading(&self) -> watch::Receiver<Leadership> {
+        self.leadership.subscribe()
     }
 
     /// Publishes what the controller acts on, if it changed.

@@ -10,7 +10,8 @@
 //!
 //! Guarantees:
 //! * nothing is served before every source has synced (a state made from half a World
-//!   would drop peers and members);
+//!   would drop peers and members), and only while leading: a standby plans (so it can
+//!   take over at once) but is not ready, and the node API sends agents away;
 //! * after a restart, nothing is served that drops a peer only because its agent has not
 //!   said hello yet: keys come back from the store, and a node whose key is unknown is
 //!   waited for (up to the agent grace) before the first plan;
@@ -46,7 +47,7 @@ use crate::plan::{Bounds, Change, Node, ObjectKey, Plan, Planner, Statuses, Worl
 use crate::source::{self, Problem};
 use agents::Agent;
 use cleanup::Finalizers;
-pub use hub::{Addressed, FinalizerAction, Hub, Published};
+pub use hub::{Addressed, FinalizerAction, Hub, Leadership, Published};
 use objects::{Object, carry, restore, same_spec, seen, statuses_of};
 use store::{Store, StoreError, Stored};
 
@@ -366,10 +367,13 @@ impl Engine {
             let missing = self.keys_missing().join(", ");
             self.readiness
                 .set_not_ready(&format!("waiting for the agents of {missing} to say hello"));
-        } else if self.dirty {
-            let changed = self.plan();
-            round.record("plan", self.plans);
-            round.record("changed_nodes", changed);
+        } else {
+            if self.dirty {
+                let changed = self.plan();
+                round.record("plan", self.plans);
+                round.record("changed_nodes", changed);
+            }
+            self.set_readiness();
         }
         if self.stale {
             self.refresh();
@@ -405,8 +409,20 @@ impl Engine {
         self.dirty = false;
         self.stale = true;
         self.restored = None;
-        self.readiness.set_ready();
         changed
+    }
+
+    /// Ready once planned, and only while leading: the Service sends agents to the ready
+    /// operator, and a standby refuses them (see `serve`).
+    fn set_readiness(&mut self) {
+        let leadership = self.hub.leadership();
+        if leadership.leading {
+            self.readiness.set_ready();
+        } else {
+            let leader = leadership.leader.as_deref().unwrap_or("no operator yet");
+            self.readiness
+                .set_not_ready(&format!("a standby: {leader} leads and serves the agents"));
+        }
     }
 
     /// Publishes the statuses and the snapshot, updates the metrics and saves the store.

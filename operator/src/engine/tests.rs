@@ -141,6 +141,35 @@ fn nothing_is_served_before_the_sources_sync() {
     assert_eq!(readiness.reason(), None);
 }
 
+/// A standby plans (to take over at once) but is not ready, so the Service sends agents
+/// to the leader; it turns ready when it leads and not ready when it stops.
+#[test]
+fn only_the_leader_is_ready() {
+    let (mut engine, hub, readiness) = engine(None, Duration::ZERO);
+    let standby = Leadership {
+        leading: false,
+        leader: Some("operator-1".into()),
+    };
+    hub.set_leadership(standby.clone());
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), 1, "a standby plans");
+    assert_eq!(
+        readiness.reason().as_deref(),
+        Some("a standby: operator-1 leads and serves the agents")
+    );
+    hub.set_leadership(Leadership {
+        leading: true,
+        leader: Some("operator-0".into()),
+    });
+    engine.step();
+    assert_eq!(readiness.reason(), None);
+    hub.set_leadership(standby);
+    engine.step();
+    assert!(readiness.reason().is_some(), "a lost Lease: not ready");
+}
+
 #[test]
 fn the_first_plan_waits_for_agents_whose_key_is_unknown() {
     let (mut engine, hub, readiness) = engine(None, Duration::from_secs(3600));

@@ -5,7 +5,10 @@
 //! The node API is a thin shell over the engine's [`Hub`]: an agent's hello and reports
 //! go to the engine as [`Input`]s, and its stream follows its node's watch channel, so an
 //! agent is sent a state only when its own node's state changed. A request is served
-//! only for the node the caller proves (its client certificate or its token).
+//! only for the node the caller proves (its client certificate or its token), and only
+//! by the leader: a standby refuses with UNAVAILABLE naming the leader, and a leader that
+//! loses the Lease ends its streams the same way (the agent reconnects, and the Service
+//! sends it to the ready operator, the leader).
 
 pub mod auth;
 pub mod status;
@@ -24,7 +27,7 @@ use wireway_proto::node_api_server::NodeApi;
 use wireway_proto::{AgentHello, AgentReport, MAX_NODE_STATE_BYTES, NodeState, ReportAck};
 use wireway_runtime::limit::Buckets;
 
-use crate::engine::{Hub, Input};
+use crate::engine::{Hub, Input, Leadership};
 use crate::metrics::{Metrics, category};
 
 pub use auth::{Auth, Refusal, TokenAuthenticator, TokenError};
@@ -97,6 +100,16 @@ impl NodeApiService {
         self.metrics.error(category::AGENT_REFUSED);
         tracing::warn!(reason = status.message(), "refused an agent's request");
         status
+    }
+
+    /// Refuses a request while this operator is a standby.
+    fn serving(&self) -> Result<(), Status> {
+        let leadership = self.hub.leadership();
+        if leadership.leading {
+            return Ok(());
+        }
+        tracing::debug!(leader = leadership.leader, "sent an agent to the leader");
+        Err(standby(&leadership))
     }
 
     async fn tell(&self, input: Input) -> Result<(), Status> {
@@ -198,6 +211,14 @@ fn check_node_name(node: &str) -> Result<(), Malformed> {
     }
 }
 
+/// What an agent that reached a standby is told.
+fn standby(leadership: &Leadership) -> Status {
+    Status::unavailable(match &leadership.leader {
+        Some(leader) => format!("this operator is a standby; {leader} leads and serves agents"),
+        None => "this operator is a standby, and no leader is known yet".to_owned(),
+    })
+}
+
 type StateStream = Pin<Box<dyn Stream<Item = Result<NodeState, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -210,6 +231,7 @@ impl NodeApi for NodeApiService {
         let node = request.get_ref().node.clone();
         check_hello(request.get_ref())
             .map_err(|e| self.refuse(Status::invalid_argument(e.to_string())))?;
+        self.serving()?;
         self.authorize(&request, &node).await?;
         let hello = request.into_inner();
         tracing::info!(
@@ -247,6 +269,15 @@ impl NodeApi for NodeApiService {
             metrics.pushes.inc();
             Some(Ok(NodeState::clone(&state)))
         });
+        // Served while leading: on losing the Lease the stream ends with UNAVAILABLE.
+        let mut leadership = self.hub.subscribe_leading();
+        let lost = async move {
+            let _ = leadership.wait_for(|l| !l.leading).await;
+        };
+        let hub = self.hub.clone();
+        let ended = futures_util::stream::once(async move { hub.leadership() })
+            .filter_map(|l| (!l.leading).then(|| Err(standby(&l))));
+        let states = futures_util::StreamExt::take_until(states, lost).chain(ended);
         Ok(Response::new(Box::pin(states)))
     }
 
@@ -255,6 +286,7 @@ impl NodeApi for NodeApiService {
         let node = request.get_ref().node.clone();
         check_report(request.get_ref())
             .map_err(|e| self.refuse(Status::invalid_argument(e.to_string())))?;
+        self.serving()?;
         self.authorize(&request, &node).await?;
         // After the caller proved the node: no one spends another node's reports.
         self.throttle(&node)?;
