@@ -109,12 +109,13 @@ pub fn test_key(n: u32) -> String {
     BASE64.encode(bytes)
 }
 
-/// The NodeState of `node`: version 1, no services yet.
+/// The NodeState of `node`: version 1 of epoch 0, no services yet.
 pub fn node(node: &str) -> NodeState {
     NodeState {
         node: node.to_owned(),
         version: 1,
         services: Vec::new(),
+        epoch: 0,
     }
 }
 
@@ -122,6 +123,8 @@ pub fn node(node: &str) -> NodeState {
 pub trait NodeStateFixture {
     /// At version `version`.
     fn version(self, version: u64) -> Self;
+    /// Served in epoch `epoch` (a leader's term).
+    fn epoch(self, epoch: u64) -> Self;
     /// With `service` too.
     fn with(self, service: ServiceState) -> Self;
 }
@@ -129,6 +132,11 @@ pub trait NodeStateFixture {
 impl NodeStateFixture for NodeState {
     fn version(mut self, version: u64) -> Self {
         self.version = version;
+        self
+    }
+
+    fn epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
         self
     }
 

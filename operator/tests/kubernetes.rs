@@ -641,12 +641,17 @@ async fn leader_election(calls: &Calls) {
     };
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(client, "wireway-system");
-    let now = k8s_openapi::jiff::Timestamp::now();
+    // Whole microseconds, as the API server stores a MicroTime.
+    let now = k8s_openapi::jiff::Timestamp::from_microsecond(
+        k8s_openapi::jiff::Timestamp::now().as_microsecond(),
+    )
+    .unwrap();
+    let term = |t: k8s_openapi::jiff::Timestamp| u64::try_from(t.as_microsecond()).unwrap();
     let lease = |holder: &str, renewed: k8s_openapi::jiff::Timestamp| {
         json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "wireway-operator", "namespace": "wireway-system", "resourceVersion": "7"},
-            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "leaseTransitions": 3},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "acquireTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "leaseTransitions": 3},
         })
     };
     // No Lease yet: create it, and lead.
@@ -675,7 +680,7 @@ async fn leader_election(calls: &Calls) {
         )
     );
     assert_eq!(asked.body["spec"]["holderIdentity"], "operator-0");
-    assert_eq!(round.await.unwrap(), Round::Leader);
+    assert_eq!(round.await.unwrap(), Round::Leader { epoch: term(now) });
     // Someone else holds a fresh Lease: stand by, write nothing.
     let e = election.clone();
     let l = leases.clone();
@@ -692,12 +697,14 @@ async fn leader_election(calls: &Calls) {
     let round = tokio::spawn(async move { e.round(&leases, now).await.unwrap() });
     let stale = now - k8s_openapi::jiff::SignedDuration::from_secs(60);
     api.answer(lease("operator-1", stale)).await;
-    let asked = api.answer(lease("operator-0", now)).await;
+    let later = now + k8s_openapi::jiff::SignedDuration::from_secs(1);
+    let asked = api.answer(lease("operator-0", later)).await;
     assert_eq!(asked.method, "PUT");
     assert_eq!(asked.body["metadata"]["resourceVersion"], "7");
     assert_eq!(asked.body["spec"]["holderIdentity"], "operator-0");
     assert_eq!(asked.body["spec"]["leaseTransitions"], 4);
-    assert_eq!(round.await.unwrap(), Round::Leader);
+    // Its term: the acquireTime stored, later than the one before.
+    assert_eq!(round.await.unwrap(), Round::Leader { epoch: term(later) });
 }
 
 /// A TokenReview that accepts the token for `audiences` as `user`'s.

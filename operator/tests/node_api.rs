@@ -412,6 +412,7 @@ async fn only_the_leader_serves_agents_and_a_lost_lease_ends_their_streams() {
     let standby = Leadership {
         leading: false,
         leader: Some("operator-1".into()),
+        epoch: 0,
     };
     hub.set_leadership(standby.clone());
     let mut a = client(&address, Some(pem("node-a"))).await.unwrap();
@@ -434,13 +435,15 @@ async fn only_the_leader_serves_agents_and_a_lost_lease_ends_their_streams() {
     hub.set_leadership(Leadership {
         leading: true,
         leader: Some("operator-0".into()),
+        epoch: 7,
     });
     let mut stream = a.watch(hello("node-a")).await.unwrap().into_inner();
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
+    let state = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("a state within 10 s")
         .unwrap()
         .unwrap();
+    assert_eq!(state.epoch, 7, "served in the leader's term");
     a.report(report).await.unwrap();
     hub.set_leadership(standby);
     let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())

@@ -8,7 +8,8 @@
 //!   resync interval, with or without the operator;
 //! * the last applied state is kept on disk and re-applied at start, before the operator
 //!   is reached, so an agent restart changes nothing;
-//! * only versions newer than the applied one are applied;
+//! * only states newer than the applied one are applied, ordered by (epoch, version): a
+//!   new leader's epoch is newer whatever its versions, which it numbers on its own;
 //! * the agent reconnects with exponential backoff (100 ms to 10 s);
 //! * an error is counted once, when it appears: a problem a pass meets that the pass
 //!   before met too is not counted again, and a streak of failed connections counts once,
@@ -231,7 +232,7 @@ impl<D: Dataplane> Session<D> {
                     self.metrics
                         .desired_version
                         .set(i64::try_from(state.version).unwrap_or(i64::MAX));
-                    if state.version > self.applied_version() {
+                    if (state.epoch, state.version) > self.applied() {
                         self.converge(state).await;
                         resync_at = Instant::now() + self.resync_interval();
                         if let Some((client, _)) = &mut stream {
@@ -277,8 +278,11 @@ impl<D: Dataplane> Session<D> {
         }
     }
 
-    fn applied_version(&self) -> u64 {
-        self.applied.as_ref().map_or(0, |s| s.version)
+    /// The (epoch, version) of the applied state; (0, 0) without one.
+    fn applied(&self) -> (u64, u64) {
+        self.applied
+            .as_ref()
+            .map_or((0, 0), |s| (s.epoch, s.version))
     }
 
     fn resync_interval(&self) -> Duration {
@@ -314,7 +318,8 @@ impl<D: Dataplane> Session<D> {
             underlay_address: config.underlay.to_string(),
             backend: WireGuardBackend::from_label(self.agent.backend()).into(),
             capabilities: vec!["ipv6".to_owned()],
-            applied_version: self.applied_version(),
+            applied_epoch: self.applied().0,
+            applied_version: self.applied().1,
             underlay_mtu: config.underlay_mtu,
         };
         let stream = client
@@ -430,7 +435,8 @@ impl<D: Dataplane> Session<D> {
         self.metrics.peers.set(samples);
         let report = AgentReport {
             node: self.config.node.clone(),
-            applied_version: self.applied_version(),
+            applied_epoch: self.applied().0,
+            applied_version: self.applied().1,
             peers,
             errors: self
                 .errors

@@ -50,6 +50,7 @@ mod tests {
             node: "a".into(),
             version: 7,
             services: Vec::new(),
+            epoch: 3,
         };
         file.save(&state).unwrap();
         assert_eq!(file.load().unwrap(), Some(state));

@@ -241,6 +241,50 @@ async fn follows_the_stream_applies_only_newer_versions_and_reports_each() {
     session.stop().await;
 }
 
+/// After a failover the new leader numbers versions on its own: a state of a newer epoch
+/// is applied whatever its version, a state of an older epoch is not, and the agent says
+/// in its reports and its next hello which epoch its version is of.
+#[tokio::test]
+async fn a_new_epoch_is_applied_whatever_its_version_and_an_old_epoch_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (hello, states) = operator.watch().await;
+    assert_eq!((hello.applied_epoch, hello.applied_version), (0, 0));
+    let applied = |r: &AgentReport| (r.applied_epoch, r.applied_version);
+
+    states
+        .send(node("node-1").epoch(1).version(5).with(red()))
+        .unwrap();
+    assert_eq!(
+        applied(&report_within(&mut operator, "epoch 1").await),
+        (1, 5)
+    );
+    // A new leader, a lower version: applied.
+    states
+        .send(node("node-1").epoch(2).version(2).with(green()))
+        .unwrap();
+    let report = report_within(&mut operator, "a new epoch, a lower version").await;
+    assert_eq!(applied(&report), (2, 2));
+    // The old leader's, however high its version: ignored; the new one's next: applied.
+    states
+        .send(node("node-1").epoch(1).version(9).with(red()))
+        .unwrap();
+    states
+        .send(node("node-1").epoch(2).version(3).with(green()).with(red()))
+        .unwrap();
+    let report = report_within(&mut operator, "epoch 2, version 3").await;
+    assert_eq!(applied(&report), (2, 3));
+    assert_eq!(session.passes(), 3, "epoch 1's version 9 is not applied");
+    session.stop().await;
+
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (hello, _states) = operator.watch().await;
+    assert_eq!((hello.applied_epoch, hello.applied_version), (2, 3));
+    session.stop().await;
+}
+
 #[tokio::test]
 async fn re_applies_the_stored_state_at_start_and_says_so_in_its_hello() {
     let dir = tempfile::tempdir().unwrap();

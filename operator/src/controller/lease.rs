@@ -36,8 +36,11 @@ pub struct Election {
 /// What one round of the election found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Round {
-    /// This candidate holds the Lease.
-    Leader,
+    /// This candidate holds the Lease; `epoch` is its term (see [`epoch`]).
+    Leader {
+        /// The Lease's acquireTime in microseconds since the Unix epoch.
+        epoch: u64,
+    },
     /// Another does, and it is fresh: `holder` names it.
     Standby {
         /// The Lease's holder.
@@ -47,6 +50,19 @@ pub enum Round {
 
 fn micro(t: Timestamp) -> MicroTime {
     MicroTime(t)
+}
+
+/// A holder's term: the Lease's acquireTime (as stored) in microseconds since the Unix
+/// epoch. Every replica reads the same one, and it grows with every takeover: a standby
+/// takes over only once the Lease's renewTime is a duration behind its own clock, so its
+/// acquireTime is later than the previous holder's (a Lease deleted and made again
+/// keeps that too, as its leaseTransitions would not).
+pub fn epoch(lease: &Lease) -> u64 {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.acquire_time.as_ref())
+        .map_or(0, |t| u64::try_from(t.0.as_microsecond()).unwrap_or(0))
 }
 
 impl Election {
@@ -76,8 +92,10 @@ impl Election {
                 },
                 spec: Some(self.spec(now, None, 0)),
             };
-            api.create(&PostParams::default(), &lease).await?;
-            return Ok(Round::Leader);
+            let created = api.create(&PostParams::default(), &lease).await?;
+            return Ok(Round::Leader {
+                epoch: epoch(&created),
+            });
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
@@ -98,9 +116,12 @@ impl Election {
         let acquired = if mine { spec.acquire_time } else { None };
         lease.spec = Some(self.spec(now, acquired, transitions));
         // The resourceVersion read above makes this a compare-and-swap.
-        api.replace(&lease.name_any(), &PostParams::default(), &lease)
+        let stored = api
+            .replace(&lease.name_any(), &PostParams::default(), &lease)
             .await?;
-        Ok(Round::Leader)
+        Ok(Round::Leader {
+            epoch: epoch(&stored),
+        })
     }
 
     /// Runs the election until `leader` has no receivers, telling it who leads.
@@ -110,18 +131,18 @@ impl Election {
         let mut last_renewed: Option<tokio::time::Instant> = None;
         loop {
             let outcome = self.round(&api, Timestamp::now()).await;
-            let me = || Leadership {
-                leading: true,
-                leader: Some(self.identity.clone()),
-            };
             let now = match outcome {
-                Ok(Round::Leader) => {
+                Ok(Round::Leader { epoch }) => {
                     last_renewed = Some(tokio::time::Instant::now());
-                    me()
+                    Leadership {
+                        leading: true,
+                        leader: Some(self.identity.clone()),
+                        epoch,
+                    }
                 }
                 Ok(Round::Standby { holder }) => Leadership {
-                    leading: false,
                     leader: holder,
+                    ..Leadership::UNKNOWN
                 },
                 Err(e) => {
                     // A conflict means someone else wrote first; anything else: keep
@@ -132,7 +153,7 @@ impl Election {
                     if before.leading
                         && last_renewed.is_some_and(|t| t.elapsed() < self.duration - renew)
                     {
-                        me()
+                        before
                     } else if before.leading {
                         Leadership::UNKNOWN
                     } else {

@@ -50,8 +50,20 @@ fn backend_name(backend: i32) -> &'static str {
 }
 
 impl Engine {
+    /// The version an agent applied, as this operator numbers them: it counts only if the
+    /// state was of this operator's epoch (another leader numbered its versions on its
+    /// own); else none is.
+    fn applied_here(&self, epoch: u64, version: u64) -> u64 {
+        if epoch == self.hub.leadership().epoch {
+            version
+        } else {
+            0
+        }
+    }
+
     /// An agent opened a stream: what it says of its node replaces what it said before.
     pub(super) fn hello(&mut self, hello: AgentHello) {
+        let applied = self.applied_here(hello.applied_epoch, hello.applied_version);
         let agent = self.agents.entry(hello.node.clone()).or_default();
         agent.connections += 1;
         agent.record = AgentRecord {
@@ -60,7 +72,7 @@ impl Engine {
             underlay_mtu: (hello.underlay_mtu > 0).then_some(hello.underlay_mtu),
             backend: backend_name(hello.backend).to_owned(),
             hello_version: hello.applied_version,
-            applied_version: hello.applied_version,
+            applied_version: applied,
         };
         self.update_node(&hello.node);
     }
@@ -68,8 +80,9 @@ impl Engine {
     /// An agent reported its pass: the version it applied, its peers and its errors.
     pub(super) fn report(&mut self, report: AgentReport) {
         self.metrics.reports.inc();
+        let applied = self.applied_here(report.applied_epoch, report.applied_version);
         let agent = self.agents.entry(report.node.clone()).or_default();
-        agent.record.applied_version = report.applied_version;
+        agent.record.applied_version = applied;
         agent.applied_at_ms = Some(unix_ms());
         agent.problems = report.problems;
         agent.handshakes = report

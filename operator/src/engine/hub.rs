@@ -54,6 +54,9 @@ pub struct Leadership {
     pub leading: bool,
     /// The leader's identity, when known (agents sent away are told it).
     pub leader: Option<String>,
+    /// This operator's term while it leads, stamped on the states it serves (see
+    /// `NodeState.epoch`): it grows with every takeover; 0 without a cluster.
+    pub epoch: u64,
 }
 
 impl Leadership {
@@ -62,6 +65,7 @@ impl Leadership {
     pub const UNKNOWN: Self = Self {
         leading: false,
         leader: None,
+        epoch: 0,
     };
 }
 
@@ -88,6 +92,7 @@ impl Default for Hub {
             leadership: watch::Sender::new(Leadership {
                 leading: true,
                 leader: None,
+                epoch: 0,
             }),
         }
     }

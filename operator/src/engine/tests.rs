@@ -149,6 +149,7 @@ fn only_the_leader_is_ready() {
     let standby = Leadership {
         leading: false,
         leader: Some("operator-1".into()),
+        epoch: 0,
     };
     hub.set_leadership(standby.clone());
     engine.handle(two_nodes());
@@ -162,12 +163,50 @@ fn only_the_leader_is_ready() {
     hub.set_leadership(Leadership {
         leading: true,
         leader: Some("operator-0".into()),
+        epoch: 7,
     });
     engine.step();
     assert_eq!(readiness.reason(), None);
     hub.set_leadership(standby);
     engine.step();
     assert!(readiness.reason().is_some(), "a lost Lease: not ready");
+}
+
+/// A version counts as applied only if it is of this leader's epoch: an agent still at
+/// the previous leader's state (another numbering) has applied none of this one's.
+#[test]
+fn a_version_of_another_epoch_is_not_applied_here() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    hub.set_leadership(Leadership {
+        leading: true,
+        leader: Some("operator-0".into()),
+        epoch: 7,
+    });
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    let applied = |engine: &mut Engine, hub: &Hub| {
+        engine.step();
+        let snapshot = hub.snapshot();
+        let node = snapshot.nodes.iter().find(|n| n.name == "node-a").unwrap();
+        node.applied_version
+    };
+    let of_epoch = |epoch, input| match input {
+        Input::Hello(h) => Input::Hello(AgentHello {
+            applied_epoch: epoch,
+            ..h
+        }),
+        Input::Report(r) => Input::Report(AgentReport {
+            applied_epoch: epoch,
+            ..r
+        }),
+        other => other,
+    };
+    engine.handle(of_epoch(3, hello("node-a", KEY_A, 1)));
+    assert_eq!(applied(&mut engine, &hub), 0);
+    engine.handle(of_epoch(3, report("node-a", 1)));
+    assert_eq!(applied(&mut engine, &hub), 0);
+    engine.handle(of_epoch(7, report("node-a", 1)));
+    assert_eq!(applied(&mut engine, &hub), 1);
 }
 
 #[test]

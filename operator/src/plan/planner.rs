@@ -399,6 +399,8 @@ impl Planner {
                 node: node.to_owned(),
                 version,
                 services,
+                // The node API's: the leader's term when it serves the state.
+                epoch: 0,
             },
         );
     }

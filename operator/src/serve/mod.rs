@@ -247,9 +247,13 @@ impl NodeApi for NodeApiService {
         };
         let metrics = self.metrics.clone();
         let span = tracing::Span::current();
+        let hub = self.hub.clone();
         let states = WatchStream::new(self.hub.subscribe(&node)).filter_map(move |state| {
             let _open = &connection;
-            let state = state?;
+            let mut state = NodeState::clone(state?.as_ref());
+            // The term it is served in: a new leader's states are newer to the agent
+            // whatever their versions.
+            state.epoch = hub.leadership().epoch;
             let _stream = span.enter();
             // Sent, it would end the stream (the agent would only reconnect to the same
             // state): the agent keeps the state it has instead.
@@ -265,9 +269,9 @@ impl NodeApi for NodeApiService {
                 );
                 return None;
             }
-            tracing::debug!(version = state.version, "state sent");
+            tracing::debug!(epoch = state.epoch, version = state.version, "state sent");
             metrics.pushes.inc();
-            Some(Ok(NodeState::clone(&state)))
+            Some(Ok(state))
         });
         // Served while leading: on losing the Lease the stream ends with UNAVAILABLE.
         let mut leadership = self.hub.subscribe_leading();
