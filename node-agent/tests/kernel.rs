@@ -8,6 +8,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test fails loudly by panicking
 
+#[path = "kernel/faults.rs"]
+mod faults;
 #[path = "kernel/isolation.rs"]
 mod isolation;
 #[path = "kernel/probes.rs"]

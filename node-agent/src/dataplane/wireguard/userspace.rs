@@ -71,16 +71,24 @@ impl Userspace {
         // a file beside its socket.
         let log =
             std::fs::File::create(self.socket_dir.join(format!("{interface}.log"))).map_err(io)?;
+        let key = hex(&key_bytes(private_key)?);
         let mut command = Command::new(&self.program);
         command
             .args(["wireguard-userspace", "--interface", interface, "--socket"])
             .arg(&socket)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log);
         // Its own process group: a Ctrl-C or SIGTERM to the agent's group leaves it be.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        command.spawn().map_err(io)?;
+        let mut child = command.spawn().map_err(io)?;
+        // The key goes on the child's stdin (never its arguments), and the child sets it
+        // before its control socket exists: a device that answers always has its key, even
+        // when the agent is killed right after starting it. (A device without one would
+        // take the next agent's peers and crash: boringtun panics on a peer before a key.)
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(format!("{key}\n").as_bytes()).map_err(io)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.request(interface, "get=1\n\n").is_err() {
             if Instant::now() > deadline {
@@ -88,10 +96,7 @@ impl Userspace {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.set(
-            interface,
-            &format!("private_key={}\n", hex(&key_bytes(private_key)?)),
-        )
+        Ok(())
     }
 
     /// Stops the device: the child exits and the kernel removes its TUN interface.
@@ -257,13 +262,21 @@ pub fn parse_get(response: &str) -> DeviceState {
     state
 }
 
-/// The child process: runs one boringtun device and serves its control socket until asked
-/// to quit. Never returns on success.
+/// The child process: runs one boringtun device with the private key (hex) read from the
+/// first line of its stdin, and serves its control socket until asked to quit. The socket
+/// is made only once the key is set. Never returns on success.
 pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> {
     let io = |source| WireGuardError::Io {
         interface: interface.to_owned(),
         source,
     };
+    let mut key = String::new();
+    std::io::stdin().read_line(&mut key).map_err(io)?;
+    let key = key.trim();
+    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // The agent died before it could hand the key over: no device.
+        return Err(WireGuardError::Key);
+    }
     let (ours, theirs) = UnixStream::pair().map_err(io)?;
     let config = boringtun::device::DeviceConfig {
         n_threads: 2,
@@ -274,9 +287,20 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
     };
     let _device = boringtun::device::DeviceHandle::new(interface, config)
         .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let mut device = BufReader::new(ours);
+    device
+        .get_mut()
+        .write_all(format!("set=1\nprivate_key={key}\n\n").as_bytes())
+        .map_err(io)?;
+    let answer = read_message(&mut device).map_err(io)?;
+    if errno(&answer) != 0 {
+        return Err(WireGuardError::Refused {
+            interface: interface.to_owned(),
+            errno: errno(&answer),
+        });
+    }
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).map_err(io)?;
-    let mut device = BufReader::new(ours);
     for connection in listener.incoming() {
         let Ok(connection) = connection else { continue };
         let mut client = BufReader::new(connection);
@@ -287,14 +311,15 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
             let _ = std::fs::remove_file(socket);
             std::process::exit(0);
         }
-        let exchanged = device
+        let response = device
             .get_mut()
             .write_all(request.as_bytes())
             .and_then(|()| read_message(&mut device))
-            .and_then(|response| client.get_mut().write_all(response.as_bytes()));
-        if let Err(e) = exchanged {
-            return Err(io(e));
-        }
+            .map_err(io)?;
+        // A client gone before its answer (an agent killed in the middle of a pass) is no
+        // reason to stop the device: that would drop the tunnel's traffic until the next
+        // agent made it again.
+        let _ = client.get_mut().write_all(response.as_bytes());
     }
     Ok(())
 }
