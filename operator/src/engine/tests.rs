@@ -502,3 +502,90 @@ fn versions_an_agent_says_cannot_make_the_next_one_overflow() {
     assert_eq!(version(&hub, "node-a"), u64::MAX);
     assert_eq!(peers(&hub, "node-a"), ["node-b"]);
 }
+
+/// A tmpfs of 64 KiB mounted on `dir`, unmounted on drop (root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Self {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs on {}", dir.display());
+        Self(dir.to_owned())
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.0.join("filler")).unwrap();
+        loop {
+            if let Err(e) = file.write_all(&[0; 4096]) {
+                assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_store_keeps_planning_and_serving_and_counts_the_error() {
+    if !wireway_testkit::root_or_skip("a_full_store_keeps_planning...") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(dir.path());
+    let (mut engine, hub, _) = engine(Some(dir.path()), Duration::ZERO);
+    let store_errors = |engine: &Engine| {
+        engine
+            .metrics
+            .errors
+            .get_or_create(&[("category", category::STORE)])
+            .get()
+    };
+    let stored_version = || {
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        let stored: Stored = serde_json::from_str(&text).unwrap();
+        stored.node_states["node-a"].version
+    };
+    let mut files = Files::new();
+    engine.handle(files.write("/m/red.yaml", Some(RED.to_owned())));
+    engine.handle(files.write("/m/a.yaml", Some(pod("red-a", "node-a"))));
+    engine.handle(files.write("/m/b.yaml", Some(pod("red-b", "node-b"))));
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.handle(hello("node-a", KEY_A, 0));
+    engine.handle(hello("node-b", KEY_B, 0));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), 1);
+    assert_eq!(stored_version(), 1);
+    assert_eq!(store_errors(&engine), 0);
+
+    // The disk is full: a new member is planned and served all the same, and the error
+    // is counted; the file keeps the last state written, whole.
+    disk.fill();
+    engine.handle(files.write("/m/c.yaml", Some(pod("red-c", "node-a"))));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), 2);
+    assert_eq!(peers(&hub, "node-b"), ["node-a"]);
+    assert_eq!(store_errors(&engine), 1);
+    assert_eq!(stored_version(), 1);
+
+    // Space again: the next change is saved.
+    std::fs::remove_file(dir.path().join("filler")).unwrap();
+    engine.handle(files.write("/m/c.yaml", None));
+    engine.step();
+    assert_eq!(version(&hub, "node-a"), 3);
+    assert_eq!(stored_version(), 3);
+    assert_eq!(store_errors(&engine), 1);
+}
