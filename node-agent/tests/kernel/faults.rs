@@ -276,6 +276,27 @@ fn an_agent_killed_at_any_point_of_a_pass_converges_on_restart_and_orphans_nothi
             &format!("killed after {delay:?}"),
         );
     }
+    // A client that goes away before its answer, as an agent killed in the middle of a
+    // request does, leaves the device running.
+    if userspace {
+        let socket = format!("{}/wireguard/ww-red.sock", lab.state_dir("n1"));
+        let connect = || std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        // The device serves one client at a time: the first holds it with half a request
+        // while the second asks and goes; the device answers the second when it is gone.
+        let mut holding = connect();
+        holding.write_all(b"get=1\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut gone = connect();
+        gone.write_all(b"get=1\n\n").unwrap();
+        drop(gone);
+        drop(holding);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            device_processes(&lab, "n1"),
+            ["ww-blue", "ww-green", "ww-red"]
+        );
+        assert_eq!(lab.apply("n1", &full), (0, 0));
+    }
     assert!(lab.reachable("red-a", "10.100.2.1"));
     assert!(lab.reachable("green-a", "10.200.2.1"));
     assert!(lab.reachable("blue-a", "fd00:b:0:2::1"));
