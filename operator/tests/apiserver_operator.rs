@@ -1074,6 +1074,8 @@ async fn agents_tokens_are_reviewed_for_the_operators_audience_and_their_pods_no
             .report(AgentReport {
                 node: node.clone(),
                 applied_version: state.version,
+                // The leader counts only versions of its own epoch as applied.
+                applied_epoch: state.epoch,
                 ..AgentReport::default()
             })
             .await
