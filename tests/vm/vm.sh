@@ -21,7 +21,8 @@ root=$cache/root
 skip() { echo "vm: infrastructure skip: $*" >&2; exit 77; }
 
 fetch() {
-    [ -f "$cache/ready" ] && return
+    # The initramfs is made again each run (seconds), so a change of its modules counts.
+    [ -f "$cache/ready" ] && { initramfs "$(cat "$cache/version")"; return; }
     rm -rf "$cache"; mkdir -p "$cache/debs" "$root"
     local kernel
     kernel=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
