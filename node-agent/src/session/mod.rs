@@ -36,7 +36,7 @@ use wireway_runtime::backoff::Backoff;
 use wireway_runtime::clock;
 use wireway_runtime::http::Readiness;
 use wireway_runtime::listen::grpc_channel;
-use wireway_runtime::tls::Pem;
+use wireway_runtime::tls::{BearerToken, Pem};
 
 use crate::agent::Agent;
 use crate::dataplane::Dataplane;
@@ -103,32 +103,7 @@ enum Wake {
     Stop,
 }
 
-/// Adds the node's token to every call, when it has one.
-#[derive(Debug, Clone)]
-struct Credentials(Option<PathBuf>);
-
-impl tonic::service::Interceptor for Credentials {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(path) = &self.0 {
-            let token = std::fs::read_to_string(path).map_err(|e| {
-                tonic::Status::unauthenticated(format!(
-                    "cannot read the token {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let value = format!("Bearer {}", token.trim())
-                .parse()
-                .map_err(|_| tonic::Status::unauthenticated("the token is not a header value"))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
-    }
-}
-
-type Client = NodeApiClient<InterceptedService<Channel, Credentials>>;
+type Client = NodeApiClient<InterceptedService<Channel, BearerToken>>;
 type Connected = (Client, Streaming<NodeState>);
 
 impl<D: Dataplane> Session<D> {
@@ -310,7 +285,7 @@ impl<D: Dataplane> Session<D> {
         .await
         .map_err(|e| crate::chain(&e))?;
         let mut client =
-            NodeApiClient::with_interceptor(channel, Credentials(config.token_file.clone()))
+            NodeApiClient::with_interceptor(channel, BearerToken(config.token_file.clone()))
                 .max_decoding_message_size(MAX_NODE_STATE_BYTES);
         let hello = AgentHello {
             node: config.node.clone(),
