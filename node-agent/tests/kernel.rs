@@ -188,8 +188,7 @@ impl Lab {
 
     /// Applies `state` on `node` whatever comes of it: (stdout, stderr, time taken).
     fn try_apply(&self, node: &str, state: &NodeState) -> (String, String, Duration) {
-        let json = serde_json::to_string(state).unwrap();
-        std::fs::write(self.dir.join(format!("{node}.json")), json).unwrap();
+        self.write_state(node, state);
         let (out, took) = self.try_pass(node);
         (
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -201,32 +200,27 @@ impl Lab {
     /// Runs `wireway-agent apply` in the node's namespace with the state file of the
     /// node's last `apply`; returns the summary line.
     fn pass(&self, node: &str) -> String {
-        let file = self.dir.join(format!("{node}.json"));
-        let ns = format!("{}-{node}", self.prefix);
-        let state_dir = self.state_dir(node);
-        let out = ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            AGENT,
-            "--state-dir",
-            &state_dir,
-            "--netns-path-prefix",
-            "/run/netns",
-            "apply",
-            "--node-state",
-            file.to_str().unwrap(),
-        ]);
-        let summary = out.lines().last().unwrap_or_default().to_owned();
-        assert!(summary.contains(" 0 errors"), "errors: {out}");
+        let (out, _) = self.try_pass(node);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "wireway-agent apply failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = stdout.lines().last().unwrap_or_default().to_owned();
+        assert!(summary.contains(" 0 errors"), "errors: {stdout}");
         summary
+    }
+
+    /// Writes `state` where the next pass of `node` reads it.
+    fn write_state(&self, node: &str, state: &NodeState) {
+        let json = serde_json::to_string(state).unwrap();
+        std::fs::write(self.dir.join(format!("{node}.json")), json).unwrap();
     }
 
     /// Applies `state` on `node`; returns (operations, netlink writes).
     fn apply(&self, node: &str, state: &NodeState) -> (usize, u64) {
-        let json = serde_json::to_string(state).unwrap();
-        std::fs::write(self.dir.join(format!("{node}.json")), json).unwrap();
+        self.write_state(node, state);
         let summary = self.pass(node);
         let numbers: Vec<u64> = summary
             .split_whitespace()
