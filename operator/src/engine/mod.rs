@@ -11,7 +11,8 @@
 //! Guarantees:
 //! * nothing is served before every source has synced (a state made from half a World
 //!   would drop peers and members), and only while leading: a standby plans (so it can
-//!   take over at once) but is not ready, and the node API sends agents away;
+//!   take over at once) but is not ready, and the node API sends agents away; on taking
+//!   over it plans again from the allocations the objects hold (its predecessor's);
 //! * after a restart, nothing is served that drops a peer only because its agent has not
 //!   said hello yet: keys come back from the store, and a node whose key is unknown is
 //!   waited for (up to the agent grace) before the first plan;
@@ -113,6 +114,8 @@ pub struct Engine {
     restored: Option<Stored>,
     /// The statuses the objects hold, as the source last delivered them.
     live: Statuses,
+    /// Whether this engine led at its last step.
+    leading: bool,
     /// NetworkServices' finalizers, and the cleanups their removal waits for.
     finalizers: Finalizers,
     /// Where events go (the controller); `None` tells none.
@@ -176,6 +179,7 @@ impl Engine {
             announced: Statuses::default(),
             restored: Some(stored),
             live: Statuses::default(),
+            leading: false,
             finalizers: Finalizers::default(),
             events: None,
             store,
@@ -358,6 +362,7 @@ impl Engine {
             changed_nodes = tracing::field::Empty
         );
         let _round = round.enter();
+        self.take_over();
         if !self.synced {
             self.readiness
                 .set_not_ready("waiting for the sources to sync");
@@ -378,6 +383,17 @@ impl Engine {
         if self.stale {
             self.refresh();
         }
+    }
+
+    /// On becoming the leader: plans everything again from the allocations the objects
+    /// hold (the previous leader's; see [`Planner::adopt`]) before serving anything.
+    fn take_over(&mut self) {
+        let leading = self.hub.leading();
+        if leading && !self.leading {
+            self.planner.adopt(&self.live);
+            self.dirty = true;
+        }
+        self.leading = leading;
     }
 
     /// Plans, and publishes the states of the nodes whose state changed (all of them the

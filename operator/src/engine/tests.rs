@@ -172,6 +172,52 @@ fn only_the_leader_is_ready() {
     assert!(readiness.reason().is_some(), "a lost Lease: not ready");
 }
 
+/// The address node-a's state gives red's member red-a.
+fn address_of_red_a(hub: &Hub) -> String {
+    let state = hub.current("node-a").unwrap();
+    state.services[0].members[0].address.clone()
+}
+
+/// A standby's own plans may differ from the leader's (other batches, other orders), and
+/// the statuses the leader writes do not change them; on taking over, the allocations
+/// the objects hold are the ones served, not the standby's.
+#[test]
+fn a_new_leader_keeps_the_addresses_its_predecessor_handed_out() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    hub.set_leadership(Leadership {
+        leading: false,
+        leader: Some("operator-1".into()),
+        epoch: 6,
+    });
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.step();
+    let own = address_of_red_a(&hub);
+    // The leader's write, as the standby's watch delivers it: red-a at another address
+    // of node-a's prefix.
+    let mut endpoint = hub.snapshot().endpoints[0].clone();
+    let status = endpoint.status.as_mut().unwrap();
+    let member = status.members.iter_mut().find(|m| m.workload == "red-a");
+    let leaders = if own == "10.100.0.9" {
+        "10.100.0.8"
+    } else {
+        "10.100.0.9"
+    };
+    member.unwrap().address = Some(leaders.into());
+    engine.handle(Input::Source(source::Event::Changes(vec![
+        Change::Endpoint(endpoint),
+    ])));
+    engine.step();
+    assert_eq!(address_of_red_a(&hub), own, "a standby plans on its own");
+    hub.set_leadership(Leadership {
+        leading: true,
+        leader: Some("operator-0".into()),
+        epoch: 7,
+    });
+    engine.step();
+    assert_eq!(address_of_red_a(&hub), leaders);
+}
+
 /// A version counts as applied only if it is of this leader's epoch: an agent still at
 /// the previous leader's state (another numbering) has applied none of this one's.
 #[test]

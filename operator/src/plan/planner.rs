@@ -18,7 +18,7 @@ use super::index::Index;
 use super::node_keys::{self, Refused};
 use super::service::{self, Across, Assigned, TargetPlan};
 use super::world::{Change, World};
-use super::{ObjectKey, Plan, grants, names, nodes, overlaps};
+use super::{ObjectKey, Plan, Statuses, grants, names, nodes, overlaps};
 
 /// What a planned target leaves in the plan: the objects whose statuses it wrote, the
 /// nodes carrying it (and those it would if their key were their own), and the cidr it
@@ -93,6 +93,27 @@ impl Planner {
         self.dirty_nodes.extend(affected.nodes);
         self.dirty_targets.extend(affected.targets);
         self.dirty_grants.extend(affected.grants);
+    }
+
+    /// Takes the allocations recorded in the statuses `held` (NetworkServices' prefixes,
+    /// ports and interfaces, Endpoints' addresses: what the objects hold, a predecessor's)
+    /// in place of this planner's own, and plans every target again at the
+    /// next [`Planner::plan`]. A new leader adopts so: it never moves an address, prefix
+    /// or port the previous leader handed out, even where its own plans as a standby
+    /// (other batches, other orders) came out differently. Objects holding no status keep
+    /// the planner's.
+    pub fn adopt(&mut self, held: &Statuses) {
+        for (key, svc) in &mut self.index.services {
+            if let Some(status) = held.network_services.get(key) {
+                svc.status = Some(status.clone());
+            }
+        }
+        for (key, endpoint) in &mut self.index.endpoints {
+            if let Some(status) = held.endpoints.get(key) {
+                endpoint.status = Some(status.clone());
+            }
+        }
+        self.dirty_targets.extend(self.index.targets());
     }
 
     /// Sets the time conditions that change from now on are stamped with.
