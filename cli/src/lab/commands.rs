@@ -12,9 +12,11 @@ use wireway_runtime::errors::{FileError, chain, is_root};
 use wireway_runtime::pki::CertError;
 
 use super::bench;
+use super::kubernetes::{self, KubeError};
 use super::matrix::{Matrix, render_matrix};
 use super::measure::MeasureError;
 use super::reconcile::{Inventory, ReconcileError, supervise};
+use super::record::KubernetesRecord;
 use super::supervision::{BinariesError, SupervisionError, binaries};
 use super::underlay::UnderlayError;
 use super::{CreateError, Lab, lab_dir};
@@ -46,6 +48,39 @@ fn lab_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// How `up --kubernetes` reaches an API server.
+#[derive(Debug, Clone, Args)]
+pub struct KubernetesArgs {
+    /// Play kubelet around a real API server instead of handing the operator the
+    /// manifests: the manifests are applied to the API server (server-side apply), the
+    /// lab registers its nodes as Node objects, binds pods and runs them in cgroups named
+    /// after their UIDs, and the operator and agents run in Kubernetes mode with their
+    /// ServiceAccounts' tokens. `kubectl` with the kubeconfig in the lab's directory
+    /// shows the objects.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// With --kubernetes: use the API server of this kubeconfig (a cluster
+    /// administrator's) instead of starting the test control plane. The lab registers
+    /// Nodes and binds pods there: give it a throw-away cluster.
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the test control plane to start (`make control-plane` builds
+    /// it; tests/control-plane/README.md says what it is).
+    #[arg(
+        long,
+        default_value = ".tools/bin/control-plane",
+        env = "WIREWAY_CONTROL_PLANE"
+    )]
+    pub control_plane: PathBuf,
+    /// With --kubernetes: the kubectl to run.
+    #[arg(long, default_value = "kubectl", env = "WIREWAY_KUBECTL")]
+    pub kubectl: PathBuf,
+    /// With --kubernetes: Wireway's config/ directory, whose namespace, CRDs and RBAC
+    /// are installed.
+    #[arg(long, default_value = "config", env = "WIREWAY_CONFIG")]
+    pub config: PathBuf,
+}
+
 /// What to do with the lab.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -71,6 +106,8 @@ pub enum LabCommand {
         /// Print the matrix as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        kubernetes: KubernetesArgs,
     },
     /// Measure the reachability matrix again (after the agents have converged).
     Matrix {
@@ -145,6 +182,20 @@ pub enum UpError {
     /// The lab did not converge.
     #[error(transparent)]
     Converge(#[from] MeasureError),
+    /// The test control plane is not built.
+    #[error(
+        "failed to find the test control plane at {}: build it with `make control-plane`, or give --control-plane or --kubeconfig",
+        path.display()
+    )]
+    NoControlPlane {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The lab's part around the API server failed.
+    #[error(
+        "failed to set the lab up around the API server (`wireway lab down` removes what was made)"
+    )]
+    Kubernetes(#[source] KubeError),
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {
@@ -167,6 +218,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
             bin_dir,
             timeout,
             json,
+            kubernetes,
         } => {
             let up = Up {
                 name: args.name,
@@ -177,6 +229,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
                 bin_dir,
                 timeout: Duration::from_secs(timeout),
                 json,
+                kubernetes: kubernetes.kubernetes.then_some(kubernetes),
             };
             up.run().await
         }
@@ -234,6 +287,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
                 bin_dir,
                 timeout: Duration::from_secs(300),
                 json,
+                kubernetes: None,
             };
             let (lab, _) = match up.start().await {
                 Ok(up) => up,
@@ -278,6 +332,8 @@ pub(super) struct Up {
     pub(super) bin_dir: Option<PathBuf>,
     pub(super) timeout: Duration,
     pub(super) json: bool,
+    /// Set with `--kubernetes`.
+    pub(super) kubernetes: Option<KubernetesArgs>,
 }
 
 pub(super) fn step(what: &str) {
@@ -312,7 +368,11 @@ impl Up {
         for problem in manifests.scan().problems {
             eprintln!("warning: {problem} (not in effect)");
         }
-        let inventory = Inventory::of(&manifests);
+        let mut inventory = Inventory::of(&manifests);
+        if self.kubernetes.is_some() {
+            // Node objects are the lab's own there.
+            inventory.nodes.clear();
+        }
         let own_nodes = self
             .nodes
             .unwrap_or(if inventory.nodes.is_empty() { 3 } else { 0 });
@@ -339,6 +399,9 @@ impl Up {
         lab.create_pki().map_err(UpError::Certificates)?;
         lab.create_underlay().map_err(UpError::Underlay)?;
         step("certificates (one CA; the operator's, one per node) and the underlay bridge");
+        if let Some(args) = &self.kubernetes {
+            inventory = self.around_api_server(&mut lab, args).await?;
+        }
         let made = lab
             .reconcile(&inventory, false)
             .map_err(UpError::Reconcile)?;
@@ -353,6 +416,64 @@ impl Up {
         ));
         let snapshot = lab.wait_converged(self.timeout, step).await?;
         Ok((lab, snapshot))
+    }
+
+    /// The lab's part around an API server before its nodes and pods are made: the
+    /// control plane started (unless given), Wireway and the manifests installed, the
+    /// operator's credentials issued. Returns the pods the API server holds.
+    async fn around_api_server(
+        &self,
+        lab: &mut Lab,
+        args: &KubernetesArgs,
+    ) -> Result<Inventory, UpError> {
+        let control_plane = match &args.kubeconfig {
+            Some(_) => None,
+            None => match std::path::absolute(&args.control_plane) {
+                Ok(path) if path.is_file() => Some(path),
+                _ => {
+                    return Err(UpError::NoControlPlane {
+                        path: args.control_plane.clone(),
+                    });
+                }
+            },
+        };
+        lab.record.kubernetes = Some(KubernetesRecord {
+            kubectl: args.kubectl.clone(),
+            control_plane: control_plane.clone(),
+            ..KubernetesRecord::default()
+        });
+        let kubeconfig = match (&args.kubeconfig, &control_plane) {
+            (Some(kubeconfig), _) => {
+                std::path::absolute(kubeconfig).unwrap_or_else(|_| kubeconfig.clone())
+            }
+            (None, Some(program)) => {
+                lab.save()
+                    .map_err(|e| UpError::Kubernetes(KubeError::Record(e)))?;
+                let kubeconfig = lab
+                    .start_control_plane(program)
+                    .map_err(UpError::Kubernetes)?;
+                step(&format!(
+                    "the test control plane (etcd, kube-apiserver, kube-controller-manager): kubectl --kubeconfig {}",
+                    kubeconfig.display()
+                ));
+                kubeconfig
+            }
+            (None, None) => unreachable!("a control plane or a kubeconfig"),
+        };
+        if let Some(record) = lab.record.kubernetes.as_mut() {
+            record.kubeconfig.clone_from(&kubeconfig);
+        }
+        lab.save()
+            .map_err(|e| UpError::Kubernetes(KubeError::Record(e)))?;
+        lab.install(&args.config).map_err(UpError::Kubernetes)?;
+        step(
+            "Wireway's namespace, CRDs and RBAC from config/, and the manifests, applied (server-side)",
+        );
+        lab.issue_operator_credentials()
+            .map_err(UpError::Kubernetes)?;
+        kubernetes::inventory(&kubeconfig)
+            .await
+            .map_err(UpError::Kubernetes)
     }
 }
 

@@ -23,12 +23,15 @@
 //!   [`topology`], removed; its own manifests written by [`manifests`]);
 //! * [`supervision`]: the operator, agents and supervisor started, watched and stopped,
 //!   over [`process`] and [`net`];
+//! * [`kubernetes`]: with `up --kubernetes`, the lab plays kubelet around a real API
+//!   server instead of writing manifests for the operator;
 //! * [`measure`]: waiting for convergence and pinging the [`matrix`];
 //!   [`bench`](mod@bench): how fast changes take effect;
 //! * [`commands`]: the `wireway lab` subcommands.
 
 pub mod bench;
 pub mod commands;
+pub mod kubernetes;
 pub mod manifests;
 pub mod matrix;
 pub mod measure;

@@ -19,7 +19,7 @@ impl Lab {
         self.pki().join("operator")
     }
 
-    fn node_pki(&self, node: &str) -> PathBuf {
+    pub(super) fn node_pki(&self, node: &str) -> PathBuf {
         self.pki().join("nodes").join(node)
     }
 

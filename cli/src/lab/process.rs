@@ -52,13 +52,14 @@ pub fn running(pid: u32, marker: &str) -> bool {
             .is_ok_and(|c| c.is_empty() || String::from_utf8_lossy(&c).contains(marker))
 }
 
-/// Starts `program` with `args` in the background, in its own process group (a Ctrl-C
-/// of the lab command leaves it be), inside network namespace `netns` if given, with its
-/// output appended to `log`. Returns its pid.
+/// Starts `program` with `args` and the environment variables `env` in the background,
+/// in its own process group (a Ctrl-C of the lab command leaves it be), inside network
+/// namespace `netns` if given, with its output appended to `log`. Returns its pid.
 pub fn spawn(
     program: &Path,
     args: &[OsString],
     netns: Option<&str>,
+    env: &[(&str, &Path)],
     log: &Path,
 ) -> Result<u32, SpawnError> {
     use std::os::unix::process::CommandExt;
@@ -80,6 +81,7 @@ pub fn spawn(
     };
     command
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(open()?)
         .stderr(open()?)
@@ -119,7 +121,7 @@ mod tests {
     #[test]
     fn a_spawned_program_that_exits_is_reaped() {
         let log = tempfile::NamedTempFile::new().unwrap();
-        let pid = super::spawn(Path::new("true"), &[], None, log.path()).unwrap();
+        let pid = super::spawn(Path::new("true"), &[], None, &[], log.path()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         // Reaped, its /proc entry goes (a zombie's would stay) and how it ended is known.
         while super::ended(pid).is_none() {

@@ -14,6 +14,7 @@ use wireway_runtime::errors::{FileError, chain};
 use wireway_runtime::pki::CertError;
 
 use super::Lab;
+use super::kubernetes::{self, KubeError, pod_role};
 use super::manifests;
 use super::net::{self, NetError};
 use super::record::{LabNode, LabPod, RecordError};
@@ -60,6 +61,9 @@ pub enum ReconcileError {
     /// The lab's own manifests could not be written.
     #[error(transparent)]
     Write(FileError),
+    /// The lab's part around the API server failed.
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
 }
 
 /// The pods and nodes of the user's manifests, as the lab needs them.
@@ -80,6 +84,15 @@ impl Inventory {
                 .map(|p| (format!("{}/{}", p.namespace, p.name), p.clone()))
                 .collect(),
             nodes: manifests.nodes().map(|n| n.name.clone()).collect(),
+        }
+    }
+
+    /// Follows one change of the pods (Node objects are the lab's own when it plays
+    /// kubelet); says whether the lab must act on it.
+    pub fn apply_pods(&mut self, change: &Change) -> bool {
+        match change {
+            Change::Node(_) | Change::NodeDeleted(_) => false,
+            _ => self.apply(change),
         }
     }
 
@@ -145,6 +158,7 @@ impl Lab {
             self.add_node(node, start_agents)?;
             done.push(format!("node {node} added"));
         }
+        let mut added = Vec::new();
         for (key, node) in &topology.placement {
             let Some(pod) = inventory.pods.get(key) else {
                 continue;
@@ -159,6 +173,7 @@ impl Lab {
                 _ => {
                     self.remove_pod(key)?;
                     self.add_pod(key, &pod.uid, node)?;
+                    added.push(key.clone());
                     done.push(format!("pod {key} on {node}"));
                 }
             }
@@ -176,7 +191,11 @@ impl Lab {
         }
         // Bindings and Node objects only after the pods' namespaces exist: the operator
         // plans a member as soon as it sees where it runs.
-        self.write_manifests(&topology.made_nodes, &topology.bindings)?;
+        if self.is_kubernetes() {
+            self.start_pods(&added, &topology.bindings)?;
+        } else {
+            self.write_manifests(&topology.made_nodes, &topology.bindings)?;
+        }
         let stale: Vec<String> = self
             .record
             .nodes
@@ -215,6 +234,10 @@ impl Lab {
                 node: node.to_owned(),
                 source,
             })?;
+        if self.is_kubernetes() {
+            self.make_node_cgroups(node, n)?;
+            self.register_node(node, &lab_node.address)?;
+        }
         if start_agent {
             self.start_agent(node)?;
         }
@@ -223,6 +246,12 @@ impl Lab {
 
     fn remove_node(&mut self, node: &str) -> Result<(), ReconcileError> {
         self.stop(&agent_role(node));
+        if self.is_kubernetes() {
+            self.unregister_node(node)?;
+            if let Some(cgroups) = self.node_cgroups(node) {
+                kubernetes::remove_tree(&cgroups.root)?;
+            }
+        }
         if let Some(lab_node) = self.record.nodes.remove(node) {
             // Its userspace WireGuard devices live in its namespace and go with it.
             net::delete_netns(&lab_node.netns).map_err(netns_error(&lab_node.netns))?;
@@ -245,10 +274,18 @@ impl Lab {
                 netns: netns.clone(),
                 uid: uid.to_owned(),
                 node: node.to_owned(),
+                cgroup: None,
             },
         );
         self.save()?;
         net::add_netns(&netns).map_err(netns_error(&netns))?;
+        if self.is_kubernetes() {
+            let cgroup = self.run_pod(key, uid, node, &netns)?;
+            if let Some(pod) = self.record.pods.get_mut(key) {
+                pod.cgroup = Some(cgroup);
+            }
+            return Ok(self.save()?);
+        }
         let link = self.netns_links().join(uid);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(Path::new("/run/netns").join(&netns), &link)
@@ -259,10 +296,45 @@ impl Lab {
         let Some(pod) = self.record.pods.remove(key) else {
             return Ok(());
         };
+        self.stop(&pod_role(key));
         let _ = std::fs::remove_file(self.netns_links().join(&pod.uid));
         net::delete_netns(&pod.netns).map_err(netns_error(&pod.netns))?;
         self.record.namespaces.remove(&pod.netns);
-        Ok(self.save()?)
+        self.save()?;
+        if let Some(cgroup) = &pod.cgroup {
+            // The pod's cgroup (the container's parent) with the container's.
+            kubernetes::remove_tree(cgroup.parent().unwrap_or(cgroup))?;
+        }
+        if self.is_kubernetes() {
+            // Its containers are gone: the pod may go, as its kubelet says.
+            self.finish_deletion(key)?;
+        }
+        Ok(())
+    }
+
+    /// In a lab that plays kubelet: the pods just `added` bound where the lab placed
+    /// them (`bindings`, as a scheduler), and running (as their kubelet says).
+    fn start_pods(
+        &self,
+        added: &[String],
+        bindings: &BTreeMap<String, String>,
+    ) -> Result<(), ReconcileError> {
+        for key in added {
+            let Some(pod) = self.record.pods.get(key) else {
+                continue;
+            };
+            if let Some(node) = bindings.get(key) {
+                self.bind(key, node)?;
+            }
+            let host = self
+                .record
+                .nodes
+                .get(&pod.node)
+                .map(|n| n.address.clone())
+                .unwrap_or_default();
+            self.set_running(key, &host)?;
+        }
+        Ok(())
     }
 
     /// Writes the lab's own manifests: Node objects for the nodes it made, Bindings for
@@ -298,10 +370,18 @@ impl Lab {
 /// until killed.
 pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
     let lab = Lab::open(dir.clone())?;
-    let manifests =
-        Manifests::new(lab.record.manifests.clone()).map_err(ReconcileError::Manifests)?;
-    let (events, mut received) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(manifests.watch::<Event>(events));
+    let kubeconfig = lab.record.kubernetes.as_ref().map(|k| k.kubeconfig.clone());
+    let mut received = match &kubeconfig {
+        // The lab plays kubelet: it follows the API server's pods.
+        Some(kubeconfig) => kubernetes::watch(kubeconfig).await?.0,
+        None => {
+            let manifests =
+                Manifests::new(lab.record.manifests.clone()).map_err(ReconcileError::Manifests)?;
+            let (events, received) = tokio::sync::mpsc::channel(16);
+            tokio::spawn(manifests.watch::<Event>(events));
+            received
+        }
+    };
     let mut inventory = Inventory::default();
     let mut synced = false;
     while let Some(event) = received.recv().await {
@@ -309,7 +389,11 @@ pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
             Event::Changes(changes) => {
                 let mut act = false;
                 for change in &changes {
-                    act |= inventory.apply(change);
+                    act |= if kubeconfig.is_some() {
+                        inventory.apply_pods(change)
+                    } else {
+                        inventory.apply(change)
+                    };
                 }
                 act && synced
             }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use wireway_runtime::errors::FileError;
 
+use super::kubernetes::NodeCgroups;
+
 /// Why a lab's record could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -58,6 +60,31 @@ pub struct LabPod {
     pub uid: String,
     /// Its node.
     pub node: String,
+    /// Its cgroup, in a lab that plays kubelet (see [`super::kubernetes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+}
+
+/// What a lab that plays kubelet around an API server made of its own (see
+/// [`super::kubernetes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesRecord {
+    /// The kubeconfig the lab acts with (a cluster administrator's): its control plane's,
+    /// or `$KUBECONFIG`'s.
+    pub kubeconfig: PathBuf,
+    /// `kubectl`.
+    pub kubectl: PathBuf,
+    /// The test control plane's binary, when the lab runs one (as process
+    /// `control-plane`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<PathBuf>,
+    /// Each node's cgroup tree (what its agent is given as `--cgroup-root`), made by the
+    /// lab.
+    pub cgroups: BTreeMap<String, NodeCgroups>,
+    /// The cgroup v1 hierarchy the lab mounted for the nodes with the v1 layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v1_mount: Option<PathBuf>,
 }
 
 /// The binaries a lab runs.
@@ -96,6 +123,10 @@ pub struct Record {
     pub processes: BTreeMap<String, u32>,
     /// Underlay addresses handed out so far.
     pub addresses: u32,
+    /// Set when the lab plays kubelet around an API server (`up --kubernetes`) instead of
+    /// giving the operator manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesRecord>,
 }
 
 /// The record file of the lab in `dir`.

@@ -11,6 +11,7 @@ use std::process::ExitStatus;
 use wireway_runtime::errors::FileError;
 
 use super::Lab;
+use super::kubernetes::KubeError;
 use super::net::{self, NetError};
 use super::process::{self, SpawnError};
 use super::record::{Binaries, RecordError};
@@ -70,6 +71,9 @@ pub enum SupervisionError {
     /// The lab's directory could not be removed.
     #[error(transparent)]
     RemoveDir(FileError),
+    /// The lab's part around the API server failed.
+    #[error(transparent)]
+    Kubernetes(Box<KubeError>),
 }
 
 /// A process of the lab that is not running: which, how it ended (when this process
@@ -154,21 +158,27 @@ impl Lab {
 
     /// Where a role's output goes.
     fn log_of(&self, role: &str) -> PathBuf {
-        match role.strip_prefix("agent/") {
-            Some(node) => self.node_dir(node).join("agent.log"),
-            None => self.dir.join(format!("{role}.log")),
+        if let Some(node) = role.strip_prefix("agent/") {
+            self.node_dir(node).join("agent.log")
+        } else if role.starts_with("pod/") {
+            self.dir.join("pods.log")
+        } else {
+            self.dir.join(format!("{role}.log"))
         }
     }
 
-    /// Starts `program` for `role` (inside `netns` if given) and remembers it.
-    fn start(
+    /// Starts `program` for `role` (inside `netns` if given, with the environment
+    /// variables `env`) and remembers it.
+    pub(super) fn start(
         &mut self,
         role: &str,
         program: &Path,
         args: &[OsString],
         netns: Option<&str>,
+        env: &[(&str, &Path)],
     ) -> Result<(), SupervisionError> {
-        let pid = process::spawn(program, args, netns, &self.log_of(role)).map_err(|source| {
+        let log = self.log_of(role);
+        let pid = process::spawn(program, args, netns, env, &log).map_err(|source| {
             SupervisionError::Start {
                 role: role.to_owned(),
                 source,
@@ -184,10 +194,26 @@ impl Lab {
             return Ok(false);
         }
         let mut args: Vec<OsString> = Vec::new();
-        let own = self.own_manifests();
-        for root in self.record.manifests.iter().chain([&own]) {
-            args.push("--manifests".into());
-            args.push(root.into());
+        let kubeconfig = self.operator_kubeconfig();
+        let mut env = Vec::new();
+        if self.is_kubernetes() {
+            // Kubernetes mode: the objects from the API server, agents proven by their
+            // pods' tokens.
+            let identity = format!("{}-operator", self.record.name);
+            args.extend(os(&[
+                "--namespace",
+                "wireway-system",
+                "--identity",
+                &identity,
+            ]));
+            args.extend(os(&["--agent-auth", "token"]));
+            env.push(("KUBECONFIG", kubeconfig.as_path()));
+        } else {
+            let own = self.own_manifests();
+            for root in self.record.manifests.iter().chain([&own]) {
+                args.push("--manifests".into());
+                args.push(root.into());
+            }
         }
         args.extend(os(&["--listen-grpc", &self.operator_grpc().to_string()]));
         args.extend(os(&["--listen-http", &self.operator_http().to_string()]));
@@ -201,7 +227,7 @@ impl Lab {
         ]));
         args.extend(self.operator_tls_args());
         let program = self.record.binaries.operator.clone();
-        self.start("operator", &program, &args, None)?;
+        self.start("operator", &program, &args, None, &env)?;
         Ok(true)
     }
 
@@ -220,12 +246,25 @@ impl Lab {
         std::fs::create_dir_all(&state)
             .map_err(|e| SupervisionError::StateDir(FileError::on("create", &state)(e)))?;
         let mut args: Vec<OsString> = vec!["--state-dir".into(), state.into()];
-        args.push("--netns-dir".into());
-        args.push(self.netns_links().into());
-        // The links there point into /run/netns, where `ip netns` keeps the pods'
-        // namespaces; the agent accepts namespace paths only beneath directories it is
-        // given.
-        args.extend(os(&["--netns-path-prefix", "/run/netns"]));
+        let cgroups = self
+            .is_kubernetes()
+            .then(|| self.node_cgroups(node))
+            .flatten();
+        match cgroups {
+            // As on a node of a cluster: pods found by UID in the cgroup tree.
+            Some(cgroups) => {
+                args.push("--cgroup-root".into());
+                args.push(cgroups.root.clone().into());
+            }
+            None => {
+                args.push("--netns-dir".into());
+                args.push(self.netns_links().into());
+                // The links there point into /run/netns, where `ip netns` keeps the pods'
+                // namespaces; the agent accepts namespace paths only beneath directories
+                // it is given.
+                args.extend(os(&["--netns-path-prefix", "/run/netns"]));
+            }
+        }
         args.extend(os(&[
             "run",
             "--node-name",
@@ -235,9 +274,21 @@ impl Lab {
         ]));
         args.extend(os(&["--underlay-address", &lab_node.address]));
         args.extend(os(&["--listen-http", &self.agent_http(node).to_string()]));
-        args.extend(self.agent_tls_args(node));
+        let (kubeconfig, operator_token) = self.agent_credentials(node);
+        let mut env = Vec::new();
+        if self.is_kubernetes() {
+            // Its pod's tokens: for the operator (which needs only the CA to be checked)
+            // and for the API server, to annotate its Node.
+            args.push("--token-file".into());
+            args.push(operator_token.into());
+            args.extend(os(&["--publish-node", "true", "--tls-ca"]));
+            args.push(self.node_pki(node).join("ca.crt").into());
+            env.push(("KUBECONFIG", kubeconfig.as_path()));
+        } else {
+            args.extend(self.agent_tls_args(node));
+        }
         let program = self.record.binaries.agent.clone();
-        self.start(&role, &program, &args, Some(&lab_node.netns))?;
+        self.start(&role, &program, &args, Some(&lab_node.netns), &env)?;
         Ok(true)
     }
 
@@ -250,13 +301,21 @@ impl Lab {
         args.push(self.dir.clone().into());
         args.push("supervise".into());
         let program = self.record.binaries.wireway.clone();
-        self.start("supervisor", &program, &args, None)?;
+        self.start("supervisor", &program, &args, None, &[])?;
         Ok(true)
     }
 
     /// Starts whatever of the lab is not running; says what it started.
     pub fn start_all(&mut self) -> Result<Vec<String>, SupervisionError> {
         let mut started = Vec::new();
+        let control_plane = self.record.kubernetes.as_ref();
+        if let Some(program) = control_plane.and_then(|k| k.control_plane.clone())
+            && !self.is_running("control-plane")
+        {
+            self.start_control_plane(&program)
+                .map_err(|e| SupervisionError::Kubernetes(Box::new(e)))?;
+            started.push("control-plane".to_owned());
+        }
         if self.start_operator()? {
             started.push("operator".to_owned());
         }
@@ -295,6 +354,20 @@ impl Lab {
     /// them), the directory. Goes on past errors and returns them.
     pub fn down(self) -> Vec<SupervisionError> {
         let mut errors = Vec::new();
+        let kubernetes = |e| SupervisionError::Kubernetes(Box::new(e));
+        if self
+            .record
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| k.control_plane.is_none())
+        {
+            // Another's API server outlives the lab: its Nodes and agent pods go.
+            for node in self.record.nodes.keys() {
+                if let Err(e) = self.unregister_node(node) {
+                    errors.push(kubernetes(e));
+                }
+            }
+        }
         for pid in self.record.processes.values() {
             self.kill_if_ours(*pid);
         }
@@ -306,6 +379,7 @@ impl Lab {
                 });
             }
         }
+        errors.extend(self.remove_cgroups().into_iter().map(kubernetes));
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             errors.push(SupervisionError::RemoveDir(FileError::on(
                 "remove", &self.dir,
