@@ -18,6 +18,7 @@ use serde_json::Value;
 const WIREWAY: &str = env!("CARGO_BIN_EXE_wireway");
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+use wireway_testkit::control_plane::ControlPlane;
 use wireway_testkit::root_or_skip;
 
 fn samples() -> PathBuf {
@@ -353,6 +354,128 @@ fn the_samples_reach_as_the_seeds_say() {
         );
         promtool(&metrics);
     }
+}
+
+/// `wireway lab up --kubernetes`: the samples applied to a real API server (the test
+/// control plane), the lab as the nodes' kubelets, the operator and agents in Kubernetes
+/// mode with their ServiceAccounts' tokens, pods found by UID in cgroups of both
+/// layouts. The matrix is the samples' own; then it follows `kubectl apply` and
+/// `kubectl delete`, and kubectl shows the objects' Ready columns and events.
+#[test]
+fn the_samples_reach_as_the_seeds_say_through_a_real_api_server() {
+    let test = "the_samples_reach_as_the_seeds_say_through_a_real_api_server";
+    if !root_or_skip(test) || !ControlPlane::available(test) {
+        return;
+    }
+    let control_plane = ControlPlane::binary();
+    let kubectl_binary = control_plane.with_file_name("kubectl");
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let lab = Lab::new();
+    let out = lab.wireway(&[
+        "up",
+        samples().to_str().unwrap(),
+        "--kubernetes",
+        "--control-plane",
+        control_plane.to_str().unwrap(),
+        "--kubectl",
+        kubectl_binary.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+        "--timeout",
+        "180",
+    ]);
+    let matrix = matrix_of(&out);
+    assert!(
+        out.status.success(),
+        "lab up --kubernetes: {matrix:#}\n{}\noperator:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.log("operator.log")
+    );
+    let all = cells(&matrix);
+    assert_eq!(all.len(), 36, "{matrix:#}");
+    assert!(all.values().all(|(expected, reached)| expected == reached));
+    assert_eq!(all.values().filter(|(e, _)| *e).count(), 12);
+    assert_eq!(
+        reaches(&matrix, "red/red-a", "red/red-b", "red/red"),
+        Some(true)
+    );
+    assert_eq!(
+        reaches(&matrix, "other/intruder", "red/red-a", "red/red"),
+        Some(false)
+    );
+
+    // Pods were found by UID in cgroups of both layouts, by agents with no other way.
+    let record = lab.record();
+    let layouts: BTreeSet<&str> = record["kubernetes"]["cgroups"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["layout"].as_str().unwrap())
+        .collect();
+    assert_eq!(layouts, BTreeSet::from(["cgroupfsV1", "systemdV2"]));
+    for (key, pod) in record["pods"].as_object().unwrap() {
+        let cgroup = pod["cgroup"].as_str().unwrap();
+        let uid = pod["uid"].as_str().unwrap();
+        assert!(
+            cgroup.contains(uid) || cgroup.contains(&uid.replace('-', "_")),
+            "{key}: {cgroup}"
+        );
+    }
+
+    let kubeconfig = lab.dir.join("control-plane/admin.kubeconfig");
+    let kubectl = |args: &[&str]| {
+        let out = Command::new(&kubectl_binary)
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // kubectl shows the objects with their Ready columns, and the operator's events.
+    let (_, services) = kubectl(&["get", "nsvc", "-A"]);
+    assert!(
+        services.contains("READY") && services.contains("True"),
+        "{services}"
+    );
+    // The pods as their kubelet reports them: Running, their containers ready.
+    let (_, pods) = kubectl(&["get", "pods", "-n", "red"]);
+    assert!(pods.contains("1/1") && pods.contains("Running"), "{pods}");
+    let (_, endpoints) = kubectl(&["get", "nsep", "-n", "other", "join-red", "-o", "wide"]);
+    assert!(endpoints.contains("NotAdmitted"), "{endpoints}");
+    let (_, events) = kubectl(&["get", "events", "-n", "other"]);
+    assert!(events.contains("NotAdmitted"), "{events}");
+    // The agents annotated their Nodes, with their own pods' tokens.
+    let (_, nodes) = kubectl(&["get", "nodes", "-o", "json"]);
+    let nodes: Value = serde_json::from_str(&nodes).unwrap();
+    for node in nodes["items"].as_array().unwrap() {
+        assert!(
+            node["metadata"]["annotations"]["wireway.dev/public-key"].is_string(),
+            "{node:#}"
+        );
+    }
+
+    // kubectl apply: a member joins red, scheduled and run by the lab.
+    let manifests = tempfile::tempdir().unwrap();
+    write(manifests.path(), "red-c.yaml", &red_pod("red-c", None));
+    let red_c = manifests.path().join("red-c.yaml");
+    let (ok, said) = kubectl(&["apply", "-f", red_c.to_str().unwrap()]);
+    assert!(ok, "{said}");
+    lab.matrix_until("red-c joins red", |m| {
+        reaches(m, "red/red-c", "red/red-a", "red/red") == Some(true)
+            && reaches(m, "red/bridge", "red/red-c", "red/red") == Some(true)
+    });
+    // kubectl delete: a member leaves green, and its deletion completes.
+    let (ok, said) = kubectl(&["delete", "pod", "-n", "green", "green-b", "--timeout=60s"]);
+    assert!(ok, "{said}");
+    lab.matrix_until("green-b leaves", |m| {
+        !rows(m).contains(&"green/green-b".to_owned())
+    });
+    assert!(lab.record()["pods"].get("green/green-b").is_none());
 }
 
 /// The samples in a directory of the test's own, to change.

@@ -12,6 +12,7 @@ use wireway_runtime::errors::{FileError, chain, is_root};
 use wireway_runtime::pki::CertError;
 
 use super::bench;
+use super::forward::forward;
 use super::kubernetes::{self, KubeError};
 use super::matrix::{Matrix, render_matrix};
 use super::measure::MeasureError;
@@ -147,6 +148,17 @@ pub enum LabCommand {
     /// Follow the manifests and keep the lab in step (started by `up`).
     #[command(hide = true)]
     Supervise,
+    /// Make the API server at ADDRESS reachable at the same address inside the network
+    /// namespace NETNS (started by `up --kubernetes`, one per node).
+    #[command(hide = true)]
+    Forward {
+        /// The node's network namespace.
+        #[arg(long)]
+        netns: String,
+        /// The API server's address.
+        #[arg(long)]
+        address: std::net::SocketAddr,
+    },
 }
 
 /// Why `wireway lab up` (or `bench`, which starts the same way) failed.
@@ -319,6 +331,13 @@ pub async fn run(args: LabArgs) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        LabCommand::Forward { netns, address } => {
+            match tokio::task::spawn_blocking(move || forward(&netns, address)).await {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => fail(&e),
+                Err(e) => fail(&e),
+            }
+        }
     }
 }
 
@@ -463,14 +482,17 @@ impl Up {
         if let Some(record) = lab.record.kubernetes.as_mut() {
             record.kubeconfig.clone_from(&kubeconfig);
         }
+        let api_server = lab.api_server().map_err(UpError::Kubernetes)?;
+        if let Some(record) = lab.record.kubernetes.as_mut() {
+            record.api_server = Some(api_server);
+        }
         lab.save()
             .map_err(|e| UpError::Kubernetes(KubeError::Record(e)))?;
         lab.install(&args.config).map_err(UpError::Kubernetes)?;
         step(
             "Wireway's namespace, CRDs and RBAC from config/, and the manifests, applied (server-side)",
         );
-        lab.issue_operator_credentials()
-            .map_err(UpError::Kubernetes)?;
+        lab.issue_credentials().map_err(UpError::Kubernetes)?;
         kubernetes::inventory(&kubeconfig)
             .await
             .map_err(UpError::Kubernetes)

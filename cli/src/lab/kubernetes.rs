@@ -22,6 +22,7 @@
 //! would do it; every cgroup is in the lab's record before it is made.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,8 +46,6 @@ const SYSTEM: &str = "wireway-system";
 const TOKEN_DURATION: &str = "48h";
 /// How long the control plane may take to be ready (seconds on an idle machine).
 const CONTROL_PLANE_READY: Duration = Duration::from_secs(180);
-/// The v2 cgroup tree the lab makes its nodes' trees in.
-const CGROUP2: &str = "/sys/fs/cgroup";
 
 /// Why the lab could not do its part around the API server.
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +78,8 @@ pub enum KubeError {
     /// A file could not be written or a cgroup made or removed.
     #[error(transparent)]
     File(FileError),
-    /// A cgroup v1 hierarchy could not be mounted.
-    #[error("failed to mount a cgroup v1 hierarchy on {}: {stderr}", dir.display())]
+    /// A cgroup hierarchy could not be mounted or unmounted.
+    #[error("failed to mount or unmount a cgroup hierarchy on {}: {stderr}", dir.display())]
     Mount {
         /// Where.
         dir: PathBuf,
@@ -107,6 +106,14 @@ pub enum KubeError {
     /// A process could not be started.
     #[error(transparent)]
     Start(Box<SupervisionError>),
+    /// The API server is not at an address the lab can forward.
+    #[error(
+        "the API server is at {server}: the lab needs it at https://IP:PORT, which it makes reachable from its nodes"
+    )]
+    ServerAddress {
+        /// The kubeconfig's server.
+        server: String,
+    },
     /// Asked of a lab that does not play kubelet.
     #[error("the lab was not made with --kubernetes")]
     NotKubernetes,
@@ -339,6 +346,27 @@ impl Lab {
         Ok(self.kubectl(&args, None)?.trim().to_owned())
     }
 
+    /// The API server's address (IP:PORT: nodes reach it through a forwarder).
+    pub fn api_server(&self) -> Result<SocketAddr, KubeError> {
+        let server = self.kubectl(
+            &[
+                "config",
+                "view",
+                "--minify",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ],
+            None,
+        )?;
+        let address = server.trim().trim_start_matches("https://");
+        address
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| KubeError::ServerAddress {
+                server: server.trim().to_owned(),
+            })
+    }
+
     /// Writes a kubeconfig for the API server the lab uses, authenticating with `token`.
     fn write_kubeconfig(&self, path: &Path, token: &str) -> Result<(), KubeError> {
         let view = |field: &str| {
@@ -373,10 +401,31 @@ impl Lab {
         self.dir.join("operator.kubeconfig")
     }
 
-    /// Issues the operator's kubeconfig.
-    pub fn issue_operator_credentials(&self) -> Result<(), KubeError> {
+    /// The token the lab reads the operator's status with.
+    pub(super) fn status_token(&self) -> PathBuf {
+        self.dir.join("status-token")
+    }
+
+    /// Issues the operator's kubeconfig, and the lab's token for the operator's status:
+    /// of a ServiceAccount of its own bound to `wireway-status-reader` (as a cluster's
+    /// administrator binds who may read it), for audience `wireway-operator`.
+    pub fn issue_credentials(&self) -> Result<(), KubeError> {
         let token = self.token("wireway-operator", &[])?;
-        self.write_kubeconfig(&self.operator_kubeconfig(), &token)
+        self.write_kubeconfig(&self.operator_kubeconfig(), &token)?;
+        self.apply(&[
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "wireway-lab", "namespace": SYSTEM}}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "wireway-lab-status-reader"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "wireway-status-reader"},
+                "subjects": [{"kind": "ServiceAccount", "name": "wireway-lab",
+                              "namespace": SYSTEM}]}),
+        ])?;
+        let token = self.token("wireway-lab", &["--audience", "wireway-operator"])?;
+        let path = self.status_token();
+        wireway_runtime::files::write_private(&path, token.as_bytes())
+            .map_err(file_error("write", &path))
     }
 
     /// A node agent's kubeconfig (its pod's token for the API server) and its token for
@@ -444,13 +493,40 @@ impl Lab {
             .map(drop)
     }
 
-    /// Sets a pod's status to Running on the node at `host`, as its kubelet does.
+    /// Sets a pod's status to Running on the node at `host`, its containers running and
+    /// ready, as its kubelet does.
     pub(super) fn set_running(&self, key: &str, host: &str) -> Result<(), KubeError> {
+        let (namespace, name) = split(key);
+        let containers = self.kubectl(
+            &[
+                "get",
+                "pod",
+                name,
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.spec.containers[*]['name','image']}",
+            ],
+            None,
+        )?;
+        let words: Vec<&str> = containers.split_whitespace().collect();
+        let half = words.len() / 2;
+        let statuses: Vec<Value> = words[..half]
+            .iter()
+            .zip(&words[half..])
+            .map(|(name, image)| {
+                json!({"name": name, "image": image, "imageID": "", "ready": true,
+                       "started": true, "restartCount": 0,
+                       "state": {"running": {}}})
+            })
+            .collect();
         self.patch_status(
             "pod",
             key,
-            &json!({"phase": "Running", "hostIP": host,
+            &json!({"phase": "Running", "hostIP": host, "containerStatuses": statuses,
                 "conditions": [{"type": "PodScheduled", "status": "True"},
+                               {"type": "Initialized", "status": "True"},
+                               {"type": "ContainersReady", "status": "True"},
                                {"type": "Ready", "status": "True"}]}),
         )
     }
@@ -477,26 +553,24 @@ impl Lab {
     }
 
     /// Makes the cgroup tree of the `n`th node: the v2 layout for even `n`, the v1 layout
-    /// (in a hierarchy of the lab's own, mounted once) for odd `n`.
+    /// for odd `n`. Both hierarchies are mounted in the lab's directory (v1: one of the
+    /// lab's own, without controllers), where agents see them: `ip netns exec`, which
+    /// starts them in their node's namespace, mounts a sysfs of that namespace over
+    /// `/sys`, hiding `/sys/fs/cgroup` (in a cluster the agent's pod mounts the host's
+    /// tree the same way, at `/host/sys/fs/cgroup`).
     pub(super) fn make_node_cgroups(&mut self, node: &str, n: u32) -> Result<(), KubeError> {
-        let cgroups = if n.is_multiple_of(2) {
-            NodeCgroups {
-                root: Path::new(CGROUP2)
-                    .join(format!("wireway-lab-{}", self.record.name))
-                    .join(node),
-                layout: CgroupLayout::SystemdV2,
-            }
+        let layout = if n.is_multiple_of(2) {
+            CgroupLayout::SystemdV2
         } else {
-            let mount = self.dir.join("cgroup-v1");
-            if self.kubernetes()?.v1_mount.is_none() {
-                self.kubernetes_mut()?.v1_mount = Some(mount.clone());
-                self.save()?;
-                mount_v1(&mount, &self.record.name)?;
-            }
-            NodeCgroups {
-                root: mount.join(node),
-                layout: CgroupLayout::CgroupfsV1,
-            }
+            CgroupLayout::CgroupfsV1
+        };
+        let mount = self.mounted(layout)?;
+        let cgroups = NodeCgroups {
+            root: match layout {
+                CgroupLayout::SystemdV2 => mount.join(self.v2_top()).join(node),
+                CgroupLayout::CgroupfsV1 => mount.join(node),
+            },
+            layout,
         };
         let root = cgroups.root.clone();
         self.kubernetes_mut()?
@@ -504,6 +578,35 @@ impl Lab {
             .insert(node.to_owned(), cgroups);
         self.save()?;
         std::fs::create_dir_all(&root).map_err(file_error("create", &root))
+    }
+
+    /// The lab's own cgroup at the top of the v2 hierarchy.
+    fn v2_top(&self) -> String {
+        format!("wireway-lab-{}", self.record.name)
+    }
+
+    /// Where the hierarchy of `layout` is mounted in the lab's directory; mounts it the
+    /// first time (in the record before it is mounted).
+    fn mounted(&mut self, layout: CgroupLayout) -> Result<PathBuf, KubeError> {
+        let (dir, args) = match layout {
+            CgroupLayout::SystemdV2 => (self.dir.join("cgroup-v2"), vec!["-t", "cgroup2"]),
+            CgroupLayout::CgroupfsV1 => (self.dir.join("cgroup-v1"), vec!["-t", "cgroup"]),
+        };
+        if self.kubernetes()?.mounts.contains(&dir) {
+            return Ok(dir);
+        }
+        self.kubernetes_mut()?.mounts.push(dir.clone());
+        self.save()?;
+        std::fs::create_dir_all(&dir).map_err(file_error("create", &dir))?;
+        let named = format!("none,name={}", self.v2_top());
+        let options = match layout {
+            CgroupLayout::SystemdV2 => vec![],
+            CgroupLayout::CgroupfsV1 => vec!["-o", named.as_str()],
+        };
+        let target = dir.to_string_lossy();
+        let all = [&args[..], &options[..], &["cgroup", &target]].concat();
+        run("mount", &all)?;
+        Ok(dir)
     }
 
     /// A node's cgroup tree.
@@ -560,7 +663,7 @@ impl Lab {
     }
 
     /// Removes what the lab made of cgroups: the pods' and nodes' trees (their processes
-    /// must be gone), and the v1 hierarchy's mount.
+    /// must be gone), the lab's own at the top of the v2 hierarchy, and the mounts.
     pub(super) fn remove_cgroups(&self) -> Vec<KubeError> {
         let Some(kubernetes) = &self.record.kubernetes else {
             return Vec::new();
@@ -570,14 +673,13 @@ impl Lab {
             .values()
             .filter_map(|c| remove_tree(&c.root).err())
             .collect();
-        let v2 = Path::new(CGROUP2).join(format!("wireway-lab-{}", self.record.name));
-        if let Err(e) = remove_tree(&v2) {
-            errors.push(e);
-        }
-        if let Some(mount) = &kubernetes.v1_mount
-            && let Err(e) = run("umount", &[&mount.to_string_lossy()])
-        {
-            errors.push(e);
+        for mount in kubernetes.mounts.iter().rev() {
+            if let Err(e) = remove_tree(&mount.join(self.v2_top())) {
+                errors.push(e);
+            }
+            if let Err(e) = run("umount", &[&mount.to_string_lossy()]) {
+                errors.push(e);
+            }
         }
         errors
     }
@@ -607,23 +709,6 @@ fn run(program: &str, args: &[&str]) -> Result<(), KubeError> {
     }
 }
 
-/// Mounts a named cgroup v1 hierarchy (no controllers) of the lab `name` on `dir`.
-fn mount_v1(dir: &Path, name: &str) -> Result<(), KubeError> {
-    std::fs::create_dir_all(dir).map_err(file_error("create", dir))?;
-    let options = format!("none,name=wireway-lab-{name}");
-    run(
-        "mount",
-        &[
-            "-t",
-            "cgroup",
-            "-o",
-            &options,
-            "cgroup",
-            &dir.to_string_lossy(),
-        ],
-    )
-}
-
 /// Removes a cgroup and every cgroup below it, deepest first; a cgroup that is gone is
 /// fine. A cgroup whose last process has just been killed may be busy for a moment.
 pub(super) fn remove_tree(root: &Path) -> Result<(), KubeError> {
@@ -649,7 +734,10 @@ pub(super) fn remove_tree(root: &Path) -> Result<(), KubeError> {
             match std::fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(16) => {
+                // EBUSY, ENOTEMPTY: processes that were just killed are still leaving.
+                Err(e)
+                    if Instant::now() < deadline && matches!(e.raw_os_error(), Some(16 | 39)) =>
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => return Err(KubeError::File(FileError::on("remove", dir)(e))),

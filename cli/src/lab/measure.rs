@@ -38,7 +38,7 @@ pub enum MeasureError {
 
 impl Lab {
     /// How to read the operator's status: its gRPC port, with the lab's administrator
-    /// certificate.
+    /// certificate (with `--kubernetes`: the lab's status-reader token).
     pub fn status_access(&self) -> Access {
         let pki = self.admin_pki();
         Access {
@@ -47,7 +47,7 @@ impl Lab {
             ca: pki.join("ca.crt"),
             cert: pki.join("tls.crt"),
             key: pki.join("tls.key"),
-            token_file: None,
+            token_file: self.is_kubernetes().then(|| self.status_token()),
             insecure_plaintext: false,
         }
     }

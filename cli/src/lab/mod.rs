@@ -24,13 +24,15 @@
 //! * [`supervision`]: the operator, agents and supervisor started, watched and stopped,
 //!   over [`process`] and [`net`];
 //! * [`kubernetes`]: with `up --kubernetes`, the lab plays kubelet around a real API
-//!   server instead of writing manifests for the operator;
+//!   server instead of writing manifests for the operator, and [`forward`] puts the API
+//!   server within its nodes' reach;
 //! * [`measure`]: waiting for convergence and pinging the [`matrix`];
 //!   [`bench`](mod@bench): how fast changes take effect;
 //! * [`commands`]: the `wireway lab` subcommands.
 
 pub mod bench;
 pub mod commands;
+pub mod forward;
 pub mod kubernetes;
 pub mod manifests;
 pub mod matrix;

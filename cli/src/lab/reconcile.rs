@@ -18,7 +18,7 @@ use super::kubernetes::{self, KubeError, pod_role};
 use super::manifests;
 use super::net::{self, NetError};
 use super::record::{LabNode, LabPod, RecordError};
-use super::supervision::{SupervisionError, agent_role};
+use super::supervision::{SupervisionError, agent_role, forwarder_role};
 use super::topology::{self, PodSpec};
 use super::underlay::{UnderlayError, underlay_address};
 
@@ -246,6 +246,7 @@ impl Lab {
 
     fn remove_node(&mut self, node: &str) -> Result<(), ReconcileError> {
         self.stop(&agent_role(node));
+        self.stop(&forwarder_role(node));
         if self.is_kubernetes() {
             self.unregister_node(node)?;
             if let Some(cgroups) = self.node_cgroups(node) {

@@ -75,6 +75,9 @@ pub struct KubernetesRecord {
     pub kubeconfig: PathBuf,
     /// `kubectl`.
     pub kubectl: PathBuf,
+    /// The API server's address, which a forwarder per node makes reachable from the
+    /// node's namespace (see [`super::forward`]).
+    pub api_server: Option<std::net::SocketAddr>,
     /// The test control plane's binary, when the lab runs one (as process
     /// `control-plane`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,9 +85,9 @@ pub struct KubernetesRecord {
     /// Each node's cgroup tree (what its agent is given as `--cgroup-root`), made by the
     /// lab.
     pub cgroups: BTreeMap<String, NodeCgroups>,
-    /// The cgroup v1 hierarchy the lab mounted for the nodes with the v1 layout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub v1_mount: Option<PathBuf>,
+    /// The cgroup hierarchies the lab mounted in its directory.
+    #[serde(default)]
+    pub mounts: Vec<PathBuf>,
 }
 
 /// The binaries a lab runs.

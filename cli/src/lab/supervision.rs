@@ -125,6 +125,11 @@ pub(super) fn agent_role(node: &str) -> String {
     format!("agent/{node}")
 }
 
+/// The role of a node's forwarder to the API server.
+pub(super) fn forwarder_role(node: &str) -> String {
+    format!("forward/{node}")
+}
+
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
@@ -160,6 +165,8 @@ impl Lab {
     fn log_of(&self, role: &str) -> PathBuf {
         if let Some(node) = role.strip_prefix("agent/") {
             self.node_dir(node).join("agent.log")
+        } else if let Some(node) = role.strip_prefix("forward/") {
+            self.node_dir(node).join("forward.log")
         } else if role.starts_with("pod/") {
             self.dir.join("pods.log")
         } else {
@@ -276,7 +283,8 @@ impl Lab {
         args.extend(os(&["--listen-http", &self.agent_http(node).to_string()]));
         let (kubeconfig, operator_token) = self.agent_credentials(node);
         let mut env = Vec::new();
-        if self.is_kubernetes() {
+        if let Some(api_server) = self.record.kubernetes.as_ref().and_then(|k| k.api_server) {
+            self.start_forwarder(node, &lab_node.netns, api_server)?;
             // Its pod's tokens: for the operator (which needs only the CA to be checked)
             // and for the API server, to annotate its Node.
             args.push("--token-file".into());
@@ -290,6 +298,26 @@ impl Lab {
         let program = self.record.binaries.agent.clone();
         self.start(&role, &program, &args, Some(&lab_node.netns), &env)?;
         Ok(true)
+    }
+
+    /// Starts the forwarder that puts the API server within `node`'s reach, unless it
+    /// runs.
+    fn start_forwarder(
+        &mut self,
+        node: &str,
+        netns: &str,
+        api_server: std::net::SocketAddr,
+    ) -> Result<(), SupervisionError> {
+        let role = forwarder_role(node);
+        if self.is_running(&role) {
+            return Ok(());
+        }
+        let mut args = os(&["lab", "--name", &self.record.name, "--dir"]);
+        args.push(self.dir.clone().into());
+        args.extend(os(&["forward", "--netns", netns, "--address"]));
+        args.push(api_server.to_string().into());
+        let program = self.record.binaries.wireway.clone();
+        self.start(&role, &program, &args, None, &[])
     }
 
     /// Starts the supervisor unless it runs.
