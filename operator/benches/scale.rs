@@ -6,6 +6,12 @@
 //! with one Endpoint; `members` pods spread evenly over the services; each service's pods
 //! on `span` nodes (a window of the node list, shifted per service so every node carries
 //! some services). Peers per node and service grow with `span`, not with the cluster.
+//!
+//! With `daemonset`, besides (or instead of, with `services` 0) that: one more
+//! NetworkService, `net` in namespace `daemonset` (IPv4 100.64.0.0/10, /24 per node),
+//! whose Endpoint selects with `podSelector: {}` (every pod of its namespace), and one
+//! pod of a DaemonSet on every node (`ds-{node}`). It spans the whole cluster: every node carries it
+//! with `nodes - 1` peers, so its peer term is `nodes²`.
 
 use std::net::IpAddr;
 
@@ -22,7 +28,12 @@ pub struct Scale {
     pub members: usize,
     /// Nodes each service's members run on.
     pub span: usize,
+    /// Adds the DaemonSet-wide service: one pod on every node, all selected.
+    pub daemonset: bool,
 }
+
+/// The namespace of the DaemonSet-wide service and its pods.
+pub const DAEMONSET_NAMESPACE: &str = "daemonset";
 
 fn meta(ns: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -47,6 +58,52 @@ pub fn pod(scale: Scale, s: usize, i: usize) -> Pod {
     }
 }
 
+/// The DaemonSet's pod named `name` on node `node` (the DaemonSet's own pods are
+/// `ds-{node}`; any other name is one more member on that node).
+pub fn daemon_pod(name: &str, node: usize) -> Pod {
+    Pod {
+        namespace: DAEMONSET_NAMESPACE.into(),
+        name: name.into(),
+        uid: format!("uid-{DAEMONSET_NAMESPACE}-{name}"),
+        node: Some(format!("node-{node}")),
+        service_account: "default".into(),
+        labels: [("app".to_owned(), "daemon".to_owned())].into(),
+        netns: None,
+    }
+}
+
+/// A NetworkService `net` in `ns`.
+fn network_service(ns: &str, cidr: String) -> NetworkService {
+    NetworkService {
+        metadata: meta(ns, "net"),
+        spec: NetworkServiceSpec {
+            cidr,
+            node_prefix_length: 24,
+            cluster_prefix: None,
+            mtu: None,
+            listen_port: None,
+        },
+        status: None,
+    }
+}
+
+/// An Endpoint `members` in `ns` selecting pods of `ns` for its service `net`.
+fn endpoint(ns: &str, selector: LabelSelector) -> Endpoint {
+    Endpoint {
+        metadata: meta(ns, "members"),
+        spec: EndpointSpec {
+            network_service: NetworkServiceRef {
+                name: "net".into(),
+                namespace: None,
+            },
+            pod_selector: Some(selector),
+            external: None,
+            interface_name: None,
+        },
+        status: None,
+    }
+}
+
 /// Builds the World.
 pub fn world(scale: Scale) -> World {
     let nodes = (0..scale.nodes)
@@ -58,40 +115,28 @@ pub fn world(scale: Scale) -> World {
             ..Node::default()
         })
         .collect();
-    let per_service = scale.members / scale.services;
+    let per_service = scale.members.checked_div(scale.services).unwrap_or(0);
     let mut pods = Vec::with_capacity(scale.members);
     let mut services = Vec::new();
     let mut endpoints = Vec::new();
     for s in 0..scale.services {
         let ns = format!("svc-{s}");
-        services.push(NetworkService {
-            metadata: meta(&ns, "net"),
-            spec: NetworkServiceSpec {
-                cidr: format!("10.{}.0.0/16", 100 + s % 150),
-                node_prefix_length: 24,
-                cluster_prefix: None,
-                mtu: None,
-                listen_port: None,
+        services.push(network_service(&ns, format!("10.{}.0.0/16", 100 + s % 150)));
+        endpoints.push(endpoint(
+            &ns,
+            LabelSelector {
+                match_labels: Some([("app".to_owned(), "member".to_owned())].into()),
+                match_expressions: None,
             },
-            status: None,
-        });
-        endpoints.push(Endpoint {
-            metadata: meta(&ns, "members"),
-            spec: EndpointSpec {
-                network_service: NetworkServiceRef {
-                    name: "net".into(),
-                    namespace: None,
-                },
-                pod_selector: Some(LabelSelector {
-                    match_labels: Some([("app".to_owned(), "member".to_owned())].into()),
-                    match_expressions: None,
-                }),
-                external: None,
-                interface_name: None,
-            },
-            status: None,
-        });
+        ));
         pods.extend((0..per_service).map(|i| pod(scale, s, i)));
+    }
+    if scale.daemonset {
+        let ns = DAEMONSET_NAMESPACE;
+        services.push(network_service(ns, "100.64.0.0/10".into()));
+        // `podSelector: {}`: every pod of the namespace.
+        endpoints.push(endpoint(ns, LabelSelector::default()));
+        pods.extend((0..scale.nodes).map(|n| daemon_pod(&format!("ds-{n}"), n)));
     }
     World {
         trust_domain: "cluster.local".into(),

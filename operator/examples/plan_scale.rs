@@ -1,18 +1,25 @@
-//! Plans a synthetic World once and reports time, peak memory and, for one added member,
-//! the incremental time and how many nodes' states changed.
+//! Plans a synthetic World once and reports time, peak memory, the size of the node
+//! states, and for single changes the incremental time and how many nodes' states
+//! changed.
 //!
 //! `cargo run --release -p wireway-operator --example plan_scale -- 5000 100 100000 50`
-//! (nodes, services, members, nodes per service).
+//! (nodes, services, members, nodes per service). With `--daemonset` first, the World
+//! also holds one service whose Endpoint has `podSelector: {}` over a DaemonSet's pod on
+//! every node (see benches/scale.rs); `--daemonset 1000 0 0 0` is that service alone.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
+use prost::Message;
 use wireway_operator::plan::{Change, Planner};
 
 #[path = "../benches/scale.rs"]
 mod scale;
 
+/// The process's peak resident set so far (`VmHWM`), as the kernel counts it.
 fn peak_rss_mib() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -25,13 +32,36 @@ fn peak_rss_mib() -> String {
         .map_or_else(|| "?".into(), |kib| format!("{} MiB", kib / 1024))
 }
 
+/// Applies each change and plans, one at a time, and reports the times and how many
+/// nodes' states changed.
+fn runs(planner: &mut Planner, what: &str, changes: Vec<Change>) {
+    let count = changes.len();
+    let mut times = Vec::new();
+    let mut changed = BTreeSet::new();
+    for change in changes {
+        let start = Instant::now();
+        planner.apply(change);
+        let n = planner.plan().changed_nodes.len();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        changed.insert(n);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{what} ({count} runs): p50 {:.2} ms, max {:.2} ms; nodes changed per run: {changed:?}",
+        times[times.len() / 2],
+        times[times.len() - 1],
+    );
+}
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
-    let [nodes, services, members, span] = args[..] else {
-        eprintln!("usage: plan_scale NODES SERVICES MEMBERS SPAN");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let daemonset = args.first().is_some_and(|a| a == "--daemonset");
+    if daemonset {
+        args.remove(0);
+    }
+    let numbers: Vec<usize> = args.iter().map(|a| a.parse().expect("numbers")).collect();
+    let [nodes, services, members, span] = numbers[..] else {
+        eprintln!("usage: plan_scale [--daemonset] NODES SERVICES MEMBERS SPAN");
         std::process::exit(2);
     };
     let scale = scale::Scale {
@@ -39,11 +69,13 @@ fn main() {
         services,
         members,
         span,
+        daemonset,
     };
     let world = scale::world(scale);
     let start = Instant::now();
     let mut planner = Planner::new(world, None);
     let full = planner.plan();
+    let elapsed = start.elapsed();
     let states = full.nodes.len();
     let peers: usize = full
         .nodes
@@ -52,25 +84,73 @@ fn main() {
         .map(|s| s.peers.len())
         .sum();
     println!(
-        "full plan: {nodes} nodes, {services} services, {members} members: {:.0} ms, {states} node states, {peers} peers, peak RSS {}",
-        start.elapsed().as_secs_f64() * 1e3,
+        "full plan: {nodes} nodes, {services} services, {members} members, daemonset {daemonset}: {:.0} ms, {states} node states, {peers} peers, peak RSS {}",
+        elapsed.as_secs_f64() * 1e3,
         peak_rss_mib()
     );
-    let mut times = Vec::new();
-    let mut changed = Vec::new();
-    for i in 0..50 {
-        let pod = scale::pod(scale, i % services, 1_000_000 + i);
-        let start = Instant::now();
-        planner.apply(Change::Pod(pod));
-        let n = planner.plan().changed_nodes.len();
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-        changed.push(n);
-    }
-    times.sort_by(f64::total_cmp);
+
+    // What goes on the wire to each agent, and what encoding all of it once costs (the
+    // first push after a start or a takeover sends every node its state).
+    let start = Instant::now();
+    let encoded: Vec<usize> = full
+        .nodes
+        .values()
+        .map(|s| s.encode_to_vec().len())
+        .collect();
+    let encode_ms = start.elapsed().as_secs_f64() * 1e3;
+    let total: usize = encoded.iter().sum();
     println!(
-        "one member added (50 runs): p50 {:.2} ms, max {:.2} ms; nodes changed per run: {:?}",
-        times[times.len() / 2],
-        times[times.len() - 1],
-        changed.iter().collect::<std::collections::BTreeSet<_>>()
+        "encoded NodeState: max {:.1} KiB per node, total {:.1} MiB; encoding them all once: {encode_ms:.0} ms",
+        encoded.iter().max().copied().unwrap_or(0) as f64 / 1024.0,
+        total as f64 / (1024.0 * 1024.0),
     );
+
+    // The engine publishes a clone of every changed state to the hub, which keeps the
+    // latest one per node: hold such a copy and see what it adds.
+    let hub: Vec<Arc<_>> = full.nodes.values().cloned().map(Arc::new).collect();
+    println!(
+        "with one more copy of every node state (as the hub holds): peak RSS {}",
+        peak_rss_mib()
+    );
+    drop(hub);
+
+    if services > 0 {
+        let added = (0..50)
+            .map(|i| Change::Pod(scale::pod(scale, i % services, 1_000_000 + i)))
+            .collect();
+        runs(&mut planner, "one member added", added);
+    }
+    if daemonset {
+        let ns = scale::DAEMONSET_NAMESPACE;
+        // Members on nodes that already carry the mesh: only their node changes.
+        let extra = |i: usize| format!("extra-{i}");
+        let added = (0..50)
+            .map(|i| Change::Pod(scale::daemon_pod(&extra(i), i * 7 % nodes)))
+            .collect();
+        runs(
+            &mut planner,
+            "daemonset: one member added on a carrying node",
+            added,
+        );
+        let removed = (0..50)
+            .map(|i| Change::PodDeleted(ns.into(), extra(i)))
+            .collect();
+        runs(&mut planner, "daemonset: that member removed", removed);
+        // A node's only member leaves (its node leaves the mesh, every other node loses
+        // a peer), then comes back (every other node gains it): a node drained and
+        // rejoining, or a node added to the cluster.
+        let left = (0..25)
+            .map(|n| Change::PodDeleted(ns.into(), format!("ds-{n}")))
+            .collect();
+        runs(
+            &mut planner,
+            "daemonset: a node's only member removed",
+            left,
+        );
+        let back = (0..25)
+            .map(|n| Change::Pod(scale::daemon_pod(&format!("ds-{n}"), n)))
+            .collect();
+        runs(&mut planner, "daemonset: a node's only member added", back);
+    }
+    println!("peak RSS at the end: {}", peak_rss_mib());
 }
