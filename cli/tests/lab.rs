@@ -25,6 +25,11 @@ fn samples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples")
 }
 
+/// `.tools/bin/kubectl` (`make tools`), beside the test control plane.
+fn kubectl_binary() -> PathBuf {
+    ControlPlane::binary().with_file_name("kubectl")
+}
+
 /// A lab of this test's own, removed on drop.
 struct Lab {
     name: String,
@@ -96,6 +101,54 @@ impl Lab {
             assert!(Instant::now() < deadline, "{what}: last matrix {matrix:#}");
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// `wireway lab up --kubernetes --operators N` of the samples, with the test control
+    /// plane and `.tools/bin/kubectl`: the measured matrix (it must be as planned).
+    fn up_kubernetes(&self, operators: usize) -> Value {
+        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let control_plane = ControlPlane::binary();
+        let out = self.wireway(&[
+            "up",
+            samples().to_str().unwrap(),
+            "--kubernetes",
+            "--operators",
+            &operators.to_string(),
+            "--control-plane",
+            control_plane.to_str().unwrap(),
+            "--kubectl",
+            kubectl_binary().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "--timeout",
+            "180",
+        ]);
+        let matrix = matrix_of(&out);
+        assert!(
+            out.status.success(),
+            "lab up --kubernetes: {matrix:#}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+        );
+        matrix
+    }
+
+    /// `kubectl` with the lab's control plane's administrator: whether it succeeded, and
+    /// what it said.
+    fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(kubectl_binary())
+            .args(args)
+            .env(
+                "KUBECONFIG",
+                self.dir.join("control-plane/admin.kubeconfig"),
+            )
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     }
 
     fn record(&self) -> Value {
@@ -367,31 +420,8 @@ fn the_samples_reach_as_the_seeds_say_through_a_real_api_server() {
     if !root_or_skip(test) || !ControlPlane::available(test) {
         return;
     }
-    let control_plane = ControlPlane::binary();
-    let kubectl_binary = control_plane.with_file_name("kubectl");
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
     let lab = Lab::new();
-    let out = lab.wireway(&[
-        "up",
-        samples().to_str().unwrap(),
-        "--kubernetes",
-        "--control-plane",
-        control_plane.to_str().unwrap(),
-        "--kubectl",
-        kubectl_binary.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-        "--timeout",
-        "180",
-    ]);
-    let matrix = matrix_of(&out);
-    assert!(
-        out.status.success(),
-        "lab up --kubernetes: {matrix:#}\n{}\noperator:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lab.log("operator.log")
-    );
+    let matrix = lab.up_kubernetes(1);
     let all = cells(&matrix);
     assert_eq!(all.len(), 36, "{matrix:#}");
     assert!(all.values().all(|(expected, reached)| expected == reached));
@@ -423,19 +453,7 @@ fn the_samples_reach_as_the_seeds_say_through_a_real_api_server() {
         );
     }
 
-    let kubeconfig = lab.dir.join("control-plane/admin.kubeconfig");
-    let kubectl = |args: &[&str]| {
-        let out = Command::new(&kubectl_binary)
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let kubectl = |args: &[&str]| lab.kubectl(args);
     // kubectl shows the objects with their Ready columns, and the operator's events.
     let (_, services) = kubectl(&["get", "nsvc", "-A"]);
     assert!(
@@ -476,6 +494,111 @@ fn the_samples_reach_as_the_seeds_say_through_a_real_api_server() {
         !rows(m).contains(&"green/green-b".to_owned())
     });
     assert!(lab.record()["pods"].get("green/green-b").is_none());
+}
+
+/// Each member's address, by (workload, service), as the matrix's columns show them.
+fn addresses(matrix: &Value) -> BTreeMap<(String, String), String> {
+    matrix["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let key = (
+                c["workload"].as_str().unwrap().to_owned(),
+                c["service"].as_str().unwrap().to_owned(),
+            );
+            (key, c["address"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Two operators on the Lease (`--operators 2`: only the leader is ready, and agents
+/// reach the ready one), pings every 10 ms across nodes in both services. The leader is
+/// SIGKILLed and restarted (a new pod, a new identity) while a change is applied: the
+/// other takes the Lease over and plans from what the objects hold. No ping is lost, no
+/// member's address moves, and every agent reaches the new leader's state, the change
+/// included (how long after the kill is printed).
+#[test]
+fn killing_the_leading_operator_loses_no_packet_and_moves_no_address() {
+    let test = "killing_the_leading_operator_loses_no_packet_and_moves_no_address";
+    if !root_or_skip(test) || !ControlPlane::available(test) {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.up_kubernetes(2);
+    let leader = || {
+        let (ok, holder) = lab.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "wireway-system",
+            "wireway-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        assert!(ok, "{holder}");
+        holder
+    };
+    let old = leader();
+    let role = ["operator-0", "operator-1"]
+        .into_iter()
+        .find(|r| old.starts_with(&format!("{}-{r}-", lab.name)))
+        .unwrap_or_else(|| panic!("the Lease is held by {old}"));
+    let address = |workload: &str, service: &str| {
+        addresses(&before)[&(workload.to_owned(), service.to_owned())].clone()
+    };
+    let flows = [
+        ping_flood(&lab.netns("red/red-a"), &address("red/red-b", "red/red")),
+        ping_flood(
+            &lab.netns("green/green-a"),
+            &address("green/green-b", "green/green"),
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+
+    let killed = Instant::now();
+    let pid = lab.pid(role);
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    write(manifests.path(), "red-c.yaml", &red_pod("red-c", None));
+    let red_c = manifests.path().join("red-c.yaml");
+    let (ok, said) = lab.kubectl(&["apply", "-f", red_c.to_str().unwrap()]);
+    assert!(ok, "{said}");
+    // Restarted once it is gone, as a Deployment replaces a pod whose container died.
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "{role} lives on"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = lab.wireway(&["start"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = lab.matrix_until("red-c joins red under the new leader", |m| {
+        reaches(m, "red/red-c", "red/red-a", "red/red") == Some(true)
+            && reaches(m, "red/red-b", "red/red-c", "red/red") == Some(true)
+    });
+    eprintln!(
+        "every agent at the new leader's state, red-c included, {:.1} s after the leader was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_ne!(leader(), old, "the Lease moved");
+    std::thread::sleep(Duration::from_secs(1));
+    for flow in flows.map(stop) {
+        assert!(flow.sent > 100, "{flow:?}");
+        assert_eq!(flow.holes, Vec::<u64>::new(), "packets lost: {flow:?}");
+    }
+    let now = addresses(&after);
+    for (member, address) in addresses(&before) {
+        assert_eq!(now.get(&member), Some(&address), "{member:?} moved");
+    }
 }
 
 /// The samples in a directory of the test's own, to change.

@@ -18,6 +18,7 @@ use super::matrix::{Matrix, render_matrix};
 use super::measure::MeasureError;
 use super::reconcile::{Inventory, ReconcileError, supervise};
 use super::record::KubernetesRecord;
+use super::service::{self, Backend};
 use super::supervision::{BinariesError, SupervisionError, binaries};
 use super::underlay::UnderlayError;
 use super::{CreateError, Lab, lab_dir};
@@ -65,6 +66,11 @@ pub struct KubernetesArgs {
     /// Nodes and binds pods there: give it a throw-away cluster.
     #[arg(long, requires = "kubernetes")]
     pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: how many operators to run. With more than one they share the
+    /// Lease, only the leader is ready, and the lab sends agents to the ready one, as the
+    /// operator's Service does (`kubectl get lease -n wireway-system` shows who leads).
+    #[arg(long, default_value_t = 1, requires = "kubernetes")]
+    pub operators: usize,
     /// With --kubernetes: the test control plane to start (`make control-plane` builds
     /// it; tests/control-plane/README.md says what it is).
     #[arg(
@@ -148,6 +154,17 @@ pub enum LabCommand {
     /// Follow the manifests and keep the lab in step (started by `up`).
     #[command(hide = true)]
     Supervise,
+    /// Send each connection to LISTEN on to the first ready BACKEND (started by `up
+    /// --kubernetes --operators N`).
+    #[command(hide = true)]
+    Service {
+        /// The socket agents dial.
+        #[arg(long)]
+        listen: PathBuf,
+        /// An operator: GRPC_SOCKET=HTTP_SOCKET (repeatable).
+        #[arg(long)]
+        backend: Vec<Backend>,
+    },
     /// Make the API server at ADDRESS reachable at the same address inside the network
     /// namespace NETNS (started by `up --kubernetes`, one per node).
     #[command(hide = true)]
@@ -249,9 +266,9 @@ pub async fn run(args: LabArgs) -> ExitCode {
             Ok(lab) => matrix(&lab, Duration::from_secs(timeout), json).await,
             Err(e) => fail(&e),
         },
-        LabCommand::Start => match Lab::open(dir)
+        LabCommand::Start => match Lab::open_to_change(dir)
             .map_err(SupervisionError::from)
-            .and_then(|mut lab| lab.start_all())
+            .and_then(|(mut lab, _held)| lab.start_all())
         {
             Ok(started) if started.is_empty() => {
                 println!("everything runs");
@@ -263,8 +280,8 @@ pub async fn run(args: LabArgs) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        LabCommand::Down => match Lab::open(dir.clone()) {
-            Ok(lab) => {
+        LabCommand::Down => match Lab::open_to_change(dir.clone()) {
+            Ok((lab, _held)) => {
                 let name = lab.record.name.clone();
                 let errors = lab.down();
                 for e in &errors {
@@ -331,6 +348,13 @@ pub async fn run(args: LabArgs) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        LabCommand::Service { listen, backend } => {
+            match tokio::task::spawn_blocking(move || service::serve(&listen, backend)).await {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => fail(&e),
+                Err(e) => fail(&e),
+            }
+        }
         LabCommand::Forward { netns, address } => {
             match tokio::task::spawn_blocking(move || forward(&netns, address)).await {
                 Ok(Ok(())) => ExitCode::SUCCESS,
@@ -458,6 +482,7 @@ impl Up {
         };
         lab.record.kubernetes = Some(KubernetesRecord {
             kubectl: args.kubectl.clone(),
+            operators: args.operators,
             control_plane: control_plane.clone(),
             ..KubernetesRecord::default()
         });

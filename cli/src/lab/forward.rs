@@ -6,9 +6,10 @@
 //! connection to the API server: the agent's kubeconfig names the same address, and TLS
 //! is end to end, between the agent and the API server.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use nix::sched::{CloneFlags, setns};
@@ -66,7 +67,10 @@ pub fn forward(netns: &str, address: SocketAddr) -> Result<(), ForwardError> {
     for inbound in listener.incoming() {
         match inbound {
             Ok(inbound) => {
-                std::thread::spawn(move || carry(inbound, address));
+                std::thread::spawn(move || match TcpStream::connect(address) {
+                    Ok(outbound) => carry(inbound, outbound),
+                    Err(e) => eprintln!("error: connecting to {address}: {e}"),
+                });
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => eprintln!("error: accepting a connection: {e}"),
@@ -75,26 +79,45 @@ pub fn forward(netns: &str, address: SocketAddr) -> Result<(), ForwardError> {
     Ok(())
 }
 
-/// Carries one connection both ways until either side closes.
-fn carry(inbound: TcpStream, address: SocketAddr) {
-    let outbound = match TcpStream::connect(address) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: connecting to {address}: {e}");
-            return;
-        }
-    };
-    let (Ok(mut inbound_reader), Ok(mut outbound_reader)) =
-        (inbound.try_clone(), outbound.try_clone())
+/// A connection that can be read and written at once from two threads, and half
+/// closed: TCP or Unix.
+pub(super) trait Duplex: Read + Write + Send + Sized + 'static {
+    /// Another handle of the same connection.
+    fn handle(&self) -> std::io::Result<Self>;
+    /// Says the end of what this side writes.
+    fn close_write(&self);
+}
+
+impl Duplex for TcpStream {
+    fn handle(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl Duplex for UnixStream {
+    fn handle(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+/// Carries one connection both ways until both sides have closed.
+pub(super) fn carry<A: Duplex, B: Duplex>(inbound: A, outbound: B) {
+    let (Ok(mut inbound_reader), Ok(mut outbound_reader)) = (inbound.handle(), outbound.handle())
     else {
         return;
     };
     let (mut inbound_writer, mut outbound_writer) = (inbound, outbound);
     let up = std::thread::spawn(move || {
         let _ = std::io::copy(&mut inbound_reader, &mut outbound_writer);
-        let _ = outbound_writer.shutdown(Shutdown::Write);
+        outbound_writer.close_write();
     });
     let _ = std::io::copy(&mut outbound_reader, &mut inbound_writer);
-    let _ = inbound_writer.shutdown(Shutdown::Write);
+    inbound_writer.close_write();
     let _ = up.join();
 }

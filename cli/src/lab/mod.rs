@@ -24,8 +24,9 @@
 //! * [`supervision`]: the operator, agents and supervisor started, watched and stopped,
 //!   over [`process`] and [`net`];
 //! * [`kubernetes`]: with `up --kubernetes`, the lab plays kubelet around a real API
-//!   server instead of writing manifests for the operator, and [`forward`] puts the API
-//!   server within its nodes' reach;
+//!   server instead of writing manifests for the operator, [`forward`] puts the API
+//!   server within its nodes' reach, and with several operators [`service`] sends
+//!   agents to the ready one;
 //! * [`measure`]: waiting for convergence and pinging the [`matrix`];
 //!   [`bench`](mod@bench): how fast changes take effect;
 //! * [`commands`]: the `wireway lab` subcommands.
@@ -42,6 +43,7 @@ pub mod pki;
 pub mod process;
 pub mod reconcile;
 pub mod record;
+pub mod service;
 pub mod supervision;
 pub mod topology;
 pub mod underlay;
@@ -81,6 +83,12 @@ pub enum CreateError {
     /// Its record could not be written.
     #[error(transparent)]
     Record(#[from] RecordError),
+}
+
+/// The hold [`Lab::open_to_change`] takes on a lab's record (released on drop).
+#[derive(Debug)]
+pub struct Held {
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// A lab: its directory and its record.
@@ -132,18 +140,52 @@ impl Lab {
         Ok(Self { dir, record })
     }
 
+    /// The lab in `dir`, to change: read once no other process is changing it, and no
+    /// other process changes it until the [`Held`] is dropped. The supervisor and
+    /// `wireway lab start` and `down` change the record from different processes: without
+    /// this, one would write back a record read before the other's change (a process it
+    /// started would be forgotten, and outlive the lab).
+    pub fn open_to_change(dir: PathBuf) -> Result<(Self, Held), RecordError> {
+        let path = dir.join("lab.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| RecordError::Find {
+                dir: dir.clone(),
+                source,
+            })?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| RecordError::Write(FileError::on("lock", &path)(e.into())))?;
+        Ok((Self::open(dir)?, Held { _lock: lock }))
+    }
+
     fn save(&self) -> Result<(), RecordError> {
         self.record.save(&self.dir)
     }
 
-    /// The operator's HTTP port.
-    pub fn operator_http(&self) -> Address {
-        Address::Unix(self.dir.join("operator-http.sock"))
-    }
-
-    /// The operator's gRPC port, which agents dial.
+    /// The operator's gRPC port, which agents dial (with several, the lab's service's).
     fn operator_grpc(&self) -> Address {
         Address::Unix(self.dir.join("operator.sock"))
+    }
+
+    /// The roles of the operators: `operator`, or with several `operator-0`, ….
+    pub fn operator_roles(&self) -> Vec<String> {
+        match self.record.kubernetes.as_ref().map_or(1, |k| k.operators) {
+            0 | 1 => vec!["operator".to_owned()],
+            n => (0..n).map(|i| format!("operator-{i}")).collect(),
+        }
+    }
+
+    /// The HTTP port of the operator `role`.
+    fn operator_http_of(&self, role: &str) -> Address {
+        Address::Unix(self.dir.join(format!("{role}-http.sock")))
+    }
+
+    /// The gRPC port of the operator `role` (with one, the one agents dial).
+    fn operator_grpc_of(&self, role: &str) -> Address {
+        Address::Unix(self.dir.join(format!("{role}.sock")))
     }
 
     /// A node's directory: its agent's state, log and HTTP port.

@@ -406,7 +406,7 @@ pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
         };
         if act {
             // Read the record again: `wireway lab start` may have changed it.
-            let mut lab = Lab::open(dir.clone())?;
+            let (mut lab, _held) = Lab::open_to_change(dir.clone())?;
             match lab.reconcile(&inventory, true) {
                 Ok(done) => {
                     for line in done {

@@ -75,6 +75,10 @@ pub struct KubernetesRecord {
     pub kubeconfig: PathBuf,
     /// `kubectl`.
     pub kubectl: PathBuf,
+    /// How many operators run (`--operators`; 0 is one). With more than one, they share
+    /// the Lease and the lab's `service` sends agents to the ready one.
+    #[serde(default)]
+    pub operators: usize,
     /// The API server's address, which a forwarder per node makes reachable from the
     /// node's namespace (see [`super::forward`]).
     pub api_server: Option<std::net::SocketAddr>,

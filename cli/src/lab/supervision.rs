@@ -10,6 +10,8 @@ use std::process::ExitStatus;
 
 use wireway_runtime::errors::FileError;
 
+use wireway_runtime::listen::Address;
+
 use super::Lab;
 use super::kubernetes::KubeError;
 use super::net::{self, NetError};
@@ -195,18 +197,47 @@ impl Lab {
         Ok(self.save()?)
     }
 
-    /// Starts the operator unless it runs.
-    pub fn start_operator(&mut self) -> Result<bool, SupervisionError> {
-        if self.is_running("operator") {
-            return Ok(false);
+    /// Starts the operators that do not run (and with several, the service in front of
+    /// them); says which it started.
+    pub fn start_operators(&mut self) -> Result<Vec<String>, SupervisionError> {
+        let mut started = Vec::new();
+        let roles = self.operator_roles();
+        for role in &roles {
+            if !self.is_running(role) {
+                self.start_operator(role)?;
+                started.push(role.clone());
+            }
         }
+        if roles.len() > 1 && !self.is_running("service") {
+            let mut args = os(&["lab", "--name", &self.record.name, "--dir"]);
+            args.push(self.dir.clone().into());
+            args.extend(os(&["service", "--listen"]));
+            args.push(self.dir.join("operator.sock").into());
+            for role in &roles {
+                args.push("--backend".into());
+                let (Address::Unix(grpc), Address::Unix(http)) =
+                    (self.operator_grpc_of(role), self.operator_http_of(role))
+                else {
+                    continue;
+                };
+                args.push(format!("{}={}", grpc.display(), http.display()).into());
+            }
+            let program = self.record.binaries.wireway.clone();
+            self.start("service", &program, &args, None, &[])?;
+            started.push("service".to_owned());
+        }
+        Ok(started)
+    }
+
+    /// Starts the operator `role`.
+    fn start_operator(&mut self, role: &str) -> Result<(), SupervisionError> {
         let mut args: Vec<OsString> = Vec::new();
         let kubeconfig = self.operator_kubeconfig();
         let mut env = Vec::new();
         if self.is_kubernetes() {
             // Kubernetes mode: the objects from the API server, agents proven by their
-            // pods' tokens.
-            let identity = format!("{}-operator", self.record.name);
+            // pods' tokens. Each start is a new identity on the Lease, as a new pod is.
+            let identity = format!("{}-{role}-{}", self.record.name, unix_millis());
             args.extend(os(&[
                 "--namespace",
                 "wireway-system",
@@ -222,10 +253,18 @@ impl Lab {
                 args.push(root.into());
             }
         }
-        args.extend(os(&["--listen-grpc", &self.operator_grpc().to_string()]));
-        args.extend(os(&["--listen-http", &self.operator_http().to_string()]));
+        let grpc = if self.operator_roles().len() > 1 {
+            self.operator_grpc_of(role)
+        } else {
+            self.operator_grpc()
+        };
+        args.extend(os(&["--listen-grpc", &grpc.to_string()]));
+        args.extend(os(&[
+            "--listen-http",
+            &self.operator_http_of(role).to_string(),
+        ]));
         args.push("--state-dir".into());
-        args.push(self.dir.join("operator").into());
+        args.push(self.dir.join(role).into());
         args.extend(os(&[
             "--trust-domain",
             &self.record.trust_domain,
@@ -234,8 +273,7 @@ impl Lab {
         ]));
         args.extend(self.operator_tls_args());
         let program = self.record.binaries.operator.clone();
-        self.start("operator", &program, &args, None, &env)?;
-        Ok(true)
+        self.start(role, &program, &args, None, &env)
     }
 
     /// Starts a node's agent unless it runs.
@@ -344,9 +382,7 @@ impl Lab {
                 .map_err(|e| SupervisionError::Kubernetes(Box::new(e)))?;
             started.push("control-plane".to_owned());
         }
-        if self.start_operator()? {
-            started.push("operator".to_owned());
-        }
+        started.extend(self.start_operators()?);
         let nodes: Vec<String> = self.record.nodes.keys().cloned().collect();
         for node in nodes {
             if self.start_agent(&node)? {
@@ -415,4 +451,11 @@ impl Lab {
         }
         errors
     }
+}
+
+/// Milliseconds since the epoch: what makes each start of an operator a new identity.
+fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
