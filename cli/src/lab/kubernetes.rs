@@ -106,6 +106,12 @@ pub enum KubeError {
     /// A process could not be started.
     #[error(transparent)]
     Start(Box<SupervisionError>),
+    /// A pod was to run on a node whose cgroup tree the lab has not made.
+    #[error("node {node} has no cgroup tree in the lab's record")]
+    NoCgroups {
+        /// The node.
+        node: String,
+    },
     /// The API server is not at an address the lab can forward.
     #[error(
         "the API server is at {server}: the lab needs it at https://IP:PORT, which it makes reachable from its nodes"
@@ -625,9 +631,8 @@ impl Lab {
         netns: &str,
     ) -> Result<PathBuf, KubeError> {
         let Some(cgroups) = self.node_cgroups(node) else {
-            return Err(KubeError::Netns {
-                pod: key.to_owned(),
-                netns: netns.to_owned(),
+            return Err(KubeError::NoCgroups {
+                node: node.to_owned(),
             });
         };
         let cgroup = cgroups.pod(uid);

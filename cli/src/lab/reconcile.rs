@@ -187,6 +187,11 @@ impl Lab {
             .collect();
         for key in gone {
             self.remove_pod(&key)?;
+            if self.is_kubernetes() {
+                // Its containers are gone: the pod may go, as its kubelet says. (Not for
+                // a pod replaced under the same name: the name is the new one's then.)
+                self.finish_deletion(&key)?;
+            }
             done.push(format!("pod {key} removed"));
         }
         // Bindings and Node objects only after the pods' namespaces exist: the operator
@@ -305,10 +310,6 @@ impl Lab {
         if let Some(cgroup) = &pod.cgroup {
             // The pod's cgroup (the container's parent) with the container's.
             kubernetes::remove_tree(cgroup.parent().unwrap_or(cgroup))?;
-        }
-        if self.is_kubernetes() {
-            // Its containers are gone: the pod may go, as its kubelet says.
-            self.finish_deletion(key)?;
         }
         Ok(())
     }
