@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use wireway_crds::validation::SchemaError;
 use wireway_operator::plan::{Change, Pod};
@@ -368,6 +369,12 @@ impl Lab {
     }
 }
 
+/// The supervisor's first retry after a failed reconcile; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// `wireway lab supervise`: follows the user's manifests and keeps the lab in step,
 /// until killed.
 pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
@@ -386,8 +393,20 @@ pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
     };
     let mut inventory = Inventory::default();
     let mut synced = false;
-    while let Some(event) = received.recv().await {
+    // After a failed reconcile, the lab tries again this much later even if nothing
+    // changes (a pod left unbound or unstarted would otherwise wait for the next event).
+    let mut retry: Option<Duration> = None;
+    loop {
+        let event = match retry {
+            Some(after) => match tokio::time::timeout(after, received.recv()).await {
+                Ok(event) => event,
+                Err(_) => Some(Event::Changes(Vec::new())),
+            },
+            None => received.recv().await,
+        };
+        let Some(event) = event else { break };
         let act = match event {
+            Event::Changes(changes) if changes.is_empty() => synced,
             Event::Changes(changes) => {
                 let mut act = false;
                 for change in &changes {
@@ -410,11 +429,20 @@ pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
             let (mut lab, _held) = Lab::open_to_change(dir.clone())?;
             match lab.reconcile(&inventory, true) {
                 Ok(done) => {
+                    retry = None;
                     for line in done {
                         eprintln!("{line}");
                     }
                 }
-                Err(e) => eprintln!("error: {}", chain(&e)),
+                Err(e) => {
+                    let after = retry.map_or(RETRY_FIRST, |r| (r * 2).min(RETRY_MAX));
+                    eprintln!(
+                        "error: {} (trying again in {} s)",
+                        chain(&e),
+                        after.as_secs_f64()
+                    );
+                    retry = Some(after);
+                }
             }
         }
     }
