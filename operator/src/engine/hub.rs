@@ -81,6 +81,10 @@ pub struct Hub {
     /// Whether this operator writes to the objects and serves agents: it does unless a
     /// controller says it is a standby (without a cluster there is no other operator).
     leadership: watch::Sender<Leadership>,
+    /// The term (epoch) the engine has planned in since it last began to lead: until it
+    /// equals the leadership's, the states here are a standby's own plans, which a new
+    /// leader has not yet planned again from its predecessor's allocations.
+    planned_epoch: Mutex<Option<u64>>,
 }
 
 impl Default for Hub {
@@ -94,6 +98,7 @@ impl Default for Hub {
                 leader: None,
                 epoch: 0,
             }),
+            planned_epoch: Mutex::default(),
         }
     }
 }
@@ -157,6 +162,25 @@ impl Hub {
             *current = leadership;
             changed
         });
+    }
+
+    /// The engine has planned while leading in `epoch` (see [`serves`](Self::serves)).
+    pub fn planned_in(&self, epoch: u64) {
+        *self
+            .planned_epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch);
+    }
+
+    /// Whether agents are served: this operator leads, and its engine has planned in this
+    /// term (a new leader first plans again from what its predecessor handed out).
+    pub fn serves(&self) -> bool {
+        let leadership = self.leadership.borrow().clone();
+        let planned = *self
+            .planned_epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        leadership.leading && planned == Some(leadership.epoch)
     }
 
     /// Whether this operator leads (see [`set_leadership`](Self::set_leadership)).

@@ -116,6 +116,9 @@ pub struct Engine {
     live: Statuses,
     /// Whether this engine led at its last step.
     leading: bool,
+    /// The term it last led in: one it takes again (its own Lease renewed late, no one
+    /// else between) is not a takeover.
+    led_epoch: Option<u64>,
     /// NetworkServices' finalizers, and the cleanups their removal waits for.
     finalizers: Finalizers,
     /// Where events go (the controller); `None` tells none.
@@ -180,6 +183,7 @@ impl Engine {
             restored: Some(stored),
             live: Statuses::default(),
             leading: false,
+            led_epoch: None,
             finalizers: Finalizers::default(),
             events: None,
             store,
@@ -378,6 +382,9 @@ impl Engine {
                 round.record("plan", self.plans);
                 round.record("changed_nodes", changed);
             }
+            if let Some(epoch) = self.led_epoch.filter(|_| self.leading) {
+                self.hub.planned_in(epoch);
+            }
             self.set_readiness();
         }
         if self.stale {
@@ -385,15 +392,23 @@ impl Engine {
         }
     }
 
-    /// On becoming the leader: plans everything again from the allocations the objects
-    /// hold (the previous leader's; see [`Planner::adopt`]) before serving anything.
+    /// On becoming the leader in a new term: plans everything again from the allocations
+    /// the objects hold (another leader's since this engine last led; see
+    /// [`Planner::adopt`]) before serving anything. Its own term taken up again (its
+    /// Lease renewed late, nobody else between) keeps its own plans: the objects may lag
+    /// behind what it served (status writes that failed meanwhile).
     fn take_over(&mut self) {
-        let leading = self.hub.leading();
-        if leading && !self.leading {
-            self.planner.adopt(&self.live);
+        let leadership = self.hub.leadership();
+        if leadership.leading && !self.leading {
+            if self.led_epoch != Some(leadership.epoch) {
+                self.planner.adopt(&self.live);
+            }
             self.dirty = true;
         }
-        self.leading = leading;
+        self.leading = leadership.leading;
+        if leadership.leading {
+            self.led_epoch = Some(leadership.epoch);
+        }
     }
 
     /// Plans, and publishes the states of the nodes whose state changed (all of them the

@@ -214,8 +214,51 @@ fn a_new_leader_keeps_the_addresses_its_predecessor_handed_out() {
         leader: Some("operator-0".into()),
         epoch: 7,
     });
+    assert!(
+        !hub.serves(),
+        "a new leader serves only once it has planned"
+    );
     engine.step();
+    assert!(hub.serves());
     assert_eq!(address_of_red_a(&hub), leaders);
+}
+
+/// A leader whose own term comes back (its Lease renewed late, nobody else between)
+/// keeps what it planned and served: the objects may lag behind it (status writes that
+/// failed while it could not reach the API server).
+#[test]
+fn a_leader_back_in_its_own_term_keeps_what_it_served() {
+    let (mut engine, hub, _) = engine(None, Duration::ZERO);
+    let term = Leadership {
+        leading: true,
+        leader: Some("operator-0".into()),
+        epoch: 7,
+    };
+    hub.set_leadership(term.clone());
+    engine.handle(two_nodes());
+    engine.handle(Input::Source(source::Event::Synced));
+    engine.step();
+    let served = address_of_red_a(&hub);
+    hub.set_leadership(Leadership::UNKNOWN);
+    engine.step();
+    assert!(!hub.serves());
+    // What the objects hold lags: red-a at another address.
+    let mut endpoint = hub.snapshot().endpoints[0].clone();
+    let status = endpoint.status.as_mut().unwrap();
+    let member = status.members.iter_mut().find(|m| m.workload == "red-a");
+    let lagging = if served == "10.100.0.9" {
+        "10.100.0.8"
+    } else {
+        "10.100.0.9"
+    };
+    member.unwrap().address = Some(lagging.into());
+    engine.handle(Input::Source(source::Event::Changes(vec![
+        Change::Endpoint(endpoint),
+    ])));
+    hub.set_leadership(term);
+    engine.step();
+    assert!(hub.serves());
+    assert_eq!(address_of_red_a(&hub), served);
 }
 
 /// A version counts as applied only if it is of this leader's epoch: an agent still at

@@ -102,11 +102,17 @@ impl NodeApiService {
         status
     }
 
-    /// Refuses a request while this operator is a standby.
+    /// Refuses a request while this operator is a standby, or a new leader that has not
+    /// planned yet.
     fn serving(&self) -> Result<(), Status> {
         let leadership = self.hub.leadership();
-        if leadership.leading {
+        if self.hub.serves() {
             return Ok(());
+        }
+        if leadership.leading {
+            return Err(Status::unavailable(
+                "this operator has just begun to lead and plans from its predecessor's allocations; try again",
+            ));
         }
         tracing::debug!(leader = leadership.leader, "sent an agent to the leader");
         Err(standby(&leadership))
