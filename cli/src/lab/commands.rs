@@ -280,7 +280,10 @@ pub async fn run(args: LabArgs) -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        LabCommand::Down => match Lab::open_to_change(dir.clone()) {
+        LabCommand::Down => match Lab::open(dir.clone())
+            .map(|lab| lab.stop_supervisor())
+            .and_then(|()| Lab::open_to_change(dir.clone()))
+        {
             Ok((lab, _held)) => {
                 let name = lab.record.name.clone();
                 let errors = lab.down();
@@ -513,6 +516,7 @@ impl Up {
         }
         lab.save()
             .map_err(|e| UpError::Kubernetes(KubeError::Record(e)))?;
+        lab.check_no_foreign_nodes().map_err(UpError::Kubernetes)?;
         lab.install(&args.config).map_err(UpError::Kubernetes)?;
         step(
             "Wireway's namespace, CRDs and RBAC from config/, and the manifests, applied (server-side)",

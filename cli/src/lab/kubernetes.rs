@@ -44,6 +44,8 @@ const SYSTEM: &str = "wireway-system";
 /// How long the tokens the lab issues last (a kubelet would renew them; a lab is
 /// short-lived).
 const TOKEN_DURATION: &str = "48h";
+/// How long one of the lab's requests to the API server may take.
+const REQUEST_TIMEOUT: &str = "--request-timeout=30s";
 /// How long the control plane may take to be ready (seconds on an idle machine).
 const CONTROL_PLANE_READY: Duration = Duration::from_secs(180);
 
@@ -106,6 +108,25 @@ pub enum KubeError {
     /// A process could not be started.
     #[error(transparent)]
     Start(Box<SupervisionError>),
+    /// The API server has Nodes of its own.
+    #[error(
+        "the API server has Nodes the lab did not make ({nodes}): the lab plays every node's kubelet, so it needs an API server of its own (without --kubeconfig it starts one)"
+    )]
+    ForeignNodes {
+        /// The Nodes.
+        nodes: String,
+    },
+    /// The API server's pods could not be listed.
+    #[error("the watch of the API server ended before it had listed the pods")]
+    NotSynced,
+    /// A pod's UID is not one.
+    #[error("pod {pod} has the UID {uid:?}, which is not a UID")]
+    NotUid {
+        /// The pod.
+        pod: String,
+        /// What its UID says.
+        uid: String,
+    },
     /// A pod was to run on a node whose cgroup tree the lab has not made.
     #[error("node {node} has no cgroup tree in the lab's record")]
     NoCgroups {
@@ -210,6 +231,7 @@ impl Lab {
     pub fn kubectl(&self, args: &[&str], input: Option<&str>) -> Result<String, KubeError> {
         let kubernetes = self.kubernetes()?;
         let mut child = Command::new(&kubernetes.kubectl)
+            .arg(REQUEST_TIMEOUT)
             .args(args)
             .env("KUBECONFIG", &kubernetes.kubeconfig)
             .stdin(if input.is_some() {
@@ -285,16 +307,20 @@ impl Lab {
         let dir = self.dir.join("control-plane");
         let mut args: Vec<std::ffi::OsString> = vec!["--dir".into(), dir.clone().into()];
         args.extend(["--ready-timeout".into(), "3m".into()]);
+        let log = self.dir.join("control-plane.log");
+        // The log is appended to: only what this start writes says it is ready.
+        let before = std::fs::metadata(&log).map_or(0, |m| m.len());
         self.start("control-plane", program, &args, None, &[])
             .map_err(|e| KubeError::Start(Box::new(e)))?;
-        let log = self.dir.join("control-plane.log");
         let deadline = Instant::now() + CONTROL_PLANE_READY;
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let bytes = std::fs::read(&log).unwrap_or_default();
+            let start = usize::try_from(before).unwrap_or(0).min(bytes.len());
+            let text = String::from_utf8_lossy(&bytes[start..]).into_owned();
             if text.lines().any(|l| l.starts_with("ready ")) {
                 return Ok(dir.join("admin.kubeconfig"));
             }
-            if Instant::now() > deadline || self.dead_process().is_some() {
+            if Instant::now() > deadline || !self.is_running("control-plane") {
                 let lines: Vec<&str> = text.lines().rev().take(10).collect();
                 let tail: Vec<&str> = lines.into_iter().rev().collect();
                 return Err(KubeError::NotReady {
@@ -489,39 +515,33 @@ impl Lab {
         self.finish_deletion(&format!("{SYSTEM}/wireway-agent-{node}"))
     }
 
-    /// Binds a pod to `node`, as a scheduler does.
+    /// Binds a pod to `node`, as a scheduler does (a pod bound already is fine: a
+    /// Binding made before a failure is not made again).
     pub(super) fn bind(&self, key: &str, node: &str) -> Result<(), KubeError> {
         let (namespace, name) = split(key);
         let binding = json!({"apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": name, "namespace": namespace},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-        self.kubectl(&["create", "-f", "-"], Some(&binding.to_string()))
-            .map(drop)
+        match self.kubectl(&["create", "-f", "-"], Some(&binding.to_string())) {
+            Err(KubeError::Kubectl { stderr, .. }) if stderr.contains("is already assigned") => {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 
     /// Sets a pod's status to Running on the node at `host`, its containers running and
     /// ready, as its kubelet does.
     pub(super) fn set_running(&self, key: &str, host: &str) -> Result<(), KubeError> {
         let (namespace, name) = split(key);
-        let containers = self.kubectl(
-            &[
-                "get",
-                "pod",
-                name,
-                "-n",
-                namespace,
-                "-o",
-                "jsonpath={.spec.containers[*]['name','image']}",
-            ],
-            None,
-        )?;
-        let words: Vec<&str> = containers.split_whitespace().collect();
-        let half = words.len() / 2;
-        let statuses: Vec<Value> = words[..half]
-            .iter()
-            .zip(&words[half..])
-            .map(|(name, image)| {
-                json!({"name": name, "image": image, "imageID": "", "ready": true,
+        let pod = self.kubectl(&["get", "pod", name, "-n", namespace, "-o", "json"], None)?;
+        let pod: Value = serde_json::from_str(&pod).unwrap_or_default();
+        let statuses: Vec<Value> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": true,
                        "started": true, "restartCount": 0,
                        "state": {"running": {}}})
             })
@@ -635,11 +655,25 @@ impl Lab {
                 node: node.to_owned(),
             });
         };
+        // A UID names directories: only a UID's characters.
+        if uid.len() != 36 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(KubeError::NotUid {
+                pod: key.to_owned(),
+                uid: uid.to_owned(),
+            });
+        }
         let cgroup = cgroups.pod(uid);
         std::fs::create_dir_all(&cgroup).map_err(file_error("create", &cgroup))?;
-        // The lab's directory in its command line marks it as the lab's.
+        // The lab's directory in its command line marks it as the lab's ($0). It waits
+        // to be in the pod's cgroup ($1 is in its path) before it starts what lives on,
+        // so that is in the cgroup too, as a container's processes are.
         let marker = self.dir.to_string_lossy().into_owned();
-        let args = ["-c", "while :; do sleep 3600; done", &marker].map(Into::into);
+        let name = cgroup
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let script = r#"until grep -q "$1" /proc/self/cgroup; do sleep 0.05; done; while :; do sleep 3600; done"#;
+        let args = ["-c", script, &marker, &name].map(Into::into);
         self.start(&pod_role(key), Path::new("sh"), &args, Some(netns), &[])
             .map_err(|e| KubeError::Start(Box::new(e)))?;
         let pid = self.record.processes[&pod_role(key)];
@@ -679,7 +713,10 @@ impl Lab {
             .filter_map(|c| remove_tree(&c.root).err())
             .collect();
         for mount in kubernetes.mounts.iter().rev() {
-            if let Err(e) = remove_tree(&mount.join(self.v2_top())) {
+            let top = mount.join(self.v2_top());
+            if top.exists()
+                && let Err(e) = remove_tree(&top)
+            {
                 errors.push(e);
             }
             if let Err(e) = run("umount", &[&mount.to_string_lossy()]) {
@@ -687,6 +724,34 @@ impl Lab {
             }
         }
         errors
+    }
+
+    /// Whether a cgroup hierarchy is still mounted in the lab's directory (removing the
+    /// directory would then walk the host's cgroups).
+    pub(super) fn cgroups_mounted(&self) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        self.record.kubernetes.as_ref().is_some_and(|k| {
+            k.mounts.iter().any(|m| {
+                let m = m.to_string_lossy();
+                mounts.lines().any(|l| l.split(' ').nth(1) == Some(&m))
+            })
+        })
+    }
+
+    /// Refuses an API server with Nodes the lab did not make: it would bind pods and
+    /// report statuses as their kubelet, and place pods pinned to them on nodes of its
+    /// own under their names.
+    pub fn check_no_foreign_nodes(&self) -> Result<(), KubeError> {
+        let selector = format!("wireway.dev/lab!={}", self.record.name);
+        let nodes = self.kubectl(&["get", "nodes", "-l", &selector, "-o", "name"], None)?;
+        let nodes: Vec<&str> = nodes.split_whitespace().collect();
+        if nodes.is_empty() {
+            Ok(())
+        } else {
+            Err(KubeError::ForeignNodes {
+                nodes: nodes.join(", "),
+            })
+        }
     }
 }
 
@@ -764,12 +829,14 @@ pub async fn inventory(kubeconfig: &Path) -> Result<Inventory, KubeError> {
                     inventory.apply_pods(change);
                 }
             }
-            wireway_operator::source::Event::Synced => break,
+            wireway_operator::source::Event::Synced => {
+                task.abort();
+                return Ok(inventory);
+            }
             wireway_operator::source::Event::Problems(_) => {}
         }
     }
-    task.abort();
-    Ok(inventory)
+    Err(KubeError::NotSynced)
 }
 
 /// Watches the API server of `kubeconfig` as the operator does.

@@ -9,8 +9,10 @@
 //! follows the user's directory, so pods and nodes added or removed there are made or
 //! removed in the lab too. Then it measures who reaches whom.
 //!
-//! Every server listens on a Unix socket in the lab's directory, so the lab needs no
-//! port and changes nothing in the host's network namespace. Every namespace it makes is
+//! Every server of the lab's own listens on a Unix socket in the lab's directory, so the
+//! lab needs no port and changes nothing in the host's network namespace (with
+//! `--kubernetes`, the test control plane it starts listens on a free port of
+//! 127.0.0.1, and it mounts cgroup hierarchies in its directory). Every namespace it makes is
 //! in its record (`lab.json`) before it is made, every process as soon as it is started,
 //! and `wireway lab down` removes exactly that.
 //!

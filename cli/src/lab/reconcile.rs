@@ -159,23 +159,34 @@ impl Lab {
             self.add_node(node, start_agents)?;
             done.push(format!("node {node} added"));
         }
-        let mut added = Vec::new();
+        // A pod that fails is tried again at the next reconcile; the others go on.
+        let mut failed: Option<ReconcileError> = None;
+        let kubernetes = self.is_kubernetes();
         for (key, node) in &topology.placement {
             let Some(pod) = inventory.pods.get(key) else {
                 continue;
             };
             match self.record.pods.get_mut(key) {
-                Some(existing) if existing.uid == pod.uid => {
+                // Made, and (playing kubelet) running in its cgroup.
+                Some(existing)
+                    if existing.uid == pod.uid && (!kubernetes || existing.cgroup.is_some()) =>
+                {
                     if existing.node != *node {
                         done.push(format!("pod {key} moved to {node}"));
                         existing.node.clone_from(node);
                     }
                 }
                 _ => {
-                    self.remove_pod(key)?;
-                    self.add_pod(key, &pod.uid, node)?;
-                    added.push(key.clone());
-                    done.push(format!("pod {key} on {node}"));
+                    let made = self
+                        .remove_pod(key)
+                        .and_then(|()| self.add_pod(key, &pod.uid, node));
+                    match made {
+                        Ok(()) => done.push(format!("pod {key} on {node}")),
+                        Err(e) => {
+                            done.push(format!("pod {key} not made: {}", chain(&e)));
+                            failed.get_or_insert(e);
+                        }
+                    }
                 }
             }
         }
@@ -197,8 +208,10 @@ impl Lab {
         }
         // Bindings and Node objects only after the pods' namespaces exist: the operator
         // plans a member as soon as it sees where it runs.
-        if self.is_kubernetes() {
-            self.start_pods(&added, &topology.bindings)?;
+        if kubernetes {
+            if let Err(e) = self.start_pods(&topology.bindings) {
+                failed.get_or_insert(e);
+            }
         } else {
             self.write_manifests(&topology.made_nodes, &topology.bindings)?;
         }
@@ -219,7 +232,15 @@ impl Lab {
             .filter(|k| !topology.placement.contains_key(*k));
         done.extend(unplaced.map(|k| format!("pod {k} not placed: there is no node")));
         self.save()?;
-        Ok(done)
+        match failed {
+            Some(e) => {
+                for line in done {
+                    eprintln!("{line}");
+                }
+                Err(e)
+            }
+            None => Ok(done),
+        }
     }
 
     fn add_node(&mut self, node: &str, start_agent: bool) -> Result<(), ReconcileError> {
@@ -282,6 +303,7 @@ impl Lab {
                 uid: uid.to_owned(),
                 node: node.to_owned(),
                 cgroup: None,
+                started: false,
             },
         );
         self.save()?;
@@ -315,29 +337,43 @@ impl Lab {
         Ok(())
     }
 
-    /// In a lab that plays kubelet: the pods just `added` bound where the lab placed
-    /// them (`bindings`, as a scheduler), and running (as their kubelet says).
-    fn start_pods(
-        &self,
-        added: &[String],
-        bindings: &BTreeMap<String, String>,
-    ) -> Result<(), ReconcileError> {
-        for key in added {
-            let Some(pod) = self.record.pods.get(key) else {
-                continue;
-            };
-            if let Some(node) = bindings.get(key) {
-                self.bind(key, node)?;
-            }
+    /// In a lab that plays kubelet: the pods made and not yet started bound where the
+    /// lab placed them (`bindings`, as a scheduler), and reported Running (as their
+    /// kubelet). One that fails is tried again at the next reconcile; the others go on.
+    fn start_pods(&mut self, bindings: &BTreeMap<String, String>) -> Result<(), ReconcileError> {
+        let waiting: Vec<(String, String)> = self
+            .record
+            .pods
+            .iter()
+            .filter(|(_, p)| !p.started && p.cgroup.is_some())
+            .map(|(k, p)| (k.clone(), p.node.clone()))
+            .collect();
+        let mut failed = None;
+        for (key, node) in waiting {
             let host = self
                 .record
                 .nodes
-                .get(&pod.node)
+                .get(&node)
                 .map(|n| n.address.clone())
                 .unwrap_or_default();
-            self.set_running(key, &host)?;
+            let started = match bindings.get(&key) {
+                Some(node) => self.bind(&key, node),
+                None => Ok(()),
+            }
+            .and_then(|()| self.set_running(&key, &host));
+            match started {
+                Ok(()) => {
+                    if let Some(pod) = self.record.pods.get_mut(&key) {
+                        pod.started = true;
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        self.save()?;
+        failed.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Writes the lab's own manifests: Node objects for the nodes it made, Bindings for
@@ -395,10 +431,11 @@ pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
     let mut synced = false;
     // After a failed reconcile, the lab tries again this much later even if nothing
     // changes (a pod left unbound or unstarted would otherwise wait for the next event).
-    let mut retry: Option<Duration> = None;
+    let mut retry: Option<(Duration, tokio::time::Instant)> = None;
     loop {
         let event = match retry {
-            Some(after) => match tokio::time::timeout(after, received.recv()).await {
+            // A deadline, not a wait: events that need nothing do not put it off.
+            Some((_, at)) => match tokio::time::timeout_at(at, received.recv()).await {
                 Ok(event) => event,
                 Err(_) => Some(Event::Changes(Vec::new())),
             },
@@ -435,13 +472,13 @@ pub async fn supervise(dir: PathBuf) -> Result<(), ReconcileError> {
                     }
                 }
                 Err(e) => {
-                    let after = retry.map_or(RETRY_FIRST, |r| (r * 2).min(RETRY_MAX));
+                    let after = retry.map_or(RETRY_FIRST, |(r, _)| (r * 2).min(RETRY_MAX));
                     eprintln!(
                         "error: {} (trying again in {} s)",
                         chain(&e),
                         after.as_secs_f64()
                     );
-                    retry = Some(after);
+                    retry = Some((after, tokio::time::Instant::now() + after));
                 }
             }
         }

@@ -63,6 +63,9 @@ pub struct LabPod {
     /// Its cgroup, in a lab that plays kubelet (see [`super::kubernetes`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// In a lab that plays kubelet: whether the API server has it bound and Running.
+    #[serde(default)]
+    pub started: bool,
 }
 
 /// What a lab that plays kubelet around an API server made of its own (see

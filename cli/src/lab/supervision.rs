@@ -142,7 +142,7 @@ impl Lab {
         self.dir.to_string_lossy().into_owned()
     }
 
-    fn is_running(&self, role: &str) -> bool {
+    pub(super) fn is_running(&self, role: &str) -> bool {
         self.record
             .processes
             .get(role)
@@ -153,6 +153,14 @@ impl Lab {
     fn kill_if_ours(&self, pid: u32) {
         if process::running(pid, &self.marker()) {
             process::kill(pid);
+        }
+    }
+
+    /// Kills the supervisor, if it runs, without changing the record: `down` does so
+    /// before it waits for the record (the supervisor may hold it for a while).
+    pub fn stop_supervisor(&self) {
+        if let Some(pid) = self.record.processes.get("supervisor") {
+            self.kill_if_ours(*pid);
         }
     }
 
@@ -444,6 +452,10 @@ impl Lab {
             }
         }
         errors.extend(self.remove_cgroups().into_iter().map(kubernetes));
+        if self.cgroups_mounted() {
+            // Left as it is: removing it would walk the cgroups mounted in it.
+            return errors;
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             errors.push(SupervisionError::RemoveDir(FileError::on(
                 "remove", &self.dir,
