@@ -81,10 +81,21 @@ pub struct Hub {
     /// Whether this operator writes to the objects and serves agents: it does unless a
     /// controller says it is a standby (without a cluster there is no other operator).
     leadership: watch::Sender<Leadership>,
-    /// The term (epoch) the engine has planned in since it last began to lead: until it
-    /// equals the leadership's, the states here are a standby's own plans, which a new
-    /// leader has not yet planned again from its predecessor's allocations.
-    planned_epoch: Mutex<Option<u64>>,
+    /// Whose plans the states here are (see [`Planned`]).
+    planned: Mutex<Planned>,
+}
+
+/// Whose plans a hub's states are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Planned {
+    /// None yet: there are no states, and a stream waits for its node's first.
+    #[default]
+    Nothing,
+    /// A standby's own, which a new leader plans again from its predecessor's
+    /// allocations before they are served.
+    Standby,
+    /// The leader's, in this term (epoch).
+    Term(u64),
 }
 
 impl Default for Hub {
@@ -98,7 +109,7 @@ impl Default for Hub {
                 leader: None,
                 epoch: 0,
             }),
-            planned_epoch: Mutex::default(),
+            planned: Mutex::default(),
         }
     }
 }
@@ -164,23 +175,29 @@ impl Hub {
         });
     }
 
-    /// The engine has planned while leading in `epoch` (see [`serves`](Self::serves)).
-    pub fn planned_in(&self, epoch: u64) {
+    /// Says whose plans the states now are.
+    pub fn planned(&self, planned: Planned) {
         *self
-            .planned_epoch
+            .planned
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = planned;
     }
 
-    /// Whether agents are served: this operator leads, and its engine has planned in this
-    /// term (a new leader first plans again from what its predecessor handed out).
+    /// Whether agents are served: this operator leads, and its states are not a
+    /// standby's own plans (a new leader first plans again from what its predecessor
+    /// handed out).
     pub fn serves(&self) -> bool {
         let leadership = self.leadership.borrow().clone();
         let planned = *self
-            .planned_epoch
+            .planned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        leadership.leading && planned == Some(leadership.epoch)
+        leadership.leading
+            && match planned {
+                Planned::Nothing => true,
+                Planned::Standby => false,
+                Planned::Term(epoch) => epoch == leadership.epoch,
+            }
     }
 
     /// Whether this operator leads (see [`set_leadership`](Self::set_leadership)).

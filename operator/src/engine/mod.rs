@@ -48,7 +48,7 @@ use crate::plan::{Bounds, Change, Node, ObjectKey, Plan, Planner, Statuses, Worl
 use crate::source::{self, Problem};
 use agents::Agent;
 use cleanup::Finalizers;
-pub use hub::{Addressed, FinalizerAction, Hub, Leadership, Published};
+pub use hub::{Addressed, FinalizerAction, Hub, Leadership, Planned, Published};
 use objects::{Object, carry, restore, same_spec, seen, statuses_of};
 use store::{Store, StoreError, Stored};
 
@@ -382,9 +382,6 @@ impl Engine {
                 round.record("plan", self.plans);
                 round.record("changed_nodes", changed);
             }
-            if let Some(epoch) = self.led_epoch.filter(|_| self.leading) {
-                self.hub.planned_in(epoch);
-            }
             self.set_readiness();
         }
         if self.stale {
@@ -435,6 +432,11 @@ impl Engine {
             }
         }
         let changed = plan.changed_nodes.len();
+        self.hub
+            .planned(match self.led_epoch.filter(|_| self.leading) {
+                Some(epoch) => Planned::Term(epoch),
+                None => Planned::Standby,
+            });
         self.finalizers.planned(plan);
         self.plans += 1;
         self.dirty = false;

@@ -134,6 +134,8 @@ fn nothing_is_served_before_the_sources_sync() {
         Some("waiting for the sources to sync")
     );
     assert!(!hub.snapshot().ready);
+    // Agents are not refused meanwhile: their streams wait for their nodes' states.
+    assert!(hub.serves());
     engine.handle(Input::Source(source::Event::Synced));
     engine.step();
     assert_eq!(version(&hub, "node-a"), 1);
