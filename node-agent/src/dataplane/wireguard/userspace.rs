@@ -206,6 +206,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn base64_of_hex(hex: &str) -> Option<String> {
+    // A key is 32 bytes: 64 hexadecimal digits, nothing else (`from_str_radix` alone
+    // would also take a sign).
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
@@ -329,6 +334,19 @@ mod tests {
     use super::super::{generate_key, public_key};
     use super::*;
     use crate::testing::test_key;
+
+    /// Found by the `uapi` fuzz target: a device that answers a key of the wrong length,
+    /// or with signs among its digits, reports no peer (the agent would otherwise try to
+    /// remove a peer that cannot exist).
+    #[test]
+    fn a_key_that_is_not_32_bytes_of_hex_is_no_peer() {
+        let plus = "+0".repeat(32);
+        for key in ["000000", &"0".repeat(62), &"0".repeat(66), &plus] {
+            let state = parse_get(&format!("public_key={key}\nrx_bytes=1\n"));
+            assert!(state.peers.is_empty(), "{key}: {:?}", state.peers);
+            assert!(state.stats.is_empty());
+        }
+    }
 
     #[test]
     fn parses_what_boringtun_reports() {
