@@ -63,4 +63,7 @@ pub mod reason {
     /// apart by key, so it could take the other node's traffic). The node that held the key
     /// first keeps it; this one carries no service until its key is its own.
     pub const DUPLICATE_NODE_KEY: &str = "DuplicateNodeKey";
+    /// A NetworkService's spec.dns.zone lies outside its namespace's part of
+    /// `wireway.internal`: the service keeps its default zone.
+    pub const DNS_ZONE_NOT_OWNED: &str = "DnsZoneNotOwned";
 }

@@ -41,7 +41,9 @@ pub use endpoint::{
 };
 pub use generate::{CrdFile, crd_files};
 pub use identity_grant::{GrantedIdentity, IdentityGrant, IdentityGrantSpec, IdentityGrantStatus};
-pub use network_service::{NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix};
+pub use network_service::{
+    NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix, ServiceDns,
+};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Annotations Wireway reads (and its agent writes) on core objects.

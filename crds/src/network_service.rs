@@ -92,6 +92,30 @@ pub struct NetworkServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub listen_port: Option<i32>,
+
+    /// Names for the service's members (DNS), answered on every member's gateway
+    /// (169.254.77.1, fe80::77:1) to the service's own members only. Omit it for the
+    /// default zone, `<name>.<namespace>.wireway.internal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<ServiceDns>,
+}
+
+/// The zone of a NetworkService's names.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDns {
+    /// The zone the service's names are under, in place of the default
+    /// `<name>.<namespace>.wireway.internal`. Lower case, under `wireway.internal` and
+    /// ending in this NetworkService's namespace (`<anything>.<namespace>.wireway.internal`
+    /// or `<namespace>.wireway.internal`), so no service answers for names outside
+    /// Wireway's own or for another namespace's: a zone of another namespace is
+    /// reported (reason DnsZoneNotOwned) and the service keeps the default zone. A member
+    /// is `<pod>.<endpoint>.<endpoint namespace>.<zone>`, an Endpoint (all its members,
+    /// or its external host) `<endpoint>.<endpoint namespace>.<zone>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])+wireway[.]internal$')").message("must be a lower-case DNS name under wireway.internal, such as db.red.wireway.internal"))]
+    pub zone: Option<String>,
 }
 
 /// What the operator has made of a NetworkService.
@@ -105,7 +129,7 @@ pub struct NetworkServiceStatus {
     /// Current state: `Ready` is True when every admitted member has an address and every
     /// node hosting members has been given the service; otherwise False with a reason
     /// (InvalidSpec, AddressPoolExhausted, OverlappingPrefix, DuplicateNodeKey,
-    /// Progressing), or refused and installing nothing (OutsideServicePools,
+    /// DnsZoneNotOwned, Progressing), or refused and installing nothing (OutsideServicePools,
     /// ReservedRange, ListenPortOutOfRange, OverlappingCidr).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
@@ -134,6 +158,11 @@ pub struct NetworkServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "node_prefixes")]
     pub node_prefixes: Vec<NodePrefix>,
+
+    /// The zone the service's members' names are answered in: spec.dns.zone, or the
+    /// default `<name>.<namespace>.wireway.internal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_zone: Option<String>,
 }
 
 /// One node's share of a service's address space.

@@ -20,12 +20,14 @@
 //!   `metrics`;
 //! * `resolver`: peers' host names, looked up in the background; imports nothing of the
 //!   agent's;
+//! * `dns`: members' DNS; its answers (`dns::answer`) are pure and import only the node API;
 //! * `metrics`, `node`: import nothing of the agent's;
 //! * `testing` (tests only): fixtures; imports `converge`, `dataplane` and `resolver`.
 
 pub mod agent;
 pub mod converge;
 pub mod dataplane;
+pub mod dns;
 pub mod metrics;
 pub mod node;
 pub mod resolver;

@@ -1,7 +1,7 @@
 //! `wireway-agent`: converges a node's kernel (WireGuard, veths, addresses, routes, policy
 //! rules) to the NodeState the operator serves.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use wireway_agent::agent::{Agent, StateDir};
 use wireway_agent::dataplane::netns::NetnsFinder;
 use wireway_agent::dataplane::pods::Cgroups;
 use wireway_agent::dataplane::wireguard::{self, userspace};
+use wireway_agent::dns;
 use wireway_agent::metrics::Metrics;
 use wireway_agent::node::{self, NodeFacts};
 use wireway_agent::session::{self, Session, store::StateFile};
@@ -95,6 +96,11 @@ struct RunArgs {
     /// on its Node (default: when running in a cluster).
     #[arg(long, env = "WIREWAY_PUBLISH_NODE")]
     publish_node: Option<bool>,
+    /// Where members' DNS queries for names outside their services' zones go
+    /// (IP:PORT); by default the first nameserver of /etc/resolv.conf (in a cluster,
+    /// with dnsPolicy ClusterFirstWithHostNet: the cluster's DNS Service).
+    #[arg(long, env = "WIREWAY_DNS_UPSTREAM")]
+    dns_upstream: Option<SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -320,8 +326,19 @@ async fn run(state: &StateDir, netns: NetnsFinder, args: RunArgs) -> ExitCode {
             }
         }
     }
+    let upstream = args.dns_upstream.or_else(|| {
+        let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        dns::server::first_nameserver(&resolv_conf)
+    });
+    if upstream.is_none() {
+        tracing::warn!(
+            "no DNS upstream (--dns-upstream, or a nameserver in /etc/resolv.conf): members' queries for other names get SERVFAIL"
+        );
+    }
+    let dns = dns::server::Server::new(upstream, metrics.clone());
     let file = StateFile(state.0.join("node-state.json"));
     Session::new(agent, config, metrics, readiness, file)
+        .with_dns(dns)
         .run(wireway_runtime::signal::terminated())
         .await;
     ExitCode::SUCCESS

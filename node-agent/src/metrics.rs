@@ -29,6 +29,8 @@ pub mod category {
     pub const OPERATOR: &str = "operator";
     /// The last applied state could not be saved or read.
     pub const STORE: &str = "store";
+    /// A member's DNS listener could not be opened.
+    pub const DNS: &str = "dns";
 }
 
 /// A label set with one label.
@@ -53,6 +55,21 @@ pub struct Metrics {
     pub operator_connected: Gauge,
     /// The WireGuard peers' health, as last read.
     pub peers: Arc<Peers>,
+    /// DNS queries from members, by `transport` (`udp`, `tcp`).
+    pub dns_queries: Family<Label, Counter>,
+    /// DNS answers the agent made, by `rcode` (`NOERROR`, `NXDOMAIN`, `REFUSED`,
+    /// `SERVFAIL`, ...); forwarded ones are not among them.
+    pub dns_answers: Family<Label, Counter>,
+    /// Queries relayed to the upstream resolver, by `result` (`answered`, `failed`,
+    /// `overloaded`, `no_upstream`).
+    pub dns_forwards: Family<Label, Counter>,
+    /// Time from a query's arrival to its reply, by `answered_by` (`agent`, `upstream`).
+    pub dns_duration: Family<Label, Histogram, fn() -> Histogram>,
+}
+
+/// The DNS latency buckets: 25 µs to ~1.6 s.
+fn dns_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 17))
 }
 
 impl Metrics {
@@ -68,6 +85,10 @@ impl Metrics {
             errors: Family::default(),
             operator_connected: Gauge::default(),
             peers: Arc::default(),
+            dns_queries: Family::default(),
+            dns_answers: Family::default(),
+            dns_forwards: Family::default(),
+            dns_duration: Family::new_with_constructor(dns_histogram),
         };
         let mut registry = Registry::with_prefix("wireway_agent");
         registry.register(
@@ -108,6 +129,27 @@ impl Metrics {
             metrics.operator_connected.clone(),
         );
         registry.register_collector(Box::new(metrics.peers.clone()));
+        registry.register(
+            "dns_queries",
+            "DNS queries from members to their gateway, by transport",
+            metrics.dns_queries.clone(),
+        );
+        registry.register(
+            "dns_answers",
+            "DNS answers the agent made (not forwarded), by response code",
+            metrics.dns_answers.clone(),
+        );
+        registry.register(
+            "dns_forwards",
+            "DNS queries relayed to the upstream resolver, by result",
+            metrics.dns_forwards.clone(),
+        );
+        registry.register_with_unit(
+            "dns_duration",
+            "Time from a member's DNS query to its reply, by who answered",
+            Unit::Seconds,
+            metrics.dns_duration.clone(),
+        );
         (metrics, registry)
     }
 

@@ -82,6 +82,7 @@ fn network_service(ns: &str, cidr: String) -> NetworkService {
             cluster_prefix: None,
             mtu: None,
             listen_port: None,
+            dns: None,
         },
         status: None,
     }

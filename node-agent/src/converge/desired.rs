@@ -10,7 +10,8 @@ use wireway_proto::{
 
 use super::firewall::{Firewall, Source};
 use super::model::{
-    Forwarding, MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide,
+    Forwarding, LOCAL_DEVICE, MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard,
+    WorkloadSide,
 };
 
 /// The routing tables the agent owns: `ROUTE_TABLE_BASE` and the 65535 after it. A
@@ -25,6 +26,12 @@ pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
 /// The IPv6 gateway: a link-local address on the host side of every member veth (IPv6 has
 /// no proxy for whole ranges).
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x77, 1);
+
+/// The agent's table that delivers members' DNS queries to the IPv4 gateway to the node
+/// ([`Rule::Dns`]): the first of its tables, which is no service's (a service's table is
+/// `ROUTE_TABLE_BASE` plus its listen port, never 0). It holds one route:
+/// `local 169.254.77.1`.
+pub const DNS_TABLE: u32 = ROUTE_TABLE_BASE;
 
 /// Why a member is left out while its namespace is not there (its pod is starting).
 pub const NOT_FOUND: &str = "its network namespace was not found (yet)";
@@ -265,7 +272,23 @@ fn add_service(
             ipv4: family_ipv4,
         });
     }
+    let names = service.dns.is_some();
+    if names && ipv4 && !members.is_empty() {
+        plane.routes.insert(Route {
+            table: DNS_TABLE,
+            destination: IpNet::from(IpAddr::V4(GATEWAY_V4)),
+            device: LOCAL_DEVICE.to_owned(),
+        });
+    }
     for (m, address, netns) in members {
+        if names && ipv4 {
+            for tcp in [false, true] {
+                plane.rules.insert(Rule::Dns {
+                    iif: m.host_interface_name.clone(),
+                    tcp,
+                });
+            }
+        }
         plane.routes.insert(Route {
             table,
             destination: address,

@@ -7,7 +7,9 @@
 //!   sends (on `ww-*`) is delivered to a socket of the node, either family, link-local,
 //!   broadcast and multicast included. The one exception, named and tested: neighbour
 //!   discovery between a member and its IPv6 gateway `fe80::77:1` on its veth (IPv6's
-//!   ARP; IPv4's ARP is not IP and never reaches this table);
+//!   ARP; IPv4's ARP is not IP and never reaches this table), and DNS: UDP and TCP port
+//!   53 on the gateway address (169.254.77.1, `fe80::77:1`), where the agent answers
+//!   the member's names (a member asks `fe80::77:1` from its link-local address);
 //! * a member sends only from its own addresses: a packet from any other source is
 //!   dropped as it arrives at its own node, before routing, whatever `rp_filter` says
 //!   (`sources4`/`sources6` hold the pairs (host veth, member address));
@@ -21,6 +23,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use wireway_proto::{HOST_VETH_PREFIX, WIREGUARD_PREFIX};
+
+use super::desired::{GATEWAY_V4, GATEWAY_V6};
 
 /// The table's family and name, as nftables commands write them.
 pub const TABLE: &str = "inet wireway";
@@ -99,6 +103,9 @@ struct Chain {
 const NEIGHBOUR_DISCOVERY: &str =
     "ip6 hoplimit 255 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }";
 
+/// DNS, over UDP and TCP.
+const DNS: &str = "meta l4proto { tcp, udp } th dport 53";
+
 /// The table's chains, in the order they are written.
 fn chains() -> [Chain; 3] {
     let veths = format!("iifname \"{HOST_VETH_PREFIX}*\"");
@@ -129,6 +136,10 @@ fn chains() -> [Chain; 3] {
                     format!("ip6 saddr fe80::/10 {NEIGHBOUR_DISCOVERY} return"),
                     "ww:neighbour-discovery-from-link-local",
                 ),
+                (
+                    format!("ip6 saddr fe80::/10 ip6 daddr {GATEWAY_V6} {DNS} return"),
+                    "ww:dns-from-link-local",
+                ),
                 ("counter drop".to_owned(), "ww:any-other-source-is-spoofed"),
             ],
         },
@@ -144,8 +155,16 @@ fn chains() -> [Chain; 3] {
                     format!("{veths} {NEIGHBOUR_DISCOVERY} accept"),
                     "ww:neighbour-discovery-with-the-gateway",
                 ),
-                // Services Wireway itself offers members on the gateway (DNS, later)
-                // are accepted here, each by its own named rule, before the drop.
+                // Services Wireway itself offers members on the gateway are accepted
+                // here, each by its own named rule, before the drop.
+                (
+                    format!("{veths} ip daddr {GATEWAY_V4} {DNS} accept"),
+                    "ww:dns-on-the-ipv4-gateway",
+                ),
+                (
+                    format!("{veths} ip6 daddr {GATEWAY_V6} {DNS} accept"),
+                    "ww:dns-on-the-ipv6-gateway",
+                ),
                 (
                     format!("{veths} counter drop"),
                     "ww:members-reach-no-socket-of-the-node",

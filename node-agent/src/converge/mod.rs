@@ -26,12 +26,13 @@ mod model;
 mod op;
 
 pub use desired::{
-    DesiredError, GATEWAY_V4, GATEWAY_V6, Lookup, NOT_FOUND, ROUTE_TABLES, ResolvedNetns, desired,
-    endpoint_names,
+    DNS_TABLE, DesiredError, GATEWAY_V4, GATEWAY_V6, Lookup, NOT_FOUND, ROUTE_TABLES,
+    ResolvedNetns, desired, endpoint_names,
 };
 pub use firewall::{Firewall, Source};
 pub use model::{
-    Forwarding, MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard, WorkloadSide,
+    Forwarding, LOCAL_DEVICE, MemberLink, NetnsId, Peer, Plane, Route, Rule, WireGuard,
+    WorkloadSide,
 };
 pub use op::Op;
 

@@ -90,9 +90,13 @@ pub struct Route {
     pub table: u32,
     /// Destination.
     pub destination: IpNet,
-    /// Output interface.
+    /// Output interface; [`LOCAL_DEVICE`] for a route that delivers to the node itself
+    /// (type `local`).
     pub device: String,
 }
+
+/// The device of a `local` route: what it routes is delivered to the node.
+pub const LOCAL_DEVICE: &str = "lo";
 
 /// A policy rule of the agent's.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -112,6 +116,15 @@ pub enum Rule {
         iif: String,
         /// IPv4 (true) or IPv6.
         ipv4: bool,
+    },
+    /// `iif <device> ipproto <udp|tcp> dport 53 lookup <DNS_TABLE>` (IPv4): a member's DNS
+    /// queries to its gateway are delivered to the node, where the agent answers them;
+    /// nothing else sent to the gateway is (ARP included: it still gets proxy ARP).
+    Dns {
+        /// Input interface: a member's host veth.
+        iif: String,
+        /// TCP (true) or UDP.
+        tcp: bool,
     },
 }
 

@@ -233,6 +233,12 @@ impl fmt::Display for Rule {
         match self {
             Self::Lookup { iif, table, .. } => write!(f, "iif {iif} lookup {table}"),
             Self::Reject { iif, .. } => write!(f, "iif {iif} unreachable"),
+            Self::Dns { iif, tcp } => write!(
+                f,
+                "iif {iif} ipproto {} dport 53 lookup {}",
+                if *tcp { "tcp" } else { "udp" },
+                super::desired::DNS_TABLE
+            ),
         }
     }
 }

@@ -488,3 +488,65 @@ fn a_peer_that_dials_in_is_in_sync_wherever_it_came_from() {
     }
     assert_eq!(converge(&want, &have).len(), 1);
 }
+
+/// Red with names: its members' DNS queries are the agent's to answer.
+fn named_red() -> ServiceState {
+    ServiceState {
+        dns: Some(wireway_proto::ServiceDns {
+            zone: "red.red.wireway.internal".into(),
+            records: Vec::new(),
+        }),
+        ..red()
+    }
+}
+
+#[test]
+fn an_ipv4_members_dns_queries_to_its_gateway_are_delivered_to_the_node_and_nothing_else() {
+    let want = plane(vec![named_red(), green()]);
+    let dns: BTreeSet<&Rule> = want
+        .rules
+        .iter()
+        .filter(|r| matches!(r, Rule::Dns { .. }))
+        .collect();
+    let expected: Vec<Rule> = ["wwv0000000a", "wwv0000000b"]
+        .into_iter()
+        .flat_map(|iif| {
+            [false, true].map(|tcp| Rule::Dns {
+                iif: iif.into(),
+                tcp,
+            })
+        })
+        .collect();
+    assert_eq!(
+        dns,
+        expected.iter().collect(),
+        "UDP and TCP, IPv4 members only"
+    );
+    let local = Route {
+        table: DNS_TABLE,
+        destination: "169.254.77.1/32".parse().unwrap(),
+        device: LOCAL_DEVICE.into(),
+    };
+    assert!(want.routes.contains(&local));
+    // The service's table still routes the gateway away, so ARP for it gets proxy ARP.
+    assert!(want.routes.iter().any(|r| r.table == 0x5757_0000 + 51821
+        && r.destination == local.destination
+        && r.device == "ww-red"));
+
+    let mut held = Plane::default();
+    apply(&mut held, &want, &converge(&want, &Plane::default()));
+    assert_eq!(converge(&want, &held), []);
+
+    // Without names (or without IPv4 members) neither the rules nor the route stay.
+    let unnamed = plane(vec![red(), green()]);
+    let ops = converge(&unnamed, &held);
+    assert!(ops.contains(&Op::RemoveRoute(local)), "{ops:#?}");
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, Op::RemoveRule(Rule::Dns { .. })))
+            .count(),
+        4
+    );
+    apply(&mut held, &unnamed, &ops);
+    assert_eq!(converge(&unnamed, &held), []);
+}

@@ -17,7 +17,9 @@ use super::netns::Namespaces;
 use super::nftables::NftError;
 use super::wireguard::{PeerChange, PeerStats, WireGuardError};
 use super::{ApplyError, Dataplane};
-use crate::converge::{Firewall, MemberLink, Op, Peer, Plane, WireGuard, WorkloadSide};
+use crate::converge::{
+    Firewall, LOCAL_DEVICE, MemberLink, Op, Peer, Plane, WireGuard, WorkloadSide,
+};
 
 /// `EEXIST`: what the kernel answers when asked to add what it has.
 const EXISTS: i32 = 17;
@@ -235,7 +237,8 @@ impl Model {
             }
             Op::AddRoute(route) => {
                 let device = &route.device;
-                if !held.wireguard.contains_key(device) && !held.members.contains_key(device) {
+                let link = held.wireguard.contains_key(device) || held.members.contains_key(device);
+                if !link && device != LOCAL_DEVICE {
                     return Err(missing(op, device));
                 }
                 if !held.routes.insert(route.clone()) {

@@ -4,8 +4,9 @@
 //!
 //! Guarantees:
 //! * only the agent's own objects are read back, so only they can be changed: links named
-//!   `ww-*` and `wwv*`, routes in the agent's tables, rules at its priorities whose input
-//!   interface is one of its links, the table `inet wireway`;
+//!   `ww-*` and `wwv*`, routes in the agent's tables through its links (and the `local`
+//!   route of its DNS table), rules at its priorities whose input interface is one of its
+//!   links, the table `inet wireway`;
 //! * in a workload's namespace the agent touches one interface: the peer of its own
 //!   host-side veth, checked both ways (the host side names the peer's index and
 //!   namespace, and the namespace is the one the pass opened), and only under the name
@@ -18,19 +19,23 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
 use ipnet::IpNet;
+use rtnetlink::packet_route::IpProtocol;
 use wireway_proto::{HOST_VETH_PREFIX, WIREGUARD_PREFIX};
 
-use super::netlink::{Link, Netlink, NetlinkError, on_thread_in};
+use super::netlink::{Link, Netlink, NetlinkError, RuleSpec, on_thread_in};
 use super::netns::Namespaces;
 use super::nftables;
 use super::wireguard::{Backend, PeerChange, PeerStats, PrivateKey, WireGuardError};
 use super::{ApplyError, Dataplane};
 use crate::converge::firewall;
 use crate::converge::{
-    Forwarding, GATEWAY_V6, MemberLink, NetnsId, Op, Plane, ROUTE_TABLES, Route, Rule, WireGuard,
-    WorkloadSide,
+    DNS_TABLE, Forwarding, GATEWAY_V6, LOCAL_DEVICE, MemberLink, NetnsId, Op, Plane, ROUTE_TABLES,
+    Route, Rule, WireGuard, WorkloadSide,
 };
 
+/// Priority of the rules `iif <dev> ipproto <udp|tcp> dport 53 lookup <DNS_TABLE>`, right
+/// before the lookups.
+pub const RULE_PRIORITY_DNS: u32 = 22358;
 /// Priority of the rules `iif <dev> lookup <table>`.
 pub const RULE_PRIORITY_LOOKUP: u32 = 22359;
 /// Priority of the rules `iif <dev> unreachable`, right after the lookups.
@@ -289,11 +294,17 @@ impl Dataplane for Kernel {
         }
         for route in self.netlink.routes().await.map_err(read)? {
             let owned = ROUTE_TABLES.contains(&route.table);
-            if let (true, Some(device)) = (owned, route.oif.and_then(|i| names.get(&i))) {
+            let device = match route.oif.and_then(|i| names.get(&i)) {
+                // Only the DNS table holds a local route of the agent's.
+                _ if route.local => (route.table == DNS_TABLE).then_some(LOCAL_DEVICE),
+                Some(device) => Some(*device),
+                None => None,
+            };
+            if let (true, Some(device)) = (owned, device) {
                 plane.routes.insert(Route {
                     table: route.table,
                     destination: route.destination,
-                    device: (*device).to_owned(),
+                    device: device.to_owned(),
                 });
             }
         }
@@ -303,15 +314,28 @@ impl Dataplane for Kernel {
             let Some(iif) = rule.iif.filter(|i| is_owned_link(i)) else {
                 continue;
             };
-            match rule.priority {
-                RULE_PRIORITY_LOOKUP if !rule.unreachable && ROUTE_TABLES.contains(&rule.table) => {
+            match (rule.priority, rule.port) {
+                (RULE_PRIORITY_DNS, Some((protocol, 53)))
+                    if rule.ipv4 && !rule.unreachable && rule.table == DNS_TABLE =>
+                {
+                    let tcp = match protocol {
+                        IpProtocol::Tcp => true,
+                        IpProtocol::Udp => false,
+                        _ => continue,
+                    };
+                    plane.rules.insert(Rule::Dns { iif, tcp });
+                }
+                (_, Some(_)) => {}
+                (RULE_PRIORITY_LOOKUP, None)
+                    if !rule.unreachable && ROUTE_TABLES.contains(&rule.table) =>
+                {
                     plane.rules.insert(Rule::Lookup {
                         iif,
                         table: rule.table,
                         ipv4: rule.ipv4,
                     });
                 }
-                RULE_PRIORITY_REJECT if rule.unreachable => {
+                (RULE_PRIORITY_REJECT, None) if rule.unreachable => {
                     plane.rules.insert(Rule::Reject {
                         iif,
                         ipv4: rule.ipv4,
@@ -367,13 +391,7 @@ impl Dataplane for Kernel {
                 let index = self.index_of(name, &action).await?;
                 self.netlink.delete_link(index).await.map_err(nl)
             }
-            Op::RemoveRule(rule) => {
-                let (ipv4, priority, iif, table) = rule_parts(rule);
-                self.netlink
-                    .remove_rule(ipv4, priority, iif, table)
-                    .await
-                    .map_err(nl)
-            }
+            Op::RemoveRule(rule) => self.netlink.remove_rule(spec(rule)).await.map_err(nl),
             Op::RemoveRoute(route) => {
                 let index = self.index_of(&route.device, &action).await?;
                 self.netlink
@@ -535,26 +553,21 @@ impl Dataplane for Kernel {
                 }
                 for (destination, gateway) in add_routes {
                     inside
-                        .add_route(MAIN_TABLE, *destination, link.index, Some(*gateway))
+                        .add_route(MAIN_TABLE, *destination, link.index, Some(*gateway), false)
                         .await
                         .map_err(nl)?;
                 }
                 Ok(())
             }
-            Op::AddRule(rule) => {
-                let (ipv4, priority, iif, table) = rule_parts(rule);
-                self.netlink
-                    .add_rule(ipv4, priority, iif, table)
-                    .await
-                    .map_err(nl)
-            }
+            Op::AddRule(rule) => self.netlink.add_rule(spec(rule)).await.map_err(nl),
             Op::EnableForwarding(forwarding) => {
                 std::fs::write(forwarding_sysctls(forwarding), "1").map_err(sys)
             }
             Op::AddRoute(route) => {
                 let index = self.index_of(&route.device, &action).await?;
+                let local = route.device == LOCAL_DEVICE;
                 self.netlink
-                    .add_route(route.table, route.destination, index, None)
+                    .add_route(route.table, route.destination, index, None, local)
                     .await
                     .map_err(nl)
             }
@@ -610,11 +623,31 @@ fn is_kernel_link_local(net: &IpNet) -> bool {
     }
 }
 
-fn rule_parts(rule: &Rule) -> (bool, u32, &str, Option<u32>) {
-    match rule {
-        Rule::Lookup { iif, table, ipv4 } => {
-            (*ipv4, RULE_PRIORITY_LOOKUP, iif.as_str(), Some(*table))
+/// How the kernel is told `rule`.
+fn spec(rule: &Rule) -> RuleSpec<'_> {
+    let (ipv4, priority, iif, table, port) = match rule {
+        Rule::Lookup { iif, table, ipv4 } => (*ipv4, RULE_PRIORITY_LOOKUP, iif, Some(*table), None),
+        Rule::Reject { iif, ipv4 } => (*ipv4, RULE_PRIORITY_REJECT, iif, None, None),
+        Rule::Dns { iif, tcp } => {
+            let protocol = if *tcp {
+                IpProtocol::Tcp
+            } else {
+                IpProtocol::Udp
+            };
+            (
+                true,
+                RULE_PRIORITY_DNS,
+                iif,
+                Some(DNS_TABLE),
+                Some((protocol, 53)),
+            )
         }
-        Rule::Reject { iif, ipv4 } => (*ipv4, RULE_PRIORITY_REJECT, iif.as_str(), None),
+    };
+    RuleSpec {
+        ipv4,
+        priority,
+        iif,
+        table,
+        port,
     }
 }

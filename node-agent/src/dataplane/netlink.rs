@@ -16,10 +16,10 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::packet_route::nsid::{NsidAttribute, NsidMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
+use rtnetlink::packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, LinkWireguard, RouteMessageBuilder};
 
 /// Why a netlink call failed.
@@ -69,6 +69,8 @@ pub struct KernelRoute {
     pub oif: Option<u32>,
     /// Gateway.
     pub gateway: Option<IpAddr>,
+    /// Whether it is a `local` route (delivers to the node).
+    pub local: bool,
 }
 
 /// A policy rule as the kernel reports it.
@@ -84,6 +86,24 @@ pub struct KernelRule {
     pub table: u32,
     /// Whether it is an `unreachable` rule.
     pub unreachable: bool,
+    /// The protocol and destination port it matches, if it matches one port.
+    pub port: Option<(IpProtocol, u16)>,
+}
+
+/// A policy rule the agent writes: `iif <iif> [ipproto <p> dport <port>] lookup <table>`
+/// (`table` given) or `iif <iif> unreachable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleSpec<'a> {
+    /// IPv4 or IPv6.
+    pub ipv4: bool,
+    /// Priority.
+    pub priority: u32,
+    /// Input interface name.
+    pub iif: &'a str,
+    /// The table to look up; `None` for `unreachable`.
+    pub table: Option<u32>,
+    /// The protocol and destination port it matches, if any.
+    pub port: Option<(IpProtocol, u16)>,
 }
 
 /// A netlink connection in one network namespace.
@@ -366,12 +386,16 @@ impl Netlink {
         destination: IpNet,
         oif: u32,
         gateway: Option<IpAddr>,
+        local: bool,
     ) -> Result<RouteMessage, NetlinkError> {
         let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(destination.addr(), destination.prefix_len())
             .map_err(|e| NetlinkError::Route(e.to_string()))?
             .output_interface(oif)
             .table_id(table);
+        if local {
+            builder = builder.kind(RouteType::Local).scope(RouteScope::Host);
+        }
         if let Some(gateway) = gateway {
             builder = builder
                 .gateway(gateway)
@@ -384,16 +408,17 @@ impl Netlink {
         Ok(builder.build())
     }
 
-    /// Adds a route.
+    /// Adds a route; a `local` one delivers what it routes to the node.
     pub async fn add_route(
         &self,
         table: u32,
         destination: IpNet,
         oif: u32,
         gateway: Option<IpAddr>,
+        local: bool,
     ) -> Result<(), NetlinkError> {
         self.count();
-        let message = Self::route_message(table, destination, oif, gateway)?;
+        let message = Self::route_message(table, destination, oif, gateway, local)?;
         self.handle.route().add(message).execute().await?;
         Ok(())
     }
@@ -407,7 +432,7 @@ impl Netlink {
         gateway: Option<IpAddr>,
     ) -> Result<(), NetlinkError> {
         self.count();
-        let mut message = Self::route_message(table, destination, oif, gateway)?;
+        let mut message = Self::route_message(table, destination, oif, gateway, false)?;
         // Whoever added it (`ip route` says `proto boot`) and in whatever scope: the
         // kernel matches a deletion on these only when they are given.
         message.header.protocol = RouteProtocol::Unspec;
@@ -416,14 +441,15 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds `iif <iif> lookup <table>` (`table` given) or `iif <iif> unreachable`.
-    pub async fn add_rule(
-        &self,
-        ipv4: bool,
-        priority: u32,
-        iif: &str,
-        table: Option<u32>,
-    ) -> Result<(), NetlinkError> {
+    /// Adds a rule.
+    pub async fn add_rule(&self, rule: RuleSpec<'_>) -> Result<(), NetlinkError> {
+        let RuleSpec {
+            ipv4,
+            priority,
+            iif,
+            table,
+            port,
+        } = rule;
         self.count();
         let mut request = self
             .handle
@@ -435,6 +461,14 @@ impl Netlink {
             Some(table) => request.table_id(table).action(RuleAction::ToTable),
             None => request.action(RuleAction::Unreachable),
         };
+        if let Some((protocol, port)) = port {
+            let attributes = &mut request.message_mut().attributes;
+            attributes.push(RuleAttribute::IpProtocol(protocol));
+            attributes.push(RuleAttribute::DestinationPortRange(RulePortRange {
+                start: port,
+                end: port,
+            }));
+        }
         if ipv4 {
             request.v4().execute().await?;
         } else {
@@ -444,13 +478,14 @@ impl Netlink {
     }
 
     /// Removes a rule.
-    pub async fn remove_rule(
-        &self,
-        ipv4: bool,
-        priority: u32,
-        iif: &str,
-        table: Option<u32>,
-    ) -> Result<(), NetlinkError> {
+    pub async fn remove_rule(&self, rule: RuleSpec<'_>) -> Result<(), NetlinkError> {
+        let RuleSpec {
+            ipv4,
+            priority,
+            iif,
+            table,
+            port,
+        } = rule;
         let version = if ipv4 { IpVersion::V4 } else { IpVersion::V6 };
         let messages: Vec<RuleMessage> = self
             .handle
@@ -464,7 +499,8 @@ impl Netlink {
             let same = found.priority == priority
                 && found.iif.as_deref() == Some(iif)
                 && found.unreachable == table.is_none()
-                && table.is_none_or(|t| found.table == t);
+                && table.is_none_or(|t| found.table == t)
+                && found.port == port;
             if same {
                 self.count();
                 self.handle.rule().del(message).execute().await?;
@@ -543,6 +579,7 @@ fn route_of(m: &RouteMessage, ipv4: bool) -> Option<KernelRoute> {
         destination,
         oif,
         gateway,
+        local: m.header.kind == RouteType::Local,
     })
 }
 
@@ -561,15 +598,27 @@ fn rule_of(m: &RuleMessage) -> KernelRule {
         iif: None,
         table: u32::from(m.header.table),
         unreachable: m.header.action == RuleAction::Unreachable,
+        port: None,
     };
+    let mut protocol = None;
+    let mut ports = None;
     for attribute in &m.attributes {
         match attribute {
             RuleAttribute::Priority(p) => rule.priority = *p,
             RuleAttribute::Iifname(name) => rule.iif = Some(name.clone()),
             RuleAttribute::Table(t) => rule.table = *t,
+            RuleAttribute::IpProtocol(p) => protocol = Some(*p),
+            RuleAttribute::DestinationPortRange(r) => ports = Some((r.start, r.end)),
             _ => {}
         }
     }
+    // One port of one protocol is what the agent writes. Anything else reads as raw IP
+    // port 0, which the agent never writes: the rule is not its.
+    rule.port = match (protocol, ports) {
+        (Some(p), Some((start, end))) if start == end => Some((p, start)),
+        (None, None) => None,
+        _ => Some((IpProtocol::Raw, 0)),
+    };
     rule
 }
 

@@ -40,6 +40,7 @@ use wireway_runtime::tls::{BearerToken, Pem};
 
 use crate::agent::Agent;
 use crate::dataplane::Dataplane;
+use crate::dns::server::Server;
 use crate::metrics::{Metrics, PeerSample, category};
 use store::StateFile;
 
@@ -90,6 +91,8 @@ pub struct Session<D> {
     problems: Vec<String>,
     /// Errors since start by category: count and last message.
     errors: BTreeMap<&'static str, (u64, String)>,
+    /// The members' DNS service, following each applied state.
+    dns: Option<Server>,
 }
 
 /// What woke the loop.
@@ -124,6 +127,16 @@ impl<D: Dataplane> Session<D> {
             applied: None,
             problems: Vec::new(),
             errors: BTreeMap::new(),
+            dns: None,
+        }
+    }
+
+    /// The session with a DNS service that follows every state it applies.
+    #[must_use]
+    pub fn with_dns(self, dns: Server) -> Self {
+        Self {
+            dns: Some(dns),
+            ..self
         }
     }
 
@@ -349,6 +362,12 @@ impl<D: Dataplane> Session<D> {
             self.error_if_new(&earlier, category::STATE, e.to_string());
         }
         self.problems = pass.problems();
+        if let Some(dns) = &self.dns {
+            for problem in dns.follow(&state) {
+                self.error_if_new(&earlier, category::DNS, problem.clone());
+                self.problems.push(problem);
+            }
+        }
         // Said when something changed, not at every retry of the same problems.
         let same_problems = self.problems.len() == earlier.len()
             && self.problems.iter().all(|p| earlier.contains(p));

@@ -32,6 +32,7 @@ fn service(ns: &str, name: &str, cidr: &str, node_prefix_length: i32) -> Network
             cluster_prefix: None,
             mtu: None,
             listen_port: None,
+            dns: None,
         },
         status: None,
     }
@@ -740,22 +741,29 @@ fn unchanged_nodes_keep_their_version_and_changed_ones_move_on() {
     );
     let second = plan(&w, Some(&first));
     // node-3 gets a member; green's peers on nodes 1 and 2 are unchanged (node-3 already
-    // carried green through the bridge), so only node-3 changes.
+    // carried green through the bridge), but every node of green answers the new
+    // member's name, so all three change; red's names are as they were.
     assert_eq!(
         second
             .changed_nodes
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
-        ["node-3"]
+        ["node-1", "node-2", "node-3"]
     );
     assert_eq!(
         second.nodes["node-3"].version,
         first.nodes["node-3"].version + 1
     );
+    w.pods.push(Pod::test("other", "loner-2").on("node-1"));
+    let third = plan(&w, Some(&second));
+    assert!(
+        third.changed_nodes.is_empty(),
+        "a pod in no service changes no node"
+    );
     assert_eq!(
-        second.nodes["node-1"].version,
-        first.nodes["node-1"].version
+        third.nodes["node-1"].version,
+        second.nodes["node-1"].version
     );
 }
 
@@ -1868,4 +1876,142 @@ mod properties {
             prop_assert!(second.changed_nodes.is_empty());
         }
     }
+}
+
+/// The names `service` (on `node`) carries: (name relative to its zone, addresses).
+fn names_on(plan: &Plan, node: &str, service: &str) -> (String, Vec<(String, Vec<String>)>) {
+    let state = plan.nodes[node]
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .unwrap_or_else(|| panic!("{service} is not on {node}"));
+    let dns = state.dns.as_ref().expect("the service has names");
+    let records = dns
+        .records
+        .iter()
+        .map(|r| (r.name.clone(), r.addresses.clone()))
+        .collect();
+    (dns.zone.clone(), records)
+}
+
+fn address_of(plan: &Plan, endpoint: &str, workload: &str) -> String {
+    member(plan, endpoint, workload)
+        .address
+        .clone()
+        .expect("an address")
+}
+
+#[test]
+fn every_member_has_a_name_and_every_endpoint_names_all_its_members_on_every_node() {
+    let mut w = seeds();
+    w.endpoints.push(external(
+        "red",
+        "backup-vm",
+        "red",
+        "10.100.255.10",
+        "spiffe://cluster.local/ns/red/vm/backup",
+    ));
+    w.admissions.push(admission(
+        "red",
+        "admit-vms",
+        "red",
+        vec![prefix("spiffe://cluster.local/ns/red/vm")],
+        vec![],
+    ));
+    let plan = plan(&w, None);
+    let a = address_of(&plan, "red/red-members", "red-a");
+    let b = address_of(&plan, "red/red-members", "red-b");
+    let bridge = address_of(&plan, "red/red-members", "bridge");
+    let mut all = vec![a.clone(), b.clone(), bridge.clone()];
+    all.sort();
+    let want = (
+        "red.red.wireway.internal".to_owned(),
+        vec![
+            ("backup-vm.red".to_owned(), vec!["10.100.255.10".to_owned()]),
+            ("bridge.red-members.red".to_owned(), vec![bridge]),
+            ("red-a.red-members.red".to_owned(), vec![a]),
+            ("red-b.red-members.red".to_owned(), vec![b]),
+            ("red-members.red".to_owned(), all),
+        ],
+    );
+    for node in ["node-1", "node-2", "node-3"] {
+        assert_eq!(names_on(&plan, node, "red/red"), want, "on {node}");
+    }
+    // The intruder is not admitted: it has no name; green's names are green's members'.
+    let (zone, green) = names_on(&plan, "node-3", "green/green");
+    assert_eq!(zone, "green.green.wireway.internal");
+    let green: Vec<&str> = green.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        green,
+        [
+            "bridge-to-green.red",
+            "bridge.bridge-to-green.red",
+            "green-a.green-members.green",
+            "green-b.green-members.green",
+            "green-members.green",
+        ]
+    );
+    let status = &plan.network_services[&ObjectKey::new("red", "red")];
+    assert_eq!(status.dns_zone.as_deref(), Some("red.red.wireway.internal"));
+}
+
+#[test]
+fn a_member_that_leaves_loses_its_name_and_its_endpoint_no_longer_answers_with_it() {
+    let mut w = seeds();
+    let before = plan(&w, None);
+    record(&mut w, &before);
+    let a = address_of(&before, "red/red-members", "red-a");
+    w.pods.retain(|p| p.name != "red-a");
+    let after = plan(&w, Some(&before));
+    let (_, records) = names_on(&after, "node-2", "red/red");
+    assert!(
+        !records
+            .iter()
+            .any(|(n, addresses)| n.starts_with("red-a.") || addresses.contains(&a)),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn a_service_in_other_cannot_take_reds_zone_and_keeps_its_own() {
+    let mut w = seeds();
+    let mut hijack = service("other", "hijack", "10.150.0.0/16", 24);
+    hijack.spec.dns = Some(wireway_crds::ServiceDns {
+        zone: Some("red.red.wireway.internal".into()),
+    });
+    w.network_services.push(hijack);
+    w.endpoints.push(attach("other", "loners", "hijack", &[]));
+    let plan = plan(&w, None);
+    let status = &plan.network_services[&ObjectKey::new("other", "hijack")];
+    assert_eq!(
+        ready_reason(&status.conditions),
+        ("False", reason::DNS_ZONE_NOT_OWNED)
+    );
+    assert_eq!(
+        status.dns_zone.as_deref(),
+        Some("hijack.other.wireway.internal")
+    );
+    let (zone, _) = names_on(&plan, "node-3", "other/hijack");
+    assert_eq!(zone, "hijack.other.wireway.internal");
+    assert!(
+        services_on(&plan, "node-3").contains(&"other/hijack"),
+        "the service itself still works"
+    );
+}
+
+#[test]
+fn a_zone_in_the_services_own_namespace_is_taken() {
+    let mut w = seeds();
+    w.network_services[0].spec.dns = Some(wireway_crds::ServiceDns {
+        zone: Some("mesh.red.wireway.internal".into()),
+    });
+    let plan = plan(&w, None);
+    assert_eq!(
+        names_on(&plan, "node-1", "red/red").0,
+        "mesh.red.wireway.internal"
+    );
+    assert_eq!(
+        ready_reason(&plan.network_services[&ObjectKey::new("red", "red")].conditions),
+        ("True", reason::READY)
+    );
 }

@@ -5,10 +5,12 @@
 //! identities their namespace may claim, decides admission, leaves out nodes presenting
 //! another node's key, settles interface-name conflicts, places external hosts, allocates
 //! node prefixes and member addresses, and keeps the nodes left with an addressed member
-//! (the carrying nodes). `stages` holds those decisions; `projections` derives the
+//! (the carrying nodes). `dns` settles the zone of the service's names and projects the
+//! members' records. `stages` holds the other decisions; `projections` derives the
 //! outputs from them and decides nothing: the service's, Endpoints' and Admissions'
 //! statuses, and each carrying node's share of its state.
 
+mod dns;
 mod projections;
 mod stages;
 
@@ -180,6 +182,8 @@ struct Decided<'i> {
     spec: Spec,
     assigned: &'i Assigned,
     listen_port: Option<u16>,
+    /// The zone of the service's names, if it can have any.
+    zone: Option<String>,
     invalid_rules: Vec<InvalidRule>,
     entries: Vec<Entry<'i>>,
     endpoint_problems: BTreeMap<ObjectKey, Problem>,
@@ -224,6 +228,7 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
     }
     let mut problems = stages::rule_problems(&invalid_rules);
     let listen_port = stages::listen_port(assigned, &mut problems);
+    let zone = dns::zone(svc, target, &mut problems);
     let (mut entries, endpoint_problems) = stages::gather(index, target);
     stages::confine_identities(index, &mut entries);
     let admission_counts = stages::admit(index, &policy, target, &mut entries);
@@ -244,6 +249,7 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
             spec,
             assigned,
             listen_port,
+            zone,
             invalid_rules,
             entries,
             endpoint_problems,

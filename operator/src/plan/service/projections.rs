@@ -91,6 +91,7 @@ pub(super) fn refused_service(
         node_count: 0,
         member_count: 0,
         node_prefixes: Vec::new(),
+        dns_zone: None,
     };
     let refused = Problem::new(
         problem.reason,
@@ -126,6 +127,7 @@ fn service_status(index: &Index, decided: &Decided<'_>) -> NetworkServiceStatus 
         service: svc,
         assigned,
         listen_port,
+        zone,
         carrying,
         entries,
         problems,
@@ -175,6 +177,7 @@ fn service_status(index: &Index, decided: &Decided<'_>) -> NetworkServiceStatus 
                 prefix: p.to_string(),
             })
             .collect(),
+        dns_zone: zone.clone(),
     }
 }
 
@@ -208,7 +211,7 @@ fn unplanned(
 
 /// Each carrying node's share: the WireGuard interface (listening on `port`), its peers
 /// (the other carrying nodes, with their prefix, and the admitted external hosts, with
-/// their single address), and the local members.
+/// their single address), the local members, and the names of all members.
 fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<String, ServiceState> {
     let Decided {
         target,
@@ -216,9 +219,11 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
         assigned,
         carrying: prefixes,
         entries,
+        zone,
         ..
     } = decided;
     let interface = assigned.interface.as_str();
+    let names = zone.as_deref().map(|z| super::dns::records(z, entries));
     let mtu = spec.mtu.unwrap_or_else(|| {
         prefixes
             .keys()
@@ -311,6 +316,7 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
                 route_table: ROUTE_TABLE_BASE + u32::from(port),
                 members,
                 peers,
+                dns: names.clone(),
             };
             (node.clone(), state)
         })
