@@ -273,6 +273,12 @@ fn add_service(
         });
     }
     let names = service.dns.is_some();
+    // The member reaches its names on the gateway itself: through its own link, whatever
+    // other routes (a pod's default route) it has.
+    let mut workload_routes = BTreeSet::from([(cidr, gateway)]);
+    if names {
+        workload_routes.insert((IpNet::from(gateway), gateway));
+    }
     if names && ipv4 && !members.is_empty() {
         plane.routes.insert(Route {
             table: DNS_TABLE,
@@ -310,7 +316,7 @@ fn add_service(
                     up: true,
                     ipv6: !ipv4,
                     addresses: BTreeSet::from([address]),
-                    routes: BTreeSet::from([(cidr, gateway)]),
+                    routes: workload_routes.clone(),
                 }),
             },
         );

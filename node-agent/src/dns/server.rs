@@ -306,8 +306,10 @@ fn bound(veth: &str, index: u32, ipv4: bool, kind: SockType) -> io::Result<Owned
     let fd = socket(family, kind, flags, None)?;
     setsockopt(&fd, sockopt::BindToDevice, &OsString::from(veth))?;
     if ipv4 {
-        // Nobody holds the IPv4 gateway: the DNS table's local route delivers to it.
-        setsockopt(&fd, sockopt::IpFreebind, &true)?;
+        // Nobody holds the IPv4 gateway (the DNS table's local route delivers to it), so
+        // binding it and answering from it take a transparent socket: freebind binds,
+        // but replies from an address no link holds would find no route.
+        setsockopt(&fd, sockopt::IpTransparent, &true)?;
     }
     if kind == SockType::Stream {
         setsockopt(&fd, sockopt::ReuseAddr, &true)?;
