@@ -73,13 +73,20 @@ impl Lab {
 
     /// `wireway lab up DIR --json`: the measured matrix, and whether it exited 0.
     fn up(&self, manifests: &Path) -> (Value, bool) {
-        let out = self.wireway(&[
+        self.up_with(manifests, &[])
+    }
+
+    /// `wireway lab up DIR --json` with more arguments.
+    fn up_with(&self, manifests: &Path, more: &[&str]) -> (Value, bool) {
+        let mut args = vec![
             "up",
             manifests.to_str().unwrap(),
             "--json",
             "--timeout",
             "90",
-        ]);
+        ];
+        args.extend(more);
+        let out = self.wireway(&args);
         (matrix_of(&out), out.status.success())
     }
 
@@ -999,4 +1006,285 @@ fn down_removes_what_the_lab_made_and_only_that_also_after_a_crash() {
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let running = String::from_utf8_lossy(&ps.stdout);
     assert!(!running.contains(lab.dir.to_str().unwrap()), "{running}");
+}
+
+/// The lab's stand-in for a cluster's DNS: dnsmasq on an address of the underlay bridge
+/// (which every lab node reaches), answering `upstream.example` with 192.0.2.53 and
+/// nothing else. Stopped on drop.
+struct Upstream(Child);
+
+/// Where [`Upstream`] listens.
+const UPSTREAM: &str = "172.31.255.253";
+
+impl Upstream {
+    fn start(lab: &Lab) -> Self {
+        let underlay = format!("ww{}-underlay", lab.name);
+        let added = Command::new("ip")
+            .args([
+                "-n",
+                &underlay,
+                "addr",
+                "add",
+                &format!("{UPSTREAM}/16"),
+                "dev",
+                "br0",
+            ])
+            .status()
+            .unwrap();
+        assert!(added.success());
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &underlay,
+                "dnsmasq",
+                "--keep-in-foreground",
+            ])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port",
+                "53",
+            ])
+            .arg(format!("--listen-address={UPSTREAM}"))
+            .arg("--address=/upstream.example/192.0.2.53")
+            .arg(format!(
+                "--pid-file={}",
+                lab.dir.with_file_name("dnsmasq.pid").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq is needed (.ci/run installs it)");
+        Self(child)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `dig` from a pod's namespace: the status and the answer's addresses, sorted.
+fn dig(lab: &Lab, pod: &str, server: &str, name: &str, kind: &str) -> (String, Vec<String>) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.netns(pod),
+            "dig",
+            "+time=2",
+            "+tries=2",
+        ])
+        .arg(format!("@{server}"))
+        .args([name, kind])
+        .output()
+        .expect("dig is needed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no reply")
+        .to_owned();
+    let mut addresses: Vec<String> = text
+        .split(";; ANSWER SECTION:")
+        .nth(1)
+        .unwrap_or_default()
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect();
+    addresses.sort();
+    (status, addresses)
+}
+
+/// The samples plus blue, an IPv6 service of red's pods, and the lab's upstream: every
+/// member resolves its services' names on its gateway (A and AAAA, a member's own name
+/// and an Endpoint's all-members name), other services' names are refused, names outside
+/// the zones are forwarded, pods in no service cannot ask at all, and a member that
+/// leaves loses its name.
+#[test]
+fn members_resolve_their_services_names_and_no_others() {
+    if !root_or_skip("members_resolve_their_services_names_and_no_others") {
+        return;
+    }
+    let manifests = copy_samples();
+    let dir = manifests.path();
+    write(
+        dir,
+        "90-blue.yaml",
+        "apiVersion: wireway.dev/v1alpha1\nkind: NetworkService\nmetadata: {name: blue, namespace: red}\n\
+         spec: {cidr: \"fd00:300::/48\", nodePrefixLength: 64}\n---\n\
+         apiVersion: wireway.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: blue-members, namespace: red}\n\
+         spec: {networkService: {name: blue}, podSelector: {matchLabels: {net: red}}}\n",
+    );
+    let lab = Lab::new();
+    let upstream = format!("{UPSTREAM}:53");
+    let (matrix, ok) = lab.up_with(dir, &["--dns-upstream", &upstream]);
+    assert!(ok, "{matrix:#}");
+    let _upstream = Upstream::start(&lab);
+    let address = addresses(&matrix);
+    let of = |pod: &str, service: &str| address[&(pod.to_owned(), service.to_owned())].clone();
+    let red = "red.red.wireway.internal";
+    let blue = "blue.red.wireway.internal";
+    let green = "green.green.wireway.internal";
+    let v6 = |dev: &str| format!("fe80::77:1%{dev}");
+
+    for pod in ["red/red-a", "red/red-b", "red/bridge"] {
+        let short = pod.trim_start_matches("red/");
+        // Its own name and its Endpoint's, in red (A) and in blue (AAAA).
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("{short}.red-members.red.{red}"),
+                "A"
+            ),
+            ("NOERROR".into(), vec![of(pod, "red/red")]),
+            "{pod}"
+        );
+        let mut all_red: Vec<String> = ["red/red-a", "red/red-b", "red/bridge"]
+            .map(|p| of(p, "red/red"))
+            .to_vec();
+        all_red.sort();
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("red-members.red.{red}"),
+                "A"
+            ),
+            ("NOERROR".into(), all_red),
+            "{pod}"
+        );
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("backup-vm.red.{red}"),
+                "A"
+            ),
+            ("NOERROR".into(), vec!["10.100.255.10".into()]),
+            "{pod}: an external host by its Endpoint"
+        );
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                &v6("nsm-blue"),
+                &format!("{short}.blue-members.red.{blue}"),
+                "AAAA"
+            ),
+            ("NOERROR".into(), vec![of(pod, "red/blue")]),
+            "{pod} over IPv6"
+        );
+        // No AAAA in an IPv4 service: the name is there, with no address of that kind.
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("{short}.red-members.red.{red}"),
+                "AAAA"
+            ),
+            ("NOERROR".into(), vec![]),
+        );
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("nobody.red-members.red.{red}"),
+                "A"
+            )
+            .0,
+            "NXDOMAIN"
+        );
+        // Green's names are green's members' business; the others go upstream.
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("green-members.green.{green}"),
+                "A"
+            )
+            .0,
+            if pod == "red/bridge" {
+                "NOERROR"
+            } else {
+                "REFUSED"
+            },
+            "{pod}"
+        );
+        assert_eq!(
+            dig(&lab, pod, "169.254.77.1", "upstream.example", "A"),
+            ("NOERROR".into(), vec!["192.0.2.53".into()]),
+            "{pod}: forwarded"
+        );
+    }
+    for pod in ["green/green-a", "green/green-b"] {
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("red-members.red.{red}"),
+                "A"
+            )
+            .0,
+            "REFUSED",
+            "{pod}"
+        );
+    }
+    // Pods in no service have no gateway to ask.
+    for pod in ["other/intruder", "other/loner"] {
+        assert_eq!(
+            dig(
+                &lab,
+                pod,
+                "169.254.77.1",
+                &format!("red-members.red.{red}"),
+                "A"
+            )
+            .0,
+            "no reply",
+            "{pod}"
+        );
+    }
+
+    // red-b leaves: its name goes, from every other member, with the state that carried it.
+    let red_yaml = std::fs::read_to_string(dir.join("10-red.yaml")).unwrap();
+    let without_b: Vec<&str> = red_yaml
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: red-b"))
+        .collect();
+    write(dir, "10-red.yaml", &without_b.join("\n---\n"));
+    let name = format!("red-b.red-members.red.{red}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = dig(&lab, "red/red-a", "169.254.77.1", &name, "A").0;
+        if status == "NXDOMAIN" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name} is still {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, left) = dig(
+        &lab,
+        "red/bridge",
+        "169.254.77.1",
+        &format!("red-members.red.{red}"),
+        "A",
+    );
+    assert!(!left.contains(&of("red/red-b", "red/red")), "{left:?}");
 }

@@ -48,10 +48,10 @@ initramfs() {
     local version=$1 dir=$cache/initramfs
     rm -rf "$dir"; mkdir -p "$dir"/{bin,proc,sys,dev,host,rw,newroot}
     cp "$root/bin/busybox" "$dir/bin/"
-    # The modules the VM needs (nf_tables and nft_limit: the agent's table inet wireway;
+    # The modules the VM needs (nf_tables, nft_limit and nft_socket: the agent's table inet wireway;
     # crc32c_generic: the soft dependency of its libcrc32c, which modprobe does not list)
     # and everything they depend on, as modprobe resolves them.
-    local modules="virtio_pci 9pnet_virtio 9p overlay wireguard veth tun bridge crc32c_generic nf_tables nft_limit"
+    local modules="virtio_pci 9pnet_virtio 9p overlay wireguard veth tun bridge crc32c_generic nf_tables nft_limit nft_socket"
     for m in $modules; do
         modprobe -d "$root" -S "$version" --show-depends "$m" | awk '/^insmod/ {print $2}'
     done | sort -u | while read -r ko; do

@@ -113,6 +113,12 @@ pub enum LabCommand {
         /// Print the matrix as JSON.
         #[arg(long)]
         json: bool,
+        /// Where the agents relay members' DNS queries for names outside their services'
+        /// zones (IP:PORT, reachable from the lab's nodes, such as an address on the
+        /// underlay bridge). Without it those queries get SERVFAIL, unless a lab node can
+        /// reach the first nameserver of this host's /etc/resolv.conf.
+        #[arg(long, value_name = "IP:PORT")]
+        dns_upstream: Option<std::net::SocketAddr>,
         #[command(flatten)]
         kubernetes: KubernetesArgs,
     },
@@ -247,6 +253,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
             bin_dir,
             timeout,
             json,
+            dns_upstream,
             kubernetes,
         } => {
             let up = Up {
@@ -258,6 +265,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
                 bin_dir,
                 timeout: Duration::from_secs(timeout),
                 json,
+                dns_upstream,
                 kubernetes: kubernetes.kubernetes.then_some(kubernetes),
             };
             up.run().await
@@ -319,6 +327,7 @@ pub async fn run(args: LabArgs) -> ExitCode {
                 bin_dir,
                 timeout: Duration::from_secs(300),
                 json,
+                dns_upstream: None,
                 kubernetes: None,
             };
             let (lab, _) = match up.start().await {
@@ -378,6 +387,7 @@ pub(super) struct Up {
     pub(super) bin_dir: Option<PathBuf>,
     pub(super) timeout: Duration,
     pub(super) json: bool,
+    pub(super) dns_upstream: Option<std::net::SocketAddr>,
     /// Set with `--kubernetes`.
     pub(super) kubernetes: Option<KubernetesArgs>,
 }
@@ -442,6 +452,7 @@ impl Up {
             own_nodes,
             binaries,
         )?;
+        lab.record.dns_upstream = self.dns_upstream;
         lab.create_pki().map_err(UpError::Certificates)?;
         lab.create_underlay().map_err(UpError::Underlay)?;
         step("certificates (one CA; the operator's, one per node) and the underlay bridge");

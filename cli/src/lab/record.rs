@@ -137,6 +137,11 @@ pub struct Record {
     /// giving the operator manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesRecord>,
+    /// Where the agents relay members' DNS queries for other names (`up
+    /// --dns-upstream`); without it, to the first nameserver of the host's resolv.conf,
+    /// which a lab node usually cannot reach (those queries get SERVFAIL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 /// The record file of the lab in `dir`.

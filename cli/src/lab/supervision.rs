@@ -326,6 +326,9 @@ impl Lab {
             &self.operator_grpc().to_string(),
         ]));
         args.extend(os(&["--underlay-address", &lab_node.address]));
+        if let Some(upstream) = self.record.dns_upstream {
+            args.extend(os(&["--dns-upstream", &upstream.to_string()]));
+        }
         args.extend(os(&["--listen-http", &self.agent_http(node).to_string()]));
         let (kubeconfig, operator_token) = self.agent_credentials(node);
         let mut env = Vec::new();

@@ -8,8 +8,9 @@
 //!   broadcast and multicast included. The one exception, named and tested: neighbour
 //!   discovery between a member and its IPv6 gateway `fe80::77:1` on its veth (IPv6's
 //!   ARP; IPv4's ARP is not IP and never reaches this table), and DNS: UDP and TCP port
-//!   53 on the gateway address (169.254.77.1, `fe80::77:1`), where the agent answers
-//!   the member's names (a member asks `fe80::77:1` from its link-local address);
+//!   53 on the gateway address (169.254.77.1, `fe80::77:1`) to a transparent socket,
+//!   which only the agent's listeners are (a member asks `fe80::77:1` from its
+//!   link-local address);
 //! * a member sends only from its own addresses: a packet from any other source is
 //!   dropped as it arrives at its own node, before routing, whatever `rp_filter` says
 //!   (`sources4`/`sources6` hold the pairs (host veth, member address));
@@ -157,13 +158,15 @@ fn chains() -> [Chain; 3] {
                 ),
                 // Services Wireway itself offers members on the gateway are accepted
                 // here, each by its own named rule, before the drop.
+                // DNS reaches the agent's listeners only: they are transparent sockets,
+                // which no resolver of the node's own (on 0.0.0.0:53) is.
                 (
-                    format!("{veths} ip daddr {GATEWAY_V4} {DNS} accept"),
-                    "ww:dns-on-the-ipv4-gateway",
+                    format!("{veths} ip daddr {GATEWAY_V4} {DNS} socket transparent 1 accept"),
+                    "ww:dns-on-the-ipv4-gateway-to-the-agent",
                 ),
                 (
-                    format!("{veths} ip6 daddr {GATEWAY_V6} {DNS} accept"),
-                    "ww:dns-on-the-ipv6-gateway",
+                    format!("{veths} ip6 daddr {GATEWAY_V6} {DNS} socket transparent 1 accept"),
+                    "ww:dns-on-the-ipv6-gateway-to-the-agent",
                 ),
                 (
                     format!("{veths} counter drop"),

@@ -5,9 +5,10 @@
 //!
 //! Guarantees:
 //! * a listener hears one member: it is bound to the member's host veth (and to the
-//!   gateway address, port 53), so the veth a query arrives on names the member, and
-//!   nothing from a member reaches another socket through it (the nftables table accepts
-//!   port 53 on the gateway and drops the rest);
+//!   gateway address, port 53), so the veth a query arrives on names the member; and it
+//!   is transparent, the one kind of socket the nftables table lets a member's DNS reach
+//!   (port 53 on the gateway, to a transparent socket; everything else is dropped), so no
+//!   other socket of the node answers a member, also while the agent is down;
 //! * the zones are replaced whole after each pass, so a name appears and disappears with
 //!   the state that carries it; answers live [`TTL`](super::answer::TTL) seconds;
 //! * a member cannot make the agent hold more than [`MAX_FORWARDS`] queries upstream at a
@@ -305,12 +306,12 @@ fn bound(veth: &str, index: u32, ipv4: bool, kind: SockType) -> io::Result<Owned
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
     let fd = socket(family, kind, flags, None)?;
     setsockopt(&fd, sockopt::BindToDevice, &OsString::from(veth))?;
-    if ipv4 {
-        // Nobody holds the IPv4 gateway (the DNS table's local route delivers to it), so
-        // binding it and answering from it take a transparent socket: freebind binds,
-        // but replies from an address no link holds would find no route.
-        setsockopt(&fd, sockopt::IpTransparent, &true)?;
-    }
+    // Transparent: nobody holds the IPv4 gateway (the DNS table's local route delivers
+    // to it), and binding it and answering from it take a transparent socket (freebind
+    // binds, but replies from an address no link holds would find no route). And the
+    // nftables table lets members' DNS through only to a transparent socket, which other
+    // processes of the node (a resolver on 0.0.0.0:53) are not.
+    setsockopt(&fd, sockopt::IpTransparent, &true)?;
     if kind == SockType::Stream {
         setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     }
