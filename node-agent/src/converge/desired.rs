@@ -273,12 +273,6 @@ fn add_service(
         });
     }
     let names = service.dns.is_some();
-    // The member reaches its names on the gateway itself: through its own link, whatever
-    // other routes (a pod's default route) it has.
-    let mut workload_routes = BTreeSet::from([(cidr, gateway)]);
-    if names {
-        workload_routes.insert((IpNet::from(gateway), gateway));
-    }
     if names && ipv4 && !members.is_empty() {
         plane.routes.insert(Route {
             table: DNS_TABLE,
@@ -287,6 +281,20 @@ fn add_service(
         });
     }
     for (m, address, netns) in members {
+        // The member reaches its names on the gateway itself, through its own link
+        // whatever other routes (a pod's default route) it has: once per workload and
+        // family, on the link of its first service with names (the agent answers a
+        // workload's every zone on each of its links).
+        let to_gateway = (IpNet::from(gateway), gateway);
+        let routed = plane.members.values().any(|link| {
+            link.workload
+                .as_ref()
+                .is_some_and(|w| w.netns == netns.id && w.routes.contains(&to_gateway))
+        });
+        let mut routes = BTreeSet::from([(cidr, gateway)]);
+        if names && !routed {
+            routes.insert(to_gateway);
+        }
         if names && ipv4 {
             for tcp in [false, true] {
                 plane.rules.insert(Rule::Dns {
@@ -316,7 +324,7 @@ fn add_service(
                     up: true,
                     ipv6: !ipv4,
                     addresses: BTreeSet::from([address]),
-                    routes: workload_routes.clone(),
+                    routes,
                 }),
             },
         );

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::os::unix::fs::symlink;
 
-use super::probes::{Listeners, send};
+use super::probes::{Listeners, send, send_to_port};
 use super::*;
 
 /// `state` with one more red member, `red/<name>` at `address`, whose namespace is `path`.
@@ -673,5 +673,82 @@ fn a_spoofed_source_from_a_member_is_dropped_at_its_own_node() {
     assert!(
         heard.contains("heard 10.100.1.77") && heard.contains("heard [fd00:b:0:1::77]"),
         "without the firewall spoofed sources arrive: {heard}"
+    );
+}
+
+/// `state` with names for each of its services, as the operator sends them.
+fn named(mut state: NodeState) -> NodeState {
+    for service in &mut state.services {
+        service.dns = Some(wireway_proto::ServiceDns {
+            zone: format!("{}.wireway.internal", service.name.replace('/', ".")),
+            records: Vec::new(),
+        });
+    }
+    state
+}
+
+/// With names, a member's DNS queries to its gateway are delivered to the node (the
+/// control proves it) but reach only a transparent socket, the agent's kind: a resolver
+/// of the node's own on port 53 (here listeners on 0.0.0.0:53 and [::]:53, while no agent
+/// listens) hears nothing, and the other probes stay unheard.
+#[test]
+fn a_members_dns_reaches_no_resolver_of_the_node() {
+    if !root_or_skip("a_members_dns_reaches_no_resolver_of_the_node") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    lab.netns("blue-a");
+    lab.netns("blue-b");
+    let services = [&red(), &green(), &blue()];
+    for n in ["n1", "n2", "n3"] {
+        let state = named(node_state(&lab, n, &services, &keys));
+        let (out, err, _) = lab.try_apply(n, &state);
+        assert_eq!(errors_in(&out), 0, "{out}{err}");
+    }
+    let nodes: Vec<String> = ["n1", "n2", "n3"].map(|n| lab.ns(n)).to_vec();
+    let resolvers = Listeners::on(&nodes, 53);
+    let ask = |lab: &Lab| {
+        for (workload, dev, service, _) in interfaces() {
+            let gateway = if service.cidr.contains('.') {
+                "169.254.77.1"
+            } else {
+                "fe80::77:1"
+            };
+            send_to_port(
+                &lab.ns(workload),
+                dev,
+                None,
+                &[gateway.parse().unwrap()],
+                53,
+            );
+        }
+    };
+    ask(&lab);
+    assert_eq!(resolvers.received(), Vec::<String>::new());
+    let listeners = Listeners::new(&nodes);
+    for interface in interfaces() {
+        probe_the_node(&lab, &interface);
+    }
+    assert_eq!(listeners.received(), Vec::<String>::new());
+
+    // Control: without n1's table, its members' queries reach the node's resolver, in
+    // both families, so the silence above is the table's.
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.ns("n1"),
+        "nft",
+        "delete",
+        "table",
+        "inet",
+        "wireway",
+    ]);
+    ask(&lab);
+    let heard = resolvers.received().join("\n");
+    assert!(
+        heard.contains("to 169.254.77.1:53") && heard.contains("to [fe80::77:1"),
+        "without the table the queries arrive: {heard}"
     );
 }

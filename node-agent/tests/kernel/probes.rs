@@ -34,18 +34,23 @@ impl Listeners {
     /// own namespace sends them over loopback (a listener that hears nothing proves
     /// nothing).
     pub fn new(namespaces: &[String]) -> Self {
+        Self::on(namespaces, PORT)
+    }
+
+    /// As [`Listeners::new`], on `port`.
+    pub fn on(namespaces: &[String], port: u16) -> Self {
         let mut sockets = Vec::new();
         for ns in namespaces {
-            let pair = in_netns(ns, || {
-                let v4 = UdpSocket::bind(("0.0.0.0", PORT)).unwrap();
-                let v6 = v6_only_listener();
+            let pair = in_netns(ns, move || {
+                let v4 = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+                let v6 = v6_only_listener(port);
                 for s in [&v4, &v6] {
                     s.set_nonblocking(true).unwrap();
                 }
                 let probe = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
-                probe.send_to(b"loopback", ("127.0.0.1", PORT)).unwrap();
+                probe.send_to(b"loopback", ("127.0.0.1", port)).unwrap();
                 let probe = UdpSocket::bind(("::1", 0)).unwrap();
-                probe.send_to(b"loopback", ("::1", PORT)).unwrap();
+                probe.send_to(b"loopback", ("::1", port)).unwrap();
                 (v4, v6)
             });
             sockets.push((format!("{ns} (IPv4)"), pair.0));
@@ -79,9 +84,9 @@ impl Listeners {
     }
 }
 
-/// An IPv6-only socket on `[::]:PORT` (`IPV6_V6ONLY` must be set before `bind`, which
+/// An IPv6-only socket on `[::]:port` (`IPV6_V6ONLY` must be set before `bind`, which
 /// std does not offer), beside the IPv4 one.
-fn v6_only_listener() -> UdpSocket {
+fn v6_only_listener(port: u16) -> UdpSocket {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn6, bind, socket};
     let fd = socket(
         AddressFamily::Inet6,
@@ -91,7 +96,7 @@ fn v6_only_listener() -> UdpSocket {
     )
     .unwrap();
     setsockopt(&fd, sockopt::Ipv6V6Only, &true).unwrap();
-    let any = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, PORT, 0, 0));
+    let any = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &any).unwrap();
     UdpSocket::from(fd)
 }
@@ -101,6 +106,17 @@ fn v6_only_listener() -> UdpSocket {
 /// payload. A datagram the kernel will not send counts as not delivered: what matters is
 /// what arrives.
 pub fn send(ns: &str, dev: &str, source: Option<IpAddr>, targets: &[IpAddr]) -> Vec<String> {
+    send_to_port(ns, dev, source, targets, PORT)
+}
+
+/// As [`send`], to `port`.
+pub fn send_to_port(
+    ns: &str,
+    dev: &str,
+    source: Option<IpAddr>,
+    targets: &[IpAddr],
+    port: u16,
+) -> Vec<String> {
     let (ns_name, dev) = (ns.to_owned(), dev.to_owned());
     let targets = targets.to_vec();
     in_netns(ns, move || {
@@ -114,9 +130,9 @@ pub fn send(ns: &str, dev: &str, source: Option<IpAddr>, targets: &[IpAddr]) -> 
             };
             let to = match target {
                 IpAddr::V6(v6) if is_link_scope(&v6) => {
-                    SocketAddr::V6(SocketAddrV6::new(v6, PORT, 0, index))
+                    SocketAddr::V6(SocketAddrV6::new(v6, port, 0, index))
                 }
-                other => SocketAddr::new(other, PORT),
+                other => SocketAddr::new(other, port),
             };
             let sent = UdpSocket::bind(local).and_then(|socket| {
                 setsockopt(
