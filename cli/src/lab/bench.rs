@@ -13,6 +13,10 @@
 //!   service: one node's state changes;
 //! * `node+` / `node-`: a member joins (leaves) on a node without members: the service
 //!   comes to (leaves) that node, and every other node carrying it gets (loses) a peer.
+//!
+//! Beside it, the latency of the change's name: from the same moment until a member on
+//! another node, asking its gateway every 2 ms, gets the joining pod's address (or
+//! NXDOMAIN for the leaving pod's name).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -62,8 +66,23 @@ pub enum BenchError {
 pub struct Results {
     /// Nodes in the lab.
     pub nodes: usize,
-    /// Every change: its kind, the nodes whose state it changed, its latency (ms).
-    pub changes: Vec<(String, usize, u64)>,
+    /// Every change.
+    pub changes: Vec<Change>,
+}
+
+/// One change and how long it took.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    /// `member+`, `member-`, `node+` or `node-`.
+    pub kind: String,
+    /// The nodes whose state it changed.
+    pub nodes: usize,
+    /// Until the last of them reported the state it produced (ms).
+    pub ms: u64,
+    /// Until another member's gateway answered the pod's name as the change says (ms);
+    /// `None` if it did not within the change's time.
+    pub name_ms: Option<u64>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -78,17 +97,28 @@ impl Results {
     /// The summary: p50, p99 and max, over all changes and per kind.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut kinds: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        let mut all: Vec<u64> = Vec::new();
+        type Latencies = (Vec<u64>, Vec<u64>, usize);
+        let mut kinds: BTreeMap<&str, Latencies> = BTreeMap::new();
+        let mut all: Latencies = Default::default();
         let mut widths: BTreeMap<&str, usize> = BTreeMap::new();
-        for (kind, nodes, ms) in &self.changes {
-            kinds.entry(kind).or_default().push(*ms);
-            widths.insert(kind, *nodes);
-            all.push(*ms);
+        for change in &self.changes {
+            for (ms, names, missing) in [kinds.entry(&change.kind).or_default(), &mut all] {
+                ms.push(change.ms);
+                match change.name_ms {
+                    Some(n) => names.push(n),
+                    None => *missing += 1,
+                }
+            }
+            widths.insert(&change.kind, change.nodes);
         }
         let mut rows = Vec::new();
-        for (kind, mut ms) in kinds.into_iter().chain([("all", all)]) {
+        for (kind, (mut ms, mut names, missing)) in kinds.into_iter().chain([("all", all)]) {
             ms.sort_unstable();
+            names.sort_unstable();
+            let name_max = match missing {
+                0 => names.last().copied().unwrap_or_default().to_string(),
+                n => format!("{n} late"),
+            };
             rows.push(vec![
                 kind.to_owned(),
                 ms.len().to_string(),
@@ -96,16 +126,29 @@ impl Results {
                 percentile(&ms, 50.0).to_string(),
                 percentile(&ms, 99.0).to_string(),
                 ms.last().copied().unwrap_or_default().to_string(),
+                percentile(&names, 50.0).to_string(),
+                percentile(&names, 99.0).to_string(),
+                name_max,
             ]);
         }
         let _ = writeln!(
             out,
-            "{} changes on a lab of {} nodes; latency from the file written to the last agent's report of the state it produced (ms):",
+            "{} changes on a lab of {} nodes; latency from the file written to the last agent's report of the state it produced, and to the pod's name answered (or NXDOMAIN) at a member on another node (ms):",
             self.changes.len(),
             self.nodes
         );
         out.push_str(&crate::table::render(
-            &["CHANGE", "COUNT", "NODES CHANGED", "P50", "P99", "MAX"],
+            &[
+                "CHANGE",
+                "COUNT",
+                "NODES CHANGED",
+                "P50",
+                "P99",
+                "MAX",
+                "NAME P50",
+                "NAME P99",
+                "NAME MAX",
+            ],
             &rows,
         ));
         out
@@ -158,6 +201,55 @@ pub fn write_manifests(dir: &Path, nodes: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The name of the bench pod `pod` in the bench service's default zone.
+fn name_of(pod: &str) -> String {
+    format!("{pod}.members.bench.bench.bench.wireway.internal")
+}
+
+/// Asks the gateway of the member in network namespace `netns` (a path) for `name` (A)
+/// every 2 ms until it has an address (`present`) or is NXDOMAIN (not `present`), or
+/// `deadline` passes: when it did, in Unix ms. Runs on a thread of its own, which enters
+/// the namespace.
+fn name_settles(netns: PathBuf, name: String, present: bool, deadline: Instant) -> Option<u64> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    let file = std::fs::File::open(netns).ok()?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("169.254.77.1:53").ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .ok()?;
+    let mut buffer = [0u8; 1500];
+    for id in 0u16.. {
+        if Instant::now() > deadline {
+            return None;
+        }
+        let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(Name::from_ascii(&name).ok()?, RecordType::A));
+        let _ = socket.send(&query.to_vec().ok()?);
+        // Replies to earlier queries that came late are skipped, not taken for this one.
+        while let Ok(n) = socket.recv(&mut buffer) {
+            let Ok(reply) = Message::from_vec(&buffer[..n]) else {
+                continue;
+            };
+            if reply.metadata.id != id {
+                continue;
+            }
+            let settled = match present {
+                true => !reply.answers.is_empty(),
+                false => reply.metadata.response_code == ResponseCode::NXDomain,
+            };
+            if settled {
+                return Some(unix_ms());
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
 /// Versions planned per node.
 fn desired(snapshot: &Snapshot) -> BTreeMap<String, u64> {
     snapshot
@@ -188,15 +280,25 @@ pub async fn run(
         let target = node(n);
         let adding = i % 2 == 0;
         let before = desired(&status.fetch().await?);
+        // A member on another node asks for the pod's name.
+        let asker = format!("bench/{}-1", node(if n == 1 { 2 } else { 1 }));
+        let asker_netns = lab
+            .record
+            .pods
+            .get(&asker)
+            .map(|p| PathBuf::from("/run/netns").join(&p.netns));
         let temporary = dir.join(".change.tmp");
         let label = if adding { "bench" } else { "idle" };
         std::fs::write(&temporary, pod(&format!("{target}-idle"), &target, label))
             .map_err(|e| BenchError::Write(FileError::on("write", &temporary)(e)))?;
+        let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let name = name_of(&format!("{target}-idle"));
+        let asking = asker_netns
+            .map(|netns| std::thread::spawn(move || name_settles(netns, name, adding, deadline)));
         let started = unix_ms();
         let file = idle_file(dir, &target);
         std::fs::rename(&temporary, &file)
             .map_err(|e| BenchError::Write(FileError::on("replace", &file)(e)))?;
-        let deadline = Instant::now() + CHANGE_TIMEOUT;
         let latency = loop {
             let snapshot = status.fetch().await?;
             let changed: Vec<_> = snapshot
@@ -225,8 +327,19 @@ pub async fn run(
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
-        let change = format!("{kind}{}", if adding { "+" } else { "-" });
-        results.push((change, latency.0, latency.1));
+        let named = match asking {
+            Some(thread) => tokio::task::spawn_blocking(move || thread.join().ok().flatten())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        results.push(Change {
+            kind: format!("{kind}{}", if adding { "+" } else { "-" }),
+            nodes: latency.0,
+            ms: latency.1,
+            name_ms: named.map(|at| at.saturating_sub(started)),
+        });
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(Results {

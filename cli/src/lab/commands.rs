@@ -139,7 +139,8 @@ pub enum LabCommand {
     /// Measure how fast changes take effect: make a lab of NODES nodes running one
     /// service, make CHANGES changes to its manifests one after another, and print the
     /// latency from each file written to the last agent's report of the state it
-    /// produced (p50, p99, max). Removes the lab afterwards.
+    /// produced (p50, p99, max), and to the changed pod's name answered (or NXDOMAIN) at
+    /// a member on another node. Removes the lab afterwards.
     Bench {
         /// Nodes in the lab.
         #[arg(long, default_value_t = 20)]

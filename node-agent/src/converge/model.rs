@@ -73,7 +73,8 @@ pub struct MemberLink {
     pub mtu: u32,
     /// Whether the host side is up.
     pub up: bool,
-    /// Whether the host side answers ARP for the gateway (proxy ARP).
+    /// Whether the host side answers ARP for the gateway (proxy ARP), at once (no proxy
+    /// delay).
     pub proxy_arp: bool,
     /// Whether IPv6 is enabled on the host side (only for IPv6 services).
     pub ipv6: bool,

@@ -65,6 +65,13 @@ fn sysctl_path(ipv4: bool, device: &str, key: &str) -> String {
     format!("/proc/sys/net/{family}/conf/{device}/{key}")
 }
 
+/// The delay before `device` answers ARP as a proxy (in 1/100 s; up to 0.8 s by
+/// default, randomised): the agent's veths answer at once, or a member's first packet to
+/// its gateway (and its first DNS query) waits for it.
+fn proxy_delay_path(device: &str) -> String {
+    format!("/proc/sys/net/ipv4/neigh/{device}/proxy_delay")
+}
+
 /// The sysctls that must read 1 for packets arriving on a link to be forwarded, in the
 /// calling thread's namespace. IPv4: the link's own `forwarding` (the kernel checks the
 /// input link's; `net.ipv4.ip_forward` would turn on every link). IPv6: the link's
@@ -262,10 +269,11 @@ impl Dataplane for Kernel {
                     },
                 );
             } else if link.name.starts_with(HOST_VETH_PREFIX) {
-                let ipv4_proxy =
-                    std::fs::read_to_string(sysctl_path(true, &link.name, "proxy_arp"))
-                        .map(|v| v.trim() == "1")
-                        .unwrap_or(false);
+                let reads = |path: String, value: &str| {
+                    std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value)
+                };
+                let ipv4_proxy = reads(sysctl_path(true, &link.name, "proxy_arp"), "1")
+                    && reads(proxy_delay_path(&link.name), "0");
                 let addresses = self.netlink.addresses(link.index).await.map_err(read)?;
                 let addresses = addresses
                     .into_iter()
@@ -486,6 +494,9 @@ impl Dataplane for Kernel {
             } => {
                 let path = sysctl_path(true, host, "proxy_arp");
                 std::fs::write(&path, if *proxy_arp { "1" } else { "0" }).map_err(sys)?;
+                if *proxy_arp {
+                    std::fs::write(proxy_delay_path(host), "0").map_err(sys)?;
+                }
                 let link = link_named(&self.netlink, host, &action).await?;
                 if link.ipv6 != *ipv6 {
                     set_ipv6(host, *ipv6).map_err(sys)?;

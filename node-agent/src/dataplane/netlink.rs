@@ -433,10 +433,12 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         self.count();
         let mut message = Self::route_message(table, destination, oif, gateway, false)?;
-        // Whoever added it (`ip route` says `proto boot`) and in whatever scope: the
-        // kernel matches a deletion on these only when they are given.
+        // Whoever added it (`ip route` says `proto boot`), in whatever scope and of
+        // whatever type (a `local` route too): the kernel matches a deletion on these
+        // only when they are given.
         message.header.protocol = RouteProtocol::Unspec;
         message.header.scope = RouteScope::NoWhere;
+        message.header.kind = RouteType::Unspec;
         self.handle.route().del(message).execute().await?;
         Ok(())
     }
