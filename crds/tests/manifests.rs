@@ -121,6 +121,7 @@ rejected! {
     cluster_prefix_outside_cidr: "nsvc-cluster-prefix-outside-cidr.yaml" => "spec.clusterPrefix" by "containsCIDR(self.clusterPrefix)";
     cluster_prefix_fixed_at_creation: "nsvc-cluster-prefix-added.yaml" => "spec.clusterPrefix" by "has(self.clusterPrefix) == has(oldSelf.clusterPrefix)";
     ipv6_mtu_minimum: "nsvc-ipv6-mtu-too-small.yaml" => "spec.mtu" by "self.mtu >= 1280";
+    dns_zone_outside_suffix: "nsvc-dns-zone-outside-suffix.yaml" => "spec.dns.zone" by "wireway[.]internal$";
     unknown_field: "nsvc-unknown-field.yaml" => "spec" by "additionalProperties";
     selector_and_external: "nsep-both-selector-and-external.yaml" => "spec" by "has(self.podSelector) != has(self.external)";
     neither_selector_nor_external: "nsep-neither-selector-nor-external.yaml" => "spec" by "has(self.podSelector) != has(self.external)";
