@@ -100,10 +100,16 @@ pub struct NetworkServiceSpec {
     pub dns: Option<ServiceDns>,
 }
 
-/// The zone of a NetworkService's names.
+/// The names of a NetworkService's members.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceDns {
+    /// Whether the service has names (default true). Names make every member change a
+    /// change of every node carrying the service (each answers the new name): a service
+    /// spanning many nodes whose members come and go often may turn them off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
     /// The zone the service's names are under, in place of the default
     /// `<name>.<namespace>.wireway.internal`. Lower case, under `wireway.internal` and
     /// ending in this NetworkService's namespace (`<anything>.<namespace>.wireway.internal`

@@ -372,6 +372,14 @@ fn green() -> Service {
     }
 }
 
+/// [`seeds`], and the namespaces of blue's workloads.
+fn seeds_with_blue(lab: &mut Lab) -> BTreeMap<String, String> {
+    let keys = seeds(lab);
+    lab.netns("blue-a");
+    lab.netns("blue-b");
+    keys
+}
+
 /// The seeds' picture on three nodes.
 fn seeds(lab: &mut Lab) -> BTreeMap<String, String> {
     for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
@@ -545,9 +553,7 @@ fn an_ipv6_member_is_usable_the_moment_its_state_is_applied() {
         return;
     }
     let mut lab = Lab::new();
-    let keys = seeds(&mut lab);
-    lab.netns("blue-a");
-    lab.netns("blue-b");
+    let keys = seeds_with_blue(&mut lab);
     apply_all(&lab, &[&blue()], &keys);
     // Right after the pass: no address still in duplicate address detection (which
     // would drop packets for a second or more after "applied"), on either side of a
@@ -711,9 +717,7 @@ fn forwarding_is_turned_on_only_on_the_links_a_service_needs() {
         return;
     }
     let mut lab = Lab::new();
-    let keys = seeds(&mut lab);
-    lab.netns("blue-a");
-    lab.netns("blue-b");
+    let keys = seeds_with_blue(&mut lab);
     // A SLAAC node: its uplink takes router advertisements (the namespace's default).
     let accept_ra = sysctl(&lab, "n1", "net/ipv6/conf/eth0/accept_ra");
     let node_wide = |lab: &Lab| {

@@ -892,3 +892,18 @@ fn response_codes_have_fixed_metric_labels() {
     assert_eq!(rcode_label(ResponseCode::BADVERS), "BADVERS");
     assert_eq!(rcode_label(ResponseCode::Unknown(3841)), "OTHER");
 }
+
+#[test]
+fn the_upstream_is_the_first_nameserver_of_resolv_conf() {
+    use super::server::first_nameserver;
+    let text = "# generated\nsearch svc.cluster.local\nnameserver bogus\nnameserver 10.96.0.10\nnameserver 8.8.8.8\n";
+    assert_eq!(
+        first_nameserver(text),
+        Some("10.96.0.10:53".parse().unwrap())
+    );
+    assert_eq!(
+        first_nameserver("nameserver fd00::a\n"),
+        Some("[fd00::a]:53".parse().unwrap())
+    );
+    assert_eq!(first_nameserver("options ndots:5\n"), None);
+}

@@ -216,9 +216,7 @@ fn an_agent_killed_at_any_point_of_a_pass_converges_on_restart_and_orphans_nothi
         return;
     }
     let mut lab = Lab::new();
-    let keys = seeds(&mut lab);
-    lab.netns("blue-a");
-    lab.netns("blue-b");
+    let keys = seeds_with_blue(&mut lab);
     let services = [&red(), &green(), &blue()];
     for node in ["n2", "n3"] {
         lab.apply(node, &node_state(&lab, node, &services, &keys));

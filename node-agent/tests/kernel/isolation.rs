@@ -45,6 +45,21 @@ fn errors_in(summary_out: &str) -> usize {
         .unwrap_or_else(|| panic!("no summary in {summary_out:?}"))
 }
 
+/// Deletes `node`'s nftables table behind the agent's back: the tests' control.
+fn delete_table(lab: &Lab, node: &str) {
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.ns(node),
+        "nft",
+        "delete",
+        "table",
+        "inet",
+        "wireway",
+    ]);
+}
+
 #[test]
 fn the_netns_annotation_aimed_at_another_pods_namespace_is_ignored() {
     if !root_or_skip("the_netns_annotation_aimed_at_another_pods_namespace_is_ignored") {
@@ -299,9 +314,7 @@ fn nothing_a_member_sends_reaches_the_node() {
         return;
     }
     let mut lab = Lab::new();
-    let keys = seeds(&mut lab);
-    lab.netns("blue-a");
-    lab.netns("blue-b");
+    let keys = seeds_with_blue(&mut lab);
     apply_all(&lab, &[&red(), &green(), &blue()], &keys);
     assert!(lab.reachable("red-a", "10.100.2.1"), "red-a -> red-b");
     assert!(lab.reachable("blue-a", "fd00:b:0:2::1"), "blue-a -> blue-b");
@@ -349,17 +362,7 @@ fn nothing_a_member_sends_reaches_the_node() {
 
     // Control: without n1's table the same probes arrive (verified: the test fails with
     // the firewall disabled), so the zero above is the firewall's.
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.ns("n1"),
-        "nft",
-        "delete",
-        "table",
-        "inet",
-        "wireway",
-    ]);
+    delete_table(&lab, "n1");
     let red_a = interfaces().into_iter().find(|i| i.0 == "red-a").unwrap();
     let blue_a = interfaces().into_iter().find(|i| i.0 == "blue-a").unwrap();
     probe_the_node(&lab, &red_a);
@@ -529,17 +532,7 @@ fn nothing_a_wireguard_peer_sends_reaches_the_node() {
 
     // Control: without n1's table the same datagrams arrive through the tunnel (verified:
     // the test fails with the firewall disabled).
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.ns("n1"),
-        "nft",
-        "delete",
-        "table",
-        "inet",
-        "wireway",
-    ]);
+    delete_table(&lab, "n1");
     attack();
     let heard = listeners.received().join("\n");
     assert!(
@@ -657,17 +650,7 @@ fn a_spoofed_source_from_a_member_is_dropped_at_its_own_node() {
 
     // Control: without n1's table they arrive (verified: the test fails with the firewall
     // disabled), so the drop is the firewall's.
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.ns("n1"),
-        "nft",
-        "delete",
-        "table",
-        "inet",
-        "wireway",
-    ]);
+    delete_table(&lab, "n1");
     spoof();
     let heard = listeners.received().join("\n");
     assert!(
@@ -697,9 +680,7 @@ fn a_members_dns_reaches_no_resolver_of_the_node() {
         return;
     }
     let mut lab = Lab::new();
-    let keys = seeds(&mut lab);
-    lab.netns("blue-a");
-    lab.netns("blue-b");
+    let keys = seeds_with_blue(&mut lab);
     let services = [&red(), &green(), &blue()];
     for n in ["n1", "n2", "n3"] {
         let state = named(node_state(&lab, n, &services, &keys));
@@ -734,17 +715,7 @@ fn a_members_dns_reaches_no_resolver_of_the_node() {
 
     // Control: without n1's table, its members' queries reach the node's resolver, in
     // both families, so the silence above is the table's.
-    ok(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.ns("n1"),
-        "nft",
-        "delete",
-        "table",
-        "inet",
-        "wireway",
-    ]);
+    delete_table(&lab, "n1");
     ask(&lab);
     let heard = resolvers.received().join("\n");
     assert!(

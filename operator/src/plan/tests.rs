@@ -552,6 +552,17 @@ fn an_exhausted_pool_is_reported_and_takes_nothing_away() {
     assert!(second.nodes["node-3"].services.is_empty());
 }
 
+/// Red's Admission of its VMs: `spiffe://cluster.local/ns/red/vm` and below.
+fn admit_red_vms() -> Admission {
+    admission(
+        "red",
+        "admit-vms",
+        "red",
+        vec![prefix("spiffe://cluster.local/ns/red/vm")],
+        vec![],
+    )
+}
+
 #[test]
 fn external_hosts_need_an_admission_and_become_peers_with_their_address_only() {
     let mut w = seeds();
@@ -567,13 +578,7 @@ fn external_hosts_need_an_admission_and_become_peers_with_their_address_only() {
         member(&refused, "red/backup-vm", "backup-vm").reason,
         reason::NOT_ADMITTED
     );
-    w.admissions.push(admission(
-        "red",
-        "admit-vms",
-        "red",
-        vec![prefix("spiffe://cluster.local/ns/red/vm")],
-        vec![],
-    ));
+    w.admissions.push(admit_red_vms());
     let plan = plan(&w, None);
     let vm = member(&plan, "red/backup-vm", "backup-vm");
     assert!(
@@ -608,13 +613,7 @@ fn an_external_address_outside_the_cidr_is_refused() {
         "10.99.0.1",
         "spiffe://cluster.local/ns/red/vm/x",
     ));
-    w.admissions.push(admission(
-        "red",
-        "admit-vms",
-        "red",
-        vec![prefix("spiffe://cluster.local/ns/red/vm")],
-        vec![],
-    ));
+    w.admissions.push(admit_red_vms());
     let plan = plan(&w, None);
     let vm = member(&plan, "red/vm", "vm");
     assert!(!vm.admitted && vm.message.contains("outside"), "{vm:?}");
@@ -1911,13 +1910,7 @@ fn every_member_has_a_name_and_every_endpoint_names_all_its_members_on_every_nod
         "10.100.255.10",
         "spiffe://cluster.local/ns/red/vm/backup",
     ));
-    w.admissions.push(admission(
-        "red",
-        "admit-vms",
-        "red",
-        vec![prefix("spiffe://cluster.local/ns/red/vm")],
-        vec![],
-    ));
+    w.admissions.push(admit_red_vms());
     let plan = plan(&w, None);
     let a = address_of(&plan, "red/red-members", "red-a");
     let b = address_of(&plan, "red/red-members", "red-b");
@@ -1978,6 +1971,7 @@ fn a_service_in_other_cannot_take_reds_zone_and_keeps_its_own() {
     let mut hijack = service("other", "hijack", "10.150.0.0/16", 24);
     hijack.spec.dns = Some(wireway_crds::ServiceDns {
         zone: Some("red.red.wireway.internal".into()),
+        ..Default::default()
     });
     w.network_services.push(hijack);
     w.endpoints.push(attach("other", "loners", "hijack", &[]));
@@ -2004,6 +1998,7 @@ fn a_zone_in_the_services_own_namespace_is_taken() {
     let mut w = seeds();
     w.network_services[0].spec.dns = Some(wireway_crds::ServiceDns {
         zone: Some("mesh.red.wireway.internal".into()),
+        ..Default::default()
     });
     let plan = plan(&w, None);
     assert_eq!(
@@ -2013,5 +2008,40 @@ fn a_zone_in_the_services_own_namespace_is_taken() {
     assert_eq!(
         ready_reason(&plan.network_services[&ObjectKey::new("red", "red")].conditions),
         ("True", reason::READY)
+    );
+}
+
+#[test]
+fn a_service_without_names_changes_only_the_members_node_when_a_member_joins() {
+    let mut w = seeds();
+    w.network_services[1].spec.dns = Some(wireway_crds::ServiceDns {
+        enabled: Some(false),
+        ..Default::default()
+    });
+    let first = plan(&w, None);
+    let green = first.nodes["node-1"]
+        .services
+        .iter()
+        .find(|s| s.name == "green/green")
+        .expect("green on node-1");
+    assert_eq!(green.dns, None);
+    assert_eq!(
+        first.network_services[&ObjectKey::new("green", "green")].dns_zone,
+        None
+    );
+    record(&mut w, &first);
+    w.pods.push(
+        Pod::test("green", "green-c")
+            .on("node-3")
+            .labelled(&[("net", "green")]),
+    );
+    let second = plan(&w, Some(&first));
+    assert_eq!(
+        second
+            .changed_nodes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["node-3"]
     );
 }

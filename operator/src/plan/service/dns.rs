@@ -33,13 +33,17 @@ fn is_dns_name(name: &str) -> bool {
 
 /// Stage: the zone of `target`'s names, `spec.dns.zone` when it lies in the service's
 /// namespace's part of [`RESERVED_SUFFIX`], otherwise the default
-/// `<name>.<namespace>.wireway.internal` and a problem saying why. `None` when even the
-/// default is no DNS name (a service name of over 200 bytes).
+/// `<name>.<namespace>.wireway.internal` and a problem saying why. `None` when names are
+/// turned off (`spec.dns.enabled: false`), or even the default is no DNS name (a service
+/// name of over 200 bytes).
 pub(super) fn zone(
     svc: &NetworkService,
     target: &ObjectKey,
     problems: &mut Vec<Problem>,
 ) -> Option<String> {
+    if svc.spec.dns.as_ref().and_then(|d| d.enabled) == Some(false) {
+        return None;
+    }
     let own = format!("{}.{RESERVED_SUFFIX}", target.namespace);
     let default = format!("{}.{own}", target.name);
     let asked = svc.spec.dns.as_ref().and_then(|d| d.zone.as_deref());
