@@ -1,7 +1,8 @@
 //! Hostile bytes against the parsers that read what others write: manifests (anyone who
 //! can commit to a GitOps repository), SPIFFE IDs (tenants' Endpoints and Admissions),
 //! NodeStates (the operator, or whoever impersonates it), what a userspace WireGuard
-//! device answers, and the cgroup names the agent reads to find pods.
+//! device answers, the cgroup names the agent reads to find pods, and the DNS queries
+//! members send their gateway.
 //!
 //! Each function here is one fuzz target: it must return for every input, never panic,
 //! and it checks what must hold for any input, not only that nothing crashed. The
@@ -14,6 +15,7 @@ use std::sync::OnceLock;
 use prost::Message;
 use wireway_agent::converge::{self, NetnsId, ResolvedNetns};
 use wireway_agent::dataplane::{pods, wireguard::userspace};
+use wireway_agent::dns::answer::{Response, Zones};
 use wireway_crds::validation::Validator;
 use wireway_crds::{SpiffeId, manifest};
 use wireway_proto::{NetnsLocator, NodeState};
@@ -22,12 +24,13 @@ use wireway_proto::{NetnsLocator, NodeState};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `corpus/` name them.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("manifest", manifest),
     ("spiffe_id", spiffe_id),
     ("node_state", node_state),
     ("uapi", uapi),
     ("cgroup_name", cgroup_name),
+    ("dns_query", dns_query),
 ];
 
 /// A manifest file: split into documents and each validated as the API server would.
@@ -90,6 +93,72 @@ pub fn node_state(data: &[u8]) {
     let in_sync = converge::converge(&desired, &desired);
     assert!(in_sync.is_empty(), "a state in sync asks for {in_sync:?}");
     let _from_nothing = converge::converge(&desired, &converge::Plane::default());
+    // Its names too: built, and asked for one of them on every member's veth.
+    let zones = Zones::new(&state);
+    for member in state.services.iter().flat_map(|s| &s.members) {
+        let _ = zones.respond(&member.host_interface_name, QUERY, true);
+    }
+}
+
+/// A query for `a.b.c.wireway.internal` (A), as a member would send it.
+const QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x01b\x01c\x07wireway\x08internal\x00\x00\x01\x00\x01";
+
+/// A DNS message from a member: the first byte picks the veth it arrives on (a member of
+/// red, IPv4, in a pod also in blue, IPv6; or no member's) and UDP or TCP, the rest is the
+/// message. A reply is a response to it (same id, QR set) and fits its transport: over
+/// UDP 1,232 bytes at most (512 without EDNS), over TCP 65,535.
+pub fn dns_query(data: &[u8]) {
+    static ZONES: OnceLock<Zones> = OnceLock::new();
+    let Some((&selector, query)) = data.split_first() else {
+        return;
+    };
+    let zones = ZONES.get_or_init(|| Zones::new(&dns_state()));
+    let veth = ["wwv0000000a", "wwv0000000c", "wwvnobody"][usize::from(selector % 3)];
+    let udp = selector & 0x80 == 0;
+    let Response::Reply { bytes, .. } = zones.respond(veth, query, udp) else {
+        return;
+    };
+    let limit = if udp { 1232 } else { 65535 };
+    assert!(bytes.len() <= limit, "a reply of {} bytes", bytes.len());
+    assert_eq!(
+        bytes.get(..2),
+        query.get(..2),
+        "the reply's id is not the query's"
+    );
+    assert!(
+        bytes.get(2).is_some_and(|b| b & 0x80 != 0),
+        "the reply is no response"
+    );
+}
+
+/// Red (IPv4: red-a, red-b, an Endpoint of both) and blue (IPv6: red-a), with names.
+fn dns_state() -> NodeState {
+    use wireway_agent::testing::{ServiceFixture, green, red};
+    use wireway_proto::{DnsRecord, ServiceDns};
+    let record = |name: &str, addresses: &[&str]| DnsRecord {
+        name: name.to_owned(),
+        addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    let mut red = red();
+    red.dns = Some(ServiceDns {
+        zone: "red.red.wireway.internal".into(),
+        records: vec![
+            record("red-a.red-members.red", &["10.100.0.1"]),
+            record("red-b.red-members.red", &["10.100.0.2"]),
+            record("red-members.red", &["10.100.0.1", "10.100.0.2"]),
+        ],
+    });
+    let mut blue = green().port(51822);
+    if let Some(member) = blue.members.first_mut() {
+        member.id = "red/red-a".into();
+    }
+    blue.dns = Some(ServiceDns {
+        zone: "blue.red.wireway.internal".into(),
+        records: vec![record("red-a.blue-members.red", &["fd00:200::1"])],
+    });
+    let mut state = wireway_agent::testing::node("node-1");
+    state.services = vec![blue, red];
+    state
 }
 
 /// What a userspace WireGuard device answers to `get=1`: every peer parsed has its
