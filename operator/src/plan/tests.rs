@@ -500,7 +500,7 @@ fn allocations_survive_a_restart_and_new_members_do_not_move_old_ones() {
 }
 
 #[test]
-fn a_statefulset_pod_recreated_on_the_same_node_keeps_its_address() {
+fn a_statefulset_pod_recreated_on_the_same_node_keeps_its_address_and_name() {
     let mut w = seeds();
     let first = plan(&w, None);
     record(&mut w, &first);
@@ -513,6 +513,14 @@ fn a_statefulset_pod_recreated_on_the_same_node_keeps_its_address() {
     red_b.uid = "a-new-uid".into();
     let second = plan(&w, None);
     assert_eq!(member(&second, "red/red-members", "red-b").address, old);
+    let name = |plan: &Plan| {
+        let (_, records) = names_on(plan, "node-1", "red/red");
+        records
+            .into_iter()
+            .find(|(n, _)| n == "red-b.red-members.red")
+    };
+    assert_eq!(name(&second), name(&first));
+    assert!(name(&first).is_some());
 }
 
 #[test]
