@@ -322,8 +322,18 @@ fn the_first_plan_waits_for_agents_whose_key_is_unknown() {
 
 #[test]
 fn only_nodes_whose_state_changed_get_a_new_version() {
+    // A service without names: with names, a member joining on node-a changes node-b's
+    // state too (it answers the new member's name).
+    let unnamed = RED.replace(
+        "nodePrefixLength: 24}",
+        "nodePrefixLength: 24, dns: {enabled: false}}",
+    );
     let (mut engine, hub, _) = engine(None, Duration::ZERO);
-    engine.handle(two_nodes());
+    engine.handle(changes(&[
+        ("/m/red.yaml", unnamed.clone()),
+        ("/m/a.yaml", pod("red-a", "node-a")),
+        ("/m/b.yaml", pod("red-b", "node-b")),
+    ]));
     engine.handle(Input::Source(source::Event::Synced));
     engine.handle(hello("node-a", KEY_A, 0));
     engine.handle(hello("node-b", KEY_B, 0));
@@ -334,7 +344,7 @@ fn only_nodes_whose_state_changed_get_a_new_version() {
     );
     // A second member on node-a: only node-a's state changes.
     engine.handle(changes(&[
-        ("/m/red.yaml", RED.to_owned()),
+        ("/m/red.yaml", unnamed),
         ("/m/a.yaml", pod("red-a", "node-a")),
         ("/m/a2.yaml", pod("red-a2", "node-a")),
         ("/m/b.yaml", pod("red-b", "node-b")),
