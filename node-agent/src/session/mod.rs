@@ -318,8 +318,25 @@ impl<D: Dataplane> Session<D> {
         Ok((client, stream))
     }
 
-    /// Converges the kernel to `state` and keeps it as applied.
+    /// Converges the kernel to `state` and keeps it as applied. A state that differs from
+    /// the one applied (with nothing left out) only in its names' records needs no pass:
+    /// the kernel holds the rest, and the DNS service takes the names. A member joining
+    /// or leaving elsewhere changes every carrying node's names, and a full pass on each
+    /// of them would cost what the member's own node's does.
     async fn converge(&mut self, state: NodeState) {
+        let names_only = self.problems.is_empty()
+            && self
+                .applied
+                .as_ref()
+                .is_some_and(|applied| differ_in_names_only(applied, &state));
+        if names_only {
+            if let Some(dns) = &self.dns {
+                self.problems = dns.follow(&state);
+            }
+            tracing::debug!(version = state.version, "only names changed: no pass");
+            self.keep(state);
+            return;
+        }
         let started = std::time::Instant::now();
         let result = self.agent.converge(&state).await;
         self.metrics
@@ -380,6 +397,11 @@ impl<D: Dataplane> Session<D> {
                 "converged"
             );
         }
+        self.keep(state);
+    }
+
+    /// Keeps `state` as the one applied: on disk, in the metrics, for the reports.
+    fn keep(&mut self, state: NodeState) {
         if self.applied.as_ref() != Some(&state)
             && let Err(e) = self.file.save(&state)
         {
@@ -469,6 +491,22 @@ impl Streak {
         self.counted |= count;
         count
     }
+}
+
+/// Whether `state` differs from `applied` in the records of its services' names alone
+/// (which names are answered, not which services have names: that changes rules).
+fn differ_in_names_only(applied: &NodeState, state: &NodeState) -> bool {
+    let without_records = |state: &NodeState| {
+        let mut state = state.clone();
+        (state.version, state.epoch) = (0, 0);
+        for dns in state.services.iter_mut().filter_map(|s| s.dns.as_mut()) {
+            dns.records.clear();
+        }
+        state
+    };
+    let names =
+        |state: &NodeState| -> Vec<_> { state.services.iter().map(|s| s.dns.clone()).collect() };
+    names(applied) != names(state) && without_records(applied) == without_records(state)
 }
 
 #[cfg(test)]

@@ -532,3 +532,56 @@ fn a_streak_of_failed_connections_counts_once_when_it_has_lasted_30_s() {
     assert!(!streak.fail(start + Duration::from_secs(1000)));
     assert!(streak.fail(start + Duration::from_secs(1030)));
 }
+
+/// Red with one record more for each of `names`.
+fn red_named(names: &[&str]) -> wireway_proto::ServiceState {
+    let records = names
+        .iter()
+        .map(|name| wireway_proto::DnsRecord {
+            name: (*name).to_owned(),
+            addresses: vec!["10.100.1.7".into()],
+        })
+        .collect();
+    wireway_proto::ServiceState {
+        dns: Some(wireway_proto::ServiceDns {
+            zone: "red.red.wireway.internal".into(),
+            records,
+        }),
+        ..red()
+    }
+}
+
+/// A member joining on another node changes only this node's names: the state is kept
+/// and reported without a pass over the kernel; anything else (a peer, names turned
+/// off) is a pass again.
+#[tokio::test]
+async fn a_state_that_changes_only_names_is_applied_without_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (_, states) = operator.watch().await;
+
+    states
+        .send(node("node-1").with(red_named(&["red-a.red-members.red"])))
+        .unwrap();
+    assert_eq!(report_within(&mut operator, "v1").await.applied_version, 1);
+    let passes = observes(&kernel);
+
+    let two = ["red-a.red-members.red", "red-c.red-members.red"];
+    states
+        .send(node("node-1").version(2).with(red_named(&two)))
+        .unwrap();
+    assert_eq!(report_within(&mut operator, "v2").await.applied_version, 2);
+    assert_eq!(observes(&kernel), passes, "names alone made a pass");
+    let stored = StateFile(dir.path().join("node-state.json"))
+        .load()
+        .unwrap();
+    assert_eq!(stored.map(|s| s.version), Some(2));
+
+    // Names off: the rules and routes that deliver DNS go, so that is a pass.
+    states.send(node("node-1").version(3).with(red())).unwrap();
+    assert_eq!(report_within(&mut operator, "v3").await.applied_version, 3);
+    assert_eq!(observes(&kernel), passes + 1);
+    session.stop().await;
+}
