@@ -66,4 +66,14 @@ pub mod reason {
     /// A NetworkService's spec.dns.zone lies outside its namespace's part of
     /// `wireway.internal`: the service keeps its default zone.
     pub const DNS_ZONE_NOT_OWNED: &str = "DnsZoneNotOwned";
+    /// A peer cluster's member has an identity outside the peer's trust domain: the peer's
+    /// operator vouches only for its own.
+    pub const OUTSIDE_TRUST_DOMAIN: &str = "OutsideTrustDomain";
+    /// A peer cluster's node prefix or member address lies outside the slice its
+    /// PeerCluster gives it (or a member's address outside its node's prefix).
+    pub const OUTSIDE_SLICE: &str = "OutsideSlice";
+    /// A peer cluster's half of a service has another cidr than this one's.
+    pub const CIDR_MISMATCH: &str = "CidrMismatch";
+    /// A peer cluster has not sent its half of a service (yet).
+    pub const NOT_CONNECTED: &str = "NotConnected";
 }

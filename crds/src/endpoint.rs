@@ -185,6 +185,36 @@ pub struct MemberStatus {
     /// address is left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+
+    /// For a service shared with peer clusters: each peer's decision on this member, as
+    /// its operator last reported it (the owner of each half decides who joins it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "peer_decisions")]
+    pub peers: Vec<PeerDecision>,
+}
+
+/// A peer cluster's decision on one of this cluster's members.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerDecision {
+    /// Name of the PeerCluster.
+    pub cluster: String,
+
+    /// Whether the peer admits the member to its half of the service.
+    pub admitted: bool,
+
+    /// Why, as the peer said: Admitted, Denied, NotAdmitted, OutsideTrustDomain,
+    /// OutsideSlice.
+    pub reason: String,
+
+    /// The rule behind it, as the peer said.
+    pub message: String,
+}
+
+fn peer_decisions(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<PeerDecision>>();
+    schema::list_map(&mut schema, "cluster");
+    schema
 }
 
 fn members(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -3,7 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{Admission, Endpoint, IdentityGrant, NetworkService};
+use crate::{Admission, Endpoint, IdentityGrant, NetworkService, PeerCluster};
 
 /// A CRD and the file under `crds/` that holds it.
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ pub fn crd_files() -> Vec<CrdFile> {
         CrdFile {
             file_name: "identitygrants.yaml",
             crd: IdentityGrant::crd(),
+        },
+        CrdFile {
+            file_name: "peerclusters.yaml",
+            crd: PeerCluster::crd(),
         },
     ]
 }

@@ -1,7 +1,7 @@
 //! The Wireway Kubernetes API: group `wireway.dev`, version `v1alpha1`.
 //!
-//! Three namespaced kinds, written by users and reconciled by the operator, and one
-//! cluster-scoped kind written only by cluster administrators:
+//! Three namespaced kinds, written by users and reconciled by the operator, and two
+//! cluster-scoped kinds written only by cluster administrators:
 //!
 //! | kind | says | short name |
 //! |---|---|---|
@@ -9,6 +9,7 @@
 //! | [`Endpoint`] | these workloads (pods by selector, or an external host) attach to it | `nsep` |
 //! | [`Admission`] | workloads with these identities may (or may not) join it | `nsadm` |
 //! | [`IdentityGrant`] | this namespace's external hosts may claim these identities | `nsgrant` |
+//! | [`PeerCluster`] | this other cluster federates with us, and may claim these slices | `nspeer` |
 //!
 //! This crate holds the types, their generated CustomResourceDefinitions ([`crds`]), the
 //! typed values the planner works with ([`SpiffeId`], [`Cidr`]) and a local validator
@@ -30,6 +31,7 @@ mod generate;
 pub mod identity_grant;
 pub mod manifest;
 pub mod network_service;
+pub mod peer_cluster;
 mod schema;
 pub mod spiffe;
 pub mod validation;
@@ -38,12 +40,14 @@ pub use admission::{Admission, AdmissionRule, AdmissionSpec, AdmissionStatus};
 pub use cidr::{Cidr, CidrError};
 pub use endpoint::{
     Endpoint, EndpointSpec, EndpointStatus, ExternalEndpoint, MemberStatus, NetworkServiceRef,
+    PeerDecision,
 };
 pub use generate::{CrdFile, crd_files};
 pub use identity_grant::{GrantedIdentity, IdentityGrant, IdentityGrantSpec, IdentityGrantStatus};
 pub use network_service::{
-    NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix, ServiceDns,
+    NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix, ServiceDns, ServicePeer,
 };
+pub use peer_cluster::{PeerCluster, PeerClusterSpec, PeerClusterStatus, SharedService};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Annotations Wireway reads (and its agent writes) on core objects.

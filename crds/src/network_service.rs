@@ -169,6 +169,55 @@ pub struct NetworkServiceStatus {
     /// default `<name>.<namespace>.wireway.internal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_zone: Option<String>,
+
+    /// The peer clusters sharing the service (PeerClusters listing it), each with what
+    /// this cluster made of what it sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "service_peers")]
+    pub peers: Vec<ServicePeer>,
+}
+
+/// A peer cluster's part in a service, as this cluster sees it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePeer {
+    /// Name of the PeerCluster.
+    pub cluster: String,
+
+    /// Whether the exchange with the peer's operator is up. While it is down, what the
+    /// peer last sent stays installed.
+    pub connected: bool,
+
+    /// When the peer last sent its half of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// Number of the peer's nodes this cluster's nodes peer with (those with an admitted
+    /// member).
+    #[serde(default)]
+    pub nodes: i32,
+
+    /// Number of the peer's members admitted here.
+    #[serde(default)]
+    pub members_admitted: i32,
+
+    /// Number of the peer's members refused here: by the service's Admissions (Denied,
+    /// NotAdmitted), for an identity outside the peer's trust domain
+    /// (OutsideTrustDomain), or for an address outside the peer's slice or its node's
+    /// prefix (OutsideSlice).
+    #[serde(default)]
+    pub members_refused: i32,
+
+    /// Why the peer takes no part, when it does not (empty otherwise): NotConnected (it
+    /// never sent its half), CidrMismatch (its half has another cidr), OverlappingPrefix
+    /// (its slice overlaps this cluster's or another peer's, or lies outside the cidr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
+    /// The refusals, for a person: the first few refused members and why, or why the
+    /// peer takes no part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One node's share of a service's address space.
@@ -179,6 +228,12 @@ pub struct NodePrefix {
     pub node: String,
     /// The prefix allocated to it, of length spec.nodePrefixLength.
     pub prefix: String,
+}
+
+fn service_peers(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<ServicePeer>>();
+    schema::list_map(&mut schema, "cluster");
+    schema
 }
 
 fn node_prefixes(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

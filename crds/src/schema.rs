@@ -49,9 +49,11 @@ pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
 
 /// Sets `x-kubernetes-list-type: map` keyed by `key` on an array schema.
 pub fn list_map(schema: &mut Schema, key: &str) {
+    list_map_keyed(schema, &[key]);
+}
+
+/// Sets `x-kubernetes-list-type: map` keyed by `keys` (together) on an array schema.
+pub fn list_map_keyed(schema: &mut Schema, keys: &[&str]) {
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert(
-        "x-kubernetes-list-map-keys".into(),
-        serde_json::json!([key]),
-    );
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(keys));
 }

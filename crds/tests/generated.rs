@@ -99,13 +99,15 @@ fn kinds_names_and_columns() {
                 "identitygrants",
                 vec!["nsgrant".to_owned()]
             ),
+            ("PeerCluster", "peerclusters", vec!["nspeer".to_owned()]),
         ]
     );
     for file in &files {
         let crd = &file.crd.spec;
         assert_eq!(crd.group, "wireway.dev");
-        // Users write the namespaced kinds; only cluster administrators write grants.
-        let scope = if crd.names.kind == "IdentityGrant" {
+        // Users write the namespaced kinds; only cluster administrators write grants and
+        // peer clusters.
+        let scope = if ["IdentityGrant", "PeerCluster"].contains(&crd.names.kind.as_str()) {
             "Cluster"
         } else {
             "Namespaced"

@@ -149,6 +149,11 @@ rejected! {
     grant_spiffe_id_prefix_malformed: "nsgrant-spiffe-id-prefix-malformed.yaml" => "spec.identities[0].spiffeIdPrefix" by "pattern";
     grant_namespace_required: "nsgrant-missing-namespace.yaml" => "spec" by "required";
     grant_namespace_not_a_label: "nsgrant-bad-namespace.yaml" => "spec.namespace" by "pattern";
+    peer_trust_domain_malformed: "nspeer-bad-trust-domain.yaml" => "spec.trustDomain" by "pattern";
+    peer_operator_outside_its_trust_domain: "nspeer-operator-identity-outside-trust-domain.yaml" => "spec.operatorIdentity" by "startsWith('spiffe://' + self.trustDomain + '/')";
+    peer_address_without_port: "nspeer-address-without-port.yaml" => "spec.address" by "pattern";
+    peer_slice_host_bits: "nspeer-slice-host-bits.yaml" => "spec.services[0].prefix" by "cidr(self) == cidr(self).masked()";
+    peer_trust_bundle_not_pem: "nspeer-trust-bundle-not-pem.yaml" => "spec.trustBundle" by "-----BEGIN CERTIFICATE-----";
     name_required: "metadata-name-missing.yaml" => "metadata.name" by "required";
     unknown_kind: "unknown-kind.yaml" => "kind" by "kind";
 }

@@ -70,6 +70,7 @@ fn kustomize_renders_the_whole_installation() {
         ("CustomResourceDefinition", "endpoints.wireway.dev"),
         ("CustomResourceDefinition", "admissions.wireway.dev"),
         ("CustomResourceDefinition", "identitygrants.wireway.dev"),
+        ("CustomResourceDefinition", "peerclusters.wireway.dev"),
         ("ServiceAccount", "wireway-operator"),
         ("ServiceAccount", "wireway-agent"),
         ("ClusterRole", "wireway-operator"),
@@ -128,6 +129,7 @@ fn the_crds_are_valid_apiextensions_v1_objects() {
         "crds/endpoints.yaml",
         "crds/admissions.yaml",
         "crds/identitygrants.yaml",
+        "crds/peerclusters.yaml",
     ];
     let mut args = vec!["--strict"];
     args.extend(files);

@@ -151,5 +151,6 @@ pub fn world(scale: Scale) -> World {
         identity_grants: Vec::new(),
         service_cidrs: Vec::new(),
         bounds: Bounds::default(),
+        peers: Vec::new(),
     }
 }

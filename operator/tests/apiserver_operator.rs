@@ -68,6 +68,7 @@ impl Cluster {
             "endpoints",
             "admissions",
             "identitygrants",
+            "peerclusters",
         ]
         .iter()
         .map(|c| repo().join(format!("crds/{c}.yaml")).display().to_string())

@@ -26,7 +26,10 @@ fn modules(dir: &Path, prefix: &str, found: &mut BTreeSet<String>) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         if path.is_dir() {
-            modules(&path, &format!("{prefix}{name}/"), found);
+            // A `tests/` beside a `tests.rs` holds more of its tests.
+            if name != "tests" {
+                modules(&path, &format!("{prefix}{name}/"), found);
+            }
         } else if name.ends_with(".rs")
             && name != "tests.rs"
             && !(prefix.is_empty() && (name == "lib.rs" || name == "main.rs"))

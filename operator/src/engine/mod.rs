@@ -161,6 +161,7 @@ impl Engine {
             identity_grants: Vec::new(),
             service_cidrs: Vec::new(),
             bounds: config.bounds.clone(),
+            peers: Vec::new(),
         };
         let previous = Plan {
             nodes: stored.node_states.clone(),

@@ -167,6 +167,7 @@ mod tests {
             .into(),
             message: "because".into(),
             address: admitted.then(|| "10.100.0.1".to_owned()),
+            peers: Vec::new(),
         }
     }
 

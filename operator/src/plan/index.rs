@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, TrustDomain};
 
 use super::bounds::{Bounds, node_ranges};
-use super::world::{Change, Labels, Node, Pod, World};
+use super::world::{Change, Labels, Node, Peer, Pod, World};
 use super::{ObjectKey, selector};
 
 /// The World, keyed.
@@ -45,6 +45,8 @@ pub struct Index {
     pub service_cidrs: BTreeMap<String, Vec<Cidr>>,
     /// The administrator's bounds.
     pub bounds: Bounds,
+    /// Peer clusters by name.
+    pub peers: BTreeMap<String, Peer>,
     /// IdentityGrants by the namespace they widen.
     grants_by_namespace: BTreeMap<String, BTreeSet<ObjectKey>>,
     /// Nodes by the WireGuard public key they present.
@@ -53,6 +55,8 @@ pub struct Index {
     endpoints_by_target: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Admissions by the target they govern.
     admissions_by_target: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Peer clusters by the target they share.
+    peers_by_target: BTreeMap<ObjectKey, BTreeSet<String>>,
 }
 
 /// What a change can affect.
@@ -83,11 +87,7 @@ pub fn admission_target(a: &Admission) -> ObjectKey {
 }
 
 /// Drops `key` from the objects naming `target`.
-fn unlink(
-    by_target: &mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
-    target: &ObjectKey,
-    key: &ObjectKey,
-) {
+fn unlink<K: Ord>(by_target: &mut BTreeMap<ObjectKey, BTreeSet<K>>, target: &ObjectKey, key: &K) {
     if let Some(set) = by_target.get_mut(target) {
         set.remove(key);
         if set.is_empty() {
@@ -137,6 +137,10 @@ impl Index {
             .into_iter()
             .map(|(k, c)| (k.name, c.cidrs))
             .collect();
+        let peers: BTreeMap<String, Peer> = keyed(world.peers, |p| ObjectKey::new("", &p.name))
+            .into_iter()
+            .map(|(k, p)| (k.name, p))
+            .collect();
         let mut index = Self {
             trust_domain: world
                 .trust_domain
@@ -152,11 +156,16 @@ impl Index {
             identity_grants: keyed(world.identity_grants, |g| ObjectKey::of(&g.metadata)),
             service_cidrs,
             bounds: world.bounds,
+            peers: BTreeMap::new(),
             grants_by_namespace: BTreeMap::new(),
             nodes_by_key: BTreeMap::new(),
             endpoints_by_target: BTreeMap::new(),
             admissions_by_target: BTreeMap::new(),
+            peers_by_target: BTreeMap::new(),
         };
+        for peer in peers.into_values() {
+            index.insert_peer(peer);
+        }
         for (key, g) in &index.identity_grants {
             index
                 .grants_by_namespace
@@ -187,14 +196,30 @@ impl Index {
         index
     }
 
-    /// Every target: existing services and the services Endpoints and Admissions name.
+    /// Every target: existing services and the services Endpoints, Admissions and peer
+    /// clusters name.
     pub fn targets(&self) -> BTreeSet<ObjectKey> {
         self.services
             .keys()
             .chain(self.endpoints_by_target.keys())
             .chain(self.admissions_by_target.keys())
+            .chain(self.peers_by_target.keys())
             .cloned()
             .collect()
+    }
+
+    /// The peer clusters sharing `target`, sorted by name.
+    pub fn peers_for<'a>(&'a self, target: &ObjectKey) -> impl Iterator<Item = &'a Peer> {
+        self.peers_by_target
+            .get(target)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.peers.get(name))
+    }
+
+    /// Whether a node of this cluster presents `key`.
+    pub fn node_key_taken(&self, key: &str) -> bool {
+        self.nodes_by_key.contains_key(key)
     }
 
     /// The Endpoints naming `target`, sorted by key.
@@ -389,8 +414,37 @@ impl Index {
             Change::AdmissionDeleted(key) => {
                 self.remove_admission(&key, &mut affected);
             }
+            Change::Peer(peer) => {
+                self.remove_peer(&peer.name, &mut affected);
+                affected.targets.extend(peer.shares.keys().cloned());
+                self.insert_peer(peer);
+            }
+            Change::PeerDeleted(name) => {
+                self.remove_peer(&name, &mut affected);
+            }
         }
         affected
+    }
+
+    fn insert_peer(&mut self, peer: Peer) {
+        for target in peer.shares.keys() {
+            self.peers_by_target
+                .entry(target.clone())
+                .or_default()
+                .insert(peer.name.clone());
+        }
+        self.peers.insert(peer.name.clone(), peer);
+    }
+
+    /// Removes a peer cluster: the targets it shared are affected.
+    fn remove_peer(&mut self, name: &str, affected: &mut Affected) {
+        let Some(old) = self.peers.remove(name) else {
+            return;
+        };
+        for target in old.shares.keys() {
+            unlink(&mut self.peers_by_target, target, &old.name);
+            affected.targets.insert(target.clone());
+        }
     }
 
     /// Removes a node, and its key from the keys nodes present.

@@ -59,9 +59,13 @@ use wireway_crds::{AdmissionStatus, EndpointStatus, IdentityGrantStatus, Network
 use wireway_proto::NodeState;
 
 pub use key::ObjectKey;
+pub use node_keys::key_length;
 pub use planner::Planner;
 pub use progress::Statuses;
-pub use world::{Bounds, Change, Labels, ListenPorts, Namespace, Node, Pod, ServiceCidr, World};
+pub use world::{
+    Bounds, Change, Half, HalfMember, HalfNode, Labels, ListenPorts, MemberDecision, Namespace,
+    Node, Peer, Pod, ServiceCidr, World,
+};
 
 /// What the planner decided: a desired state per node and a status per object.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -84,6 +88,9 @@ pub struct Plan {
     pub admissions: BTreeMap<ObjectKey, AdmissionStatus>,
     /// Status of every IdentityGrant (keys with an empty namespace).
     pub identity_grants: BTreeMap<ObjectKey, IdentityGrantStatus>,
+    /// What to send each peer cluster: by its name, this cluster's half of every service
+    /// shared with it.
+    pub federation: BTreeMap<String, BTreeMap<ObjectKey, Half>>,
 }
 
 /// Plans `world` from scratch. `previous` is the last plan, whose node versions (also of

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wireway_proto::NodeState;
 
@@ -52,4 +53,13 @@ fn recorded_key<'p>(previous: &'p BTreeMap<String, NodeState>, node: &str) -> Op
             Some(me.public_key.as_str())
         })
     })
+}
+
+/// How many bytes a WireGuard public key written in standard base64 holds (a key holds
+/// 32), or `None` when it is not base64.
+pub fn key_length(key: &str) -> Option<usize> {
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .ok()
+        .map(|bytes| bytes.len())
 }

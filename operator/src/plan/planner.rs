@@ -29,6 +29,8 @@ struct Footprint {
     admissions: Vec<ObjectKey>,
     nodes: BTreeSet<String>,
     cidr: Option<Cidr>,
+    /// The peer clusters it has a half for.
+    peers: Vec<String>,
 }
 
 /// Plans a World and keeps planning it as it changes.
@@ -218,6 +220,7 @@ impl Planner {
             let old = self.targets.remove(&target).unwrap_or_default();
             touched.extend(old.nodes.iter().cloned());
             self.forget(&old);
+            self.forget_halves(&target, &old.peers);
             let nodes = std::mem::take(&mut fresh.nodes);
             let mut footprint = self.record(&target, fresh);
             for (node, share) in nodes {
@@ -339,6 +342,18 @@ impl Planner {
         }
     }
 
+    /// Removes a target's halves from what goes to its peer clusters.
+    fn forget_halves(&mut self, target: &ObjectKey, peers: &[String]) {
+        for peer in peers {
+            if let Some(halves) = self.plan.federation.get_mut(peer) {
+                halves.remove(target);
+                if halves.is_empty() {
+                    self.plan.federation.remove(peer);
+                }
+            }
+        }
+    }
+
     /// Puts a target's statuses into the plan and into the index, where they are the
     /// recorded allocations the next planning keeps; keeps what node assembly needs.
     fn record(&mut self, target: &ObjectKey, fresh: TargetPlan) -> Footprint {
@@ -373,6 +388,11 @@ impl Planner {
                 a.status = Some(status);
             }
             footprint.admissions.push(key);
+        }
+        for (peer, half) in fresh.federation {
+            let halves = self.plan.federation.entry(peer.clone()).or_default();
+            halves.insert(target.clone(), half);
+            footprint.peers.push(peer);
         }
         footprint
     }

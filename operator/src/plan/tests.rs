@@ -14,6 +14,8 @@ use wireway_crds::{
 use super::*;
 use crate::testing::{KEY_A, KEY_B, labels};
 
+mod federation;
+
 fn meta(ns: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
         namespace: Some(ns.into()),
@@ -153,6 +155,7 @@ fn world() -> World {
         identity_grants: Vec::new(),
         service_cidrs: Vec::new(),
         bounds: Bounds::default(),
+        peers: Vec::new(),
     }
 }
 
@@ -1525,114 +1528,214 @@ mod properties {
             0..4,
         );
         let grants = prop::collection::vec((0..3usize, 0..3usize), 0..3);
-        (services, pods, endpoints, admissions, externals, grants).prop_map(
-            |(services, pods, endpoints, admissions, externals, grants)| {
-                let mut w = world();
-                w.nodes.extend([node("node-4", 4), node("node-5", 5)]);
-                for (i, (ns, v6, size, inside, second)) in services.iter().enumerate() {
-                    // A service "inside" takes the range of the first service's family
-                    // (the same or a part of it): the two overlap.
-                    let at = if *inside { 0 } else { i };
-                    let (cidr, len) = match (v6, size) {
-                        (false, 0) => (format!("10.{at}.0.0/29"), 30),
-                        (false, _) => (format!("10.{at}.0.0/24"), 26 + i32::from(*size)),
-                        (true, _) => (format!("fd00:{at}::/120"), 124 + i32::from(*size)),
-                    };
-                    let mut svc = service(NAMESPACES[*ns], COLORS[i], &cidr, len);
-                    if !v6 && *size == 2 {
-                        // This cluster's slice of the service: the upper half.
-                        svc.spec.cluster_prefix = Some(format!("10.{at}.0.128/25"));
-                    }
-                    svc.metadata.creation_timestamp = created(*second);
-                    w.network_services.push(svc);
-                }
-                for (i, (ns, color, target_ns, claim_ns, key_b)) in externals.iter().enumerate() {
-                    let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
-                    let address = w
-                        .network_services
-                        .iter()
-                        .find(|s| ObjectKey::of(&s.metadata).to_string() == target)
-                        .and_then(|s| s.spec.cidr.parse::<IpNet>().ok()?.hosts().nth(4))
-                        .map_or_else(|| "10.99.0.5".to_owned(), |a| a.to_string());
-                    let identity = format!(
-                        "spiffe://cluster.local/ns/{}/vm/x{i}",
-                        NAMESPACES[*claim_ns]
-                    );
-                    let mut e = external(
-                        NAMESPACES[*ns],
-                        &format!("x{i}"),
-                        &target,
-                        &address,
-                        &identity,
-                    );
-                    if *key_b && let Some(x) = e.spec.external.as_mut() {
-                        x.public_key = KEY_B.into();
-                    }
-                    w.endpoints.push(e);
-                }
-                for (i, (ns, subject_ns)) in grants.iter().enumerate() {
-                    let id = format!("spiffe://cluster.local/ns/{}", NAMESPACES[*subject_ns]);
-                    w.identity_grants.push(grant(
-                        &format!("g{i}"),
-                        NAMESPACES[*ns],
-                        vec![granted_prefix(&id)],
-                    ));
-                }
-                for (i, (ns, color, node, sa)) in pods.iter().enumerate() {
-                    w.pods.push(
-                        Pod::test(NAMESPACES[*ns], &format!("p{i}"))
-                            .on(&format!("node-{}", node + 1))
-                            .labelled(&[("net", COLORS[*color]), ("all", "yes")])
-                            .account(["default", "db"][*sa]),
-                    );
-                }
-                for (i, (ns, color, target_ns, wide)) in endpoints.iter().enumerate() {
-                    let e = if *wide {
-                        // A wide Endpoint lives beside an existing service, selects every
-                        // pod of the namespace and names the interface "nsm-x": pods
-                        // attached to two services this way conflict.
-                        let s = &w.network_services[*color % w.network_services.len()];
-                        let ns = s.metadata.namespace.clone().unwrap_or_default();
-                        let name = s.metadata.name.clone().unwrap_or_default();
-                        let mut e = attach(&ns, &format!("e{i}"), &name, &[("all", "yes")]);
-                        e.spec.interface_name = Some("nsm-x".into());
-                        e
-                    } else {
-                        let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
-                        attach(
-                            NAMESPACES[*ns],
-                            &format!("e{i}"),
-                            &target,
-                            &[("net", COLORS[*color])],
-                        )
-                    };
-                    w.endpoints.push(e);
-                }
-                for (i, (ns, deny, color, subject_ns)) in admissions.iter().enumerate() {
-                    let rule = prefix(&format!(
-                        "spiffe://cluster.local/ns/{}",
-                        NAMESPACES[*subject_ns]
-                    ));
-                    let (allow, deny) = if *deny {
-                        (vec![], vec![rule])
-                    } else {
-                        (vec![rule], vec![])
-                    };
-                    w.admissions.push(admission(
-                        NAMESPACES[*ns],
-                        &format!("a{i}"),
-                        COLORS[*color],
-                        allow,
-                        deny,
-                    ));
-                }
-                w
-            },
+        let peers = prop::collection::vec(
+            (
+                (0..3usize, 0..3usize, any::<bool>(), 0..3usize),
+                prop::collection::vec((0..3usize, 0..40usize, 0..3usize), 0..5),
+            ),
+            0..3,
+        );
+        (
+            services, pods, endpoints, admissions, externals, grants, peers,
         )
+            .prop_map(
+                |(services, pods, endpoints, admissions, externals, grants, peers)| {
+                    let mut w = world();
+                    w.nodes.extend([node("node-4", 4), node("node-5", 5)]);
+                    for (i, (ns, v6, size, inside, second)) in services.iter().enumerate() {
+                        // A service "inside" takes the range of the first service's family
+                        // (the same or a part of it): the two overlap.
+                        let at = if *inside { 0 } else { i };
+                        let (cidr, len) = match (v6, size) {
+                            (false, 0) => (format!("10.{at}.0.0/29"), 30),
+                            (false, _) => (format!("10.{at}.0.0/24"), 26 + i32::from(*size)),
+                            (true, _) => (format!("fd00:{at}::/120"), 124 + i32::from(*size)),
+                        };
+                        let mut svc = service(NAMESPACES[*ns], COLORS[i], &cidr, len);
+                        if !v6 && *size > 0 {
+                            // This cluster's slice of the service: the upper half.
+                            svc.spec.cluster_prefix = Some(format!("10.{at}.0.128/25"));
+                        }
+                        svc.metadata.creation_timestamp = created(*second);
+                        w.network_services.push(svc);
+                    }
+                    for (i, (ns, color, target_ns, claim_ns, key_b)) in externals.iter().enumerate()
+                    {
+                        let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
+                        let address = w
+                            .network_services
+                            .iter()
+                            .find(|s| ObjectKey::of(&s.metadata).to_string() == target)
+                            .and_then(|s| s.spec.cidr.parse::<IpNet>().ok()?.hosts().nth(4))
+                            .map_or_else(|| "10.99.0.5".to_owned(), |a| a.to_string());
+                        let identity = format!(
+                            "spiffe://cluster.local/ns/{}/vm/x{i}",
+                            NAMESPACES[*claim_ns]
+                        );
+                        let mut e = external(
+                            NAMESPACES[*ns],
+                            &format!("x{i}"),
+                            &target,
+                            &address,
+                            &identity,
+                        );
+                        if *key_b && let Some(x) = e.spec.external.as_mut() {
+                            x.public_key = KEY_B.into();
+                        }
+                        w.endpoints.push(e);
+                    }
+                    for (i, (peer, members)) in peers.iter().enumerate() {
+                        let (p, admission) = peer_cluster(&w, i, *peer, members);
+                        w.peers.push(p);
+                        w.admissions.extend(admission);
+                    }
+                    for (i, (ns, subject_ns)) in grants.iter().enumerate() {
+                        let id = format!("spiffe://cluster.local/ns/{}", NAMESPACES[*subject_ns]);
+                        w.identity_grants.push(grant(
+                            &format!("g{i}"),
+                            NAMESPACES[*ns],
+                            vec![granted_prefix(&id)],
+                        ));
+                    }
+                    for (i, (ns, color, node, sa)) in pods.iter().enumerate() {
+                        w.pods.push(
+                            Pod::test(NAMESPACES[*ns], &format!("p{i}"))
+                                .on(&format!("node-{}", node + 1))
+                                .labelled(&[("net", COLORS[*color]), ("all", "yes")])
+                                .account(["default", "db"][*sa]),
+                        );
+                    }
+                    for (i, (ns, color, target_ns, wide)) in endpoints.iter().enumerate() {
+                        let e = if *wide {
+                            // A wide Endpoint lives beside an existing service, selects every
+                            // pod of the namespace and names the interface "nsm-x": pods
+                            // attached to two services this way conflict.
+                            let s = &w.network_services[*color % w.network_services.len()];
+                            let ns = s.metadata.namespace.clone().unwrap_or_default();
+                            let name = s.metadata.name.clone().unwrap_or_default();
+                            let mut e = attach(&ns, &format!("e{i}"), &name, &[("all", "yes")]);
+                            e.spec.interface_name = Some("nsm-x".into());
+                            e
+                        } else {
+                            let target = format!("{}/{}", NAMESPACES[*target_ns], COLORS[*color]);
+                            attach(
+                                NAMESPACES[*ns],
+                                &format!("e{i}"),
+                                &target,
+                                &[("net", COLORS[*color])],
+                            )
+                        };
+                        w.endpoints.push(e);
+                    }
+                    for (i, (ns, deny, color, subject_ns)) in admissions.iter().enumerate() {
+                        let rule = prefix(&format!(
+                            "spiffe://cluster.local/ns/{}",
+                            NAMESPACES[*subject_ns]
+                        ));
+                        let (allow, deny) = if *deny {
+                            (vec![], vec![rule])
+                        } else {
+                            (vec![rule], vec![])
+                        };
+                        w.admissions.push(admission(
+                            NAMESPACES[*ns],
+                            &format!("a{i}"),
+                            COLORS[*color],
+                            allow,
+                            deny,
+                        ));
+                    }
+                    w
+                },
+            )
     }
 
     fn net(s: &str) -> IpNet {
         s.parse().expect("the planner writes valid prefixes")
+    }
+
+    const PEER_TRUST_DOMAINS: [&str; 3] = ["cluster-b", "cluster-c", "cluster.local"];
+
+    /// Peer cluster `c<i>` sharing one of the services: trust domain `td` (the last is
+    /// this cluster's own, which no peer may have), its slice the lowest quarter of the
+    /// service's cidr (which overlaps this cluster's unless the service has a
+    /// clusterPrefix), two nodes splitting it, members on them with addresses anywhere in
+    /// the node's prefix or beyond (host index past its end) and identities of its trust
+    /// domain or this cluster's; and an Admission of the service admitting (`admit`)
+    /// nobody, the peer's trust domain, or this cluster's whole `ns` path (which a peer
+    /// might try to pass its members off as).
+    fn peer_cluster(
+        w: &World,
+        i: usize,
+        (service, td, connected, admit): (usize, usize, bool, usize),
+        members: &[(usize, usize, usize)],
+    ) -> (Peer, Option<Admission>) {
+        let svc = &w.network_services[service % w.network_services.len()];
+        let target = ObjectKey::of(&svc.metadata);
+        let cidr = net(&svc.spec.cidr);
+        let slice = cidr.subnets(cidr.prefix_len() + 2).unwrap().next().unwrap();
+        let halves: Vec<IpNet> = slice.subnets(slice.prefix_len() + 1).unwrap().collect();
+        let td = PEER_TRUST_DOMAINS[td];
+        let half = Half {
+            cidr: cidr.to_string(),
+            nodes: halves
+                .iter()
+                .enumerate()
+                .map(|(n, prefix)| HalfNode {
+                    name: format!("n{n}"),
+                    public_key: format!("{}{n}{i}A=", "A".repeat(40)),
+                    endpoint: (n == 0).then(|| format!("198.51.100.{i}:52000")),
+                    prefix: prefix.to_string(),
+                })
+                .collect(),
+            members: members
+                .iter()
+                .enumerate()
+                .map(|(m, (node, host, id))| {
+                    let prefix = halves[node % 2];
+                    let address = prefix
+                        .hosts()
+                        .nth(*host)
+                        .unwrap_or_else(|| cidr.hosts().last().unwrap());
+                    let member_td = if *id == 2 { "cluster.local" } else { td };
+                    HalfMember {
+                        name: format!("ns/m{m}"),
+                        identity: format!("spiffe://{member_td}/ns/{}/sa/default", NAMESPACES[*id]),
+                        address: address.to_string(),
+                        node: format!("n{}", node % 2),
+                    }
+                })
+                .collect(),
+            decisions: Vec::new(),
+        };
+        let peer = Peer {
+            name: format!("c{i}"),
+            trust_domain: td.to_owned(),
+            shares: [(target.clone(), slice.to_string())].into(),
+            connected,
+            last_sync: None,
+            halves: [(target.clone(), half)].into(),
+        };
+        let rule = match admit {
+            0 => None,
+            1 => Some(AdmissionRule {
+                spiffe_id: None,
+                spiffe_id_prefix: None,
+                trust_domain: Some(td.to_owned()),
+                namespace_selector: None,
+            }),
+            _ => Some(prefix("spiffe://cluster.local/ns")),
+        };
+        let admission = rule.map(|rule| {
+            admission(
+                &target.namespace,
+                &format!("fed{i}"),
+                &target.name,
+                vec![rule],
+                vec![],
+            )
+        });
+        (peer, admission)
     }
 
     /// A change of kind `op` to the `n`-th object of its kind (wrapping), as a watch
@@ -1679,6 +1782,20 @@ mod properties {
                 ))],
             )),
             (9, _, _, _) => Change::IdentityGrantDeleted(format!("g{}", n % 3)),
+            (11, _, _, _) if !w.peers.is_empty() => {
+                // A peer sends again: without one of its members, its link up or down.
+                let mut peer = w.peers[n % w.peers.len()].clone();
+                for half in peer.halves.values_mut() {
+                    if !half.members.is_empty() {
+                        half.members.remove(n % half.members.len());
+                    }
+                }
+                peer.connected = n.is_multiple_of(2);
+                Change::Peer(peer)
+            }
+            (12, _, _, _) if !w.peers.is_empty() => {
+                Change::PeerDeleted(w.peers[n % w.peers.len()].name.clone())
+            }
             (10, _, _, _) => {
                 // A service over the first service's range (or one replacing a service of
                 // that name with it).
@@ -1729,6 +1846,8 @@ mod properties {
             Change::Admission(a) => upsert(&mut w.admissions, a, |x| {
                 x.metadata.name == a.metadata.name && x.metadata.namespace == a.metadata.namespace
             }),
+            Change::Peer(p) => upsert(&mut w.peers, p, |x| x.name == p.name),
+            Change::PeerDeleted(name) => w.peers.retain(|x| &x.name != name),
             other => panic!("the generator makes no {other:?}"),
         }
     }
@@ -1829,6 +1948,34 @@ mod properties {
         }
 
         #[test]
+        fn remote_members_reach_nodes_only_admitted_in_their_slice_and_trust_domain(w in worlds()) {
+            let plan = plan(&w, None);
+            for state in plan.nodes.values() {
+                for svc in &state.services {
+                    for p in svc.peers.iter().filter(|p| p.name.starts_with("peer:")) {
+                        let cluster = p.name["peer:".len()..].split('/').next().unwrap();
+                        let peer = w.peers.iter().find(|x| x.name == cluster).expect("a peer");
+                        prop_assert_ne!(peer.trust_domain.as_str(), "cluster.local");
+                        let target = peer.shares.keys().find(|k| k.to_string() == svc.name).expect("shared");
+                        let slice = net(&peer.shares[target]);
+                        let decisions = &plan.federation[cluster][target].decisions;
+                        for allowed in &p.allowed_ips {
+                            let allowed = net(allowed);
+                            prop_assert_eq!(allowed.prefix_len(), allowed.max_prefix_len());
+                            prop_assert!(slice.contains(&allowed), "{} outside {}", allowed, slice);
+                            let address = allowed.addr().to_string();
+                            let d = decisions.iter().find(|d| d.address == address).expect("decided");
+                            prop_assert!(d.admitted, "{} installed but {}", address, d.reason);
+                            let m = peer.halves[target].members.iter().find(|m| m.address == address).expect("sent");
+                            let in_domain = m.identity.starts_with(&format!("spiffe://{}/", peer.trust_domain));
+                            prop_assert!(in_domain, "{} is not of {}", m.identity, peer.trust_domain);
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
         fn input_order_never_matters(w in worlds()) {
             let mut shuffled = w.clone();
             shuffled.pods.reverse();
@@ -1841,7 +1988,7 @@ mod properties {
         #[test]
         fn incremental_planning_equals_planning_from_scratch(
             w in worlds(),
-            ops in prop::collection::vec((0..11usize, 0..40usize, 0..3usize), 1..6),
+            ops in prop::collection::vec((0..13usize, 0..40usize, 0..3usize), 1..6),
         ) {
             let mut planner = Planner::new(w.clone(), None);
             let first = planner.plan().clone();
@@ -1871,6 +2018,7 @@ mod properties {
             prop_assert_eq!(&incremental.endpoints, &scratch.endpoints);
             prop_assert_eq!(&incremental.admissions, &scratch.admissions);
             prop_assert_eq!(&incremental.identity_grants, &scratch.identity_grants);
+            prop_assert_eq!(&incremental.federation, &scratch.federation);
         }
 
         #[test]

@@ -44,6 +44,87 @@ pub struct World {
     /// The administrator's bounds on every service: the pools its range must come from,
     /// the ranges it may never overlap, the UDP ports it may listen on.
     pub bounds: Bounds,
+    /// The peer clusters (PeerCluster objects), each with the halves of the shared
+    /// services its operator last sent.
+    pub peers: Vec<Peer>,
+}
+
+/// A peer cluster: what its PeerCluster says, and what its operator last sent. Remote
+/// clusters are just more input: their members pass through the same Admissions as local
+/// workloads, after being held to the peer's trust domain and slices.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// The PeerCluster's name.
+    pub name: String,
+    /// Its trust domain (spec.trustDomain): every member it sends must have an identity
+    /// in it.
+    pub trust_domain: String,
+    /// The services shared with it and the slice (spec.services[].prefix, as written) it
+    /// may claim in each.
+    pub shares: BTreeMap<ObjectKey, String>,
+    /// Whether the exchange with its operator is up now.
+    pub connected: bool,
+    /// When its operator last sent its state.
+    pub last_sync: Option<Time>,
+    /// Its halves of the shared services, as last sent: kept while it is away, so a cut
+    /// link or a peer operator's outage changes nothing in the data plane.
+    pub halves: BTreeMap<ObjectKey, Half>,
+}
+
+/// One cluster's half of a shared service, as its operator sends it to a peer (and this
+/// cluster's, as [`Plan::federation`](super::Plan::federation) holds it to send): the
+/// nodes carrying it and the members it admits, both its own only, and its decisions on
+/// the receiving peer's members.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Half {
+    /// The service's cidr in the sender's cluster; the halves of one service must agree.
+    pub cidr: String,
+    /// The sender's nodes carrying the service.
+    pub nodes: Vec<HalfNode>,
+    /// The sender's members, admitted by the sender.
+    pub members: Vec<HalfMember>,
+    /// The sender's decisions on the receiver's members (what the receiver sent it).
+    pub decisions: Vec<MemberDecision>,
+}
+
+/// A node of a half.
+#[derive(Debug, Clone, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct HalfNode {
+    /// The node's name in its cluster.
+    pub name: String,
+    /// Its WireGuard public key.
+    pub public_key: String,
+    /// Where it receives WireGuard packets for the service (ip:port); `None` behind NAT:
+    /// it then dials in, and keepalives keep the path open.
+    pub endpoint: Option<String>,
+    /// Its prefix of the service, inside the sender's slice.
+    pub prefix: String,
+}
+
+/// A member of a half.
+#[derive(Debug, Clone, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct HalfMember {
+    /// The workload, as the sender names it (`<namespace>/<pod>`).
+    pub name: String,
+    /// Its SPIFFE ID.
+    pub identity: String,
+    /// Its address in the service, inside its node's prefix.
+    pub address: String,
+    /// The node it runs on (a node of the same half).
+    pub node: String,
+}
+
+/// A cluster's decision on a peer's member, by the member's address.
+#[derive(Debug, Clone, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct MemberDecision {
+    /// The member's address.
+    pub address: String,
+    /// Whether it is admitted.
+    pub admitted: bool,
+    /// Why (a condition reason such as Admitted, Denied, OutsideTrustDomain).
+    pub reason: String,
+    /// The rule behind it, for a person.
+    pub message: String,
 }
 
 /// A node, as far as its agent has told.
@@ -147,4 +228,8 @@ pub enum Change {
     ServiceCidr(ServiceCidr),
     /// A ServiceCIDR is gone: its name.
     ServiceCidrDeleted(String),
+    /// A peer cluster appeared or changed: its PeerCluster, or what its operator sent.
+    Peer(Peer),
+    /// A peer cluster is gone (its PeerCluster deleted): its name.
+    PeerDeleted(String),
 }

@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use base64::Engine as _;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::WatchStream;
@@ -29,6 +28,7 @@ use wireway_runtime::limit::Buckets;
 
 use crate::engine::{Hub, Input, Leadership};
 use crate::metrics::{Metrics, category};
+use crate::plan;
 
 pub use auth::{Auth, Refusal, TokenAuthenticator, TokenError};
 pub use status::{StatusApiServer, StatusApiService};
@@ -173,11 +173,9 @@ pub enum Malformed {
 /// Why a hello cannot be taken, for the agent's operator.
 pub fn check_hello(hello: &AgentHello) -> Result<(), Malformed> {
     check_node_name(&hello.node)?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(&hello.public_key)
-        .map_err(|_| Malformed::KeyEncoding)?;
-    if key.len() != 32 {
-        return Err(Malformed::KeyLength(key.len()));
+    let length = plan::key_length(&hello.public_key).ok_or(Malformed::KeyEncoding)?;
+    if length != 32 {
+        return Err(Malformed::KeyLength(length));
     }
     hello
         .underlay_address

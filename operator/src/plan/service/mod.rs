@@ -11,6 +11,7 @@
 //! statuses, and each carrying node's share of its state.
 
 mod dns;
+mod federation;
 mod projections;
 mod stages;
 
@@ -28,7 +29,7 @@ use super::ObjectKey;
 use super::admission::{InvalidRule, Policy};
 use super::index::Index;
 use super::node_keys::Refused;
-use super::world::Pod;
+use super::world::{Half, Pod};
 pub use stages::parse_spec;
 /// WireGuard's overhead over the underlay: 80 bytes covers an IPv6 outer header.
 pub const WIREGUARD_OVERHEAD: u32 = 80;
@@ -101,6 +102,8 @@ pub struct TargetPlan {
     /// Nodes that would carry the service but present another node's key: the target is
     /// planned again when that changes.
     pub refused_nodes: BTreeSet<String>,
+    /// This cluster's half of the service for each peer cluster sharing it.
+    pub federation: BTreeMap<String, Half>,
 }
 
 /// One workload asking to join through one Endpoint, and what became of it.
@@ -192,6 +195,8 @@ struct Decided<'i> {
     carrying: BTreeMap<String, IpNet>,
     /// Nodes left out for presenting another node's key.
     refused_nodes: BTreeSet<String>,
+    /// What was decided about each peer cluster's half.
+    remotes: Vec<federation::Remote>,
     /// What keeps the service from being Ready, in the order the stages found it.
     problems: Vec<Problem>,
 }
@@ -231,7 +236,7 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
     let zone = dns::zone(svc, target, &mut problems);
     let (mut entries, endpoint_problems) = stages::gather(index, target);
     stages::confine_identities(index, &mut entries);
-    let admission_counts = stages::admit(index, &policy, target, &mut entries);
+    let mut admission_counts = stages::admit(index, &policy, target, &mut entries);
     let refused_nodes =
         stages::leave_out_refused_nodes(across.refused_nodes, &mut entries, &mut problems);
     stages::resolve_interface_conflicts(index, target, &mut entries);
@@ -241,6 +246,8 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
     stages::check_externals_against_nodes(index, &prefixes, &mut entries);
     stages::allocate_addresses(index, target, &prefixes, &mut entries, &mut problems);
     let carrying = stages::carrying_nodes(prefixes, &entries);
+    let taken: BTreeSet<IpAddr> = entries.iter().filter_map(|e| e.address).collect();
+    let remotes = federation::remotes(index, target, &spec, &policy, &taken, &mut admission_counts);
     projections::planned(
         index,
         &Decided {
@@ -256,6 +263,7 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
             admission_counts,
             carrying,
             refused_nodes,
+            remotes,
             problems,
         },
     )

@@ -5,15 +5,17 @@
 //! node.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use wireway_crds::conditions::reason;
 use wireway_crds::{
-    AdmissionStatus, EndpointStatus, MemberStatus, NetworkService, NetworkServiceStatus, NodePrefix,
+    AdmissionStatus, EndpointStatus, MemberStatus, NetworkService, NetworkServiceStatus,
+    NodePrefix, PeerDecision,
 };
 use wireway_proto::{Member, NetnsLocator, Peer, ROUTE_TABLE_BASE, ServiceState, netns_locator};
 
+use super::federation::Remote;
 use super::{
     DEFAULT_UNDERLAY_MTU, Decided, Entry, Problem, TargetPlan, WIREGUARD_OVERHEAD, Workload,
 };
@@ -92,6 +94,7 @@ pub(super) fn refused_service(
         member_count: 0,
         node_prefixes: Vec::new(),
         dns_zone: None,
+        peers: Vec::new(),
     };
     let refused = Problem::new(
         problem.reason,
@@ -105,7 +108,13 @@ pub(super) fn planned(index: &Index, decided: &Decided<'_>) -> TargetPlan {
     let d = decided;
     TargetPlan {
         service: Some(service_status(index, d)),
-        endpoints: endpoint_statuses(index, d.target, &d.entries, &d.endpoint_problems),
+        endpoints: endpoint_statuses(
+            index,
+            d.target,
+            &d.entries,
+            &d.remotes,
+            &d.endpoint_problems,
+        ),
         admissions: admission_statuses(
             index,
             d.target,
@@ -117,6 +126,14 @@ pub(super) fn planned(index: &Index, decided: &Decided<'_>) -> TargetPlan {
             .listen_port
             .map_or_else(BTreeMap::new, |port| node_states(index, d, port)),
         refused_nodes: d.refused_nodes.clone(),
+        federation: super::federation::halves(
+            index,
+            &d.spec,
+            d.listen_port,
+            &d.carrying,
+            &d.entries,
+            &d.remotes,
+        ),
     }
 }
 
@@ -130,6 +147,7 @@ fn service_status(index: &Index, decided: &Decided<'_>) -> NetworkServiceStatus 
         zone,
         carrying,
         entries,
+        remotes,
         problems,
         ..
     } = decided;
@@ -178,6 +196,7 @@ fn service_status(index: &Index, decided: &Decided<'_>) -> NetworkServiceStatus 
             })
             .collect(),
         dns_zone: zone.clone(),
+        peers: remotes.iter().map(|r| r.status.clone()).collect(),
     }
 }
 
@@ -196,7 +215,7 @@ fn unplanned(
         .collect();
     TargetPlan {
         service,
-        endpoints: endpoint_statuses(index, target, &[], &problems),
+        endpoints: endpoint_statuses(index, target, &[], &[], &problems),
         admissions: admission_statuses(
             index,
             target,
@@ -206,6 +225,7 @@ fn unplanned(
         ),
         nodes: BTreeMap::new(),
         refused_nodes: Default::default(),
+        federation: BTreeMap::new(),
     }
 }
 
@@ -220,6 +240,7 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
         carrying: prefixes,
         entries,
         zone,
+        remotes,
         ..
     } = decided;
     let interface = assigned.interface.as_str();
@@ -280,6 +301,11 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
                 .filter(|(name, _)| name != node)
                 .map(|(_, p)| p.clone())
                 .chain(external_peers.iter().cloned())
+                .chain(
+                    remotes
+                        .iter()
+                        .flat_map(|r| r.wireguard_peers.iter().cloned()),
+                )
                 .collect();
             peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
             let mut members: Vec<Member> = entries
@@ -328,6 +354,7 @@ pub(super) fn endpoint_statuses(
     index: &Index,
     target: &ObjectKey,
     entries: &[Entry<'_>],
+    remotes: &[Remote],
     problems: &BTreeMap<ObjectKey, Problem>,
 ) -> BTreeMap<ObjectKey, EndpointStatus> {
     index
@@ -347,6 +374,10 @@ pub(super) fn endpoint_statuses(
                     reason: entry.reason.to_owned(),
                     message: entry.message.clone(),
                     address: entry.address.map(|a| a.to_string()),
+                    peers: entry
+                        .address
+                        .map(|address| peer_decisions(remotes, address))
+                        .unwrap_or_default(),
                 })
                 .collect();
             members.sort_by(|a, b| a.workload.cmp(&b.workload));
@@ -399,6 +430,22 @@ pub(super) fn endpoint_statuses(
                 members,
             };
             (key.clone(), status)
+        })
+        .collect()
+}
+
+/// What each peer cluster said of the member at `address`.
+fn peer_decisions(remotes: &[Remote], address: IpAddr) -> Vec<PeerDecision> {
+    remotes
+        .iter()
+        .filter_map(|r| {
+            let d = r.verdicts.get(&address)?;
+            Some(PeerDecision {
+                cluster: r.name.clone(),
+                admitted: d.admitted,
+                reason: d.reason.clone(),
+                message: d.message.clone(),
+            })
         })
         .collect()
 }

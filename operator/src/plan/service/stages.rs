@@ -12,7 +12,7 @@ use wireway_crds::conditions::reason;
 use wireway_crds::{Cidr, Endpoint, NetworkService, SpiffeId};
 
 use super::{Assigned, Entry, Problem, Spec, SpecError, Workload};
-use crate::plan::admission::{Candidate, InvalidRule, Policy};
+use crate::plan::admission::{Candidate, Decision, InvalidRule, Policy};
 use crate::plan::grants::{self, Claim};
 use crate::plan::index::{Index, endpoint_target};
 use crate::plan::node_keys::Refused;
@@ -224,14 +224,7 @@ pub(super) fn admit(
                 )
             }
         };
-        if let Some(by) = &decision.by {
-            let c = counts.entry(by.clone()).or_default();
-            if decision.admitted {
-                c.0 += 1
-            } else {
-                c.1 += 1
-            }
-        }
+        tally(&mut counts, &decision);
         entry.admitted = decision.admitted;
         entry.reason = decision.reason;
         entry.message = match &entry.granted_by {
@@ -254,6 +247,18 @@ pub(super) fn admit(
         }
     }
     counts
+}
+
+/// Counts a decision for the Admission whose rule made it: (admitted, denied).
+pub(super) fn tally(counts: &mut BTreeMap<ObjectKey, (i32, i32)>, decision: &Decision) {
+    if let Some(by) = &decision.by {
+        let c = counts.entry(by.clone()).or_default();
+        if decision.admitted {
+            c.0 += 1
+        } else {
+            c.1 += 1
+        }
+    }
 }
 
 /// Stage: a node presenting another node's WireGuard key carries no service: its pods are

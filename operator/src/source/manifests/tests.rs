@@ -103,6 +103,7 @@ fn the_samples_external_hosts_are_admitted() {
         identity_grants: Vec::new(),
         service_cidrs: Vec::new(),
         bounds: crate::plan::Bounds::default(),
+        peers: Vec::new(),
     };
     let mut planner = crate::plan::Planner::new(world, None);
     for change in source.scan().changes {
