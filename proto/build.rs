@@ -1,4 +1,4 @@
-//! Compiles the node API and the status API with a vendored protoc, so a build needs no
+//! Compiles the node API, the status API and the federation API with a vendored protoc, so a build needs no
 //! system package.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/wireway/node/v1alpha1/node.proto",
                 "proto/wireway/status/v1alpha1/status.proto",
+                "proto/wireway/federation/v1alpha1/federation.proto",
             ],
             &["proto"],
         )?;

@@ -58,7 +58,7 @@ pub struct PeerClusterSpec {
     pub trust_domain: String,
 
     /// The SPIFFE ID the peer's operator presents; defaults to
-    /// spiffe://<trustDomain>/ns/wireway-system/sa/wireway-operator. Any other identity of
+    /// spiffe://<trustDomain>/wireway/operator. Any other identity of
     /// the trust domain (a workload's, say) is refused as a peer operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = SPIFFE_ID_MAX_LEN), regex(pattern = SPIFFE_ID))]

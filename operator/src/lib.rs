@@ -21,6 +21,7 @@
 
 pub mod controller;
 pub mod engine;
+pub mod federation;
 pub mod kind;
 pub mod metrics;
 pub mod plan;

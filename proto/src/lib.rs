@@ -1,7 +1,8 @@
 //! The Wireway node API (`wireway.node.v1alpha1`): the messages and gRPC service between
 //! the operator and the node agents, generated from `proto/wireway/node/v1alpha1/node.proto`;
 //! and in [`status`] the operator's status API for its administrators
-//! (`proto/wireway/status/v1alpha1/status.proto`).
+//! (`proto/wireway/status/v1alpha1/status.proto`); in [`federation`] the API between peer
+//! clusters' operators (`proto/wireway/federation/v1alpha1/federation.proto`).
 //!
 //! It knows nothing of Kubernetes; every field is documented in the `.proto`.
 
@@ -19,6 +20,16 @@ tonic::include_proto!("wireway.node.v1alpha1");
 pub mod status {
     tonic::include_proto!("wireway.status.v1alpha1");
 }
+
+/// The federation API between peer clusters' operators (`wireway.federation.v1alpha1`):
+/// each side's halves of the services they share.
+pub mod federation {
+    tonic::include_proto!("wireway.federation.v1alpha1");
+}
+
+/// The largest federation update either side sends and accepts, encoded: 64 MiB, as a
+/// NodeState (a half with 100,000 members takes about 10 MiB).
+pub const MAX_FEDERATION_UPDATE_BYTES: usize = 64 << 20;
 
 /// The largest NodeState the operator sends and an agent accepts, encoded: 64 MiB, some
 /// 400,000 peers (a peer takes about 150 bytes). gRPC's default, 4 MiB, would break a

@@ -2,7 +2,8 @@
 //! certs`, the lab, tests).
 //!
 //! One CA signs everything. The operator's certificate carries the DNS names agents dial
-//! and `spiffe://<trust-domain>/wireway/operator`; a node's carries
+//! and `spiffe://<trust-domain>/wireway/operator`, and serves it as a server and as a
+//! client (dialling peer clusters' operators); a node's carries
 //! `spiffe://<trust-domain>/wireway/node/<node>`, which the operator checks against the
 //! node an agent claims; an administrator's `spiffe://<trust-domain>/wireway/admin`, the
 //! only identity the operator shows its status to. Private keys are written 0600.
@@ -110,7 +111,11 @@ pub fn issue(
             "wireway-operator".to_owned(),
             names.clone(),
             operator_identity(trust_domain),
-            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            // A client too: it dials peer clusters' operators (federation).
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         ),
         Subject::Node(node) => (
             format!("wireway-agent {node}"),
