@@ -1,4 +1,4 @@
-//! The kinds of object the operator reads, named in one place: the four Wireway kinds,
+//! The kinds of object the operator reads, named in one place: the five Wireway kinds,
 //! the core/v1 kinds that say where workloads run, and the cluster's Service ranges.
 //!
 //! Pure data (no Kubernetes client): the planner names kinds in its events, the sources
@@ -20,6 +20,8 @@ pub enum Kind {
     Admission,
     /// wireway.dev IdentityGrant (cluster-scoped).
     IdentityGrant,
+    /// wireway.dev PeerCluster (cluster-scoped).
+    PeerCluster,
     /// core/v1 Pod.
     Pod,
     /// core/v1 Node.
@@ -34,11 +36,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind the operator reads.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::NetworkService,
         Kind::Endpoint,
         Kind::Admission,
         Kind::IdentityGrant,
+        Kind::PeerCluster,
         Kind::Pod,
         Kind::Node,
         Kind::Namespace,
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Endpoint => "Endpoint",
             Kind::Admission => "Admission",
             Kind::IdentityGrant => "IdentityGrant",
+            Kind::PeerCluster => "PeerCluster",
             Kind::Pod => "Pod",
             Kind::Node => "Node",
             Kind::Namespace => "Namespace",
@@ -62,9 +66,11 @@ impl Kind {
     /// The `apiVersion` its objects carry.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::NetworkService | Kind::Endpoint | Kind::Admission | Kind::IdentityGrant => {
-                wireway_crds::API_VERSION
-            }
+            Kind::NetworkService
+            | Kind::Endpoint
+            | Kind::Admission
+            | Kind::IdentityGrant
+            | Kind::PeerCluster => wireway_crds::API_VERSION,
             Kind::Pod | Kind::Node | Kind::Namespace => "v1",
             Kind::ServiceCidr => "networking.k8s.io/v1",
         }
@@ -74,7 +80,11 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::Node | Kind::Namespace | Kind::IdentityGrant | Kind::ServiceCidr
+            Kind::Node
+                | Kind::Namespace
+                | Kind::IdentityGrant
+                | Kind::PeerCluster
+                | Kind::ServiceCidr
         )
     }
 

@@ -5,6 +5,7 @@
 //! manifests: the same YAML a user applies to a cluster, plus core/v1 Nodes and Pods that
 //! say where workloads run.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use wireway_crds::Cidr;
 use wireway_crds::validation::SchemaError;
 use wireway_operator::controller::{self, auth::TokenReviewer};
 use wireway_operator::engine::{self, Config, Engine, Hub, store::StoreError};
+use wireway_operator::federation::{Federation, tls::OwnIdentity};
 use wireway_operator::metrics::Metrics;
 use wireway_operator::plan::{Bounds, ListenPorts, bounds};
 use wireway_operator::serve::{
@@ -28,7 +30,7 @@ use wireway_runtime::errors::chain;
 use wireway_runtime::http::{self, Readiness};
 use wireway_runtime::listen::{Address, BindError, serve_grpc};
 use wireway_runtime::logging;
-use wireway_runtime::tls::{TlsArgs, TlsError};
+use wireway_runtime::tls::{Pem, TlsArgs, TlsError};
 
 /// How agents prove which node they run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +83,11 @@ struct Args {
     /// In a cluster: this replica's name in leader election (its pod's name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Serve the federation API on this address (such as 0.0.0.0:7443) and dial the peer
+    /// clusters that PeerCluster objects name. Needs TLS: the operator's certificate
+    /// (--tls-cert) proves it to peers. Off when unset.
+    #[arg(long, env = "WIREWAY_FEDERATION_LISTEN", value_name = "ADDRESS")]
+    federation_listen: Option<SocketAddr>,
     #[command(flatten)]
     bounds: BoundsArgs,
     #[command(flatten)]
@@ -167,6 +174,20 @@ enum Error {
         "--agent-auth token needs a cluster (it checks tokens with TokenReviews); drop --manifests or use --agent-auth mtls"
     )]
     TokenWithoutCluster,
+    /// Federation without the operator's certificate.
+    #[error(
+        "--federation-listen needs the operator's TLS certificate and key (--tls-cert, --tls-key): peers accept only an operator that proves its trust domain; drop --insecure-plaintext"
+    )]
+    FederationWithoutTls,
+    /// The federation API's port cannot be had.
+    #[error("cannot serve the federation API on {address}")]
+    FederationListener {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The node API's port cannot be had.
     #[error("cannot serve the node API")]
     GrpcListener(#[source] BindError),
@@ -224,6 +245,49 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves the federation API on `address`, dials the peers, and passes what they send to
+/// the engine.
+async fn federate(
+    address: SocketAddr,
+    pem: Option<&Pem>,
+    hub: &Arc<Hub>,
+    inputs: mpsc::Sender<engine::Input>,
+) -> Result<(), Error> {
+    let (cert, key) = pem
+        .and_then(Pem::certificate_and_key)
+        .ok_or(Error::FederationWithoutTls)?;
+    let own = OwnIdentity {
+        cert: String::from_utf8_lossy(cert).into_owned(),
+        key: String::from_utf8_lossy(key).into_owned(),
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::FederationListener { address, source })?;
+    let (events, mut sent) = mpsc::channel(256);
+    let federation = Federation::new(own, events);
+    let serving = federation.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serving.serve(listener).await {
+            tracing::error!(error = %chain(&e), "the federation API stopped");
+        }
+    });
+    tokio::spawn(federation.clone().dial());
+    tokio::spawn(federation.follow(hub.clone()));
+    tokio::spawn(async move {
+        while let Some(peer_sent) = sent.recv().await {
+            if inputs
+                .send(engine::Input::PeerSent(peer_sent))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    tracing::info!(%address, "serving federation");
+    Ok(())
 }
 
 /// Runs the operator until it is told to stop (`Ok`) or cannot go on.
@@ -295,6 +359,9 @@ async fn run(args: Args) -> Result<(), Error> {
         tokio::spawn(manifests.watch(inputs.clone()));
         None
     };
+    if let Some(address) = args.federation_listen {
+        federate(address, pem.as_ref(), &hub, inputs.clone()).await?;
+    }
     tokio::spawn(engine.run(received));
 
     let auth = match (&pem, agent_auth, client) {

@@ -966,6 +966,7 @@ async fn watches_every_kind(calls: &Calls) {
             "namespaces",
             "networkservices",
             "nodes",
+            "peerclusters",
             "pods",
             "servicecidrs"
         ]

@@ -4,6 +4,7 @@
 //! ```text
 //! controller   Kubernetes glue: leader election, status writer, events, token reviews
 //! serve        the node API and the status API (gRPC)
+//! federation   the exchange with peer clusters' operators (gRPC, mutual TLS)
 //! engine       the task that owns the planner, and the hub it publishes on
 //! snapshot     what the status API returns
 //! source       where the World comes from (API server, manifests)
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 /// From the top: a module may use the modules of the layers after its own.
 const LAYERS: &[&[&str]] = &[
     &["controller"],
-    &["serve"],
+    &["serve", "federation"],
     &["engine"],
     &["snapshot"],
     &["source"],

@@ -102,6 +102,13 @@ impl TlsArgs {
 }
 
 impl Pem {
+    /// This binary's certificate and key, PEM, if it has them.
+    pub fn certificate_and_key(&self) -> Option<(&[u8], &[u8])> {
+        self.identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice()))
+    }
+
     /// A server that presents this certificate; with `client_certificates`, it requires
     /// clients signed by the CA (otherwise clients prove themselves some other way).
     pub fn server(&self, client_certificates: bool) -> ServerTlsConfig {

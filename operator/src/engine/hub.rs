@@ -1,6 +1,7 @@
 //! Where the engine publishes and the servers subscribe: one watch channel per node for
 //! its NodeState (so only nodes whose state changed are woken), one for the status
-//! snapshot, and one for what the Kubernetes controller acts on. What the engine sends
+//! snapshot, one for what the Kubernetes controller acts on, and one for what the
+//! federation serves peer clusters. What the engine sends
 //! out besides (events on objects, [`Addressed`]) is defined here too.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use tokio::sync::watch;
 use wireway_proto::NodeState;
 
 use crate::plan::events::Event;
-use crate::plan::{ObjectKey, Statuses};
+use crate::plan::{Half, ObjectKey, Statuses};
 use crate::snapshot::Snapshot;
 use crate::source::Problem;
 
@@ -33,6 +34,16 @@ pub struct Published {
 }
 
 /// A change to a NetworkService's finalizers.
+/// What the federation serves: the PeerClusters, and this cluster's halves of the
+/// services shared with each (by peer, then service), as last planned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Federated {
+    /// The PeerClusters, by name.
+    pub peer_clusters: BTreeMap<String, wireway_crds::PeerCluster>,
+    /// This cluster's halves for each peer.
+    pub halves: BTreeMap<String, BTreeMap<ObjectKey, Half>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinalizerAction {
     /// The NetworkService.
@@ -78,6 +89,7 @@ pub struct Hub {
     nodes: Mutex<BTreeMap<String, watch::Sender<Option<Arc<NodeState>>>>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     published: watch::Sender<Arc<Published>>,
+    federated: watch::Sender<Arc<Federated>>,
     /// Whether this operator writes to the objects and serves agents: it does unless a
     /// controller says it is a standby (without a cluster there is no other operator).
     leadership: watch::Sender<Leadership>,
@@ -104,6 +116,7 @@ impl Default for Hub {
             nodes: Mutex::default(),
             snapshot: watch::Sender::new(Arc::new(Snapshot::default())),
             published: watch::Sender::new(Arc::new(Published::default())),
+            federated: watch::Sender::new(Arc::new(Federated::default())),
             leadership: watch::Sender::new(Leadership {
                 leading: true,
                 leader: None,
@@ -224,6 +237,22 @@ impl Hub {
             }
             changed
         });
+    }
+
+    /// Publishes what the federation serves, if it changed.
+    pub fn publish_federated(&self, federated: Federated) {
+        self.federated.send_if_modified(|current| {
+            let changed = **current != federated;
+            if changed {
+                *current = Arc::new(federated);
+            }
+            changed
+        });
+    }
+
+    /// Follows what the federation serves.
+    pub fn subscribe_federated(&self) -> watch::Receiver<Arc<Federated>> {
+        self.federated.subscribe()
     }
 
     /// Follows what the controller acts on.

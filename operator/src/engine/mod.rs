@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::mpsc;
+use wireway_crds::PeerCluster;
 use wireway_proto::{AgentHello, AgentReport};
 use wireway_runtime::errors::chain;
 use wireway_runtime::http::Readiness;
@@ -44,11 +45,11 @@ use crate::kind::Kind;
 use crate::metrics::{Metrics, category};
 use crate::plan::events::{self, Event};
 use crate::plan::status::condition_time;
-use crate::plan::{Bounds, Change, Node, ObjectKey, Plan, Planner, Statuses, World};
+use crate::plan::{Bounds, Change, Node, ObjectKey, PeerSent, Plan, Planner, Statuses, World};
 use crate::source::{self, Problem};
 use agents::Agent;
 use cleanup::Finalizers;
-pub use hub::{Addressed, FinalizerAction, Hub, Leadership, Planned, Published};
+pub use hub::{Addressed, Federated, FinalizerAction, Hub, Leadership, Planned, Published};
 use objects::{Object, carry, restore, same_spec, seen, statuses_of};
 use store::{Store, StoreError, Stored};
 
@@ -63,6 +64,8 @@ pub enum Input {
     Report(AgentReport),
     /// A stream of the node's agent closed.
     Disconnected(String),
+    /// What the federation says of a peer cluster.
+    PeerSent(PeerSent),
 }
 
 impl From<source::Event> for Input {
@@ -101,6 +104,9 @@ pub struct Engine {
     stale: bool,
     plans: u64,
     declared: BTreeMap<String, Node>,
+    /// The PeerClusters, as the source delivered them (the federation dials and trusts
+    /// by them).
+    peer_clusters: BTreeMap<String, PeerCluster>,
     agents: BTreeMap<String, Agent>,
     problems: Vec<Problem>,
     /// The statuses in effect, as last computed (shown, and written while leading).
@@ -177,6 +183,7 @@ impl Engine {
             stale: true,
             plans: 0,
             declared: BTreeMap::new(),
+            peer_clusters: BTreeMap::new(),
             agents: agents::restored(&stored.agents),
             problems: Vec::new(),
             published: Statuses::default(),
@@ -261,6 +268,10 @@ impl Engine {
             Input::Hello(hello) => self.hello(hello),
             Input::Report(report) => self.report(report),
             Input::Disconnected(node) => self.disconnected(&node),
+            Input::PeerSent(sent) => {
+                self.planner.apply(Change::PeerSent(sent));
+                self.dirty = true;
+            }
         }
     }
 
@@ -351,6 +362,13 @@ impl Engine {
             Change::IdentityGrantDeleted(ref name) => {
                 self.live.identity_grants.remove(&ObjectKey::new("", name));
             }
+            Change::PeerCluster(ref o) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                self.peer_clusters.insert(name, (**o).clone());
+            }
+            Change::PeerClusterDeleted(ref name) => {
+                self.peer_clusters.remove(name);
+            }
             _ => {}
         }
         self.planner.apply(change);
@@ -439,6 +457,10 @@ impl Engine {
                 None => Planned::Standby,
             });
         self.finalizers.planned(plan);
+        self.hub.publish_federated(Federated {
+            peer_clusters: self.peer_clusters.clone(),
+            halves: plan.federation.clone(),
+        });
         self.plans += 1;
         self.dirty = false;
         self.stale = true;
@@ -517,7 +539,9 @@ impl Engine {
             Kind::Endpoint => self.planner.endpoint(&event.key).map(|o| &o.metadata),
             Kind::Admission => self.planner.admission(&event.key).map(|o| &o.metadata),
             Kind::IdentityGrant => self.planner.identity_grant(&event.key).map(|o| &o.metadata),
-            Kind::Pod | Kind::Node | Kind::Namespace | Kind::ServiceCidr => None,
+            Kind::PeerCluster | Kind::Pod | Kind::Node | Kind::Namespace | Kind::ServiceCidr => {
+                None
+            }
         };
         ObjectReference {
             api_version: Some(event.kind.api_version().to_owned()),

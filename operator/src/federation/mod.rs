@@ -5,8 +5,9 @@
 //! reachable side is enough. Both ends prove their operator identity over mutual TLS
 //! ([`tls`]). On each connection a side sends all its halves of the services shared with
 //! the other first, then only what changed ([`exchange`]); it tells the engine what the
-//! peer sent ([`Event`]), and the engine hands the planner the peer's halves as the last
-//! ones received: a connection that closes changes nothing but `connected`.
+//! peer sent and when its connections open and close ([`PeerSent`]), and the planner
+//! keeps the peer's halves as the last ones received: a connection that closes changes
+//! nothing but `connected`.
 //!
 //! Thin by design: which remote members are installed is the planner's decision
 //! (`plan/service/federation.rs`).
@@ -21,6 +22,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -31,14 +34,17 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
+use wireway_crds::PeerCluster;
 use wireway_proto::MAX_FEDERATION_UPDATE_BYTES;
 use wireway_proto::federation::FederationUpdate;
 use wireway_proto::federation::federation_client::FederationClient;
 use wireway_proto::federation::federation_server::{self, FederationServer};
 use wireway_runtime::backoff::Backoff;
 use wireway_runtime::errors::chain;
+use wireway_runtime::tls::operator_identity;
 
-use crate::plan::ObjectKey;
+use crate::engine::Hub;
+use crate::plan::{ObjectKey, PeerSent};
 use exchange::{Halves, Inbox, Outbox};
 use tls::{OwnIdentity, PeerIdentity, SharedTrust, TlsProblem, Trust};
 
@@ -60,23 +66,34 @@ pub struct PeerSpec {
     pub shared: BTreeSet<ObjectKey>,
 }
 
-/// What the federation tells the engine.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// Connections with the peer opened or closed: how many are open now.
-    Connections {
-        /// The PeerCluster's name.
-        peer: String,
-        /// Open connections (0: disconnected).
-        open: usize,
-    },
-    /// The peer's halves, after an update it sent.
-    Halves {
-        /// The PeerCluster's name.
-        peer: String,
-        /// Its halves now.
-        halves: Halves,
-    },
+impl PeerSpec {
+    /// A peer as its PeerCluster declares it.
+    pub fn of(object: &PeerCluster) -> Self {
+        let spec = &object.spec;
+        Self {
+            identity: PeerIdentity {
+                name: object.metadata.name.clone().unwrap_or_default(),
+                identity: spec
+                    .operator_identity
+                    .clone()
+                    .unwrap_or_else(|| operator_identity(&spec.trust_domain)),
+                bundle: spec.trust_bundle.clone(),
+            },
+            address: spec.address.clone(),
+            shared: spec
+                .services
+                .iter()
+                .map(|s| ObjectKey::new(&s.namespace, &s.name))
+                .collect(),
+        }
+    }
+}
+
+/// What this side knows of a peer's connections.
+#[derive(Debug, Clone, Default)]
+struct Link {
+    open: usize,
+    last_sync: Option<Time>,
 }
 
 /// The federation's shared state: the peers (from PeerClusters), this cluster's halves
@@ -92,13 +109,14 @@ struct Inner {
     trust: SharedTrust,
     peers: watch::Sender<BTreeMap<String, PeerSpec>>,
     outgoing: watch::Sender<BTreeMap<String, Halves>>,
-    events: mpsc::Sender<Event>,
-    open: Mutex<BTreeMap<String, usize>>,
+    events: mpsc::Sender<PeerSent>,
+    links: Mutex<BTreeMap<String, Link>>,
 }
 
 impl Federation {
-    /// A federation presenting `own`, telling `events` what peers send.
-    pub fn new(own: OwnIdentity, events: mpsc::Sender<Event>) -> Self {
+    /// A federation presenting `own`, telling `events` what peers send and when their
+    /// connections open and close.
+    pub fn new(own: OwnIdentity, events: mpsc::Sender<PeerSent>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 own,
@@ -106,7 +124,7 @@ impl Federation {
                 peers: watch::channel(BTreeMap::new()).0,
                 outgoing: watch::channel(BTreeMap::new()).0,
                 events,
-                open: Mutex::new(BTreeMap::new()),
+                links: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -138,6 +156,38 @@ impl Federation {
             *old = halves;
             changed
         });
+    }
+
+    /// Follows what the engine publishes on `hub`: while this operator leads, it serves
+    /// and dials the PeerClusters' peers with the halves last planned; a standby has no
+    /// peers (they talk to the leader, and its connections close when it loses the lead).
+    pub async fn follow(self, hub: Arc<Hub>) {
+        let mut federated = hub.subscribe_federated();
+        let mut leading = hub.subscribe_leading();
+        let mut unusable: Vec<String> = Vec::new();
+        loop {
+            let lead = leading.borrow_and_update().leading;
+            let now = federated.borrow_and_update().clone();
+            if lead {
+                let peers = now.peer_clusters.values().map(PeerSpec::of).collect();
+                let problems = self.set_peers(peers);
+                let names: Vec<String> = problems.iter().map(|(n, _)| n.clone()).collect();
+                if names != unusable {
+                    for (peer, problem) in &problems {
+                        tracing::warn!(%peer, %problem, "the peer cluster's trust bundle is unusable: nobody proves it");
+                    }
+                    unusable = names;
+                }
+                self.set_outgoing(now.halves.clone());
+            } else {
+                self.set_peers(Vec::new());
+                self.set_outgoing(BTreeMap::new());
+            }
+            tokio::select! {
+                changed = federated.changed() => if changed.is_err() { return },
+                changed = leading.changed() => if changed.is_err() { return },
+            }
+        }
     }
 
     /// Serves the federation API on `listener` until it fails.
@@ -289,8 +339,8 @@ impl Federation {
                     let shared = self.shared_with(&peer);
                     match inbox.apply(update, &shared) {
                         Ok(halves) => {
-                            let event = Event::Halves { peer: peer.clone(), halves: halves.clone() };
-                            if self.inner.events.send(event).await.is_err() {
+                            let halves = halves.clone();
+                            if !self.tell(&peer, |_| Some(halves)).await {
                                 break;
                             }
                         }
@@ -316,19 +366,37 @@ impl Federation {
 
     /// Counts a connection with `peer` opening or closing, and tells the engine.
     async fn count(&self, peer: &str, opened: bool) {
-        let open = {
-            let Ok(mut open) = self.inner.open.lock() else {
-                return;
+        self.tell(peer, |link| {
+            link.open = if opened {
+                link.open + 1
+            } else {
+                link.open.saturating_sub(1)
             };
-            let n = open.entry(peer.to_owned()).or_default();
-            *n = if opened { *n + 1 } else { n.saturating_sub(1) };
-            *n
+            None
+        })
+        .await;
+    }
+
+    /// Updates what is known of `peer`'s link (`update` may return halves it sent, which
+    /// make now its last sync) and tells the engine. False once the engine is gone.
+    async fn tell(&self, peer: &str, update: impl FnOnce(&mut Link) -> Option<Halves>) -> bool {
+        let sent = {
+            let Ok(mut links) = self.inner.links.lock() else {
+                return false;
+            };
+            let link = links.entry(peer.to_owned()).or_default();
+            let halves = update(link);
+            if halves.is_some() {
+                link.last_sync = Some(Time(Timestamp::now()));
+            }
+            PeerSent {
+                peer: peer.to_owned(),
+                connected: link.open > 0,
+                last_sync: link.last_sync.clone(),
+                halves,
+            }
         };
-        let event = Event::Connections {
-            peer: peer.to_owned(),
-            open,
-        };
-        let _ = self.inner.events.send(event).await;
+        self.inner.events.send(sent).await.is_ok()
     }
 }
 

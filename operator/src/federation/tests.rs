@@ -45,7 +45,11 @@ fn half(member: &str) -> Halves {
 }
 
 /// Waits for an event `want` accepts.
-async fn expect(events: &mut mpsc::Receiver<Event>, what: &str, want: impl Fn(&Event) -> bool) {
+async fn expect(
+    events: &mut mpsc::Receiver<PeerSent>,
+    what: &str,
+    want: impl Fn(&PeerSent) -> bool,
+) {
     let found = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(event) = events.recv().await {
             if want(&event) {
@@ -58,17 +62,21 @@ async fn expect(events: &mut mpsc::Receiver<Event>, what: &str, want: impl Fn(&E
     assert!(found.is_ok(), "no {what} within 20 s");
 }
 
-fn members_of(event: &Event, peer: &str) -> Option<Vec<String>> {
-    match event {
-        Event::Halves { peer: p, halves } if p == peer => Some(
-            halves
-                .values()
-                .flat_map(|h| &h.members)
-                .map(|m| m.name.clone())
-                .collect(),
-        ),
-        _ => None,
-    }
+fn members_of(event: &PeerSent, peer: &str) -> Option<Vec<String>> {
+    let halves = event.halves.as_ref().filter(|_| event.peer == peer)?;
+    assert!(event.connected && event.last_sync.is_some(), "{event:?}");
+    Some(
+        halves
+            .values()
+            .flat_map(|h| &h.members)
+            .map(|m| m.name.clone())
+            .collect(),
+    )
+}
+
+/// The peer's last connection closed.
+fn disconnected(event: &PeerSent, peer: &str) -> bool {
+    event.peer == peer && !event.connected && event.halves.is_none()
 }
 
 async fn listen() -> (TcpListener, String) {
@@ -120,10 +128,7 @@ async fn two_operators_exchange_their_halves_both_ways_when_only_one_can_be_reac
     // B removes A: the connection closes and A hears it.
     b.set_peers(Vec::new());
     expect(&mut from_b, "B's connection closing at A", |e| {
-        *e == Event::Connections {
-            peer: "b".into(),
-            open: 0,
-        }
+        disconnected(e, "b") && e.last_sync.is_some()
     })
     .await;
 }
@@ -171,13 +176,7 @@ async fn an_operator_reconnects_after_its_peer_restarts() {
     .await;
 
     drop(kill);
-    expect(&mut from_a, "the connection lost", |e| {
-        *e == Event::Connections {
-            peer: "a".into(),
-            open: 0,
-        }
-    })
-    .await;
+    expect(&mut from_a, "the connection lost", |e| disconnected(e, "a")).await;
     let _restarted = process(a.clone(), std_listener(&address));
     expect(&mut from_a, "A's half again after the restart", |e| {
         members_of(e, "a") == Some(vec!["red/a-1".into()])

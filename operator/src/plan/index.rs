@@ -414,13 +414,28 @@ impl Index {
             Change::AdmissionDeleted(key) => {
                 self.remove_admission(&key, &mut affected);
             }
-            Change::Peer(peer) => {
-                self.remove_peer(&peer.name, &mut affected);
+            Change::PeerCluster(object) => {
+                let mut peer = Peer::declared(&object);
+                if let Some(old) = self.remove_peer(&peer.name, &mut affected) {
+                    peer.connected = old.connected;
+                    peer.last_sync = old.last_sync;
+                    peer.halves = old.halves;
+                }
                 affected.targets.extend(peer.shares.keys().cloned());
                 self.insert_peer(peer);
             }
-            Change::PeerDeleted(name) => {
+            Change::PeerClusterDeleted(name) => {
                 self.remove_peer(&name, &mut affected);
+            }
+            Change::PeerSent(sent) => {
+                if let Some(peer) = self.peers.get_mut(&sent.peer) {
+                    peer.connected = sent.connected;
+                    peer.last_sync = sent.last_sync;
+                    if let Some(halves) = sent.halves {
+                        peer.halves = halves;
+                    }
+                    affected.targets.extend(peer.shares.keys().cloned());
+                }
             }
         }
         affected
@@ -437,14 +452,13 @@ impl Index {
     }
 
     /// Removes a peer cluster: the targets it shared are affected.
-    fn remove_peer(&mut self, name: &str, affected: &mut Affected) {
-        let Some(old) = self.peers.remove(name) else {
-            return;
-        };
+    fn remove_peer(&mut self, name: &str, affected: &mut Affected) -> Option<Peer> {
+        let old = self.peers.remove(name)?;
         for target in old.shares.keys() {
             unlink(&mut self.peers_by_target, target, &old.name);
             affected.targets.insert(target.clone());
         }
+        Some(old)
     }
 
     /// Removes a node, and its key from the keys nodes present.

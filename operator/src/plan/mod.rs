@@ -64,7 +64,7 @@ pub use planner::Planner;
 pub use progress::Statuses;
 pub use world::{
     Bounds, Change, Half, HalfMember, HalfNode, Labels, ListenPorts, MemberDecision, Namespace,
-    Node, Peer, Pod, ServiceCidr, World,
+    Node, Peer, PeerSent, Pod, ServiceCidr, World,
 };
 
 /// What the planner decided: a desired state per node and a status per object.

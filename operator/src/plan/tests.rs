@@ -1783,18 +1783,24 @@ mod properties {
             )),
             (9, _, _, _) => Change::IdentityGrantDeleted(format!("g{}", n % 3)),
             (11, _, _, _) if !w.peers.is_empty() => {
-                // A peer sends again: without one of its members, its link up or down.
-                let mut peer = w.peers[n % w.peers.len()].clone();
-                for half in peer.halves.values_mut() {
+                // A peer sends again, without one of its members; or its link goes down
+                // or comes back and it sends nothing.
+                let peer = &w.peers[n % w.peers.len()];
+                let mut halves = peer.halves.clone();
+                for half in halves.values_mut() {
                     if !half.members.is_empty() {
                         half.members.remove(n % half.members.len());
                     }
                 }
-                peer.connected = n.is_multiple_of(2);
-                Change::Peer(peer)
+                Change::PeerSent(PeerSent {
+                    peer: peer.name.clone(),
+                    connected: n.is_multiple_of(2),
+                    last_sync: None,
+                    halves: n.is_multiple_of(3).then_some(halves),
+                })
             }
             (12, _, _, _) if !w.peers.is_empty() => {
-                Change::PeerDeleted(w.peers[n % w.peers.len()].name.clone())
+                Change::PeerClusterDeleted(w.peers[n % w.peers.len()].name.clone())
             }
             (10, _, _, _) => {
                 // A service over the first service's range (or one replacing a service of
@@ -1846,8 +1852,16 @@ mod properties {
             Change::Admission(a) => upsert(&mut w.admissions, a, |x| {
                 x.metadata.name == a.metadata.name && x.metadata.namespace == a.metadata.namespace
             }),
-            Change::Peer(p) => upsert(&mut w.peers, p, |x| x.name == p.name),
-            Change::PeerDeleted(name) => w.peers.retain(|x| &x.name != name),
+            Change::PeerSent(sent) => {
+                if let Some(peer) = w.peers.iter_mut().find(|p| p.name == sent.peer) {
+                    peer.connected = sent.connected;
+                    peer.last_sync = sent.last_sync.clone();
+                    if let Some(halves) = &sent.halves {
+                        peer.halves = halves.clone();
+                    }
+                }
+            }
+            Change::PeerClusterDeleted(name) => w.peers.retain(|x| &x.name != name),
             other => panic!("the generator makes no {other:?}"),
         }
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService};
+use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, PeerCluster};
 
 use super::ObjectKey;
 pub use super::bounds::{Bounds, ListenPorts};
@@ -228,8 +228,43 @@ pub enum Change {
     ServiceCidr(ServiceCidr),
     /// A ServiceCIDR is gone: its name.
     ServiceCidrDeleted(String),
-    /// A peer cluster appeared or changed: its PeerCluster, or what its operator sent.
-    Peer(Peer),
-    /// A peer cluster is gone (its PeerCluster deleted): its name.
-    PeerDeleted(String),
+    /// A PeerCluster appeared or changed (what its operator sent is kept).
+    PeerCluster(Box<PeerCluster>),
+    /// A PeerCluster is gone: its name. Its members go from every node.
+    PeerClusterDeleted(String),
+    /// What the federation says of a peer cluster: its connection, and the halves its
+    /// operator last sent. Ignored for a peer no PeerCluster declares.
+    PeerSent(PeerSent),
+}
+
+/// What the federation says of a peer cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSent {
+    /// The PeerCluster's name.
+    pub peer: String,
+    /// Whether a connection with its operator is open.
+    pub connected: bool,
+    /// When its operator last sent its halves.
+    pub last_sync: Option<Time>,
+    /// Its halves, when it sent them (`None`: only its connection changed; the halves
+    /// before stay).
+    pub halves: Option<BTreeMap<ObjectKey, Half>>,
+}
+
+impl Peer {
+    /// A peer cluster as its PeerCluster declares it, before its operator has sent
+    /// anything.
+    pub fn declared(object: &PeerCluster) -> Self {
+        Self {
+            name: object.metadata.name.clone().unwrap_or_default(),
+            trust_domain: object.spec.trust_domain.clone(),
+            shares: object
+                .spec
+                .services
+                .iter()
+                .map(|s| (ObjectKey::new(&s.namespace, &s.name), s.prefix.clone()))
+                .collect(),
+            ..Self::default()
+        }
+    }
 }

@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, annotations};
+use wireway_crds::{
+    Admission, Cidr, Endpoint, IdentityGrant, NetworkService, PeerCluster, annotations,
+};
 
 use crate::plan::names::stable_hash;
 use crate::plan::{Change, Namespace, Node, ObjectKey, Pod, ServiceCidr};
@@ -40,6 +42,7 @@ pub enum Key {
     Endpoint(ObjectKey),
     Admission(ObjectKey),
     IdentityGrant(String),
+    PeerCluster(String),
     ServiceCidr(String),
 }
 
@@ -54,6 +57,7 @@ pub enum Item {
     Endpoint(Box<Endpoint>),
     Admission(Box<Admission>),
     IdentityGrant(Box<IdentityGrant>),
+    PeerCluster(Box<PeerCluster>),
     ServiceCidr(ServiceCidr),
 }
 
@@ -69,6 +73,7 @@ pub fn diff(old: &BTreeMap<Key, Item>, new: &BTreeMap<Key, Item>) -> Vec<Change>
             Key::Endpoint(k) => Change::EndpointDeleted(k),
             Key::Admission(k) => Change::AdmissionDeleted(k),
             Key::IdentityGrant(name) => Change::IdentityGrantDeleted(name),
+            Key::PeerCluster(name) => Change::PeerClusterDeleted(name),
             Key::ServiceCidr(name) => Change::ServiceCidrDeleted(name),
         });
     }
@@ -84,6 +89,7 @@ pub fn diff(old: &BTreeMap<Key, Item>, new: &BTreeMap<Key, Item>) -> Vec<Change>
             Item::Endpoint(o) => Change::Endpoint(*o),
             Item::Admission(o) => Change::Admission(*o),
             Item::IdentityGrant(o) => Change::IdentityGrant(*o),
+            Item::PeerCluster(o) => Change::PeerCluster(o),
             Item::ServiceCidr(c) => Change::ServiceCidr(c),
         });
     }

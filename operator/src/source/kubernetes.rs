@@ -28,7 +28,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use tokio::sync::mpsc;
-use wireway_crds::{Admission, Endpoint, IdentityGrant, NetworkService};
+use wireway_crds::{Admission, Endpoint, IdentityGrant, NetworkService, PeerCluster};
 use wireway_runtime::errors::chain;
 
 use super::items::{self, Item, Key, diff};
@@ -46,6 +46,7 @@ pub fn resource(kind: Kind) -> ApiResource {
         Kind::Endpoint => ApiResource::erase::<Endpoint>(&()),
         Kind::Admission => ApiResource::erase::<Admission>(&()),
         Kind::IdentityGrant => ApiResource::erase::<IdentityGrant>(&()),
+        Kind::PeerCluster => ApiResource::erase::<PeerCluster>(&()),
         Kind::Pod => ApiResource::erase::<core::Pod>(&()),
         Kind::Node => ApiResource::erase::<core::Node>(&()),
         Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
@@ -78,6 +79,10 @@ pub fn decode(kind: Kind, object: &DynamicObject) -> (Key, Result<Option<Item>, 
         Kind::IdentityGrant => (
             Key::IdentityGrant(name),
             typed(object).map(|o| Some(Item::IdentityGrant(Box::new(o)))),
+        ),
+        Kind::PeerCluster => (
+            Key::PeerCluster(name),
+            typed(object).map(|o| Some(Item::PeerCluster(Box::new(o)))),
         ),
         Kind::ServiceCidr => (
             Key::ServiceCidr(name.clone()),
@@ -220,6 +225,7 @@ fn kind_of(key: &Key) -> Kind {
         Key::Endpoint(_) => Kind::Endpoint,
         Key::Admission(_) => Kind::Admission,
         Key::IdentityGrant(_) => Kind::IdentityGrant,
+        Key::PeerCluster(_) => Kind::PeerCluster,
         Key::Pod(..) => Kind::Pod,
         Key::Node(_) => Kind::Node,
         Key::Namespace(_) => Kind::Namespace,

@@ -1,6 +1,6 @@
 //! The manifest-directory source: the World from YAML files instead of an API server.
 //!
-//! It reads the Wireway kinds (IdentityGrants, cluster-scoped, included) and the core/v1
+//! It reads the Wireway kinds (IdentityGrants and PeerClusters, cluster-scoped, included) and the core/v1
 //! objects that describe where workloads run: `Namespace` (labels, for Admission
 //! namespace selectors), `Node` (its pod ranges and addresses too), `Pod` (labels, service
 //! account, node, and the network namespace in the `wireway.dev/netns` annotation, or its
@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use wireway_crds::manifest::{documents, yaml_files};
 use wireway_crds::validation::{SchemaError, Validator};
-use wireway_crds::{API_VERSION, Admission, Endpoint, IdentityGrant, NetworkService};
+use wireway_crds::{API_VERSION, Admission, Endpoint, IdentityGrant, NetworkService, PeerCluster};
 
 pub use super::items::pod_uid;
 use super::items::{self, Item, Key, diff};
@@ -106,6 +106,7 @@ enum Object {
     Endpoint(Endpoint),
     Admission(Admission),
     IdentityGrant(IdentityGrant),
+    PeerCluster(PeerCluster),
     ServiceCidr(ServiceCidr),
 }
 
@@ -325,6 +326,10 @@ impl Manifests {
                     Key::IdentityGrant(a.id.name.clone()),
                     Item::IdentityGrant(Box::new(o.clone())),
                 ),
+                Object::PeerCluster(o) => (
+                    Key::PeerCluster(a.id.name.clone()),
+                    Item::PeerCluster(Box::new(o.clone())),
+                ),
                 Object::ServiceCidr(c) => (
                     Key::ServiceCidr(c.name.clone()),
                     Item::ServiceCidr(c.clone()),
@@ -482,7 +487,7 @@ fn parse_object(
         Some(known) => known,
         None if api_version.starts_with("wireway.dev/") => {
             return Err(format!(
-                "{kind} of {api_version} is not served: the Wireway kinds are NetworkService, Endpoint, Admission and IdentityGrant of {API_VERSION}"
+                "{kind} of {api_version} is not served: the Wireway kinds are NetworkService, Endpoint, Admission, IdentityGrant and PeerCluster of {API_VERSION}"
             ));
         }
         None => return Ok(None),
@@ -547,6 +552,7 @@ fn convert(kind: Known, id: &ObjectId, raw: Value) -> Result<Object, String> {
         Known::Kind(Kind::Endpoint) => Object::Endpoint(typed(raw)?),
         Known::Kind(Kind::Admission) => Object::Admission(typed(raw)?),
         Known::Kind(Kind::IdentityGrant) => Object::IdentityGrant(typed(raw)?),
+        Known::Kind(Kind::PeerCluster) => Object::PeerCluster(typed(raw)?),
         Known::Kind(Kind::ServiceCidr) => {
             Object::ServiceCidr(items::service_cidr(&id.name, typed(raw)?))
         }

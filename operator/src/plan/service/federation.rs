@@ -245,13 +245,21 @@ fn decide_members(
     admission_counts: &mut BTreeMap<ObjectKey, (i32, i32)>,
     remote: &mut Remote,
 ) {
-    let mut used: BTreeSet<IpAddr> = BTreeSet::new();
+    // An address sent for two members is neither's: decisions go back by address, and
+    // which of them sends from it could not be told.
+    let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
+    let twice: BTreeSet<IpAddr> = half
+        .members
+        .iter()
+        .filter_map(|m| m.address.parse().ok())
+        .filter(|a| !seen.insert(*a))
+        .collect();
     let mut allowed: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
     let mut refusals: Vec<String> = Vec::new();
     let mut members: Vec<&HalfMember> = half.members.iter().collect();
     members.sort();
     for member in members {
-        let checked = check_member(peer, taken, &mut used, nodes, member);
+        let checked = check_member(peer, taken, &twice, nodes, member);
         let (admitted, why, message) = match &checked {
             Err((why, message)) => (false, *why, message.clone()),
             Ok((identity, _, _)) => {
@@ -303,7 +311,7 @@ fn decide_members(
 fn check_member<'m>(
     peer: &Peer,
     taken: &BTreeSet<IpAddr>,
-    used: &mut BTreeSet<IpAddr>,
+    twice: &BTreeSet<IpAddr>,
     nodes: &BTreeMap<&str, Result<AcceptedNode<'_>, (&'static str, String)>>,
     member: &'m HalfMember,
 ) -> Result<(SpiffeId, &'m str, IpAddr), (&'static str, String)> {
@@ -337,8 +345,12 @@ fn check_member<'m>(
         );
         return Err((reason::OUTSIDE_SLICE, message));
     }
-    if taken.contains(&address) || !used.insert(address) {
-        let message = format!("address {address} is already another member's");
+    if taken.contains(&address) {
+        let message = format!("address {address} is already a member's of this cluster");
+        return Err((reason::OVERLAPPING_PREFIX, message));
+    }
+    if twice.contains(&address) {
+        let message = format!("address {address} is sent for more than one member");
         return Err((reason::OVERLAPPING_PREFIX, message));
     }
     Ok((identity, &member.node, address))

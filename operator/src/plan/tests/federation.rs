@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::*;
 
 const TD_A: &str = "cluster-a.example";
@@ -384,9 +386,12 @@ fn what_a_peer_decided_on_a_member_shows_on_its_endpoint() {
 fn a_disconnected_peer_keeps_its_members_and_deleting_it_removes_them_everywhere() {
     let mut planner = Planner::new(cluster_a(), None);
     let first = planner.plan().clone();
-    let mut away = peer_b(Some(half_of_b()));
-    away.connected = false;
-    planner.apply(Change::Peer(away));
+    planner.apply(Change::PeerSent(PeerSent {
+        peer: "cluster-b".into(),
+        connected: false,
+        last_sync: Some(Time(Timestamp::UNIX_EPOCH)),
+        halves: None,
+    }));
     let disconnected = planner.plan().clone();
     assert!(
         disconnected.changed_nodes.is_empty(),
@@ -395,7 +400,7 @@ fn a_disconnected_peer_keeps_its_members_and_deleting_it_removes_them_everywhere
     assert_eq!(disconnected.nodes, first.nodes);
     assert!(!peer_status(&disconnected).connected);
 
-    planner.apply(Change::PeerDeleted("cluster-b".into()));
+    planner.apply(Change::PeerClusterDeleted("cluster-b".into()));
     let deleted = planner.plan().clone();
     assert_eq!(
         deleted.changed_nodes.iter().collect::<Vec<_>>(),
@@ -408,5 +413,98 @@ fn a_disconnected_peer_keeps_its_members_and_deleting_it_removes_them_everywhere
         deleted.network_services[&ObjectKey::new("red", "red")]
             .peers
             .is_empty()
+    );
+}
+
+fn peer_cluster_object(slice: &str) -> wireway_crds::PeerCluster {
+    wireway_crds::PeerCluster {
+        metadata: ObjectMeta {
+            name: Some("cluster-b".into()),
+            ..ObjectMeta::default()
+        },
+        spec: wireway_crds::PeerClusterSpec {
+            trust_domain: TD_B.into(),
+            operator_identity: None,
+            address: "fed.cluster-b.example:7443".into(),
+            trust_bundle: String::new(),
+            services: vec![wireway_crds::SharedService {
+                namespace: "red".into(),
+                name: "red".into(),
+                prefix: slice.into(),
+            }],
+        },
+        status: None,
+    }
+}
+
+#[test]
+fn a_peer_clusters_half_outlives_changes_of_its_peercluster_and_waits_for_one() {
+    // Sent before any PeerCluster declares the peer: nothing.
+    let mut w = cluster_a();
+    w.peers.clear();
+    let mut planner = Planner::new(w, None);
+    planner.plan();
+    let sent = PeerSent {
+        peer: "cluster-b".into(),
+        connected: true,
+        last_sync: None,
+        halves: Some([(ObjectKey::new("red", "red"), half_of_b())].into()),
+    };
+    planner.apply(Change::PeerSent(sent.clone()));
+    assert!(remote_peers(planner.plan(), "node-1").is_empty());
+
+    // Declared, then sent: installed; its PeerCluster changed: its half stays.
+    planner.apply(Change::PeerCluster(Box::new(peer_cluster_object(
+        "10.100.128.0/17",
+    ))));
+    planner.apply(Change::PeerSent(sent));
+    assert_eq!(remote_peers(planner.plan(), "node-1").len(), 2);
+    planner.apply(Change::PeerCluster(Box::new(peer_cluster_object(
+        "10.100.128.0/18",
+    ))));
+    let narrowed = planner.plan().clone();
+    assert_eq!(
+        remote_peers(&narrowed, "node-1")
+            .into_iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>(),
+        ["peer:cluster-b/b-1", "peer:cluster-b/b-2"],
+        "b-2's prefix 10.100.129.0/24 lies in the narrower slice too"
+    );
+    planner.apply(Change::PeerCluster(Box::new(peer_cluster_object(
+        "10.100.192.0/18",
+    ))));
+    assert!(
+        remote_peers(planner.plan(), "node-1").is_empty(),
+        "a slice that no longer holds its nodes installs none of them"
+    );
+}
+
+#[test]
+fn an_address_sent_for_two_members_is_neithers() {
+    let mut w = cluster_a();
+    let half = w.peers[0].halves.values_mut().next().unwrap();
+    // A refused member and an admitted one claiming red/web's address.
+    half.members.push(remote_member(
+        "red/twin",
+        &format!("spiffe://{TD_B}/ns/red/sa/twin"),
+        "10.100.128.1",
+        "b-1",
+    ));
+    let plan = plan(&w, None);
+    let on_1 = remote_peers(&plan, "node-1");
+    assert_eq!(on_1.len(), 1, "only b-2 and its db: {on_1:?}");
+    let decided: Vec<(bool, &str)> = plan.federation["cluster-b"][&ObjectKey::new("red", "red")]
+        .decisions
+        .iter()
+        .filter(|d| d.address == "10.100.128.1")
+        .map(|d| (d.admitted, d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (false, reason::OVERLAPPING_PREFIX),
+            (false, reason::OVERLAPPING_PREFIX)
+        ]
     );
 }
