@@ -62,6 +62,16 @@ impl Lab {
         }
     }
 
+    /// `wireway lab start`: whatever is not running is started again.
+    fn start(&self) {
+        let out = self.wireway(&["start"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn wireway(&self, args: &[&str]) -> Output {
         let mut command = Command::new(WIREWAY);
         command
@@ -609,12 +619,7 @@ fn killing_the_leading_operator_loses_no_packet_and_moves_no_address() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = lab.wireway(&["start"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.start();
     let after = lab.matrix_until("red-c joins red under the new leader", |m| {
         reaches(m, "red/red-c", "red/red-a", "red/red") == Some(true)
             && reaches(m, "red/red-b", "red/red-c", "red/red") == Some(true)
@@ -874,12 +879,7 @@ fn losing_the_operator_or_an_agent_loses_no_packet() {
     );
     std::thread::sleep(Duration::from_secs(60));
     // Back: it serves what it served, no agent changes anything.
-    let out = lab.wireway(&["start"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.start();
     let (after_operator, ok) = lab.matrix();
     assert!(ok, "{after_operator:#}");
     assert_eq!(
@@ -902,8 +902,7 @@ fn losing_the_operator_or_an_agent_loses_no_packet() {
             .success()
     );
     std::thread::sleep(Duration::from_secs(2));
-    let out = lab.wireway(&["start"]);
-    assert!(out.status.success());
+    lab.start();
     let (after_agent, ok) = lab.matrix();
     assert!(ok, "{after_agent:#}");
     std::thread::sleep(Duration::from_secs(2));
@@ -1272,4 +1271,245 @@ fn members_resolve_their_services_names_and_no_others() {
         "A",
     );
     assert!(!left.contains(&of("red/red-b", "red/red")), "{left:?}");
+}
+
+/// The sample of several clusters: east, west behind NAT, and a partner company.
+fn multicluster() -> PathBuf {
+    samples().join("multicluster")
+}
+
+/// A cluster of a lab of several clusters: its lab directory's record and operator state.
+struct Cluster {
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn of(lab: &Lab, name: &str) -> Self {
+        Self {
+            dir: lab.dir.join("clusters").join(name),
+        }
+    }
+
+    fn record(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.dir.join("lab.json")).unwrap()).unwrap()
+    }
+
+    fn netns(&self, pod: &str) -> String {
+        self.record()["pods"][pod]["netns"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// What its operator last stored: node states and statuses.
+    fn stored(&self) -> Value {
+        std::fs::read_to_string(self.dir.join("operator/state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default()
+    }
+
+    /// Every allowed IP of every WireGuard peer of every node, as planned.
+    fn allowed_ips(&self) -> Vec<String> {
+        let stored = self.stored();
+        let states = stored["nodeStates"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        states
+            .values()
+            .flat_map(|n| n["services"].as_array().cloned().unwrap_or_default())
+            .flat_map(|s| s["peers"].as_array().cloned().unwrap_or_default())
+            .flat_map(|p| p["allowedIps"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Whether red/red says `peer` is connected.
+    fn connected(&self, peer: &str) -> bool {
+        self.stored()["networkServices"]["red/red"]["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["cluster"] == peer && p["connected"] == true)
+    }
+}
+
+fn column_address(matrix: &Value, workload: &str) -> String {
+    matrix["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["workload"] == workload)
+        .unwrap_or_else(|| panic!("{workload} is no column: {matrix:#}"))["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Drops TCP to and from a port of 127.0.0.1 in the host's namespace while it lives: a
+/// federation link cut without a reset (as a failed router would).
+struct Cut {
+    table: String,
+}
+
+impl Cut {
+    fn port(port: u16) -> Self {
+        let table = format!("wwcut{port}");
+        let rules = format!(
+            "table inet {table} {{ chain out {{ type filter hook output priority 0; ip daddr 127.0.0.1 tcp dport {port} drop; ip saddr 127.0.0.1 tcp sport {port} drop; }}; }}"
+        );
+        let status = Command::new("nft").arg(rules).status().unwrap();
+        assert!(status.success(), "nft refused the cut");
+        Self { table }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "no {what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn clusters_federate_as_planned_and_lose_no_packet_to_an_operators_death_or_a_cut_link() {
+    if !root_or_skip(
+        "clusters_federate_as_planned_and_lose_no_packet_to_an_operators_death_or_a_cut_link",
+    ) {
+        return;
+    }
+    let lab = Lab::new();
+    let (matrix, ok) = lab.up(&multicluster());
+    assert!(ok, "{matrix:#}");
+    // Across clusters, both ways, through the NAT in front of west.
+    for (from, to) in [
+        ("east:red/red-e1", "west:red/red-w1"),
+        ("west:red/red-w1", "east:red/red-e2"),
+        ("partner:red/red-p1", "west:red/red-w1"),
+        ("east:red/red-e2", "partner:red/red-p1"),
+    ] {
+        assert_eq!(
+            reaches(&matrix, from, to, "red/red"),
+            Some(true),
+            "{from} -> {to}"
+        );
+    }
+    // The partner's internal namespace is denied by east and west: no node of theirs
+    // holds an allowed IP for it, and its packets are dropped.
+    let ledger = column_address(&matrix, "partner:internal/ledger");
+    for cluster in ["east", "west"] {
+        let allowed = Cluster::of(&lab, cluster).allowed_ips();
+        assert!(!allowed.is_empty(), "{cluster} has peers");
+        assert!(
+            !allowed.contains(&format!("{ledger}/32")),
+            "{cluster} lets {ledger} in: {allowed:?}"
+        );
+    }
+
+    for to in ["east:red/red-e1", "east:red/red-e2", "west:red/red-w1"] {
+        assert_eq!(
+            reaches(&matrix, "partner:internal/ledger", to, "red/red"),
+            Some(false),
+            "ledger -> {to}"
+        );
+    }
+
+    let (east, west) = (Cluster::of(&lab, "east"), Cluster::of(&lab, "west"));
+    let pings = [
+        ping_flood(
+            &east.netns("red/red-e1"),
+            &column_address(&matrix, "west:red/red-w1"),
+        ),
+        ping_flood(
+            &west.netns("red/red-w1"),
+            &column_address(&matrix, "partner:red/red-p1"),
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+
+    // East's operator dies for 60 s.
+    let operator = east.record()["processes"]["operator"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-KILL", &operator.to_string()])
+        .status()
+        .unwrap();
+    wait_for("west to see east gone", Duration::from_secs(30), || {
+        !west.connected("east")
+    });
+    std::thread::sleep(Duration::from_secs(60));
+    lab.start();
+    wait_for(
+        "west to hear from east again",
+        Duration::from_secs(60),
+        || west.connected("east"),
+    );
+
+    // The federation link to east is cut for 60 s (packets dropped, no reset).
+    let port = east.record()["federation"]["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cut = Cut::port(port);
+    let noticed = wait_for("west to see the link cut", Duration::from_secs(40), || {
+        !west.connected("east")
+    });
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(noticed));
+    drop(cut);
+    wait_for("the link back", Duration::from_secs(60), || {
+        west.connected("east")
+    });
+
+    for (i, ping) in pings.into_iter().enumerate() {
+        let flow = stop(ping);
+        assert!(flow.holes.is_empty(), "ping {i} lost {:?}", flow.holes);
+        // Over 120 s at one every 10 ms, fewer on a loaded machine.
+        assert!(flow.sent > 5_000, "ping {i} sent only {}", flow.sent);
+        eprintln!("ping {i}: {} sent, none lost", flow.sent);
+    }
+
+    // East unpeers west: west's members are unreachable from east within 5 s.
+    let peers = east.dir.join("manifests/peers.yaml");
+    let text = std::fs::read_to_string(&peers).unwrap();
+    // Documents are split at lines of `---` (the certificates hold dashes too).
+    let kept: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("name: west\n"))
+        .collect();
+    let w1 = column_address(&matrix, "west:red/red-w1");
+    let e1 = east.netns("red/red-e1");
+    let answers = || {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &e1, "ping", "-n", "-q", "-c", "1", "-W", "0.2", &w1,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(answers(), "west answers before the unpeering");
+    std::fs::write(&peers, kept.join("\n---\n")).unwrap();
+    let took = wait_for(
+        "west's members unreachable from east",
+        Duration::from_secs(5),
+        || !answers(),
+    );
+    eprintln!(
+        "west's members unreachable from east {took:?} after east's PeerCluster for west was deleted"
+    );
 }

@@ -6,7 +6,9 @@ use serde_json::Value;
 
 /// Adds `path` (a file) or the YAML files below it (a directory), sorted, to `files`.
 /// `kustomization.yaml` files and names starting with `.` (editors' and tools' temporary
-/// files) are not manifests and are left out.
+/// files) are not manifests and are left out, and so are directories below `path` that
+/// hold a `clusters.yaml`: they describe several clusters (`wireway lab up`), each with
+/// its own manifests, not more objects of this one.
 pub fn yaml_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     if !path.is_dir() {
         files.push(path.to_owned());
@@ -22,7 +24,7 @@ pub fn yaml_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> 
             .is_some_and(|n| n.to_string_lossy().starts_with('.'));
         let is_yaml = entry.extension().is_some_and(|e| e == "yaml" || e == "yml");
         let is_kustomization = entry.file_stem().is_some_and(|s| s == "kustomization");
-        if hidden {
+        if hidden || entry.join("clusters.yaml").is_file() {
             continue;
         }
         if entry.is_dir() || (is_yaml && !is_kustomization) {

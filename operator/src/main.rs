@@ -88,6 +88,11 @@ struct Args {
     /// (--tls-cert) proves it to peers. Off when unset.
     #[arg(long, env = "WIREWAY_FEDERATION_LISTEN", value_name = "ADDRESS")]
     federation_listen: Option<SocketAddr>,
+    /// This cluster's nodes cannot be reached from peer clusters (they are behind NAT):
+    /// send them without endpoints, so peers wait for them to dial in (keepalives keep
+    /// the path open).
+    #[arg(long, env = "WIREWAY_FEDERATION_BEHIND_NAT")]
+    federation_behind_nat: bool,
     #[command(flatten)]
     bounds: BoundsArgs,
     #[command(flatten)]
@@ -251,6 +256,7 @@ async fn main() -> ExitCode {
 /// the engine.
 async fn federate(
     address: SocketAddr,
+    behind_nat: bool,
     pem: Option<&Pem>,
     hub: &Arc<Hub>,
     inputs: mpsc::Sender<engine::Input>,
@@ -266,7 +272,7 @@ async fn federate(
         .await
         .map_err(|source| Error::FederationListener { address, source })?;
     let (events, mut sent) = mpsc::channel(256);
-    let federation = Federation::new(own, events);
+    let federation = Federation::new(own, behind_nat, events);
     let serving = federation.clone();
     tokio::spawn(async move {
         if let Err(e) = serving.serve(listener).await {
@@ -360,7 +366,8 @@ async fn run(args: Args) -> Result<(), Error> {
         None
     };
     if let Some(address) = args.federation_listen {
-        federate(address, pem.as_ref(), &hub, inputs.clone()).await?;
+        let behind_nat = args.federation_behind_nat;
+        federate(address, behind_nat, pem.as_ref(), &hub, inputs.clone()).await?;
     }
     tokio::spawn(engine.run(received));
 

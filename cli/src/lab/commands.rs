@@ -12,12 +12,13 @@ use wireway_runtime::errors::{FileError, chain, is_root};
 use wireway_runtime::pki::CertError;
 
 use super::bench;
+use super::clusters::{self, ClustersError, Made};
 use super::forward::forward;
 use super::kubernetes::{self, KubeError};
 use super::matrix::{Matrix, render_matrix};
 use super::measure::MeasureError;
 use super::reconcile::{Inventory, ReconcileError, supervise};
-use super::record::KubernetesRecord;
+use super::record::{FederationRecord, KubernetesRecord};
 use super::service::{self, Backend};
 use super::supervision::{BinariesError, SupervisionError, binaries};
 use super::underlay::UnderlayError;
@@ -232,6 +233,9 @@ pub enum UpError {
         "failed to set the lab up around the API server (`wireway lab down` removes what was made)"
     )]
     Kubernetes(#[source] KubeError),
+    /// A lab of several clusters could not be made.
+    #[error(transparent)]
+    Clusters(#[from] ClustersError),
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {
@@ -272,42 +276,51 @@ pub async fn run(args: LabArgs) -> ExitCode {
             up.run().await
         }
         LabCommand::Matrix { timeout, json } => match Lab::open(dir) {
+            Ok(lab) if !lab.record.clusters.is_empty() => {
+                match clusters::open(&lab, Duration::from_secs(timeout)).await {
+                    Ok(clusters) => report_clusters(&clusters, json).await,
+                    Err(e) => fail(&e),
+                }
+            }
             Ok(lab) => matrix(&lab, Duration::from_secs(timeout), json).await,
             Err(e) => fail(&e),
         },
-        LabCommand::Start => match Lab::open_to_change(dir)
-            .map_err(SupervisionError::from)
-            .and_then(|(mut lab, _held)| lab.start_all())
-        {
-            Ok(started) if started.is_empty() => {
+        LabCommand::Start => {
+            let mut started = Vec::new();
+            for dir in lab_dirs(&dir) {
+                match Lab::open_to_change(dir)
+                    .map_err(SupervisionError::from)
+                    .and_then(|(mut lab, _held)| lab.start_all())
+                {
+                    Ok(more) => started.extend(more),
+                    Err(e) => return fail(&e),
+                }
+            }
+            if started.is_empty() {
                 println!("everything runs");
-                ExitCode::SUCCESS
-            }
-            Ok(started) => {
+            } else {
                 println!("started {}", started.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        LabCommand::Down => {
+            let mut failed = false;
+            // A lab of several clusters: each cluster's lab first, then the router.
+            for dir in lab_dirs(&dir) {
+                match down(dir) {
+                    Ok(name) => println!("lab {name} removed"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&e),
-        },
-        LabCommand::Down => match Lab::open(dir.clone())
-            .map(|lab| lab.stop_supervisor())
-            .and_then(|()| Lab::open_to_change(dir.clone()))
-        {
-            Ok((lab, _held)) => {
-                let name = lab.record.name.clone();
-                let errors = lab.down();
-                for e in &errors {
-                    eprintln!("error: {}", chain(e));
-                }
-                if errors.is_empty() {
-                    println!("lab {name} removed");
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => fail(&e),
-        },
+        }
         LabCommand::Bench {
             nodes,
             changes,
@@ -399,6 +412,9 @@ pub(super) fn step(what: &str) {
 
 impl Up {
     async fn run(self) -> ExitCode {
+        if let Some(path) = clusters::find(&self.manifests) {
+            return self.run_clusters(&path).await;
+        }
         let started = Instant::now();
         let (lab, snapshot) = match self.start().await {
             Ok(up) => up,
@@ -413,6 +429,19 @@ impl Up {
 
     /// Makes the lab, starts it and waits until it has converged.
     pub(super) async fn start(&self) -> Result<(Lab, Snapshot), UpError> {
+        let (mut lab, inventory) = self.make(None).await?;
+        self.launch(&mut lab, &inventory)?;
+        let snapshot = lab.wait_converged(self.timeout, step).await?;
+        Ok((lab, snapshot))
+    }
+
+    /// Makes the lab's record, certificates and underlay (for a cluster of a lab of
+    /// several, `federation` says how it federates), and the part around the API server;
+    /// returns the lab and what its manifests hold.
+    pub(super) async fn make(
+        &self,
+        federation: Option<FederationRecord>,
+    ) -> Result<(Lab, Inventory), UpError> {
         let mut roots = Vec::new();
         for path in &self.manifests {
             match std::path::absolute(path) {
@@ -454,14 +483,20 @@ impl Up {
             binaries,
         )?;
         lab.record.dns_upstream = self.dns_upstream;
+        lab.record.federation = federation;
         lab.create_pki().map_err(UpError::Certificates)?;
         lab.create_underlay().map_err(UpError::Underlay)?;
         step("certificates (one CA; the operator's, one per node) and the underlay bridge");
         if let Some(args) = &self.kubernetes {
             inventory = self.around_api_server(&mut lab, args).await?;
         }
+        Ok((lab, inventory))
+    }
+
+    /// Makes the lab's nodes and pods and starts its processes.
+    pub(super) fn launch(&self, lab: &mut Lab, inventory: &Inventory) -> Result<(), UpError> {
         let made = lab
-            .reconcile(&inventory, false)
+            .reconcile(inventory, false)
             .map_err(UpError::Reconcile)?;
         for line in made {
             step(&line);
@@ -472,8 +507,7 @@ impl Up {
             started.join(", "),
             lab.dir.display()
         ));
-        let snapshot = lab.wait_converged(self.timeout, step).await?;
-        Ok((lab, snapshot))
+        Ok(())
     }
 
     /// The lab's part around an API server before its nodes and pods are made: the
@@ -542,10 +576,49 @@ impl Up {
 
 /// Measures and prints the matrix; the exit code says whether it is as planned.
 async fn report(lab: &Lab, snapshot: &Snapshot, json: bool) -> ExitCode {
-    let measured = match lab.measure(lab.expectation(snapshot)).await {
-        Ok(m) => m,
-        Err(e) => return fail(&e),
-    };
+    match lab.measure(lab.expectation(snapshot)).await {
+        Ok(measured) => verdict(&measured, json),
+        Err(e) => fail(&e),
+    }
+}
+
+impl Up {
+    /// `wireway lab up DIR` with `DIR/clusters.yaml`: every cluster's statuses and matrix,
+    /// then the matrix across clusters.
+    async fn run_clusters(self, path: &std::path::Path) -> ExitCode {
+        if self.kubernetes.is_some() {
+            eprintln!("error: a lab of several clusters runs on manifests: drop --kubernetes");
+            return ExitCode::FAILURE;
+        }
+        let started = Instant::now();
+        let (_, clusters) = match self.start_clusters(path).await {
+            Ok(up) => up,
+            Err(e) => return fail(&e),
+        };
+        eprintln!("converged in {:.1} s\n", started.elapsed().as_secs_f64());
+        report_clusters(&clusters, self.json).await
+    }
+}
+
+/// Every cluster's statuses, then the matrix across all of them.
+async fn report_clusters(clusters: &[(Made, Snapshot)], json: bool) -> ExitCode {
+    if !json {
+        for (cluster, snapshot) in clusters {
+            println!(
+                "cluster {} ({})",
+                cluster.spec.name, cluster.spec.trust_domain
+            );
+            println!("{}", render_snapshot(snapshot, false));
+        }
+    }
+    match clusters::measure_clusters(clusters).await {
+        Ok(measured) => verdict(&measured, json),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints a measured matrix; success when it is as expected.
+fn verdict(measured: &Matrix, json: bool) -> ExitCode {
     if json {
         #[derive(serde::Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -556,19 +629,43 @@ async fn report(lab: &Lab, snapshot: &Snapshot, json: bool) -> ExitCode {
         }
         let verdict = Verdict {
             as_expected: measured.as_expected(),
-            matrix: &measured,
+            matrix: measured,
         };
         match serde_json::to_string_pretty(&verdict) {
             Ok(text) => println!("{text}"),
             Err(e) => return fail(&e),
         }
     } else {
-        print!("{}", render_matrix(&measured));
+        print!("{}", render_matrix(measured));
     }
     if measured.as_expected() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The lab in `dir`, after the labs of its clusters if it has several.
+fn lab_dirs(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Lab::open(dir.to_owned())
+        .map(|lab| lab.record.clusters.into_values().collect())
+        .unwrap_or_default();
+    dirs.push(dir.to_owned());
+    dirs
+}
+
+/// Removes the lab in `dir`: its name, or what went wrong.
+fn down(dir: PathBuf) -> Result<String, String> {
+    let (lab, _held) = Lab::open(dir.clone())
+        .map(|lab| lab.stop_supervisor())
+        .and_then(|()| Lab::open_to_change(dir))
+        .map_err(|e| chain(&e))?;
+    let name = lab.record.name.clone();
+    let errors: Vec<String> = lab.down().iter().map(|e| chain(e)).collect();
+    if errors.is_empty() {
+        Ok(name)
+    } else {
+        Err(errors.join("\nerror: "))
     }
 }
 

@@ -112,57 +112,114 @@ impl Matrix {
 /// What the operator's statuses say `workloads` (the lab's pods, `namespace/name`) must
 /// reach.
 pub fn expect(workloads: &BTreeSet<String>, snapshot: &Snapshot) -> Expectation {
-    let mut member_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    expect_clusters(&[ClusterView {
+        name: None,
+        workloads,
+        snapshot,
+    }])
+}
+
+/// One cluster of a lab of several: its name, its pods and its operator's statuses.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterView<'a> {
+    /// The cluster's name, which qualifies its workloads (`east:red/web`); `None` in a
+    /// lab of one cluster.
+    pub name: Option<&'a str>,
+    /// Its pods, `namespace/name`.
+    pub workloads: &'a BTreeSet<String>,
+    /// Its operator's statuses.
+    pub snapshot: &'a Snapshot,
+}
+
+/// A workload as rows and columns name it: `namespace/name`, or `cluster:namespace/name`.
+fn qualified(cluster: Option<&str>, workload: &str) -> String {
+    cluster.map_or_else(|| workload.to_owned(), |c| format!("{c}:{workload}"))
+}
+
+/// What the clusters' statuses say their workloads must reach: within a cluster, the
+/// members of one service reach each other; across clusters, two members of one shared
+/// service reach each other when each cluster admits the other's member (as the other
+/// cluster reports it in the Endpoint's `members[].peers`).
+pub fn expect_clusters(clusters: &[ClusterView<'_>]) -> Expectation {
+    // Each member's services, and the clusters that admit it (its own included).
+    let mut member_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut admitted_by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut columns = BTreeSet::new();
     let mut not_admitted = Vec::new();
     let mut externals = Vec::new();
-    for endpoint in &snapshot.endpoints {
-        let namespace = endpoint.metadata.namespace.clone().unwrap_or_default();
-        let name = endpoint.metadata.name.clone().unwrap_or_default();
-        let reference = &endpoint.spec.network_service;
-        let service = format!(
-            "{}/{}",
-            reference.namespace.as_deref().unwrap_or(&namespace),
-            reference.name
-        );
-        let members = endpoint.status.iter().flat_map(|s| &s.members);
-        for member in members {
-            let in_lab = member.node.is_some();
-            let workload = format!("{namespace}/{}", member.workload);
-            let admitted_address = member.address.clone().filter(|_| member.admitted);
-            if !in_lab {
-                externals.push(External {
-                    service: service.clone(),
-                    endpoint: format!("{namespace}/{name}"),
-                    address: admitted_address,
-                    reason: member.reason.clone(),
-                });
-                continue;
-            }
-            let Some(workload) = workloads.get(&workload) else {
-                continue;
-            };
-            match admitted_address {
-                Some(address) => {
-                    member_of
-                        .entry(workload)
-                        .or_default()
-                        .insert(service.clone());
-                    columns.insert(Target {
+    for cluster in clusters {
+        for endpoint in &cluster.snapshot.endpoints {
+            let namespace = endpoint.metadata.namespace.clone().unwrap_or_default();
+            let name = endpoint.metadata.name.clone().unwrap_or_default();
+            let reference = &endpoint.spec.network_service;
+            let service = format!(
+                "{}/{}",
+                reference.namespace.as_deref().unwrap_or(&namespace),
+                reference.name
+            );
+            let members = endpoint.status.iter().flat_map(|s| &s.members);
+            for member in members {
+                let in_lab = member.node.is_some();
+                let local = format!("{namespace}/{}", member.workload);
+                let admitted_address = member.address.clone().filter(|_| member.admitted);
+                if !in_lab {
+                    externals.push(External {
                         service: service.clone(),
-                        workload: workload.clone(),
-                        address,
+                        endpoint: format!("{namespace}/{name}"),
+                        address: admitted_address,
+                        reason: member.reason.clone(),
                     });
+                    continue;
                 }
-                None => not_admitted.push(format!(
-                    "{workload} is not in {service}: {} ({})",
-                    member.reason, member.message
-                )),
+                if !cluster.workloads.contains(&local) {
+                    continue;
+                }
+                let workload = qualified(cluster.name, &local);
+                match admitted_address {
+                    Some(address) => {
+                        member_of
+                            .entry(workload.clone())
+                            .or_default()
+                            .insert(service.clone());
+                        let by = admitted_by.entry(workload.clone()).or_default();
+                        by.insert(cluster.name.unwrap_or_default().to_owned());
+                        by.extend(
+                            member
+                                .peers
+                                .iter()
+                                .filter(|p| p.admitted)
+                                .map(|p| p.cluster.clone()),
+                        );
+                        columns.insert(Target {
+                            service: service.clone(),
+                            workload,
+                            address,
+                        });
+                    }
+                    None => not_admitted.push(format!(
+                        "{workload} is not in {service}: {} ({})",
+                        member.reason, member.message
+                    )),
+                }
             }
         }
     }
-    let rows: Vec<String> = workloads.iter().cloned().collect();
+    let cluster_of = |workload: &str| -> String {
+        workload
+            .split_once(':')
+            .map(|(c, _)| c.to_owned())
+            .unwrap_or_default()
+    };
+    let rows: Vec<String> = clusters
+        .iter()
+        .flat_map(|c| c.workloads.iter().map(|w| qualified(c.name, w)))
+        .collect();
     let columns: Vec<Target> = columns.into_iter().collect();
+    let admits = |workload: &str, cluster: &str| {
+        admitted_by
+            .get(workload)
+            .is_some_and(|by| by.contains(cluster))
+    };
     let expected = rows
         .iter()
         .map(|row| {
@@ -170,9 +227,13 @@ pub fn expect(workloads: &BTreeSet<String>, snapshot: &Snapshot) -> Expectation 
                 .iter()
                 .map(|c| {
                     (c.workload != *row).then(|| {
-                        member_of
+                        let same_service = member_of
                             .get(row.as_str())
-                            .is_some_and(|services| services.contains(&c.service))
+                            .is_some_and(|services| services.contains(&c.service));
+                        // Each side's cluster admits the other.
+                        same_service
+                            && admits(row, &cluster_of(&c.workload))
+                            && admits(&c.workload, &cluster_of(row))
                     })
                 })
                 .collect()

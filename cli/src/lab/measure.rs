@@ -158,42 +158,53 @@ impl Lab {
 
     /// Pings every column from every row, all at once.
     pub async fn measure(&self, expectation: Expectation) -> Result<Matrix, MeasureError> {
-        let ping = std::process::Command::new("ping")
-            .arg("-V")
-            .output()
-            .map_err(MeasureError::Ping)?;
-        if !ping.status.success() {
-            return Err(MeasureError::PingVersion);
-        }
-        let mut pings = Vec::new();
-        for (r, row) in expectation.rows.iter().enumerate() {
-            let Some(pod) = self.record.pods.get(row) else {
-                continue;
-            };
-            for (c, column) in expectation.columns.iter().enumerate() {
-                if column.workload == *row {
-                    continue;
-                }
-                let mut command = tokio::process::Command::new("ip");
-                command
-                    .args([
-                        "netns", "exec", &pod.netns, "ping", "-n", "-q", "-c", "1", "-i", "0.2",
-                        "-w", "3",
-                    ])
-                    .arg(&column.address)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-                pings.push((r, c, command.status()));
-            }
-        }
-        let mut reached: Vec<Vec<Option<bool>>> =
-            vec![vec![None; expectation.columns.len()]; expectation.rows.len()];
-        for (r, c, status) in pings {
-            reached[r][c] = Some(status.await.is_ok_and(|s| s.success()));
-        }
-        Ok(Matrix {
-            expectation,
-            reached,
+        measure(expectation, |row| {
+            self.record.pods.get(row).map(|p| p.netns.clone())
         })
+        .await
     }
+}
+
+/// Pings every column of `expectation` from every row, all at once, each row from the
+/// network namespace `netns` gives it.
+pub async fn measure(
+    expectation: Expectation,
+    netns: impl Fn(&str) -> Option<String>,
+) -> Result<Matrix, MeasureError> {
+    let ping = std::process::Command::new("ping")
+        .arg("-V")
+        .output()
+        .map_err(MeasureError::Ping)?;
+    if !ping.status.success() {
+        return Err(MeasureError::PingVersion);
+    }
+    let mut pings = Vec::new();
+    for (r, row) in expectation.rows.iter().enumerate() {
+        let Some(netns) = netns(row) else {
+            continue;
+        };
+        for (c, column) in expectation.columns.iter().enumerate() {
+            if column.workload == *row {
+                continue;
+            }
+            let mut command = tokio::process::Command::new("ip");
+            command
+                .args([
+                    "netns", "exec", &netns, "ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "3",
+                ])
+                .arg(&column.address)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            pings.push((r, c, command.status()));
+        }
+    }
+    let mut reached: Vec<Vec<Option<bool>>> =
+        vec![vec![None; expectation.columns.len()]; expectation.rows.len()];
+    for (r, c, status) in pings {
+        reached[r][c] = Some(status.await.is_ok_and(|s| s.success()));
+    }
+    Ok(Matrix {
+        expectation,
+        reached,
+    })
 }

@@ -31,9 +31,12 @@
 //!   agents to the ready one;
 //! * [`measure`]: waiting for convergence and pinging the [`matrix`];
 //!   [`bench`](mod@bench): how fast changes take effect;
+//! * [`clusters`]: a lab of several clusters that federate, one lab each, with a router
+//!   between their underlays;
 //! * [`commands`]: the `wireway lab` subcommands.
 
 pub mod bench;
+pub mod clusters;
 pub mod commands;
 pub mod forward;
 pub mod kubernetes;
@@ -188,6 +191,12 @@ impl Lab {
     /// The gRPC port of the operator `role` (with one, the one agents dial).
     fn operator_grpc_of(&self, role: &str) -> Address {
         Address::Unix(self.dir.join(format!("{role}.sock")))
+    }
+
+    /// The lab's underlay (see [`underlay`]): 0 unless it is a cluster of a lab of
+    /// several.
+    fn underlay_index(&self) -> u8 {
+        self.record.federation.as_ref().map_or(0, |f| f.underlay)
     }
 
     /// A node's directory: its agent's state, log and HTTP port.

@@ -15,6 +15,11 @@ impl Lab {
         self.dir.join("pki")
     }
 
+    /// The CA's certificate: the lab's trust bundle.
+    pub(super) fn pki_ca(&self) -> PathBuf {
+        self.pki().join("ca.crt")
+    }
+
     fn operator_pki(&self) -> PathBuf {
         self.pki().join("operator")
     }

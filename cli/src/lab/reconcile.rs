@@ -248,7 +248,7 @@ impl Lab {
         let n = self.record.addresses;
         let lab_node = LabNode {
             netns: self.record.netns(&format!("n-{node}")),
-            address: underlay_address(n),
+            address: underlay_address(self.underlay_index(), n),
             port: format!("p{n}"),
         };
         self.record.namespaces.insert(lab_node.netns.clone());

@@ -97,6 +97,22 @@ pub struct KubernetesRecord {
     pub mounts: Vec<PathBuf>,
 }
 
+/// A cluster of a lab of several clusters (see [`super::clusters`]): how it federates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationRecord {
+    /// The cluster's name, which the other clusters' PeerClusters call it by.
+    pub cluster: String,
+    /// Its underlay (0: 172.31.0.0/16, 1: 172.30.0.0/16, ...).
+    pub underlay: u8,
+    /// Where its operator serves federation.
+    pub listen: std::net::SocketAddr,
+    /// Whether its nodes are behind NAT: the router masquerades what they send to the
+    /// other clusters and lets nothing in that they did not start, and its operator sends
+    /// its nodes without endpoints.
+    pub behind_nat: bool,
+}
+
 /// The binaries a lab runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -142,6 +158,12 @@ pub struct Record {
     /// which a lab node usually cannot reach (those queries get SERVFAIL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// In a cluster of a lab of several clusters: how it federates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationRecord>,
+    /// In a lab of several clusters: each cluster's lab directory, by cluster name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clusters: BTreeMap<String, PathBuf>,
 }
 
 /// The record file of the lab in `dir`.

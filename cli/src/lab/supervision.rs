@@ -280,6 +280,12 @@ impl Lab {
             "10",
         ]));
         args.extend(self.operator_tls_args());
+        if let Some(federation) = &self.record.federation {
+            args.extend(os(&["--federation-listen", &federation.listen.to_string()]));
+            if federation.behind_nat {
+                args.push("--federation-behind-nat".into());
+            }
+        }
         let program = self.record.binaries.operator.clone();
         self.start(role, &program, &args, None, &env)
     }

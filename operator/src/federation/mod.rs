@@ -50,6 +50,11 @@ use tls::{OwnIdentity, PeerIdentity, SharedTrust, TlsProblem, Trust};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings on every federation connection, both ways: a cut link (no RST, packets
+/// dropped) ends the connection within their interval and timeout, and the peer shows
+/// as disconnected.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long dialling a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Redialling a peer: from 1 s, doubling up to 30 s.
@@ -106,6 +111,9 @@ pub struct Federation {
 #[derive(Debug)]
 struct Inner {
     own: OwnIdentity,
+    /// This cluster's nodes cannot be reached from peers (NAT): they are sent without
+    /// endpoints, so peers wait for them to dial in.
+    behind_nat: bool,
     trust: SharedTrust,
     peers: watch::Sender<BTreeMap<String, PeerSpec>>,
     outgoing: watch::Sender<BTreeMap<String, Halves>>,
@@ -115,11 +123,13 @@ struct Inner {
 
 impl Federation {
     /// A federation presenting `own`, telling `events` what peers send and when their
-    /// connections open and close.
-    pub fn new(own: OwnIdentity, events: mpsc::Sender<PeerSent>) -> Self {
+    /// connections open and close; `behind_nat` sends this cluster's nodes without
+    /// endpoints.
+    pub fn new(own: OwnIdentity, behind_nat: bool, events: mpsc::Sender<PeerSent>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 own,
+                behind_nat,
                 trust: Arc::new(RwLock::new(Trust::default())),
                 peers: watch::channel(BTreeMap::new()).0,
                 outgoing: watch::channel(BTreeMap::new()).0,
@@ -150,7 +160,14 @@ impl Federation {
     }
 
     /// This cluster's halves for each peer now (a plan's `federation`).
-    pub fn set_outgoing(&self, halves: BTreeMap<String, Halves>) {
+    pub fn set_outgoing(&self, mut halves: BTreeMap<String, Halves>) {
+        if self.inner.behind_nat {
+            for half in halves.values_mut().flat_map(|h| h.values_mut()) {
+                for node in &mut half.nodes {
+                    node.endpoint = None;
+                }
+            }
+        }
         self.inner.outgoing.send_if_modified(|old| {
             let changed = *old != halves;
             *old = halves;
@@ -203,6 +220,8 @@ impl Federation {
         .max_decoding_message_size(MAX_FEDERATION_UPDATE_BYTES)
         .max_encoding_message_size(MAX_FEDERATION_UPDATE_BYTES);
         Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(service)
             .serve_with_incoming(ReceiverStream::new(incoming))
             .await?;
@@ -266,6 +285,9 @@ impl Federation {
         let address = spec.address.clone();
         let channel = Endpoint::from_static("http://peer.wireway.invalid")
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_with_connector(tower::service_fn(move |_| {
                 let connector = connector.clone();
                 let address = address.clone();

@@ -91,8 +91,8 @@ async fn two_operators_exchange_their_halves_both_ways_when_only_one_can_be_reac
     let (ca_b, own_b) = cluster("b.example");
     let (events_a, mut from_b) = mpsc::channel(64);
     let (events_b, mut from_a) = mpsc::channel(64);
-    let a = Federation::new(own_a, events_a);
-    let b = Federation::new(own_b, events_b);
+    let a = Federation::new(own_a, false, events_a);
+    let b = Federation::new(own_b, false, events_b);
     let (listener, address) = listen().await;
     // A cannot reach B (no address that answers); B reaches A.
     assert!(
@@ -161,8 +161,8 @@ async fn an_operator_reconnects_after_its_peer_restarts() {
     let (ca_b, own_b) = cluster("b.example");
     let (events_a, _from_b) = mpsc::channel(64);
     let (events_b, mut from_a) = mpsc::channel(64);
-    let a = Federation::new(own_a, events_a);
-    let b = Federation::new(own_b, events_b);
+    let a = Federation::new(own_a, false, events_a);
+    let b = Federation::new(own_b, false, events_b);
     let listener = std_listener("127.0.0.1:0");
     let address = listener.local_addr().unwrap().to_string();
     a.set_peers(vec![peer("b", "b.example", &ca_b, "127.0.0.1:9")]);
@@ -190,8 +190,8 @@ async fn refused(b_trust_domain: &str, own_b: OwnIdentity, bundle_of_b_at_a: &st
     let (ca_a, own_a) = cluster("a.example");
     let (events_a, mut at_a) = mpsc::channel(64);
     let (events_b, mut at_b) = mpsc::channel(64);
-    let a = Federation::new(own_a, events_a);
-    let b = Federation::new(own_b, events_b);
+    let a = Federation::new(own_a, false, events_a);
+    let b = Federation::new(own_b, false, events_b);
     let (listener, address) = listen().await;
     a.set_peers(vec![peer(
         "b",

@@ -247,6 +247,14 @@ impl Manifests {
         })
     }
 
+    /// The NetworkServices in effect.
+    pub fn network_services(&self) -> impl Iterator<Item = &NetworkService> {
+        self.world.values().filter_map(|item| match item {
+            Item::NetworkService(s) => Some(&**s),
+            _ => None,
+        })
+    }
+
     /// The nodes in effect.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.world.values().filter_map(|item| match item {

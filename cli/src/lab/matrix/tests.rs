@@ -171,3 +171,66 @@ fn differences_are_named_cell_by_cell() {
     assert!(same.as_expected());
     assert!(render_matrix(&same).contains("As planned: 4 of 16 pairs reach each other"));
 }
+
+/// One member of red/red with the other clusters' decisions on it: (cluster, admitted).
+fn federated(workload: &str, address: &str, peers: &[(&str, bool)]) -> Snapshot {
+    let peers: Vec<_> = peers
+        .iter()
+        .map(|(cluster, admitted)| {
+            json!({"cluster": cluster, "admitted": admitted, "reason": if *admitted { "Admitted" } else { "Denied" }, "message": "m"})
+        })
+        .collect();
+    let endpoint = serde_json::from_value(json!({
+        "apiVersion": "wireway.dev/v1alpha1",
+        "kind": "Endpoint",
+        "metadata": {"name": "members", "namespace": "red"},
+        "spec": {"networkService": {"name": "red"}, "podSelector": {}},
+        "status": {"members": [{
+            "workload": workload, "node": "n1", "identity": "spiffe://x/ns/red/sa/default",
+            "admitted": true, "reason": "Admitted", "message": "m", "address": address,
+            "peers": peers,
+        }]},
+    }))
+    .unwrap();
+    Snapshot {
+        endpoints: vec![endpoint],
+        ..Snapshot::default()
+    }
+}
+
+#[test]
+fn across_clusters_a_pair_reaches_only_when_each_cluster_admits_the_other_member() {
+    // east admits west's w; west admits east's e; partner's p is admitted by east but
+    // denies... nothing: west refuses p.
+    let east = federated("e", "10.100.0.1", &[("west", true), ("partner", true)]);
+    let west = federated("w", "10.100.64.1", &[("east", true), ("partner", true)]);
+    let partner = federated("p", "10.100.128.1", &[("east", true), ("west", false)]);
+    let pods = |p: &str| BTreeSet::from([format!("red/{p}")]);
+    let (e, w, p) = (pods("e"), pods("w"), pods("p"));
+    let view = |name, workloads, snapshot| ClusterView {
+        name: Some(name),
+        workloads,
+        snapshot,
+    };
+    let expectation = expect_clusters(&[
+        view("east", &e, &east),
+        view("west", &w, &west),
+        view("partner", &p, &partner),
+    ]);
+    let expected = |from: &str, to: &str| {
+        let r = expectation.rows.iter().position(|x| x == from).unwrap();
+        let c = expectation
+            .columns
+            .iter()
+            .position(|x| x.workload == to)
+            .unwrap();
+        expectation.expected[r][c]
+    };
+    assert_eq!(expected("east:red/e", "west:red/w"), Some(true));
+    assert_eq!(expected("west:red/w", "east:red/e"), Some(true));
+    assert_eq!(expected("east:red/e", "partner:red/p"), Some(true));
+    // West refuses p: neither direction, though partner admits w.
+    assert_eq!(expected("partner:red/p", "west:red/w"), Some(false));
+    assert_eq!(expected("west:red/w", "partner:red/p"), Some(false));
+    assert_eq!(expected("east:red/e", "east:red/e"), None);
+}
