@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use wireway_crds::manifest::yaml_files;
 use wireway_runtime::errors::FileError;
 
 use super::Lab;
@@ -353,9 +354,16 @@ impl Lab {
             None,
         )?;
         self.kubectl(&[&apply[..], &["-k", &path("rbac")]].concat(), None)?;
+        // The files the operator's manifest source would read (no kustomization, nothing
+        // of a lab of several clusters below), not whatever `kubectl -R` finds.
+        let mut files = Vec::new();
         for root in &self.record.manifests {
-            let root = root.to_string_lossy();
-            self.kubectl(&[&apply[..], &["-R", "-f", &root]].concat(), None)?;
+            yaml_files(root, &mut files)
+                .map_err(|e| KubeError::File(FileError::on("read", root)(e)))?;
+        }
+        for file in files {
+            let file = file.to_string_lossy();
+            self.kubectl(&[&apply[..], &["-f", &file]].concat(), None)?;
         }
         Ok(())
     }
