@@ -4,12 +4,16 @@
 #   bash tests/kind/run.sh            up, then test, then down (what CI runs)
 #   bash tests/kind/run.sh up         create the clusters, build and load the images, install
 #   bash tests/kind/run.sh test       apply the samples and check statuses and the ping matrix
+#   bash tests/kind/run.sh federate   (with WIREWAY_KIND_SECOND=1) federate the two clusters
+#                                     with config/samples/multicluster's east and west, and
+#                                     ping across them both ways
 #   bash tests/kind/run.sh logs       collect logs into tests/kind/logs/
 #   bash tests/kind/run.sh down       delete the clusters
 #
 # Needs docker (a running engine), kind (0.27 or later), kubectl, jq and cargo. The first
-# cluster is `wireway`; a second, `wireway-b`, is made ready for federation when
-# WIREWAY_KIND_SECOND=1. On failure the logs are collected before the script exits.
+# cluster is `wireway`; a second, `wireway-b`, is made when WIREWAY_KIND_SECOND=1, and
+# then `all` also federates the two (docs/federation.md). On failure the logs are
+# collected before the script exits.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,13 +61,49 @@ up() {
     say "install"
     for name in $(clusters); do
         kubectl --context "kind-$name" apply --server-side -k "$here/overlay"
-        # The operator's serving certificate and the CA the agents trust.
-        (cd "$repo" && cargo run -q --locked -p wireway-cli -- certs kubernetes) |
+        # The operator's serving certificate and the CA the agents trust: each cluster its
+        # own CA and trust domain.
+        (cd "$repo" && cargo run -q --locked -p wireway-cli -- certs kubernetes --trust-domain "$(trust_domain "$name")") |
             kubectl --context "kind-$name" apply --server-side -f -
+        kubectl --context "kind-$name" -n wireway-system set env deployment/wireway-operator \
+            WIREWAY_TRUST_DOMAIN="$(trust_domain "$name")" WIREWAY_FEDERATION_LISTEN=0.0.0.0:7443
+        kubectl --context "kind-$name" apply --server-side -f - <<<"$federation_service"
         kubectl --context "kind-$name" -n wireway-system rollout status deployment/wireway-operator --timeout "$timeout"
         kubectl --context "kind-$name" -n wireway-system rollout status daemonset/wireway-agent --timeout "$timeout"
     done
 }
+
+# Each cluster's trust domain: the first is the samples' (cluster.local) and east's of the
+# multicluster sample when federating; the second is west's.
+trust_domain() {
+    if [ "$1" = "$second" ]; then
+        echo west.acme.example
+    elif [ "${WIREWAY_KIND_SECOND:-0}" = 1 ]; then
+        echo east.acme.example
+    else
+        echo cluster.local
+    fi
+}
+
+# The federation API on every node's port 30743 (the operator's readiness is its
+# leadership: only the leader gets connections), and its NetworkPolicy.
+federation_service='
+apiVersion: v1
+kind: Service
+metadata: {name: wireway-federation, namespace: wireway-system}
+spec:
+  type: NodePort
+  selector: {app.kubernetes.io/name: wireway-operator}
+  ports: [{name: federation, port: 7443, targetPort: 7443, nodePort: 30743, protocol: TCP}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: wireway-federation, namespace: wireway-system}
+spec:
+  podSelector: {matchLabels: {app.kubernetes.io/name: wireway-operator}}
+  policyTypes: [Ingress]
+  ingress: [{ports: [{port: 7443, protocol: TCP}]}]
+'
 
 # Workload addresses: "namespace/pod service address" per admitted member of a pod.
 memberships() {
@@ -167,6 +207,60 @@ test_samples() {
     say "all checks passed"
 }
 
+# A PeerCluster for cluster $2 (named $3, slice $4 of red/red), applied to cluster $1.
+peer_cluster() {
+    local from=$1 to=$2 name=$3 slice=$4 address bundle
+    address=$(kubectl --context "kind-$to" get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}'):30743
+    bundle=$(kubectl --context "kind-$to" -n wireway-system get configmap wireway-ca -o jsonpath='{.data.ca\.crt}')
+    jq -n --arg name "$name" --arg td "$(trust_domain "$to")" --arg address "$address" \
+        --arg bundle "$bundle" --arg slice "$slice" '{
+        apiVersion: "wireway.dev/v1alpha1", kind: "PeerCluster",
+        metadata: {name: $name},
+        spec: {trustDomain: $td, address: $address, trustBundle: $bundle,
+               services: [{namespace: "red", name: "red", prefix: $slice}]}}' |
+        kubectl --context "kind-$from" apply --server-side -f -
+}
+
+# Pod $2 (namespace/name) of cluster $1: its address in red/red.
+red_address() {
+    kubectl --context "kind-$1" get endpoints.wireway.dev -n red red-members -o json |
+        jq -r --arg pod "${2#*/}" '.status.members[] | select(.workload == $pod and .admitted) | .address'
+}
+
+federate() {
+    need kubectl jq
+    [ "${WIREWAY_KIND_SECOND:-0}" = 1 ] || fail "federation needs WIREWAY_KIND_SECOND=1"
+    local east=$cluster west=$second ns from to address connected
+    say "federation: east ($east) and west ($west) share red/red"
+    kubectl --context "kind-$east" apply --server-side -f "$repo/config/samples/multicluster/east/"
+    kubectl --context "kind-$west" apply --server-side -f "$repo/config/samples/multicluster/west/"
+    peer_cluster "$east" "$west" west 10.100.64.0/18
+    peer_cluster "$west" "$east" east 10.100.0.0/18
+    for name in "$east" "$west"; do
+        kubectl --context "kind-$name" wait --for=condition=Ready pod --all -n red --timeout "$timeout"
+        kubectl --context "kind-$name" wait --for=condition=Ready networkservice -n red red --timeout "$timeout"
+    done
+    for pair in "$east:west" "$west:east"; do
+        from=${pair%%:*}
+        for _ in $(seq 60); do
+            connected=$(kubectl --context "kind-$from" get networkservice -n red red -o json |
+                jq -r --arg peer "${pair#*:}" '[.status.peers[]? | select(.cluster == $peer and .connected and .membersAdmitted > 0)] | length')
+            [ "$connected" = 1 ] && break
+            sleep 2
+        done
+        [ "$connected" = 1 ] || fail "$from does not hear from ${pair#*:}"
+    done
+    for pair in "$east:red/red-e1:$west:red/red-w1" "$west:red/red-w1:$east:red/red-e2"; do
+        IFS=: read -r from pod to target <<<"$pair"
+        address=$(red_address "$to" "$target")
+        [ -n "$address" ] || fail "$target has no address in $to"
+        kubectl --context "kind-$from" exec -n red "${pod#*/}" -- ping -c 3 -i 0.3 -W 2 "$address" >/dev/null ||
+            fail "$from $pod does not reach $to $target ($address)"
+        echo "$from $pod -> $to $target ($address): yes"
+    done
+    say "federation checks passed"
+}
+
 collect_logs() {
     mkdir -p "$logs"
     local name
@@ -201,12 +295,16 @@ on_failure() {
 case "${1:-all}" in
     up) trap on_failure EXIT; up ;;
     test) trap on_failure EXIT; test_samples ;;
+    federate) trap on_failure EXIT; federate ;;
     logs) collect_logs ;;
     down) down ;;
     all)
         trap on_failure EXIT
         up
         test_samples
+        if [ "${WIREWAY_KIND_SECOND:-0}" = 1 ]; then
+            federate
+        fi
         trap - EXIT
         down
         ;;
