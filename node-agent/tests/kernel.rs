@@ -795,3 +795,56 @@ fn forwarding_is_turned_on_only_on_the_links_a_service_needs() {
         accept_ra
     );
 }
+
+#[test]
+fn a_peers_allowed_ips_change_with_traffic_flowing_and_the_device_keeps_answering() {
+    if !root_or_skip(
+        "a_peers_allowed_ips_change_with_traffic_flowing_and_the_device_keeps_answering",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    apply_all(&lab, &[&red()], &keys);
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+    // A peer cluster's member joins behind n2: n1's peer for n2 gets one more allowed IP
+    // (boringtun cannot change a peer: the agent removes and adds it again).
+    let mut changed = node_state(&lab, "n1", &[&red()], &keys);
+    let peer = changed.services[0]
+        .peers
+        .iter_mut()
+        .find(|p| p.name == "n2")
+        .unwrap();
+    peer.allowed_ips.push("10.100.9.1/32".into());
+    let pinger: Child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("red-a"),
+            "ping",
+            "-i",
+            "0.01",
+            "-c",
+            "300",
+            "-W",
+            "1",
+            "10.100.2.1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ops, _) = lab.apply("n1", &changed);
+    assert!(ops > 0, "the change is made");
+    let output = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("300 packets transmitted, 300 received"),
+        "{text}"
+    );
+    assert_eq!(
+        lab.apply("n1", &changed),
+        (0, 0),
+        "the device answers, and holds the change"
+    );
+}

@@ -44,6 +44,9 @@ pub enum WireGuardError {
     /// The device did not come up.
     #[error("the WireGuard device {0} did not start")]
     Start(String),
+    /// The device does not answer (its current peers could not be read).
+    #[error("the WireGuard device {0} does not answer")]
+    Unanswered(String),
 }
 
 /// A peer's health as the device reports it.

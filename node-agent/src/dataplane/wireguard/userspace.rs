@@ -122,34 +122,26 @@ impl Userspace {
         self.set(interface, &format!("listen_port={port}\n"))
     }
 
-    /// Adds, updates (in place) and removes peers, all in one configuration transaction:
-    /// a node with a thousand peers is configured in one exchange, not a thousand.
-    /// `peer: None` removes the peer.
+    /// Adds, updates and removes peers, all in one configuration transaction: a node
+    /// with a thousand peers is configured in one exchange, not a thousand. `peer: None`
+    /// removes the peer.
+    ///
+    /// boringtun cannot change a peer it has (it panics, and the device stops serving
+    /// both its configuration and its traffic), and within one transaction it carries a
+    /// peer's `remove` flag and endpoint over to the peers after it. So the current
+    /// peers are read first: a peer to change is removed and added again (keeping the
+    /// endpoint it learned from its packets when it is wanted without one: it dials in
+    /// from behind NAT); every peer added says `remove=false`; and the peers without an
+    /// endpoint come before any peer with one.
     pub fn configure_peers(
         &self,
         interface: &str,
         changes: &[PeerChange<'_>],
     ) -> Result<(), WireGuardError> {
-        let mut body = String::new();
-        for (public_key, peer) in changes {
-            body.push_str(&format!("public_key={}\n", hex(&key_bytes(public_key)?)));
-            let Some(peer) = peer else {
-                body.push_str("remove=true\n");
-                continue;
-            };
-            body.push_str("replace_allowed_ips=true\n");
-            if let Some(endpoint) = &peer.endpoint {
-                body.push_str(&format!("endpoint={}\n", endpoint_address(endpoint)?));
-            }
-            body.push_str(&format!(
-                "persistent_keepalive_interval={}\n",
-                peer.persistent_keepalive
-            ));
-            for ip in &peer.allowed_ips {
-                body.push_str(&format!("allowed_ip={ip}\n"));
-            }
-        }
-        self.set(interface, &body)
+        let current = self
+            .get(interface)
+            .ok_or_else(|| WireGuardError::Unanswered(interface.to_owned()))?;
+        self.set(interface, &transaction(&current, changes)?)
     }
 
     fn set(&self, interface: &str, body: &str) -> Result<(), WireGuardError> {
@@ -176,6 +168,50 @@ impl Userspace {
         stream.write_all(request.as_bytes()).map_err(io)?;
         read_message(&mut BufReader::new(stream)).map_err(io)
     }
+}
+
+/// The body of a `set` that takes a device from `current` through `changes` (see
+/// [`Userspace::configure_peers`]).
+pub fn transaction(
+    current: &DeviceState,
+    changes: &[PeerChange<'_>],
+) -> Result<String, WireGuardError> {
+    let mut removals = String::new();
+    let mut without_endpoint = String::new();
+    let mut with_endpoint = String::new();
+    for (public_key, peer) in changes {
+        let key = format!("public_key={}\n", hex(&key_bytes(public_key)?));
+        let existing = current.peers.get(*public_key);
+        if existing.is_some() || peer.is_none() {
+            removals.push_str(&key);
+            removals.push_str("remove=true\n");
+        }
+        let Some(peer) = peer else {
+            continue;
+        };
+        let endpoint = match &peer.endpoint {
+            Some(endpoint) => Some(endpoint_address(endpoint)?.to_string()),
+            None => existing.and_then(|p| p.endpoint.clone()),
+        };
+        let mut block = key;
+        block.push_str("remove=false\nreplace_allowed_ips=true\n");
+        if let Some(endpoint) = &endpoint {
+            block.push_str(&format!("endpoint={endpoint}\n"));
+        }
+        block.push_str(&format!(
+            "persistent_keepalive_interval={}\n",
+            peer.persistent_keepalive
+        ));
+        for ip in &peer.allowed_ips {
+            block.push_str(&format!("allowed_ip={ip}\n"));
+        }
+        if endpoint.is_some() {
+            with_endpoint.push_str(&block);
+        } else {
+            without_endpoint.push_str(&block);
+        }
+    }
+    Ok(removals + &without_endpoint + &with_endpoint)
 }
 
 /// Reads lines up to and including an empty line.
@@ -334,6 +370,79 @@ mod tests {
     use super::super::{generate_key, public_key};
     use super::*;
     use crate::testing::test_key;
+
+    fn wanted(endpoint: Option<&str>, allowed: &[&str]) -> Peer {
+        Peer {
+            endpoint: endpoint.map(Into::into),
+            allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+            persistent_keepalive: 25,
+        }
+    }
+
+    /// The peer sections of a `set` body: (key, its lines).
+    fn sections(body: &str) -> Vec<(String, Vec<&str>)> {
+        let mut out: Vec<(String, Vec<&str>)> = Vec::new();
+        for line in body.lines() {
+            match line.strip_prefix("public_key=") {
+                Some(key) => out.push((key.to_owned(), Vec::new())),
+                None => out.last_mut().unwrap().1.push(line),
+            }
+        }
+        out
+    }
+
+    /// boringtun panics on a change of a peer it has, and carries a peer's `remove` and
+    /// endpoint over to the peers after it in one transaction.
+    #[test]
+    fn a_changed_peer_is_removed_and_added_again_and_nothing_carries_over() {
+        let (a, b, c, d) = (test_key(1), test_key(2), test_key(3), test_key(4));
+        let mut current = DeviceState::default();
+        // b dials in from behind NAT: the device learned its endpoint.
+        current.peers.insert(
+            b.clone(),
+            wanted(Some("198.51.100.7:40000"), &["10.100.64.1/32"]),
+        );
+        current.peers.insert(
+            c.clone(),
+            wanted(Some("192.0.2.3:52000"), &["10.100.3.0/24"]),
+        );
+        let with_endpoint = wanted(Some("192.0.2.1:52000"), &["10.100.1.0/24"]);
+        let behind_nat = wanted(None, &["10.100.64.1/32", "10.100.64.2/32"]);
+        let new_behind_nat = wanted(None, &["10.100.65.1/32"]);
+        let changes: Vec<PeerChange<'_>> = vec![
+            (&a, Some(&with_endpoint)),
+            (&b, Some(&behind_nat)),
+            (&c, None),
+            (&d, Some(&new_behind_nat)),
+        ];
+        let body = transaction(&current, &changes).unwrap();
+        let hex_of = |k: &str| hex(&key_bytes(k).unwrap());
+        let order: Vec<(String, bool)> = sections(&body)
+            .into_iter()
+            .map(|(k, lines)| (k, lines.contains(&"remove=true")))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (hex_of(&b), true),
+                (hex_of(&c), true),
+                // Without an endpoint first (d, new), then with one (a; b, which keeps
+                // the endpoint it learned); each says remove=false.
+                (hex_of(&d), false),
+                (hex_of(&a), false),
+                (hex_of(&b), false),
+            ]
+        );
+        let new = &sections(&body)[2].1;
+        assert!(!new.iter().any(|l| l.starts_with("endpoint=")), "{body}");
+        let readded = &sections(&body)[4].1;
+        assert!(readded.contains(&"remove=false"), "{body}");
+        assert!(
+            readded.contains(&"endpoint=198.51.100.7:40000"),
+            "b keeps the endpoint it dialled in from: {body}"
+        );
+        assert!(readded.contains(&"allowed_ip=10.100.64.2/32"), "{body}");
+    }
 
     /// Found by the `uapi` fuzz target: a device that answers a key of the wrong length,
     /// or with signs among its digits, reports no peer (the agent would otherwise try to
