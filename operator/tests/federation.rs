@@ -265,3 +265,89 @@ fn two_clusters_federate_keep_their_peers_through_a_cut_and_drop_them_when_unpee
     eprintln!("B's members left A's node {took:?} after its PeerCluster was deleted");
     drop(b_process);
 }
+
+/// A peer cluster's operator that sends what it likes: a member of another trust domain,
+/// one outside its slice, one denied by the service's Admission, and one that is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_hostile_peer_claims_outside_its_trust_domain_or_slice_is_refused_and_installed_nowhere()
+ {
+    use std::collections::BTreeMap;
+    use wireway_operator::federation::{Federation, PeerSpec, tls::OwnIdentity, tls::PeerIdentity};
+    use wireway_operator::plan::{Half, HalfMember, HalfNode, ObjectKey};
+
+    let root = tempfile::tempdir().unwrap();
+    let a = Cluster::new(root.path(), "a", "a.example");
+    let b = Cluster::new(root.path(), "b", "b.example");
+    a.write("10.100.0.0/17", 1, &b, "10.100.128.0/17");
+    let _a = Killed(a.start());
+
+    // B is no operator process here but the federation library, sending a crafted half.
+    let (sent, _received) = tokio::sync::mpsc::channel(64);
+    let own = OwnIdentity {
+        cert: std::fs::read_to_string(b.dir.join("tls/tls.crt")).unwrap(),
+        key: std::fs::read_to_string(b.dir.join("tls/tls.key")).unwrap(),
+    };
+    let rogue = Federation::new(own, false, sent);
+    let red = ObjectKey::new("red", "red");
+    rogue.set_peers(vec![PeerSpec {
+        identity: PeerIdentity {
+            name: "a".into(),
+            identity: "spiffe://a.example/wireway/operator".into(),
+            bundle: a.ca(),
+        },
+        address: format!("127.0.0.1:{}", a.federation),
+        shared: [red.clone()].into(),
+    }]);
+    let member = |name: &str, identity: &str, address: &str| HalfMember {
+        name: format!("red/{name}"),
+        identity: identity.into(),
+        address: address.into(),
+        node: "b-node".into(),
+    };
+    let half = Half {
+        cidr: "10.100.0.0/16".into(),
+        nodes: vec![HalfNode {
+            name: "b-node".into(),
+            public_key: key(2),
+            endpoint: Some("127.0.0.2:52000".into()),
+            prefix: "10.100.128.0/24".into(),
+        }],
+        members: vec![
+            member("fine", "spiffe://b.example/ns/red/sa/web", "10.100.128.1"),
+            member(
+                "impostor",
+                "spiffe://a.example/ns/red/sa/web",
+                "10.100.128.2",
+            ),
+            member(
+                "squatter",
+                "spiffe://b.example/ns/red/sa/web",
+                "10.100.0.77",
+            ),
+        ],
+        decisions: Vec::new(),
+    };
+    rogue.set_outgoing(BTreeMap::from([(
+        "a".to_owned(),
+        BTreeMap::from([(red, half)]),
+    )]));
+    tokio::spawn(rogue.clone().dial());
+
+    let fine = (
+        "peer:b/b-node".to_owned(),
+        vec!["10.100.128.1/32".to_owned()],
+    );
+    tokio::task::spawn_blocking(move || {
+        wait("the fine member on A's node", || {
+            a.remote_peers() == [fine.clone()]
+        });
+        let status = a.peer_status("b");
+        assert_eq!(status["membersAdmitted"], 1, "{status}");
+        assert_eq!(status["membersRefused"], 2, "{status}");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(message.contains("OutsideTrustDomain"), "{message}");
+        assert!(message.contains("OutsideSlice"), "{message}");
+    })
+    .await
+    .unwrap();
+}
