@@ -76,4 +76,11 @@ pub mod reason {
     pub const CIDR_MISMATCH: &str = "CidrMismatch";
     /// A peer cluster has not sent its half of a service (yet).
     pub const NOT_CONNECTED: &str = "NotConnected";
+    /// A PeerCluster's exchange with the peer's operator is up.
+    pub const CONNECTED: &str = "Connected";
+    /// A PeerCluster's operator has never been heard from yet.
+    pub const CONNECTING: &str = "Connecting";
+    /// A PeerCluster's operator was heard from, and is not now: what it last sent stays
+    /// installed.
+    pub const DISCONNECTED: &str = "Disconnected";
 }

@@ -126,9 +126,10 @@ pub struct PeerClusterStatus {
     pub observed_generation: Option<i64>,
 
     /// Current state: `Ready` is True (reason Connected) while the exchange with the
-    /// peer's operator is up; otherwise False with a reason: Connecting (never synced
-    /// yet), Disconnected (it was; what it last sent stays installed), Unauthenticated
-    /// (it did not prove operatorIdentity with the trust bundle), InvalidSpec.
+    /// peer's operator is up; otherwise False with a reason: Connecting (never heard
+    /// from: unreachable, or it does not prove operatorIdentity with the trust bundle;
+    /// the operator's log says which), Disconnected (it was; what it last sent stays
+    /// installed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,

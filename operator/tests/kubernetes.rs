@@ -175,6 +175,19 @@ fn grant() -> DynamicObject {
     }))
 }
 
+fn peer_cluster() -> DynamicObject {
+    object(json!({
+        "apiVersion": "wireway.dev/v1alpha1", "kind": "PeerCluster",
+        "metadata": {"name": "cluster-b", "uid": "uid-peer", "generation": 1},
+        "spec": {
+            "trustDomain": "cluster-b.example",
+            "address": "fed.cluster-b.example:7443",
+            "trustBundle": "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+            "services": [{"namespace": "red", "name": "red", "prefix": "10.100.128.0/17"}],
+        },
+    }))
+}
+
 fn node() -> DynamicObject {
     object(json!({
         "apiVersion": "v1", "kind": "Node",
@@ -277,6 +290,7 @@ async fn status_writes(calls: &Calls) {
         (Kind::Endpoint, endpoint()),
         (Kind::Admission, admission()),
         (Kind::IdentityGrant, grant()),
+        (Kind::PeerCluster, peer_cluster()),
         (Kind::Pod, pod("red", "red-a")),
         (Kind::Node, node()),
     ]);
@@ -332,6 +346,17 @@ async fn status_writes(calls: &Calls) {
     );
     assert_eq!(asked.body["kind"], "IdentityGrant");
     assert_eq!(asked.body["status"]["conditions"][0]["reason"], "Ready");
+    // And the PeerCluster's, cluster-scoped: its operator not heard from yet.
+    let asked = api.answer(written()).await;
+    assert_eq!(
+        asked.path,
+        "/apis/wireway.dev/v1alpha1/peerclusters/cluster-b/status"
+    );
+    assert_eq!(asked.body["kind"], "PeerCluster");
+    assert_eq!(
+        asked.body["status"]["conditions"][0]["reason"],
+        "Connecting"
+    );
     let (mut writer, published) = sync.await.unwrap();
 
     // The watch brings the objects back with their new status: nothing more to write.
@@ -350,6 +375,10 @@ async fn status_writes(calls: &Calls) {
     granted.data["status"] =
         serde_json::to_value(published.statuses.identity_grants.values().next()).unwrap();
     op.watch(Kind::IdentityGrant, watcher::Event::Apply(granted));
+    let mut peer = peer_cluster();
+    peer.data["status"] =
+        serde_json::to_value(published.statuses.peer_clusters.values().next()).unwrap();
+    op.watch(Kind::PeerCluster, watcher::Event::Apply(peer));
     let published = op.published();
     assert_eq!(
         published.live, published.statuses,

@@ -176,6 +176,10 @@ impl StatusWriter {
             let live = p.live.identity_grants.get(key);
             self.status(Kind::IdentityGrant, key, desired, live).await;
         }
+        for (key, desired) in &p.statuses.peer_clusters {
+            let live = p.live.peer_clusters.get(key);
+            self.status(Kind::PeerCluster, key, desired, live).await;
+        }
         for action in &p.finalizers {
             self.finalizer(action).await;
         }

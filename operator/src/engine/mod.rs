@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::mpsc;
-use wireway_crds::PeerCluster;
 use wireway_proto::{AgentHello, AgentReport};
 use wireway_runtime::errors::chain;
 use wireway_runtime::http::Readiness;
@@ -104,9 +103,6 @@ pub struct Engine {
     stale: bool,
     plans: u64,
     declared: BTreeMap<String, Node>,
-    /// The PeerClusters, as the source delivered them (the federation dials and trusts
-    /// by them).
-    peer_clusters: BTreeMap<String, PeerCluster>,
     agents: BTreeMap<String, Agent>,
     problems: Vec<Problem>,
     /// The statuses in effect, as last computed (shown, and written while leading).
@@ -183,7 +179,6 @@ impl Engine {
             stale: true,
             plans: 0,
             declared: BTreeMap::new(),
-            peer_clusters: BTreeMap::new(),
             agents: agents::restored(&stored.agents),
             problems: Vec::new(),
             published: Statuses::default(),
@@ -362,12 +357,20 @@ impl Engine {
             Change::IdentityGrantDeleted(ref name) => {
                 self.live.identity_grants.remove(&ObjectKey::new("", name));
             }
-            Change::PeerCluster(ref o) => {
-                let name = o.metadata.name.clone().unwrap_or_default();
-                self.peer_clusters.insert(name, (**o).clone());
+            Change::PeerCluster(ref mut o) => {
+                restore(&mut self.restored, &mut **o, |s| &mut s.peer_clusters);
+                seen(
+                    &mut self.live.peer_clusters,
+                    &mut self.announced.peer_clusters,
+                    &**o,
+                    follow,
+                );
+                if same_spec(self.planner.peer_cluster(&o.key()), &**o) {
+                    return;
+                }
             }
             Change::PeerClusterDeleted(ref name) => {
-                self.peer_clusters.remove(name);
+                self.live.peer_clusters.remove(&ObjectKey::new("", name));
             }
             _ => {}
         }
@@ -457,10 +460,15 @@ impl Engine {
                 None => Planned::Standby,
             });
         self.finalizers.planned(plan);
-        self.hub.publish_federated(Federated {
-            peer_clusters: self.peer_clusters.clone(),
-            halves: plan.federation.clone(),
-        });
+        let federated = Federated {
+            peer_clusters: self
+                .planner
+                .peer_clusters()
+                .map(|o| (o.metadata.name.clone().unwrap_or_default(), o.clone()))
+                .collect(),
+            halves: self.planner.last_plan().federation.clone(),
+        };
+        self.hub.publish_federated(federated);
         self.plans += 1;
         self.dirty = false;
         self.stale = true;
@@ -504,6 +512,7 @@ impl Engine {
             &announced.identity_grants,
             &now,
         );
+        carry(&mut statuses.peer_clusters, &announced.peer_clusters, &now);
         // Only a leader announces (a standby's events would be dropped, and it keeps
         // following what the objects hold until it leads).
         if self.hub.leading() {
@@ -588,6 +597,7 @@ impl Engine {
             endpoints: statuses_of(self.planner.endpoints(), keyed),
             admissions: statuses_of(self.planner.admissions(), keyed),
             identity_grants: statuses_of(self.planner.identity_grants(), keyed),
+            peer_clusters: statuses_of(self.planner.peer_clusters(), keyed),
         };
         if let Err(e) = store.save(&stored) {
             self.metrics.error(category::STORE);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use wireway_crds::{Admission, Endpoint, IdentityGrant, NetworkService};
+use wireway_crds::{Admission, Endpoint, IdentityGrant, NetworkService, PeerCluster};
 
 use super::store::Stored;
 use crate::plan::ObjectKey;
@@ -41,6 +41,7 @@ object!(NetworkService, wireway_crds::NetworkServiceStatus);
 object!(Endpoint, wireway_crds::EndpointStatus);
 object!(Admission, wireway_crds::AdmissionStatus);
 object!(IdentityGrant, wireway_crds::IdentityGrantStatus);
+object!(PeerCluster, wireway_crds::PeerClusterStatus);
 
 /// Gives an object that arrives with no status the one stored for it.
 pub(super) fn restore<O: Object>(
@@ -159,7 +160,8 @@ conditions!(
     wireway_crds::NetworkServiceStatus,
     wireway_crds::EndpointStatus,
     wireway_crds::AdmissionStatus,
-    wireway_crds::IdentityGrantStatus
+    wireway_crds::IdentityGrantStatus,
+    wireway_crds::PeerClusterStatus
 );
 
 /// Keeps the transition times of conditions whose status did not change since they were

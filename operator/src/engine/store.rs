@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wireway_crds::{AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus};
+use wireway_crds::{
+    AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus, PeerClusterStatus,
+};
 use wireway_proto::NodeState;
 use wireway_runtime::errors::FileError;
 use wireway_runtime::files;
@@ -60,6 +62,9 @@ pub struct Stored {
     /// IdentityGrant statuses by name.
     #[serde(default)]
     pub identity_grants: BTreeMap<String, IdentityGrantStatus>,
+    /// PeerCluster statuses by name.
+    #[serde(default)]
+    pub peer_clusters: BTreeMap<String, PeerClusterStatus>,
 }
 
 /// Why the store could not be used.

@@ -14,7 +14,9 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, TrustDomain};
+use wireway_crds::{
+    Admission, Cidr, Endpoint, IdentityGrant, NetworkService, PeerCluster, TrustDomain,
+};
 
 use super::bounds::{Bounds, node_ranges};
 use super::world::{Change, Labels, Node, Peer, Pod, World};
@@ -47,6 +49,9 @@ pub struct Index {
     pub bounds: Bounds,
     /// Peer clusters by name.
     pub peers: BTreeMap<String, Peer>,
+    /// The PeerCluster objects, by key (an empty namespace: they are cluster-scoped),
+    /// with the statuses last planned.
+    pub peer_clusters: BTreeMap<ObjectKey, PeerCluster>,
     /// IdentityGrants by the namespace they widen.
     grants_by_namespace: BTreeMap<String, BTreeSet<ObjectKey>>,
     /// Nodes by the WireGuard public key they present.
@@ -69,6 +74,8 @@ pub struct Affected {
     pub nodes: BTreeSet<String>,
     /// IdentityGrants whose status must be planned again.
     pub grants: BTreeSet<ObjectKey>,
+    /// PeerClusters whose status must be planned again.
+    pub peer_clusters: BTreeSet<ObjectKey>,
 }
 
 /// The target an Endpoint names.
@@ -157,6 +164,7 @@ impl Index {
             service_cidrs,
             bounds: world.bounds,
             peers: BTreeMap::new(),
+            peer_clusters: BTreeMap::new(),
             grants_by_namespace: BTreeMap::new(),
             nodes_by_key: BTreeMap::new(),
             endpoints_by_target: BTreeMap::new(),
@@ -414,8 +422,14 @@ impl Index {
             Change::AdmissionDeleted(key) => {
                 self.remove_admission(&key, &mut affected);
             }
-            Change::PeerCluster(object) => {
+            Change::PeerCluster(mut object) => {
+                let key = ObjectKey::of(&object.metadata);
+                if let Some(old) = self.peer_clusters.remove(&key) {
+                    object.status = old.status;
+                }
                 let mut peer = Peer::declared(&object);
+                self.peer_clusters.insert(key.clone(), *object);
+                affected.peer_clusters.insert(key);
                 if let Some(old) = self.remove_peer(&peer.name, &mut affected) {
                     peer.connected = old.connected;
                     peer.last_sync = old.last_sync;
@@ -426,9 +440,15 @@ impl Index {
             }
             Change::PeerClusterDeleted(name) => {
                 self.remove_peer(&name, &mut affected);
+                let key = ObjectKey::new("", &name);
+                self.peer_clusters.remove(&key);
+                affected.peer_clusters.insert(key);
             }
             Change::PeerSent(sent) => {
                 if let Some(peer) = self.peers.get_mut(&sent.peer) {
+                    affected
+                        .peer_clusters
+                        .insert(ObjectKey::new("", &sent.peer));
                     peer.connected = sent.connected;
                     peer.last_sync = sent.last_sync;
                     if let Some(halves) = sent.halves {

@@ -55,7 +55,9 @@ pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wireway_crds::{AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus};
+use wireway_crds::{
+    AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus, PeerClusterStatus,
+};
 use wireway_proto::NodeState;
 
 pub use key::ObjectKey;
@@ -88,6 +90,8 @@ pub struct Plan {
     pub admissions: BTreeMap<ObjectKey, AdmissionStatus>,
     /// Status of every IdentityGrant (keys with an empty namespace).
     pub identity_grants: BTreeMap<ObjectKey, IdentityGrantStatus>,
+    /// Status of every PeerCluster (keys with an empty namespace).
+    pub peer_clusters: BTreeMap<ObjectKey, PeerClusterStatus>,
     /// What to send each peer cluster: by its name, this cluster's half of every service
     /// shared with it.
     pub federation: BTreeMap<String, BTreeMap<ObjectKey, Half>>,

@@ -11,14 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService};
+use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, PeerCluster};
 use wireway_proto::{NodeState, ServiceState};
 
 use super::index::Index;
 use super::node_keys::{self, Refused};
 use super::service::{self, Across, Assigned, TargetPlan};
 use super::world::{Change, World};
-use super::{ObjectKey, Plan, Statuses, grants, names, nodes, overlaps};
+use super::{ObjectKey, Plan, Statuses, grants, names, nodes, overlaps, status};
 
 /// What a planned target leaves in the plan: the objects whose statuses it wrote, the
 /// nodes carrying it (and those it would if their key were their own), and the cidr it
@@ -45,6 +45,7 @@ pub struct Planner {
     dirty_targets: BTreeSet<ObjectKey>,
     dirty_nodes: BTreeSet<String>,
     dirty_grants: BTreeSet<ObjectKey>,
+    dirty_peer_clusters: BTreeSet<ObjectKey>,
     /// Until the first plan, node states come from `previous` (for versions and veth
     /// names) and every service in them is rebuilt.
     rebuild: bool,
@@ -75,6 +76,7 @@ impl Planner {
             dirty_targets,
             dirty_nodes,
             dirty_grants,
+            dirty_peer_clusters: BTreeSet::new(),
             rebuild: true,
         }
     }
@@ -95,6 +97,7 @@ impl Planner {
         self.dirty_nodes.extend(affected.nodes);
         self.dirty_targets.extend(affected.targets);
         self.dirty_grants.extend(affected.grants);
+        self.dirty_peer_clusters.extend(affected.peer_clusters);
     }
 
     /// Takes the allocations recorded in the statuses `held` (NetworkServices' prefixes,
@@ -183,6 +186,16 @@ impl Planner {
         self.index.identity_grants.values()
     }
 
+    /// The PeerClusters of the World, with the statuses last planned.
+    pub fn peer_clusters(&self) -> impl Iterator<Item = &PeerCluster> {
+        self.index.peer_clusters.values()
+    }
+
+    /// One PeerCluster of the World (its key has an empty namespace).
+    pub fn peer_cluster(&self, key: &ObjectKey) -> Option<&PeerCluster> {
+        self.index.peer_clusters.get(key)
+    }
+
     /// One IdentityGrant of the World (its key has an empty namespace).
     pub fn identity_grant(&self, key: &ObjectKey) -> Option<&IdentityGrant> {
         self.index.identity_grants.get(key)
@@ -194,6 +207,7 @@ impl Planner {
         self.reassign();
         self.decide_node_keys();
         self.plan_grants();
+        self.plan_peer_clusters();
         let mut touched = std::mem::take(&mut self.dirty_nodes);
         let mut shares: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
         let targets = overlaps::closure(
@@ -328,6 +342,27 @@ impl Planner {
                 .insert(key.clone(), status.clone());
             if let Some(grant) = self.index.identity_grants.get_mut(&key) {
                 grant.status = Some(status);
+            }
+        }
+    }
+
+    /// Plans the statuses of the PeerClusters whose object or connection changed.
+    fn plan_peer_clusters(&mut self) {
+        for key in std::mem::take(&mut self.dirty_peer_clusters) {
+            let Some(object) = self.index.peer_clusters.get(&key) else {
+                self.plan.peer_clusters.remove(&key);
+                continue;
+            };
+            let peer = self.index.peers.get(&key.name);
+            let status = status::peer_cluster(
+                object,
+                peer.is_some_and(|p| p.connected),
+                peer.and_then(|p| p.last_sync.as_ref()),
+                &self.index.now,
+            );
+            self.plan.peer_clusters.insert(key.clone(), status.clone());
+            if let Some(object) = self.index.peer_clusters.get_mut(&key) {
+                object.status = Some(status);
             }
         }
     }

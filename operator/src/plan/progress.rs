@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use wireway_crds::conditions::{READY, reason};
-use wireway_crds::{AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus};
+use wireway_crds::{
+    AdmissionStatus, EndpointStatus, IdentityGrantStatus, NetworkServiceStatus, PeerClusterStatus,
+};
 
 use super::index::endpoint_target;
 use super::{ObjectKey, Planner};
@@ -27,6 +29,8 @@ pub struct Statuses {
     pub admissions: BTreeMap<ObjectKey, AdmissionStatus>,
     /// Status of every IdentityGrant (in effect once planned).
     pub identity_grants: BTreeMap<ObjectKey, IdentityGrantStatus>,
+    /// Status of every PeerCluster.
+    pub peer_clusters: BTreeMap<ObjectKey, PeerClusterStatus>,
 }
 
 /// How many names a Progressing message lists before it counts the rest.
@@ -107,6 +111,7 @@ impl Planner {
             endpoints,
             admissions: plan.admissions.clone(),
             identity_grants: plan.identity_grants.clone(),
+            peer_clusters: plan.peer_clusters.clone(),
         }
     }
 }

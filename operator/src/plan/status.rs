@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use wireway_crds::conditions::READY;
+use wireway_crds::conditions::{READY, reason};
 
 /// The condition time of `t`, to the second: conditions' times are stored with second
 /// precision, so a time with more would never compare equal to what the API server gives
@@ -54,6 +54,46 @@ pub fn count_of(n: usize, noun: &str) -> String {
         format!("1 {noun}")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+/// A PeerCluster's status: connected to its operator, never yet, or not any more (since
+/// `last_sync`, when it last sent its halves).
+pub fn peer_cluster(
+    object: &wireway_crds::PeerCluster,
+    connected: bool,
+    last_sync: Option<&Time>,
+    now: &Time,
+) -> wireway_crds::PeerClusterStatus {
+    let address = &object.spec.address;
+    let (why, message) = match (connected, last_sync) {
+        (true, _) => (
+            reason::CONNECTED,
+            format!("exchanging halves with its operator ({address})"),
+        ),
+        (false, None) => (
+            reason::CONNECTING,
+            format!(
+                "its operator has not been heard from yet (dialling {address}, or waiting for it to dial in)"
+            ),
+        ),
+        (false, Some(_)) => (
+            reason::DISCONNECTED,
+            format!(
+                "its operator is not connected (dialling {address}); what it last sent stays installed"
+            ),
+        ),
+    };
+    let generation = object.metadata.generation;
+    let previous = object
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    wireway_crds::PeerClusterStatus {
+        observed_generation: generation,
+        conditions: ready(connected, why, message, generation, previous, now),
+        last_sync: last_sync.cloned(),
     }
 }
 

@@ -508,3 +508,35 @@ fn an_address_sent_for_two_members_is_neithers() {
         ]
     );
 }
+
+#[test]
+fn a_peerclusters_status_says_connecting_connected_then_disconnected() {
+    let mut w = cluster_a();
+    w.peers.clear();
+    let mut planner = Planner::new(w, None);
+    planner.apply(Change::PeerCluster(Box::new(peer_cluster_object(
+        "10.100.128.0/17",
+    ))));
+    let key = ObjectKey::new("", "cluster-b");
+    let reason_now = |planner: &mut Planner| {
+        let status = planner.plan().peer_clusters[&key].clone();
+        let (_, why) = ready_reason(&status.conditions);
+        (why.to_owned(), status.last_sync.is_some())
+    };
+    assert_eq!(reason_now(&mut planner), (reason::CONNECTING.into(), false));
+    let sent = |connected: bool| PeerSent {
+        peer: "cluster-b".into(),
+        connected,
+        last_sync: Some(Time(Timestamp::UNIX_EPOCH)),
+        halves: None,
+    };
+    planner.apply(Change::PeerSent(sent(true)));
+    assert_eq!(reason_now(&mut planner), (reason::CONNECTED.into(), true));
+    planner.apply(Change::PeerSent(sent(false)));
+    assert_eq!(
+        reason_now(&mut planner),
+        (reason::DISCONNECTED.into(), true)
+    );
+    planner.apply(Change::PeerClusterDeleted("cluster-b".into()));
+    assert!(planner.plan().peer_clusters.is_empty());
+}
