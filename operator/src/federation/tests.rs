@@ -149,8 +149,20 @@ fn process(federation: Federation, listener: std::net::TcpListener) -> std::sync
     kill
 }
 
+/// A listener on `address`, retried while a killed process's listener there is still
+/// being torn down.
 fn std_listener(address: &str) -> std::net::TcpListener {
-    let listener = std::net::TcpListener::bind(address).unwrap();
+    let start = std::time::Instant::now();
+    let listener = loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => break listener,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                eprintln!("binding {address} again: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot bind {address}: {e}"),
+        }
+    };
     listener.set_nonblocking(true).unwrap();
     listener
 }
