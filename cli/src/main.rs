@@ -176,6 +176,39 @@ fn certs(command: CertsCommand) -> ExitCode {
 }
 
 async fn status(access: &status::Access, output: status::Output) -> ExitCode {
+    // A lab of several clusters where the lab's operator would be: every cluster's.
+    let clusters = access
+        .operator
+        .strip_prefix("unix:")
+        .and_then(|socket| std::path::Path::new(socket).parent())
+        .and_then(|dir| lab::Lab::open(dir.to_owned()).ok())
+        .map(|lab| lab.record.clusters)
+        .unwrap_or_default();
+    if !clusters.is_empty() {
+        let mut failed = false;
+        for (name, dir) in clusters {
+            let access = match lab::Lab::open(dir) {
+                Ok(cluster) => cluster.status_access(),
+                Err(e) => {
+                    eprintln!("error: cluster {name}: {}", chain(&e));
+                    failed = true;
+                    continue;
+                }
+            };
+            println!("cluster {name}");
+            failed |= show_status(&access, output).await != ExitCode::SUCCESS;
+        }
+        return if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    show_status(access, output).await
+}
+
+/// One operator's status, printed.
+async fn show_status(access: &status::Access, output: status::Output) -> ExitCode {
     match status::fetch(access).await {
         Ok(snapshot) => {
             match output {

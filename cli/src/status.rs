@@ -298,6 +298,49 @@ pub fn render_snapshot(snapshot: &Snapshot, wide: bool) -> String {
         ],
         &services,
     ));
+    let peers: Vec<Vec<String>> = snapshot
+        .network_services
+        .iter()
+        .flat_map(|s| {
+            let service = format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default()
+            );
+            let status = s.status.clone().unwrap_or_default();
+            status.peers.into_iter().map(move |p| {
+                vec![
+                    service.clone(),
+                    p.cluster,
+                    if p.connected { "yes" } else { "no" }.to_owned(),
+                    p.last_sync
+                        .map_or_else(|| "-".to_owned(), |t| t.0.to_string()),
+                    p.nodes.to_string(),
+                    p.members_admitted.to_string(),
+                    p.members_refused.to_string(),
+                    or_dash(p.reason.as_deref().unwrap_or_default()),
+                    or_dash(p.message.as_deref().unwrap_or_default()),
+                ]
+            })
+        })
+        .collect();
+    if !peers.is_empty() {
+        out.push_str("\nPEER CLUSTERS (per shared service)\n");
+        out.push_str(&render(
+            &[
+                "SERVICE",
+                "CLUSTER",
+                "CONNECTED",
+                "LAST SYNC",
+                "NODES",
+                "ADMITTED",
+                "REFUSED",
+                "REASON",
+                "MESSAGE",
+            ],
+            &peers,
+        ));
+    }
     let mut endpoints = Vec::new();
     for e in &snapshot.endpoints {
         let status = e.status.clone().unwrap_or_default();

@@ -1428,6 +1428,28 @@ fn clusters_federate_as_planned_and_lose_no_packet_to_an_operators_death_or_a_cu
         );
     }
 
+    // `wireway status` where the lab's operator would be shows every cluster, each with
+    // its peers.
+    let socket = format!("unix:{}", lab.dir.join("operator.sock").display());
+    let out = Command::new(WIREWAY)
+        .args(["status", "--operator", &socket])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for cluster in [
+        "cluster east",
+        "cluster west",
+        "cluster partner",
+        "PEER CLUSTERS",
+    ] {
+        assert!(shown.contains(cluster), "no {cluster:?} in:\n{shown}");
+    }
+
     let (east, west) = (Cluster::of(&lab, "east"), Cluster::of(&lab, "west"));
     let pings = [
         ping_flood(
