@@ -73,13 +73,11 @@ up() {
     done
 }
 
-# Each cluster's trust domain: the first is the samples' (cluster.local) and east's of the
-# multicluster sample when federating; the second is west's.
+# Each cluster's trust domain: the first keeps the samples' (cluster.local; it plays
+# east of the multicluster sample when federating), the second is west's.
 trust_domain() {
     if [ "$1" = "$second" ]; then
         echo west.acme.example
-    elif [ "${WIREWAY_KIND_SECOND:-0}" = 1 ]; then
-        echo east.acme.example
     else
         echo cluster.local
     fi
@@ -233,7 +231,9 @@ federate() {
     local east=$cluster west=$second ns from to address connected
     say "federation: east ($east) and west ($west) share red/red"
     kubectl --context "kind-$east" apply --server-side -f "$repo/config/samples/multicluster/east/"
-    kubectl --context "kind-$west" apply --server-side -f "$repo/config/samples/multicluster/west/"
+    # West admits east by its trust domain, which is cluster.local here.
+    cat "$repo"/config/samples/multicluster/west/*.yaml | sed "s/east\.acme\.example/$(trust_domain "$east")/g" |
+        kubectl --context "kind-$west" apply --server-side -f -
     peer_cluster "$east" "$west" west 10.100.64.0/18
     peer_cluster "$west" "$east" east 10.100.0.0/18
     for name in "$east" "$west"; do
