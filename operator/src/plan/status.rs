@@ -97,6 +97,23 @@ pub fn peer_cluster(
     }
 }
 
+/// Most bytes of text from a peer cluster (a name, a reason, a message) that go into
+/// a status: what it sends is bounded, so no peer can grow this cluster's objects past
+/// what the API server stores.
+pub const PEER_TEXT_MAX: usize = 256;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::jiff::Timestamp;
@@ -115,5 +132,9 @@ mod tests {
         assert_eq!(super::count_of(0, "node"), "0 nodes");
         assert_eq!(super::count_of(1, "workload"), "1 workload");
         assert_eq!(super::count_of(4, "member"), "4 members");
+        let long = "é".repeat(300);
+        let clipped = super::clip(&long, super::PEER_TEXT_MAX);
+        assert!(clipped.len() <= super::PEER_TEXT_MAX && clipped.ends_with("..."));
+        assert_eq!(super::clip("short", 10), "short");
     }
 }

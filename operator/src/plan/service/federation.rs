@@ -274,7 +274,8 @@ fn decide_members(
         } else {
             remote.status.members_refused += 1;
             if refusals.len() < REFUSALS_SHOWN {
-                refusals.push(format!("{} ({why}): {message}", member.name));
+                let refusal = format!("{} ({why}): {message}", member.name);
+                refusals.push(status::clip(&refusal, status::PEER_TEXT_MAX));
             }
         }
         remote.decisions.push(MemberDecision {

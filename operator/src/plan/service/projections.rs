@@ -443,8 +443,8 @@ fn peer_decisions(remotes: &[Remote], address: IpAddr) -> Vec<PeerDecision> {
             Some(PeerDecision {
                 cluster: r.name.clone(),
                 admitted: d.admitted,
-                reason: d.reason.clone(),
-                message: d.message.clone(),
+                reason: status::clip(&d.reason, status::PEER_TEXT_MAX),
+                message: status::clip(&d.message, status::PEER_TEXT_MAX),
             })
         })
         .collect()

@@ -540,3 +540,32 @@ fn a_peerclusters_status_says_connecting_connected_then_disconnected() {
     planner.apply(Change::PeerClusterDeleted("cluster-b".into()));
     assert!(planner.plan().peer_clusters.is_empty());
 }
+
+#[test]
+fn a_peer_cannot_grow_this_clusters_statuses_with_long_names_or_messages() {
+    let mut w = cluster_a();
+    let first = plan(&w, None);
+    let address = member(&first, "red/red-members", "red-a")
+        .address
+        .clone()
+        .unwrap();
+    let half = w.peers[0].halves.values_mut().next().unwrap();
+    let huge = "x".repeat(100_000);
+    half.members.push(remote_member(
+        &huge,
+        &format!("spiffe://{TD_A}/ns/{huge}"),
+        "10.100.128.9",
+        "b-1",
+    ));
+    half.decisions = vec![MemberDecision {
+        address,
+        admitted: false,
+        reason: huge.clone(),
+        message: huge,
+    }];
+    let plan = plan(&w, None);
+    let message = peer_status(&plan).message.clone().unwrap_or_default();
+    assert!(message.len() < 2_000, "{} bytes", message.len());
+    let decision = &member(&plan, "red/red-members", "red-a").peers[0];
+    assert!(decision.reason.len() + decision.message.len() < 1_000);
+}
