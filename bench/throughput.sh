@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
-# Throughput through userspace WireGuard, boringtun (as the agent runs it) against
-# wireguard-go, in the same rig: two namespaces joined by a veth, one tunnel between
-# them, iperf3 across the tunnel for 10 s. Needs root, iperf3, wireguard-go, wg.
-#   bash bench/throughput.sh [target/release/wireway-agent]
+# Throughput through userspace WireGuard: the agent's device (GotaTun, in its child process,
+# as the agent runs it) against wireguard-go, the current one from the Go module proxy and
+# Debian's, in the same rig: two namespaces joined by a veth, one tunnel between them,
+# iperf3 across the tunnel for SECONDS, with one stream and with four. Beside each figure,
+# the CPU the two devices used (their processes' user + system time over the run), in
+# cores and in cores per Gbit/s. Needs root, iperf3, wg, Go (for the current wireguard-go)
+# and wireguard-go (Debian's; skipped when it is not installed).
+#   bash bench/throughput.sh [target/release/wireway-agent] [SECONDS] [RUNS]
 set -euo pipefail
 agent=${1:-target/release/wireway-agent}
+seconds=${2:-10}
+runs=${3:-1}
+# The wireguard-go measured against, pinned; built once into Go's caches.
+wireguard_go_version=v0.0.0-20260522210424-ecfc5a8d5446
+gobin=${XDG_CACHE_HOME:-$HOME/.cache}/wireway/wireguard-go-$wireguard_go_version
+[ -x "$gobin/wireguard" ] || GOBIN=$gobin go install "golang.zx2c4.com/wireguard@$wireguard_go_version"
+
 tag=wwtp$$
 dir=$(mktemp -d)
 cleanup() {
+    teardown
+    rm -rf "$dir"
+}
+teardown() {
     pkill -f "$dir" 2>/dev/null || true
-    pkill -f "wireguard-go ${tag}" 2>/dev/null || true
+    pkill -f "${tag}[ab]\$" 2>/dev/null || true
     ip netns del "$tag-1" 2>/dev/null || true
     ip netns del "$tag-2" 2>/dev/null || true
-    rm -rf "$dir" "/var/run/wireguard/${tag}a.sock" "/var/run/wireguard/${tag}b.sock"
+    rm -f "/var/run/wireguard/${tag}a.sock" "/var/run/wireguard/${tag}b.sock"
+    sleep 0.5
 }
 trap cleanup EXIT
 
@@ -36,41 +52,81 @@ PY
 
 hexkey() { base64 -d <<<"$1" | od -An -tx1 | tr -d ' \n'; }
 
-measure() { # iperf3 from side 1 to side 2's tunnel address
-    ip netns exec "$tag-2" iperf3 -s -1 -D >/dev/null
-    sleep 0.5
-    ip netns exec "$tag-1" iperf3 -c 10.77.0.2 -t 10 -J | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))'
-}
-
 k1=$(wg genkey); k2=$(wg genkey); p1=$(wg pubkey <<<"$k1"); p2=$(wg pubkey <<<"$k2")
 
-rig
-for n in 1 2; do
-    ip netns exec "$tag-$n" "$agent" wireguard-userspace --interface "${tag}$n" --socket "$dir/$n.sock" 2>/dev/null &
-done
-sleep 1
-uapi "$dir/1.sock" "private_key=$(hexkey "$k1")
-listen_port=51820
-public_key=$(hexkey "$p2")
-endpoint=192.168.99.2:51820
-allowed_ip=10.77.0.2/32
+# The agent's device: the agent binary's child, the key on its stdin, its own socket.
+start_agent() {
+    for n in 1 2; do
+        local key=$k1 peer=$p2 other=2
+        [ "$n" = 2 ] && key=$k2 peer=$p1 other=1
+        hexkey "$key" | ip netns exec "$tag-$n" "$agent" wireguard-userspace \
+            --interface "${tag}$n" --socket "$dir/$n.sock" 2>/dev/null &
+        for _ in $(seq 100); do [ -S "$dir/$n.sock" ] && break; sleep 0.05; done
+        uapi "$dir/$n.sock" "listen_port=51820
+public_key=$(hexkey "$peer")
+endpoint=192.168.99.$other:51820
+allowed_ip=10.77.0.$other/32
 "
-uapi "$dir/2.sock" "private_key=$(hexkey "$k2")
-listen_port=51820
-public_key=$(hexkey "$p1")
-endpoint=192.168.99.1:51820
-allowed_ip=10.77.0.1/32
-"
-for n in 1 2; do
-    ip -n "$tag-$n" addr add "10.77.0.$n/24" dev "${tag}$n"; ip -n "$tag-$n" link set "${tag}$n" mtu 1420 up
-done
-echo "boringtun (wireway-agent userspace device): $(measure) Mbit/s"
-pkill -f "$dir" || true; ip netns del "$tag-1"; ip netns del "$tag-2"; sleep 0.5
+        address "$n" "${tag}$n"
+    done
+}
 
-rig
-ip netns exec "$tag-1" wireguard-go "${tag}a" 2>/dev/null; ip netns exec "$tag-2" wireguard-go "${tag}b" 2>/dev/null
-ip netns exec "$tag-1" wg set "${tag}a" private-key <(echo "$k1") listen-port 51820 peer "$p2" endpoint 192.168.99.2:51820 allowed-ips 10.77.0.2/32
-ip netns exec "$tag-2" wg set "${tag}b" private-key <(echo "$k2") listen-port 51820 peer "$p1" endpoint 192.168.99.1:51820 allowed-ips 10.77.0.1/32
-ip -n "$tag-1" addr add 10.77.0.1/24 dev "${tag}a"; ip -n "$tag-1" link set "${tag}a" mtu 1420 up
-ip -n "$tag-2" addr add 10.77.0.2/24 dev "${tag}b"; ip -n "$tag-2" link set "${tag}b" mtu 1420 up
-echo "wireguard-go $(wireguard-go --version 2>/dev/null | head -1 | awk '{print $2}'): $(measure) Mbit/s"
+# wireguard-go (the binary given): its own socket in /var/run/wireguard, set with wg.
+start_wireguard_go() {
+    local binary=$1
+    for n in 1 2; do
+        local key=$k1 peer=$p2 other=2 name=${tag}a
+        [ "$n" = 2 ] && key=$k2 peer=$p1 other=1 name=${tag}b
+        ip netns exec "$tag-$n" "$binary" "$name" 2>/dev/null
+        ip netns exec "$tag-$n" wg set "$name" private-key <(echo "$key") listen-port 51820 \
+            peer "$peer" endpoint "192.168.99.$other:51820" allowed-ips "10.77.0.$other/32"
+        address "$n" "$name"
+    done
+}
+
+address() { # SIDE INTERFACE
+    ip -n "$tag-$1" addr add "10.77.0.$1/24" dev "$2"
+    ip -n "$tag-$1" link set "$2" mtu 1420 up
+}
+
+# measure LABEL STREAMS: iperf3 from side 1 to side 2's tunnel address, and the devices' CPU.
+measure() {
+    ip netns exec "$tag-1" ping -c 1 -W 5 10.77.0.2 >/dev/null
+    ip netns exec "$tag-2" iperf3 -s -1 -D >/dev/null
+    sleep 0.5
+    local pids ticks0 ticks1 mbit
+    mapfile -t pids < <(pgrep -f "$dir|${tag}[ab]\$")
+    ticks0=$(cpu_ticks "${pids[@]}")
+    mbit=$(ip netns exec "$tag-1" iperf3 -c 10.77.0.2 -t "$seconds" -P "$2" -J |
+        python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))')
+    ticks1=$(cpu_ticks "${pids[@]}")
+    python3 - "$1" "$2" "$mbit" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" "$seconds" <<'PY'
+import sys
+label, streams, mbit, ticks, hz, seconds = sys.argv[1], *map(float, sys.argv[2:])
+cores = ticks / hz / seconds
+print(f"{label:<40} {int(streams)} stream(s): {mbit:6.0f} Mbit/s   devices {cores:.2f} cores, {cores / (mbit / 1000):.2f} cores per Gbit/s")
+PY
+}
+
+cpu_ticks() { # user + system time of the processes given, in clock ticks
+    local total=0 fields
+    for pid in "$@"; do
+        read -r -a fields <"/proc/$pid/stat"
+        total=$((total + fields[13] + fields[14]))
+    done
+    echo "$total"
+}
+
+for _ in $(seq "$runs"); do
+    for streams in 1 4; do
+        rig; start_agent
+        measure "wireway-agent (GotaTun)" "$streams"; teardown
+        rig; start_wireguard_go "$gobin/wireguard"
+        measure "wireguard-go ${wireguard_go_version#v0.0.0-}" "$streams"; teardown
+        if command -v wireguard-go >/dev/null; then
+            rig; start_wireguard_go wireguard-go
+            measure "wireguard-go $(wireguard-go --version 2>/dev/null | awk '{print $2; exit}') (Debian)" "$streams"
+            teardown
+        fi
+    done
+done

@@ -807,8 +807,8 @@ fn a_peers_allowed_ips_change_with_traffic_flowing_and_the_device_keeps_answerin
     let keys = seeds(&mut lab);
     apply_all(&lab, &[&red()], &keys);
     assert!(lab.reachable("red-a", "10.100.2.1"));
-    // A peer cluster's member joins behind n2: n1's peer for n2 gets one more allowed IP
-    // (boringtun cannot change a peer: the agent removes and adds it again).
+    // A peer cluster's member joins behind n2: n1's peer for n2 gets one more allowed IP,
+    // changed in place (boringtun 0.7 stopped the whole device on such a change).
     let mut changed = node_state(&lab, "n1", &[&red()], &keys);
     let peer = changed.services[0]
         .peers

@@ -15,9 +15,10 @@ use netlink_packet_wireguard::{
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
 };
 
-use super::{DeviceState, PeerChange, PeerStats, WireGuardError, endpoint_address, key_bytes};
+use super::{
+    DeviceState, PeerChange, PeerStats, WireGuardError, endpoint_address, handshake_age, key_bytes,
+};
 use crate::converge::Peer;
-use wireway_runtime::clock;
 
 /// The kernel backend: a generic netlink connection to the `wireguard` family.
 #[derive(Debug, Clone)]
@@ -212,9 +213,8 @@ fn add_peer(state: &mut DeviceState, peer: WireguardPeer) {
                     }
                 }
             }
-            WireguardPeerAttribute::LastHandshake(t) if t.seconds > 0 => {
-                let age = clock::unix_seconds().saturating_sub(t.seconds);
-                stats.handshake_age = Some(u64::try_from(age).unwrap_or(0));
+            WireguardPeerAttribute::LastHandshake(t) => {
+                stats.handshake_age = handshake_age(t.seconds)
             }
             WireguardPeerAttribute::RxBytes(b) => stats.rx_bytes = b,
             WireguardPeerAttribute::TxBytes(b) => stats.tx_bytes = b,

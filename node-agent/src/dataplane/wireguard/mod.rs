@@ -1,5 +1,5 @@
 //! WireGuard: the backend the agent drives, chosen at start ([`Backend::detect`]): the
-//! kernel module through netlink ([`kernel`]) where it exists, else boringtun in child
+//! kernel module through netlink ([`kernel`]) where it exists, else GotaTun in child
 //! processes ([`userspace`]); and what both speak: device state, peer health, keys.
 
 pub mod kernel;
@@ -44,16 +44,12 @@ pub enum WireGuardError {
     /// The device did not come up.
     #[error("the WireGuard device {0} did not start")]
     Start(String),
-    /// The device does not answer (its current peers could not be read).
-    #[error("the WireGuard device {0} does not answer")]
-    Unanswered(String),
 }
 
 /// A peer's health as the device reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerStats {
-    /// Seconds since the last handshake (boringtun reports an age, not a time); `None`
-    /// if none yet.
+    /// Seconds since the last handshake; `None` if none yet.
     pub handshake_age: Option<u64>,
     /// Bytes received.
     pub rx_bytes: u64,
@@ -81,7 +77,7 @@ pub type PeerChange<'a> = (&'a str, Option<&'a Peer>);
 pub enum Backend {
     /// The kernel module, through netlink.
     Kernel(KernelWireGuard),
-    /// boringtun in child processes.
+    /// GotaTun in child processes.
     Userspace(Userspace),
 }
 
@@ -171,12 +167,21 @@ impl std::fmt::Debug for PrivateKey {
     }
 }
 
+/// The age of a handshake the device reports as a time (seconds since the epoch, 0 for
+/// none yet, as both backends do).
+fn handshake_age(unix_seconds: i64) -> Option<u64> {
+    (unix_seconds > 0).then(|| {
+        let age = wireway_runtime::clock::unix_seconds().saturating_sub(unix_seconds);
+        u64::try_from(age).unwrap_or(0)
+    })
+}
+
 /// A new private key (base64) and its public key, from the kernel's random source.
 pub fn generate_key() -> std::io::Result<(String, String)> {
     let mut bytes = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let secret = boringtun::x25519::StaticSecret::from(bytes);
-    let public = boringtun::x25519::PublicKey::from(&secret);
+    let secret = gotatun::x25519::StaticSecret::from(bytes);
+    let public = gotatun::x25519::PublicKey::from(&secret);
     Ok((
         BASE64.encode(secret.to_bytes()),
         BASE64.encode(public.as_bytes()),
@@ -185,6 +190,6 @@ pub fn generate_key() -> std::io::Result<(String, String)> {
 
 /// The public key (base64) of a private key (base64).
 pub fn public_key(private_key: &str) -> Result<String, WireGuardError> {
-    let secret = boringtun::x25519::StaticSecret::from(key_bytes(private_key)?);
-    Ok(BASE64.encode(boringtun::x25519::PublicKey::from(&secret).as_bytes()))
+    let secret = gotatun::x25519::StaticSecret::from(key_bytes(private_key)?);
+    Ok(BASE64.encode(gotatun::x25519::PublicKey::from(&secret).as_bytes()))
 }

@@ -1,20 +1,24 @@
-//! WireGuard, userspace backend: one boringtun device per interface, each in a child
+//! WireGuard, userspace backend: one GotaTun device per interface, each in a child
 //! process of its own.
 //!
-//! Why a child process: boringtun blocks SIGINT and SIGTERM in the threads it creates and
-//! consumes them, and its teardown can hang; in a child it can do neither to the agent.
-//! The child outlives the agent on purpose, so an agent restart drops no packet; the next
-//! agent finds it by its control socket and carries on.
+//! Why GotaTun: it was measured against boringtun (which it forks) and wireguard-go in
+//! one rig (`bench/throughput.sh`, `docs/benchmarks.md`); it is maintained, and it
+//! changes a peer it has in place (boringtun 0.7 panicked on that and stopped the
+//! device).
 //!
-//! Why not boringtun's own control socket: it is always `/var/run/wireguard/<name>.sock`,
-//! shared by every network namespace of the machine, so two nodes of a lab (or a test)
-//! could not both have `ww-red`. The child hands boringtun one end of a socket pair
-//! instead, and serves the WireGuard UAPI text protocol on a socket in the agent's own
-//! state directory, passing each request through.
+//! Why a child process: a device's teardown, its threads and its signals stay out of
+//! the agent. The child outlives the agent on purpose, so an agent restart drops no
+//! packet; the next agent finds it by its control socket and carries on. A device that
+//! fails (its TUN or socket gone) ends its child, and the next pass makes it again.
+//!
+//! Why not a control socket in `/var/run/wireguard`: that directory is shared by every
+//! network namespace of the machine, so two nodes of a lab (or a test) could not both
+//! have `ww-red`. The child hands the device one end of a socket pair instead, and
+//! serves the WireGuard UAPI text protocol on a socket in the agent's own state
+//! directory, passing each request through.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::IntoRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,9 +26,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use gotatun::device::DeviceBuilder;
+use gotatun::device::uapi::UapiServer;
+use gotatun::x25519::StaticSecret;
 use ipnet::IpNet;
 
-use super::{DeviceState, PeerChange, PeerStats, WireGuardError, endpoint_address, key_bytes};
+use super::{
+    DeviceState, PeerChange, PeerStats, WireGuardError, endpoint_address, handshake_age, key_bytes,
+};
 use crate::converge::Peer;
 
 /// The userspace backend: devices run as children of `program` (the agent binary, with
@@ -84,8 +93,8 @@ impl Userspace {
         let mut child = command.spawn().map_err(io)?;
         // The key goes on the child's stdin (never its arguments), and the child sets it
         // before its control socket exists: a device that answers always has its key, even
-        // when the agent is killed right after starting it. (A device without one would
-        // take the next agent's peers and crash: boringtun panics on a peer before a key.)
+        // when the agent is killed right after starting it (a device without one would
+        // take the next agent's peers and carry nothing).
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(format!("{key}\n").as_bytes()).map_err(io)?;
         }
@@ -101,8 +110,7 @@ impl Userspace {
 
     /// Stops the device: the child exits and the kernel removes its TUN interface.
     pub fn delete(&self, interface: &str) -> Result<(), WireGuardError> {
-        // boringtun exits when its control connection closes; ask the child to stop by
-        // closing ours: the child ends on a request to quit.
+        // The child ends on a request to quit; the kernel removes its TUN interface.
         let result = self.request(interface, "quit=1\n\n");
         let _ = std::fs::remove_file(self.socket(interface));
         match result {
@@ -125,23 +133,12 @@ impl Userspace {
     /// Adds, updates and removes peers, all in one configuration transaction: a node
     /// with a thousand peers is configured in one exchange, not a thousand. `peer: None`
     /// removes the peer.
-    ///
-    /// boringtun cannot change a peer it has (it panics, and the device stops serving
-    /// both its configuration and its traffic), and within one transaction it carries a
-    /// peer's `remove` flag and endpoint over to the peers after it. So the current
-    /// peers are read first: a peer to change is removed and added again (keeping the
-    /// endpoint it learned from its packets when it is wanted without one: it dials in
-    /// from behind NAT); every peer added says `remove=false`; and the peers without an
-    /// endpoint come before any peer with one.
     pub fn configure_peers(
         &self,
         interface: &str,
         changes: &[PeerChange<'_>],
     ) -> Result<(), WireGuardError> {
-        let current = self
-            .get(interface)
-            .ok_or_else(|| WireGuardError::Unanswered(interface.to_owned()))?;
-        self.set(interface, &transaction(&current, changes)?)
+        self.set(interface, &transaction(changes)?)
     }
 
     fn set(&self, interface: &str, body: &str) -> Result<(), WireGuardError> {
@@ -170,48 +167,31 @@ impl Userspace {
     }
 }
 
-/// The body of a `set` that takes a device from `current` through `changes` (see
-/// [`Userspace::configure_peers`]).
-pub fn transaction(
-    current: &DeviceState,
-    changes: &[PeerChange<'_>],
-) -> Result<String, WireGuardError> {
-    let mut removals = String::new();
-    let mut without_endpoint = String::new();
-    let mut with_endpoint = String::new();
+/// The body of a `set` that makes `changes`: each peer once (the device refuses a key
+/// named twice). A peer it has is changed in place: its allowed IPs replaced, and its
+/// endpoint kept when it is wanted without one (it dials in from behind NAT, and the
+/// device learned where from).
+pub fn transaction(changes: &[PeerChange<'_>]) -> Result<String, WireGuardError> {
+    let mut body = String::new();
     for (public_key, peer) in changes {
-        let key = format!("public_key={}\n", hex(&key_bytes(public_key)?));
-        let existing = current.peers.get(*public_key);
-        if existing.is_some() || peer.is_none() {
-            removals.push_str(&key);
-            removals.push_str("remove=true\n");
-        }
+        body.push_str(&format!("public_key={}\n", hex(&key_bytes(public_key)?)));
         let Some(peer) = peer else {
+            body.push_str("remove=true\n");
             continue;
         };
-        let endpoint = match &peer.endpoint {
-            Some(endpoint) => Some(endpoint_address(endpoint)?.to_string()),
-            None => existing.and_then(|p| p.endpoint.clone()),
-        };
-        let mut block = key;
-        block.push_str("remove=false\nreplace_allowed_ips=true\n");
-        if let Some(endpoint) = &endpoint {
-            block.push_str(&format!("endpoint={endpoint}\n"));
+        body.push_str("replace_allowed_ips=true\n");
+        if let Some(endpoint) = &peer.endpoint {
+            body.push_str(&format!("endpoint={}\n", endpoint_address(endpoint)?));
         }
-        block.push_str(&format!(
+        body.push_str(&format!(
             "persistent_keepalive_interval={}\n",
             peer.persistent_keepalive
         ));
         for ip in &peer.allowed_ips {
-            block.push_str(&format!("allowed_ip={ip}\n"));
-        }
-        if endpoint.is_some() {
-            with_endpoint.push_str(&block);
-        } else {
-            without_endpoint.push_str(&block);
+            body.push_str(&format!("allowed_ip={ip}\n"));
         }
     }
-    Ok(removals + &without_endpoint + &with_endpoint)
+    Ok(body)
 }
 
 /// Reads lines up to and including an empty line.
@@ -241,17 +221,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn base64_of_hex(hex: &str) -> Option<String> {
-    // A key is 32 bytes: 64 hexadecimal digits, nothing else (`from_str_radix` alone
-    // would also take a sign).
+/// A key written as 64 hexadecimal digits, nothing else (`from_str_radix` alone would
+/// also take a sign).
+fn key_of_hex(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    Some(BASE64.encode(bytes?))
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+fn base64_of_hex(hex: &str) -> Option<String> {
+    key_of_hex(hex).map(|key| BASE64.encode(key))
 }
 
 /// Parses a `get=1` response (what the device process answers: anything, to the parser).
@@ -294,7 +278,9 @@ pub fn parse_get(response: &str) -> DeviceState {
                 }
             }
             "persistent_keepalive_interval" => p.persistent_keepalive = value.parse().unwrap_or(0),
-            "last_handshake_time_sec" => s.handshake_age = value.parse().ok(),
+            "last_handshake_time_sec" => {
+                s.handshake_age = value.parse().ok().and_then(handshake_age);
+            }
             "rx_bytes" => s.rx_bytes = value.parse().unwrap_or(0),
             "tx_bytes" => s.tx_bytes = value.parse().unwrap_or(0),
             _ => {}
@@ -303,9 +289,10 @@ pub fn parse_get(response: &str) -> DeviceState {
     state
 }
 
-/// The child process: runs one boringtun device with the private key (hex) read from the
+/// The child process: runs one GotaTun device with the private key (hex) read from the
 /// first line of its stdin, and serves its control socket until asked to quit. The socket
-/// is made only once the key is set. Never returns on success.
+/// is made only once the key is set. Never returns on success; a device that fails ends
+/// the process (the agent's next pass makes it again).
 pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> {
     let io = |source| WireGuardError::Io {
         interface: interface.to_owned(),
@@ -313,33 +300,36 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
     };
     let mut key = String::new();
     std::io::stdin().read_line(&mut key).map_err(io)?;
-    let key = key.trim();
-    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        // The agent died before it could hand the key over: no device.
-        return Err(WireGuardError::Key);
-    }
-    let (ours, theirs) = UnixStream::pair().map_err(io)?;
-    let config = boringtun::device::DeviceConfig {
-        n_threads: 2,
-        use_connected_socket: true,
-        use_multi_queue: false,
-        // boringtun takes ownership of this end and serves the UAPI on it.
-        uapi_fd: theirs.into_raw_fd(),
-    };
-    let _device = boringtun::device::DeviceHandle::new(interface, config)
-        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-    let mut device = BufReader::new(ours);
-    device
-        .get_mut()
-        .write_all(format!("set=1\nprivate_key={key}\n\n").as_bytes())
+    // Nothing readable: the agent died before it could hand the key over, so no device.
+    let key = key_of_hex(key.trim()).ok_or(WireGuardError::Key)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wireguard")
+        .enable_all()
+        .build()
         .map_err(io)?;
-    let answer = read_message(&mut device).map_err(io)?;
-    if errno(&answer) != 0 {
-        return Err(WireGuardError::Refused {
-            interface: interface.to_owned(),
-            errno: errno(&answer),
-        });
-    }
+    // The TUN device registers with the runtime's reactor as it is made.
+    let _runtime = runtime.enter();
+    let (ours, theirs) = UnixStream::pair().map_err(io)?;
+    let failed = |e: gotatun::device::Error| io(std::io::Error::other(e.to_string()));
+    let mut device = runtime
+        .block_on(
+            DeviceBuilder::new()
+                .with_default_udp()
+                .create_tun(interface)
+                .map_err(failed)?
+                .with_private_key(StaticSecret::from(key))
+                .with_uapi(UapiServer::from_read_write(theirs))
+                .build(),
+        )
+        .map_err(failed)?;
+    let name = interface.to_owned();
+    runtime.spawn(async move {
+        device.wait().await;
+        eprintln!("error: the WireGuard device {name} failed; it ends, to be made again");
+        std::process::exit(1);
+    });
+    let mut device = BufReader::new(ours);
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).map_err(io)?;
     for connection in listener.incoming() {
@@ -391,57 +381,46 @@ mod tests {
         out
     }
 
-    /// boringtun panics on a change of a peer it has, and carries a peer's `remove` and
-    /// endpoint over to the peers after it in one transaction.
+    /// A transaction names each peer once (the device refuses a key named twice): a
+    /// removal says so and nothing else; a change replaces the allowed IPs and leaves
+    /// out an endpoint it is not given (the device keeps the one it learned).
     #[test]
-    fn a_changed_peer_is_removed_and_added_again_and_nothing_carries_over() {
-        let (a, b, c, d) = (test_key(1), test_key(2), test_key(3), test_key(4));
-        let mut current = DeviceState::default();
-        // b dials in from behind NAT: the device learned its endpoint.
-        current.peers.insert(
-            b.clone(),
-            wanted(Some("198.51.100.7:40000"), &["10.100.64.1/32"]),
-        );
-        current.peers.insert(
-            c.clone(),
-            wanted(Some("192.0.2.3:52000"), &["10.100.3.0/24"]),
-        );
+    fn each_peer_once_removals_say_remove_and_changes_replace_allowed_ips() {
+        let (a, b, c) = (test_key(1), test_key(2), test_key(3));
         let with_endpoint = wanted(Some("192.0.2.1:52000"), &["10.100.1.0/24"]);
         let behind_nat = wanted(None, &["10.100.64.1/32", "10.100.64.2/32"]);
-        let new_behind_nat = wanted(None, &["10.100.65.1/32"]);
         let changes: Vec<PeerChange<'_>> = vec![
             (&a, Some(&with_endpoint)),
             (&b, Some(&behind_nat)),
             (&c, None),
-            (&d, Some(&new_behind_nat)),
         ];
-        let body = transaction(&current, &changes).unwrap();
+        let body = transaction(&changes).unwrap();
         let hex_of = |k: &str| hex(&key_bytes(k).unwrap());
-        let order: Vec<(String, bool)> = sections(&body)
-            .into_iter()
-            .map(|(k, lines)| (k, lines.contains(&"remove=true")))
-            .collect();
+        let sections = sections(&body);
         assert_eq!(
-            order,
+            sections.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            [hex_of(&a), hex_of(&b), hex_of(&c)],
+            "{body}"
+        );
+        assert_eq!(
+            sections[0].1,
             [
-                (hex_of(&b), true),
-                (hex_of(&c), true),
-                // Without an endpoint first (d, new), then with one (a; b, which keeps
-                // the endpoint it learned); each says remove=false.
-                (hex_of(&d), false),
-                (hex_of(&a), false),
-                (hex_of(&b), false),
+                "replace_allowed_ips=true",
+                "endpoint=192.0.2.1:52000",
+                "persistent_keepalive_interval=25",
+                "allowed_ip=10.100.1.0/24"
             ]
         );
-        let new = &sections(&body)[2].1;
-        assert!(!new.iter().any(|l| l.starts_with("endpoint=")), "{body}");
-        let readded = &sections(&body)[4].1;
-        assert!(readded.contains(&"remove=false"), "{body}");
-        assert!(
-            readded.contains(&"endpoint=198.51.100.7:40000"),
-            "b keeps the endpoint it dialled in from: {body}"
+        assert_eq!(
+            sections[1].1,
+            [
+                "replace_allowed_ips=true",
+                "persistent_keepalive_interval=25",
+                "allowed_ip=10.100.64.1/32",
+                "allowed_ip=10.100.64.2/32"
+            ]
         );
-        assert!(readded.contains(&"allowed_ip=10.100.64.2/32"), "{body}");
+        assert_eq!(sections[2].1, ["remove=true"]);
     }
 
     /// Found by the `uapi` fuzz target: a device that answers a key of the wrong length,
@@ -458,11 +437,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_what_boringtun_reports() {
+    fn parses_what_the_device_reports() {
         let key = test_key(1);
         let hex_key = hex(&key_bytes(&key).unwrap());
+        let handshake = wireway_runtime::clock::unix_seconds() - 3;
         let response = format!(
-            "own_public_key=00\nlisten_port=51820\npublic_key={hex_key}\nendpoint=192.0.2.1:51820\nallowed_ip=10.100.1.0/24\npersistent_keepalive_interval=25\nlast_handshake_time_sec=3\nrx_bytes=10\ntx_bytes=20\nerrno=0\n\n"
+            "private_key={}\nlisten_port=51820\npublic_key={hex_key}\nendpoint=192.0.2.1:51820\npersistent_keepalive_interval=25\nlast_handshake_time_sec={handshake}\nlast_handshake_time_nsec=5\nrx_bytes=10\ntx_bytes=20\nallowed_ip=10.100.1.0/24\nerrno=0\n\n",
+            "0".repeat(64)
         );
         let state = parse_get(&response);
         assert_eq!(state.listen_port, 51820);
@@ -473,14 +454,10 @@ mod tests {
             BTreeSet::from(["10.100.1.0/24".parse().unwrap()])
         );
         assert_eq!(peer.persistent_keepalive, 25);
-        assert_eq!(
-            state.stats[&key],
-            PeerStats {
-                handshake_age: Some(3),
-                rx_bytes: 10,
-                tx_bytes: 20
-            }
-        );
+        // The device reports a time; the agent keeps its age (3 s, 4 if a second turned).
+        let stats = &state.stats[&key];
+        assert!(matches!(stats.handshake_age, Some(3 | 4)), "{stats:?}");
+        assert_eq!((stats.rx_bytes, stats.tx_bytes), (10, 20));
         assert_eq!(errno(&response), 0);
     }
 
