@@ -17,7 +17,7 @@
 //!   unaffected;
 //! * only what differs from the last scan is delivered as a change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -141,11 +141,20 @@ pub struct Scan {
 }
 
 /// The objects of a set of files and directories, kept up to date by [`Manifests::scan`].
+///
+/// A file event costs what the files that changed hold, not what all of them do: only a
+/// changed text is parsed, and only the objects it held or holds (with the pods their
+/// Bindings place) are decided again.
 #[derive(Debug)]
 pub struct Manifests {
     roots: Vec<PathBuf>,
     validator: Validator,
     files: BTreeMap<PathBuf, FileState>,
+    /// Where each accepted object is written: (file, index in its accepted objects), in
+    /// path order then file order. The first is in effect; any other is a conflict.
+    holders: BTreeMap<ObjectId, Vec<(PathBuf, usize)>>,
+    /// The problems of objects defined more than once, by object.
+    conflicts: BTreeMap<ObjectId, Vec<Problem>>,
     world: BTreeMap<Key, Item>,
     problems: Vec<Problem>,
 }
@@ -157,6 +166,8 @@ impl Manifests {
             roots,
             validator: Validator::new()?,
             files: BTreeMap::new(),
+            holders: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
             world: BTreeMap::new(),
             problems: Vec::new(),
         })
@@ -194,49 +205,196 @@ impl Manifests {
 
     /// Takes the files' current texts (a file left out is gone) and returns what changed.
     pub fn update(&mut self, texts: BTreeMap<PathBuf, std::io::Result<String>>) -> Scan {
-        self.files.retain(|path, _| texts.contains_key(path));
-        let mut accepted_raw: BTreeMap<ObjectId, Value> = BTreeMap::new();
-        for a in self.files.values().flat_map(|f| &f.accepted) {
-            accepted_raw
-                .entry(a.id.clone())
-                .or_insert_with(|| a.raw.clone());
+        // Each file whose content in effect changes, with its new content (none: gone).
+        let mut replaced: Vec<(PathBuf, Vec<Accepted>)> = Vec::new();
+        for (path, state) in &mut self.files {
+            if !texts.contains_key(path) {
+                // Forgotten whole, so the same text written again is read again.
+                state.text = None;
+                state.problems.clear();
+                replaced.push((path.clone(), Vec::new()));
+            }
         }
+        let mut read: Vec<(PathBuf, Result<String, Problem>)> = Vec::new();
         for (path, text) in texts {
-            let state = self.files.entry(path.clone()).or_default();
+            let state = self.files.get(&path);
             match text {
-                Ok(text) if state.text.as_deref() == Some(text.as_str()) => {}
-                Ok(text) => {
-                    let (accepted, problems) =
-                        parse_file(&self.validator, &path, &text, &accepted_raw);
-                    if problems.is_empty() {
-                        state.accepted = accepted;
-                    }
-                    state.problems = problems;
-                    state.text = Some(text);
-                }
+                Ok(text) if state.and_then(|f| f.text.as_deref()) == Some(text.as_str()) => {}
+                Ok(text) => read.push((path, Ok(text))),
                 Err(e) => {
-                    state.text = None;
-                    state.problems = vec![Problem {
+                    let problem = Problem {
                         location: path.display().to_string(),
                         line: None,
                         message: format!("failed to read: {e}"),
                         object: None,
-                    }];
+                    };
+                    read.push((path, Err(problem)));
                 }
             }
         }
-        let (world, conflicts) = self.assemble();
-        let changes = diff(&self.world, &world);
-        self.world = world;
-        let mut problems: Vec<Problem> = self
-            .files
-            .values()
-            .flat_map(|f| f.problems.iter().cloned())
+        let mut problems_changed = !replaced.is_empty();
+        for (path, text) in read {
+            problems_changed = true;
+            let (text, accepted, problems) = match text {
+                Ok(text) => {
+                    let (accepted, problems) = parse_file(&self.validator, &path, &text, |id| {
+                        self.in_effect(id).map(|a| &a.raw)
+                    });
+                    (
+                        Some(text),
+                        problems.is_empty().then_some(accepted),
+                        problems,
+                    )
+                }
+                Err(problem) => (None, None, vec![problem]),
+            };
+            let state = self.files.entry(path.clone()).or_default();
+            state.text = text;
+            state.problems = problems;
+            if let Some(accepted) = accepted {
+                replaced.push((path, accepted));
+            }
+        }
+        let changes = self.replace(replaced);
+        if problems_changed || !changes.is_empty() {
+            let mut problems: Vec<Problem> = self
+                .files
+                .values()
+                .flat_map(|f| f.problems.iter().cloned())
+                .chain(self.conflicts.values().flatten().cloned())
+                .collect();
+            problems.sort();
+            self.problems = problems;
+        }
+        Scan {
+            changes,
+            problems: self.problems.clone(),
+        }
+    }
+
+    /// The accepted object in effect under `id`: the first written.
+    fn in_effect(&self, id: &ObjectId) -> Option<&Accepted> {
+        let (path, index) = self.holders.get(id)?.first()?;
+        self.files.get(path)?.accepted.get(*index)
+    }
+
+    /// Puts each file's new content in place of its old (an empty one removes the file),
+    /// decides again the objects either held, and returns the World's changes.
+    fn replace(&mut self, replaced: Vec<(PathBuf, Vec<Accepted>)>) -> Vec<Change> {
+        let mut affected: BTreeSet<ObjectId> = BTreeSet::new();
+        for (path, accepted) in replaced {
+            let old = match self.files.get_mut(&path) {
+                Some(state) => std::mem::replace(&mut state.accepted, accepted),
+                None => Vec::new(),
+            };
+            for a in &old {
+                if let Some(holders) = self.holders.get_mut(&a.id) {
+                    holders.retain(|(p, _)| *p != path);
+                    if holders.is_empty() {
+                        self.holders.remove(&a.id);
+                    }
+                }
+            }
+            affected.extend(old.into_iter().map(|a| a.id));
+            let state = self.files.entry(path.clone()).or_default();
+            for (index, a) in state.accepted.iter().enumerate() {
+                let holders = self.holders.entry(a.id.clone()).or_default();
+                let at = holders.partition_point(|(p, i)| (p, *i) < (&path, index));
+                holders.insert(at, (path.clone(), index));
+                affected.insert(a.id.clone());
+            }
+            if state.text.is_none() && state.accepted.is_empty() && state.problems.is_empty() {
+                self.files.remove(&path);
+            }
+        }
+        // A Binding places a pod: the pod is decided again with it.
+        let placed: Vec<ObjectId> = affected
+            .iter()
+            .filter(|id| id.kind == Known::Binding)
+            .map(|id| ObjectId {
+                kind: Known::Kind(Kind::Pod),
+                ..id.clone()
+            })
             .collect();
-        problems.extend(conflicts);
-        problems.sort();
-        self.problems.clone_from(&problems);
-        Scan { changes, problems }
+        affected.extend(placed);
+        let mut before = BTreeMap::new();
+        let mut after = BTreeMap::new();
+        for id in affected {
+            self.decide_conflicts(&id);
+            let Some(key) = key(&id) else { continue };
+            if let Some(item) = self.world.remove(&key) {
+                before.insert(key.clone(), item);
+            }
+            if let Some(item) = self.in_effect(&id).and_then(|a| self.item(a)) {
+                after.insert(key, item);
+            }
+        }
+        let changes = diff(&before, &after);
+        self.world.extend(after);
+        changes
+    }
+
+    /// The conflicts of `id`: every definition after the first.
+    fn decide_conflicts(&mut self, id: &ObjectId) {
+        let holders = self.holders.get(id).map(Vec::as_slice).unwrap_or_default();
+        let line = |(path, index): &(PathBuf, usize)| {
+            self.files
+                .get(path)
+                .and_then(|f| f.accepted.get(*index))
+                .map_or(0, |a| a.line)
+        };
+        let problems: Vec<Problem> = match holders {
+            [first, others @ ..] => others
+                .iter()
+                .map(|other| Problem {
+                    location: other.0.display().to_string(),
+                    line: Some(line(other)),
+                    message: format!(
+                        "{} is also defined at {}:{}; this one is ignored",
+                        id.describe(),
+                        first.0.display(),
+                        line(first)
+                    ),
+                    object: None,
+                })
+                .collect(),
+            [] => Vec::new(),
+        };
+        if problems.is_empty() {
+            self.conflicts.remove(id);
+        } else {
+            self.conflicts.insert(id.clone(), problems);
+        }
+    }
+
+    /// The World's item of an accepted object (a pod with the node its Binding gives, if
+    /// its manifest names none); a Binding is none.
+    fn item(&self, a: &Accepted) -> Option<Item> {
+        Some(match &a.object {
+            Object::Namespace(ns) => Item::Namespace(ns.clone()),
+            Object::Node(node) => Item::Node(node.clone()),
+            Object::Pod(pod) => {
+                let mut pod = pod.clone();
+                if pod.node.is_none() {
+                    let binding = ObjectId {
+                        kind: Known::Binding,
+                        ..a.id.clone()
+                    };
+                    pod.node = match self.in_effect(&binding).map(|b| &b.object) {
+                        Some(Object::Binding(node)) => Some(node.clone()),
+                        _ => None,
+                    };
+                }
+                Item::Pod(pod)
+            }
+            Object::NetworkService(o) => Item::NetworkService(Box::new(o.clone())),
+            Object::Endpoint(o) => Item::Endpoint(Box::new(o.clone())),
+            Object::Admission(o) => Item::Admission(Box::new(o.clone())),
+            Object::IdentityGrant(o) => Item::IdentityGrant(Box::new(o.clone())),
+            Object::PeerCluster(o) => Item::PeerCluster(Box::new(o.clone())),
+            Object::ServiceCidr(c) => Item::ServiceCidr(c.clone()),
+            Object::Binding(_) => return None,
+        })
     }
 
     /// The pods in effect.
@@ -261,91 +419,6 @@ impl Manifests {
             Item::Node(n) => Some(n),
             _ => None,
         })
-    }
-
-    /// The World's items from the accepted objects of every file; of two objects with one
-    /// identity, the one in the file first in path order wins and the other is a problem.
-    fn assemble(&self) -> (BTreeMap<Key, Item>, Vec<Problem>) {
-        let mut seen: BTreeMap<&ObjectId, (&Path, usize)> = BTreeMap::new();
-        let mut conflicts = Vec::new();
-        let mut objects: Vec<&Accepted> = Vec::new();
-        for (path, file) in &self.files {
-            for a in &file.accepted {
-                match seen.get(&a.id) {
-                    Some((first, line)) => conflicts.push(Problem {
-                        location: path.display().to_string(),
-                        line: Some(a.line),
-                        message: format!(
-                            "{} is also defined at {}:{line}; this one is ignored",
-                            a.id.describe(),
-                            first.display()
-                        ),
-                        object: None,
-                    }),
-                    None => {
-                        seen.insert(&a.id, (path, a.line));
-                        objects.push(a);
-                    }
-                }
-            }
-        }
-        let bindings: BTreeMap<(&str, &str), &str> = objects
-            .iter()
-            .filter_map(|a| match &a.object {
-                Object::Binding(node) => {
-                    Some(((a.id.namespace.as_str(), a.id.name.as_str()), node.as_str()))
-                }
-                _ => None,
-            })
-            .collect();
-        let mut world = BTreeMap::new();
-        for a in objects {
-            let (key, item) = match &a.object {
-                Object::Binding(_) => continue,
-                Object::Namespace(ns) => {
-                    (Key::Namespace(ns.name.clone()), Item::Namespace(ns.clone()))
-                }
-                Object::Node(node) => (Key::Node(node.name.clone()), Item::Node(node.clone())),
-                Object::Pod(pod) => {
-                    let mut pod = pod.clone();
-                    if pod.node.is_none() {
-                        pod.node = bindings
-                            .get(&(pod.namespace.as_str(), pod.name.as_str()))
-                            .map(|n| (*n).to_owned());
-                    }
-                    (
-                        Key::Pod(pod.namespace.clone(), pod.name.clone()),
-                        Item::Pod(pod),
-                    )
-                }
-                Object::NetworkService(o) => (
-                    Key::NetworkService(ObjectKey::of(&o.metadata)),
-                    Item::NetworkService(Box::new(o.clone())),
-                ),
-                Object::Endpoint(o) => (
-                    Key::Endpoint(ObjectKey::of(&o.metadata)),
-                    Item::Endpoint(Box::new(o.clone())),
-                ),
-                Object::Admission(o) => (
-                    Key::Admission(ObjectKey::of(&o.metadata)),
-                    Item::Admission(Box::new(o.clone())),
-                ),
-                Object::IdentityGrant(o) => (
-                    Key::IdentityGrant(a.id.name.clone()),
-                    Item::IdentityGrant(Box::new(o.clone())),
-                ),
-                Object::PeerCluster(o) => (
-                    Key::PeerCluster(a.id.name.clone()),
-                    Item::PeerCluster(Box::new(o.clone())),
-                ),
-                Object::ServiceCidr(c) => (
-                    Key::ServiceCidr(c.name.clone()),
-                    Item::ServiceCidr(c.clone()),
-                ),
-            };
-            world.insert(key, item);
-        }
-        (world, conflicts)
     }
 
     /// Scans, delivers the result and `Synced`, then scans again whenever a file below
@@ -442,12 +515,32 @@ impl Manifests {
     }
 }
 
+/// The World's key of an object; a Binding has none (it places a pod).
+fn key(id: &ObjectId) -> Option<Key> {
+    let (namespace, name) = (id.namespace.clone(), id.name.clone());
+    let Known::Kind(kind) = id.kind else {
+        return None;
+    };
+    Some(match kind {
+        Kind::Namespace => Key::Namespace(name),
+        Kind::Node => Key::Node(name),
+        Kind::Pod => Key::Pod(namespace, name),
+        Kind::NetworkService => Key::NetworkService(ObjectKey { namespace, name }),
+        Kind::Endpoint => Key::Endpoint(ObjectKey { namespace, name }),
+        Kind::Admission => Key::Admission(ObjectKey { namespace, name }),
+        Kind::IdentityGrant => Key::IdentityGrant(name),
+        Kind::PeerCluster => Key::PeerCluster(name),
+        Kind::ServiceCidr => Key::ServiceCidr(name),
+    })
+}
+
 /// Parses one file: every document, or the problems that keep the file out.
-fn parse_file(
+/// `accepted` gives the object as last accepted under an identity, for transition rules.
+fn parse_file<'a>(
     validator: &Validator,
     path: &Path,
     text: &str,
-    accepted: &BTreeMap<ObjectId, Value>,
+    accepted: impl Fn(&ObjectId) -> Option<&'a Value>,
 ) -> (Vec<Accepted>, Vec<Problem>) {
     let location = path.display().to_string();
     let problem = |line, message| Problem {
@@ -461,7 +554,7 @@ fn parse_file(
     for document in documents(text) {
         match document {
             Err(e) => problems.push(problem(e.line, format!("invalid YAML: {}", e.message))),
-            Ok(doc) => match parse_object(validator, doc.value, accepted) {
+            Ok(doc) => match parse_object(validator, doc.value, &accepted) {
                 Ok(Some((id, raw, object))) => objects.push(Accepted {
                     id,
                     line: doc.line,
@@ -478,10 +571,10 @@ fn parse_file(
 
 /// One document: the object, `None` for a kind the source does not read, or why it is
 /// refused.
-fn parse_object(
+fn parse_object<'a>(
     validator: &Validator,
     mut raw: Value,
-    accepted: &BTreeMap<ObjectId, Value>,
+    accepted: impl Fn(&ObjectId) -> Option<&'a Value>,
 ) -> Result<Option<(ObjectId, Value, Object)>, String> {
     let text = |pointer: &str| {
         raw.pointer(pointer)
@@ -525,7 +618,7 @@ fn parse_object(
         return Err(format!("{}: metadata.name is required", kind.name()));
     }
     let refused = |message: String| format!("{} refused: {message}", id.describe());
-    if let Err(violations) = validator.validate(&raw, accepted.get(&id)) {
+    if let Err(violations) = validator.validate(&raw, accepted(&id)) {
         let all: Vec<String> = violations.iter().map(ToString::to_string).collect();
         return Err(refused(all.join("; ")));
     }

@@ -299,3 +299,74 @@ async fn the_watcher_delivers_a_change_written_to_a_file() {
         "{next:?}"
     );
 }
+
+/// Files of the documents `DOCUMENTS` names, changing from one update to the next: the
+/// source, updated file by file, holds what a fresh source reading the same files holds
+/// (objects, pods' nodes from Bindings, conflicts), and each update delivers exactly what
+/// changed.
+mod incremental {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const DOCUMENTS: [&str; 8] = [
+        SERVICE,
+        "apiVersion: wireway.dev/v1alpha1\nkind: NetworkService\nmetadata: {name: blue, namespace: blue}\nspec: {cidr: 10.101.0.0/16, nodePrefixLength: 24}\n",
+        POD,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: red-a, namespace: red}\nspec: {nodeName: n1, containers: [{name: app, image: busybox}]}\n",
+        "apiVersion: v1\nkind: Binding\nmetadata: {name: red-a, namespace: red}\ntarget: {kind: Node, name: n2}\n",
+        "apiVersion: v1\nkind: Binding\nmetadata: {name: red-a, namespace: red}\ntarget: {kind: Node, name: n3}\n",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: red}\n",
+    ];
+
+    /// A few contents (each the documents it holds, in order), so that a file often
+    /// returns to a content it had, or another file had.
+    fn contents() -> impl Strategy<Value = Vec<Vec<usize>>> {
+        proptest::collection::vec(proptest::collection::vec(0..DOCUMENTS.len(), 0..4), 3)
+    }
+
+    /// Per step and file (a, b, c): absent, or which of the contents it holds.
+    fn steps() -> impl Strategy<Value = Vec<Vec<Option<usize>>>> {
+        proptest::collection::vec(
+            proptest::collection::vec(proptest::option::of(0..3usize), 3),
+            1..8,
+        )
+    }
+
+    fn texts_of(
+        contents: &[Vec<usize>],
+        files: &[Option<usize>],
+    ) -> BTreeMap<PathBuf, std::io::Result<String>> {
+        files
+            .iter()
+            .zip(["/m/a.yaml", "/m/b.yaml", "/m/c.yaml"])
+            .filter_map(|(content, path)| {
+                let docs = &contents[(*content)?];
+                let text: Vec<&str> = docs.iter().map(|d| DOCUMENTS[*d]).collect();
+                Some((PathBuf::from(path), Ok(text.join("---\n"))))
+            })
+            .collect()
+    }
+
+    proptest! {
+        // Each case makes a fresh source per step, its schemas compiled anew: few cases.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn an_update_holds_and_delivers_what_reading_afresh_would(
+            contents in contents(),
+            steps in steps(),
+        ) {
+            let mut s = source();
+            for files in steps {
+                let before = s.world.clone();
+                let scan = s.update(texts_of(&contents, &files));
+                let mut fresh = source();
+                let fresh_scan = fresh.update(texts_of(&contents, &files));
+                prop_assert_eq!(&s.world, &fresh.world);
+                prop_assert_eq!(&scan.problems, &fresh_scan.problems);
+                prop_assert_eq!(scan.changes, diff(&before, &s.world));
+            }
+        }
+    }
+}
