@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wireway_operator::engine::store::Store;
 
 const WIREWAY: &str = env!("CARGO_BIN_EXE_wireway");
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -1306,9 +1307,9 @@ impl Cluster {
 
     /// What its operator last stored: node states and statuses.
     fn stored(&self) -> Value {
-        std::fs::read_to_string(self.dir.join("operator/state.json"))
+        Store::read(&self.dir.join("operator"))
             .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
+            .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or_default()
     }
 

@@ -19,10 +19,12 @@
 //! Once every agent holds its full state (every service it carries with SPAN - 1 peers),
 //! it makes changes one at a time, each a file written (renamed into place) or removed:
 //!
-//! * `member+`: a pod added on a node that already carries its service (1 node changes);
+//! * `member+`: a pod added on a node that already carries its service (every node of
+//!   the service changes: each holds the service's names, DNS being on by default; that
+//!   node's interfaces too);
 //! * `node+`: a pod added on a node that does not carry its service yet (the service
-//!   reaches a new node: that node and every node of the service change);
-//! * `member-`: a `member+` pod removed (1 node);
+//!   reaches a new node: that node and every node of the service change, with a peer);
+//! * `member-`: a `member+` pod removed;
 //! * `node-`: a `node+` pod removed (the service leaves that node again).
 //!
 //! For each it measures, from the file written to the moment every affected agent (from
@@ -241,17 +243,13 @@ impl Model {
             .collect()
     }
 
-    /// The nodes whose state a member of `s` added on (removed from) `n` alters.
-    fn affected(&self, s: usize, n: usize, adding: bool) -> BTreeSet<usize> {
-        let count = self.members[s].get(&n).copied().unwrap_or(0);
-        let reaches = if adding { count == 0 } else { count == 1 };
-        if reaches {
-            let mut all = self.carriers(s);
-            all.insert(n);
-            all
-        } else {
-            [n].into()
-        }
+    /// The nodes whose state a member of `s` added on (removed from) `n` alters: every
+    /// node of the service, as each holds the service's names (DNS, on by default),
+    /// and `n`.
+    fn affected(&self, s: usize, n: usize) -> BTreeSet<usize> {
+        let mut all = self.carriers(s);
+        all.insert(n);
+        all
     }
 
     fn apply(&mut self, s: usize, n: usize, adding: bool) {
@@ -581,7 +579,7 @@ async fn main() {
             ("node-", format!("reach-{round}"), new_node, false),
         ];
         for (kind, name, node, adding) in steps {
-            let affected = model.affected(s, node, adding);
+            let affected = model.affected(s, node);
             let before: BTreeMap<usize, u64> = affected
                 .iter()
                 .map(|n| (*n, shared.views[*n].lock().unwrap().acked_version))
@@ -653,9 +651,13 @@ async fn main() {
             // The states must match the model again, on the affected nodes at least.
             let wrong: Vec<String> = affected
                 .iter()
-                .filter(|n| shared.views[**n].lock().unwrap().services != model.expected(**n))
-                .take(5)
-                .map(|n| node_name(*n))
+                .filter_map(|n| {
+                    let held = shared.views[*n].lock().unwrap().services.clone();
+                    let expected = model.expected(*n);
+                    (held != expected)
+                        .then(|| format!("{} holds {held:?}, expected {expected:?}", node_name(*n)))
+                })
+                .take(3)
                 .collect();
             println!(
                 "  {kind:8} svc-{s} on {:10} {:5} agents: received {:7.1} ms, acknowledged {:7.1} ms; {}{}{}",

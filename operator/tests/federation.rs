@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use wireway_operator::engine::store::Store;
 use wireway_runtime::pki::{self, Subject};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_wireway-operator");
@@ -157,9 +158,9 @@ spec:
 
     /// What the operator last stored.
     fn stored(&self) -> serde_json::Value {
-        std::fs::read_to_string(self.dir.join("state/state.json"))
+        Store::read(&self.dir.join("state"))
             .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
+            .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or_default()
     }
 

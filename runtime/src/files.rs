@@ -1,7 +1,8 @@
 //! The files the binaries keep (the agent's private key and last applied state, the
 //! operator's store): written whole or not at all, 0600, never through a symbolic link.
 //!
-//! Guarantees of [`write_private`]:
+//! Guarantees of [`write_private`] (and of [`append_private`], for a file that grows by
+//! records a reader can tell whole from cut short):
 //! * a crash leaves the old content or the new one: a temporary file in the same
 //!   directory is written and flushed to disk (`fsync`), renamed over the file, and the
 //!   directory flushed;
@@ -35,10 +36,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Replaces the file at `path` with `bytes`, atomically and durably, with permissions
 /// `mode` (a certificate others may read: 0644), as [`write_private`] does.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = directory(path);
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("the path names no file"))?;
@@ -70,6 +68,36 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     written
 }
 
+/// Opens the file at `path` for appending, creating it 0600 if missing (never through a
+/// symbolic link); a file it creates is made durable in its directory (`fsync` of the
+/// directory) before it returns. What is appended is durable once `sync_data` returns.
+pub fn append_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let open = |create_new: bool| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(create_new)
+            .mode(0o600)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(path)
+    };
+    match open(true) {
+        Ok(file) => {
+            std::fs::File::open(directory(path))?.sync_all()?;
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The directory a file is in (`.` for a bare name).
+fn directory(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// Moves a file that cannot be used out of the way, to `<name>.corrupt-<unix ms>` beside
 /// it, where a person can look at it; returns where it is now.
 pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
@@ -90,6 +118,20 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn appends_go_to_the_end_of_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("changes.log");
+        append_private(&path).unwrap().write_all(b"one\n").unwrap();
+        append_private(&path).unwrap().write_all(b"two\n").unwrap();
+        assert_eq!(read_private(&path).unwrap(), "one\ntwo\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(append_private(&link).is_err(), "a link is not followed");
+    }
 
     #[test]
     fn a_file_is_replaced_whole_and_private() {

@@ -50,7 +50,7 @@ use agents::Agent;
 use cleanup::Finalizers;
 pub use hub::{Addressed, Federated, FinalizerAction, Hub, Leadership, Planned, Published};
 use objects::{Object, carry, restore, same_spec, seen, statuses_of};
-use store::{Store, StoreError, Stored};
+use store::{Current, Store, StoreError, Stored};
 
 /// What the engine is told.
 #[derive(Debug, Clone, PartialEq)]
@@ -584,22 +584,28 @@ impl Engine {
         }
         let Some(store) = &mut self.store else { return };
         let keyed = |key: &ObjectKey| key.to_string();
-        let stored = Stored {
-            agents: self
-                .agents
-                .iter()
-                .filter(|(_, a)| !a.record.public_key.is_empty())
-                .map(|(n, a)| (n.clone(), a.record.clone()))
-                .collect(),
-            node_states: self.planner.last_plan().nodes.clone(),
-            retired_versions: self.planner.last_plan().retired_versions.clone(),
-            network_services: statuses_of(self.planner.network_services(), keyed),
-            endpoints: statuses_of(self.planner.endpoints(), keyed),
-            admissions: statuses_of(self.planner.admissions(), keyed),
-            identity_grants: statuses_of(self.planner.identity_grants(), keyed),
-            peer_clusters: statuses_of(self.planner.peer_clusters(), keyed),
+        let agents = self
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.record.public_key.is_empty())
+            .map(|(n, a)| (n.clone(), a.record.clone()))
+            .collect();
+        let network_services = statuses_of(self.planner.network_services(), keyed);
+        let endpoints = statuses_of(self.planner.endpoints(), keyed);
+        let admissions = statuses_of(self.planner.admissions(), keyed);
+        let identity_grants = statuses_of(self.planner.identity_grants(), keyed);
+        let peer_clusters = statuses_of(self.planner.peer_clusters(), keyed);
+        let now = Current {
+            agents: &agents,
+            node_states: &self.planner.last_plan().nodes,
+            retired_versions: &self.planner.last_plan().retired_versions,
+            network_services: &network_services,
+            endpoints: &endpoints,
+            admissions: &admissions,
+            identity_grants: &identity_grants,
+            peer_clusters: &peer_clusters,
         };
-        if let Err(e) = store.save(&stored) {
+        if let Err(e) = store.save(now) {
             self.metrics.error(category::STORE);
             tracing::error!(error = %chain(&e), "the operator's state is not saved; a restart may renumber");
         }

@@ -656,8 +656,7 @@ fn a_full_store_keeps_planning_and_serving_and_counts_the_error() {
             .get()
     };
     let stored_version = || {
-        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
-        let stored: Stored = serde_json::from_str(&text).unwrap();
+        let stored = Store::read(dir.path()).unwrap();
         stored.node_states["node-a"].version
     };
     let mut files = Files::new();
