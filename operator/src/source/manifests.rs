@@ -182,8 +182,16 @@ impl Manifests {
             match yaml_files(root, &mut files) {
                 Ok(()) => {
                     for file in files {
-                        let text = std::fs::read_to_string(&file);
-                        texts.insert(file, text);
+                        match std::fs::read_to_string(&file) {
+                            // Removed since it was listed: gone, as it will be next time
+                            // (a link to nothing is still there, and reported).
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::NotFound
+                                    && std::fs::symlink_metadata(&file).is_err() => {}
+                            text => {
+                                texts.insert(file, text);
+                            }
+                        }
                     }
                 }
                 Err(e) => unreadable.push(Problem {

@@ -300,6 +300,25 @@ async fn the_watcher_delivers_a_change_written_to_a_file() {
     );
 }
 
+/// A file removed between listing and reading is gone (a scan racing a `node-` once
+/// kept the removed pod and warned); a link to nothing is still reported.
+#[test]
+fn a_link_to_nothing_is_reported_as_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("red.yaml"), SERVICE).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.yaml"), dir.path().join("link.yaml")).unwrap();
+    let mut source = Manifests::new(vec![dir.path().to_owned()]).unwrap();
+    let scan = source.scan();
+    assert_eq!(kinds(&scan.changes), ["NetworkService red/red"]);
+    let [problem] = scan.problems.as_slice() else {
+        panic!("{:?}", scan.problems)
+    };
+    assert!(
+        problem.location.ends_with("link.yaml") && problem.message.starts_with("failed to read"),
+        "{problem:?}"
+    );
+}
+
 /// Files of the documents `DOCUMENTS` names, changing from one update to the next: the
 /// source, updated file by file, holds what a fresh source reading the same files holds
 /// (objects, pods' nodes from Bindings, conflicts), and each update delivers exactly what
