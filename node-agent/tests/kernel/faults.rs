@@ -1,4 +1,5 @@
-//! Faults: an agent killed in the middle of a pass, and a full state directory.
+//! Faults: an agent killed in the middle of a pass, a full state directory, and bytes a
+//! userspace device does not understand.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -544,4 +545,40 @@ fn a_full_state_directory_keeps_the_data_plane_and_reports_the_error() {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A userspace device's control socket is the agent's alone (0700 state directory), but
+/// whatever reaches it is answered: a request the device does not know gets `errno=22`
+/// and the device goes on serving, its tunnel up (GotaTun's own stream server stopped
+/// serving after one).
+#[test]
+fn a_request_a_userspace_device_does_not_know_is_refused_and_it_keeps_serving() {
+    if !root_or_skip("a_request_a_userspace_device_does_not_know_is_refused...") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    apply_all(&lab, &[&red()], &keys);
+    if lab.backend("n1") != "userspace" {
+        eprintln!("not run: the kernel backend's devices have no control socket");
+        return;
+    }
+    let socket = Path::new(&lab.state_dir("n1")).join("wireguard/ww-red.sock");
+    for request in [
+        "frobnicate=1\n\n",
+        "set=1\nno_such_key=1\n\n",
+        "get=1\nx\n\n",
+    ] {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        assert_eq!(answer, "errno=22\n\n", "{request:?}");
+    }
+    assert_eq!(
+        lab.apply("n1", &node_state(&lab, "n1", &[&red()], &keys)),
+        (0, 0),
+        "the device answers and holds its state"
+    );
+    assert!(lab.reachable("red-a", "10.100.2.1"));
 }
