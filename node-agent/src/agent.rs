@@ -222,6 +222,22 @@ impl<D: Dataplane> Agent<D> {
     /// host name has no address yet is set without one (see [`crate::resolver`]).
     #[tracing::instrument(name = "pass", skip_all, fields(version = state.version, services = state.services.len()))]
     pub async fn converge(&self, state: &NodeState) -> Result<Pass, ApplyError> {
+        self.pass(state, false).await
+    }
+
+    /// Converges the WireGuard peers alone to `state`, for a state that differs from the
+    /// one last applied (with nothing left out) only in its peers and names: the rest of
+    /// the data plane is taken as that pass left it, as a names-only state's is, and the
+    /// resync's full pass repairs drift. A device that does not answer makes it a full
+    /// pass, which makes the device again. A node joining or leaving a service changes
+    /// a peer on every other node of the service: a full pass on each costs every node
+    /// a read of all its links, addresses, routes, rules and nftables table.
+    #[tracing::instrument(name = "pass", skip_all, fields(version = state.version, services = state.services.len(), peers_only = true))]
+    pub async fn converge_peers(&self, state: &NodeState) -> Result<Pass, ApplyError> {
+        self.pass(state, true).await
+    }
+
+    async fn pass(&self, state: &NodeState, peers_only: bool) -> Result<Pass, ApplyError> {
         let before = self.dataplane.writes();
         let endpoints = self.resolver.endpoints(&converge::endpoint_names(state));
         let found = Found {
@@ -233,7 +249,14 @@ impl<D: Dataplane> Agent<D> {
         };
         let (desired, desired_errors) = converge::desired(state, &found);
         let namespaces = found.opened.into_inner();
-        let observed = self.dataplane.observe(&desired, &namespaces).await?;
+        let peers = match peers_only {
+            true => self.observe_peers(&desired).await,
+            false => None,
+        };
+        let observed = match peers {
+            Some(observed) => observed,
+            None => self.dataplane.observe(&desired, &namespaces).await?,
+        };
         let ops = converge::converge(&desired, &observed);
         let apply_errors = self.dataplane.apply(&ops, &namespaces).await;
         Ok(Pass {
@@ -242,6 +265,16 @@ impl<D: Dataplane> Agent<D> {
             apply_errors,
             writes: self.dataplane.writes() - before,
         })
+    }
+
+    /// `desired` with each WireGuard interface's peers as its device holds them; `None`
+    /// when a device does not answer.
+    async fn observe_peers(&self, desired: &Plane) -> Option<Plane> {
+        let mut observed = desired.clone();
+        for (interface, wireguard) in &mut observed.wireguard {
+            wireguard.peers = self.dataplane.wireguard_peers(interface).await?;
+        }
+        Some(observed)
     }
 
     /// Every peer of every WireGuard interface with its health: (interface, public key,

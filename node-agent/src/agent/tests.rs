@@ -26,6 +26,18 @@ fn netlink_writes(ops: &[Op]) -> u64 {
     counted.count() as u64
 }
 
+/// An agent on a fake kernel that has applied red and green (with the pods' directory).
+async fn red_and_green() -> (tempfile::TempDir, FakeKernel, Agent<FakeKernel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = FakeKernel::default();
+    let agent = Agent::new(kernel.clone(), pods_in(dir.path(), &PODS).unwrap());
+    agent
+        .converge(&node("node-1").with(red()).with(green()))
+        .await
+        .unwrap();
+    (dir, kernel, agent)
+}
+
 #[tokio::test]
 async fn a_pass_applies_what_differs_and_a_second_pass_in_sync_does_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,13 +73,7 @@ async fn a_pass_applies_what_differs_and_a_second_pass_in_sync_does_nothing() {
 
 #[tokio::test]
 async fn peer_changes_of_one_interface_go_to_the_device_as_one_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = FakeKernel::default();
-    let agent = Agent::new(kernel.clone(), pods_in(dir.path(), &PODS).unwrap());
-    agent
-        .converge(&node("node-1").with(red()).with(green()))
-        .await
-        .unwrap();
+    let (_dir, kernel, agent) = red_and_green().await;
     let transactions: Vec<(String, usize)> = kernel
         .calls()
         .into_iter()
@@ -114,6 +120,44 @@ async fn peer_changes_of_one_interface_go_to_the_device_as_one_transaction() {
         ]
     );
     assert_eq!(pass.writes, 0, "peers are WireGuard's, not netlink's");
+}
+
+/// A pass over the peers alone reads each device's peers and nothing else, and changes
+/// them as a full pass would; a device that does not answer makes it a full pass.
+#[tokio::test]
+async fn a_peers_only_pass_reads_and_changes_the_devices_alone() {
+    let (dir, kernel, agent) = red_and_green().await;
+    let mut changed = red();
+    changed.peers.remove(1);
+    let state = node("node-1").version(2).with(changed).with(green());
+    kernel.clear_calls();
+    let pass = agent.converge_peers(&state).await.unwrap();
+    assert!(pass.apply_errors.is_empty(), "{:?}", pass.problems());
+    assert_eq!(
+        kernel.calls(),
+        [
+            Call::WireGuardPeers("ww-green".into()),
+            Call::WireGuardPeers("ww-red".into()),
+            Call::ConfigurePeers {
+                interface: "ww-red".into(),
+                changes: vec![(test_key(3), None)],
+            },
+        ]
+    );
+    // What a full pass finds then: nothing to do.
+    assert_eq!(agent.converge(&state).await.unwrap().ops, []);
+
+    // No device (a new service's, or one gone): a full pass, which makes it.
+    let fresh = FakeKernel::default();
+    let agent = Agent::new(fresh.clone(), pods_in(dir.path(), &PODS).unwrap());
+    let pass = agent.converge_peers(&state).await.unwrap();
+    assert!(fresh.calls().contains(&Call::Observe));
+    assert!(
+        pass.ops
+            .iter()
+            .any(|op| matches!(op, Op::CreateWireGuard { .. }))
+    );
+    assert_eq!(agent.converge(&state).await.unwrap().ops, []);
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use wireway_proto::node_api_client::NodeApiClient;
 use wireway_proto::{
-    AgentHello, AgentReport, ErrorCount, MAX_NODE_STATE_BYTES, NodeState, PeerStatus,
+    AgentHello, AgentReport, ErrorCount, MAX_NODE_STATE_BYTES, NodeState, PeerStatus, ServiceState,
     WireGuardBackend,
 };
 use wireway_runtime::backoff::Backoff;
@@ -322,7 +322,9 @@ impl<D: Dataplane> Session<D> {
     /// the one applied (with nothing left out) only in its names' records needs no pass:
     /// the kernel holds the rest, and the DNS service takes the names. A member joining
     /// or leaving elsewhere changes every carrying node's names, and a full pass on each
-    /// of them would cost what the member's own node's does.
+    /// of them would cost what the member's own node's does. Likewise a state that
+    /// differs only in its peers (and names), as when a node joins or leaves a service,
+    /// gets a pass over the WireGuard peers alone ([`Agent::converge_peers`]).
     async fn converge(&mut self, state: NodeState) {
         let names_only = self.problems.is_empty()
             && self
@@ -337,8 +339,17 @@ impl<D: Dataplane> Session<D> {
             self.keep(state);
             return;
         }
+        let peers_only = self.problems.is_empty()
+            && self
+                .applied
+                .as_ref()
+                .is_some_and(|applied| differ_in_peers_only(applied, &state));
         let started = std::time::Instant::now();
-        let result = self.agent.converge(&state).await;
+        let result = if peers_only {
+            self.agent.converge_peers(&state).await
+        } else {
+            self.agent.converge(&state).await
+        };
         self.metrics
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
@@ -496,17 +507,38 @@ impl Streak {
 /// Whether `state` differs from `applied` in the records of its services' names alone
 /// (which names are answered, not which services have names: that changes rules).
 fn differ_in_names_only(applied: &NodeState, state: &NodeState) -> bool {
-    let without_records = |state: &NodeState| {
+    let names =
+        |state: &NodeState| -> Vec<_> { state.services.iter().map(|s| s.dns.clone()).collect() };
+    names(applied) != names(state) && same_but(applied, state, |_| {})
+}
+
+/// Whether `state` differs from `applied` in its services' peers, and perhaps their
+/// names' records, alone.
+fn differ_in_peers_only(applied: &NodeState, state: &NodeState) -> bool {
+    let peers_differ = applied.services.len() != state.services.len()
+        || applied
+            .services
+            .iter()
+            .zip(&state.services)
+            .any(|(a, b)| a.peers != b.peers);
+    peers_differ && same_but(applied, state, |s| s.peers.clear())
+}
+
+/// Whether the two states are the same but for their versions, their names' records and
+/// what `strip` takes from each service.
+fn same_but(applied: &NodeState, state: &NodeState, strip: impl Fn(&mut ServiceState)) -> bool {
+    let stripped = |state: &NodeState| {
         let mut state = state.clone();
         (state.version, state.epoch) = (0, 0);
-        for dns in state.services.iter_mut().filter_map(|s| s.dns.as_mut()) {
-            dns.records.clear();
+        for service in &mut state.services {
+            if let Some(dns) = service.dns.as_mut() {
+                dns.records.clear();
+            }
+            strip(service);
         }
         state
     };
-    let names =
-        |state: &NodeState| -> Vec<_> { state.services.iter().map(|s| s.dns.clone()).collect() };
-    names(applied) != names(state) && without_records(applied) == without_records(state)
+    stripped(applied) == stripped(state)
 }
 
 #[cfg(test)]

@@ -534,7 +534,7 @@ fn a_streak_of_failed_connections_counts_once_when_it_has_lasted_30_s() {
 }
 
 /// Red with one record more for each of `names`.
-fn red_named(names: &[&str]) -> wireway_proto::ServiceState {
+fn red_named(names: &[&str]) -> ServiceState {
     let records = names
         .iter()
         .map(|name| wireway_proto::DnsRecord {
@@ -542,7 +542,7 @@ fn red_named(names: &[&str]) -> wireway_proto::ServiceState {
             addresses: vec!["10.100.1.7".into()],
         })
         .collect();
-    wireway_proto::ServiceState {
+    ServiceState {
         dns: Some(wireway_proto::ServiceDns {
             zone: "red.red.wireway.internal".into(),
             records,
@@ -581,6 +581,49 @@ async fn a_state_that_changes_only_names_is_applied_without_a_pass() {
 
     // Names off: the rules and routes that deliver DNS go, so that is a pass.
     states.send(node("node-1").version(3).with(red())).unwrap();
+    assert_eq!(report_within(&mut operator, "v3").await.applied_version, 3);
+    assert_eq!(observes(&kernel), passes + 1);
+    session.stop().await;
+}
+
+/// A node joining the service elsewhere changes this node's peers (and names) alone: a
+/// pass over the WireGuard peers, no read of the rest of the kernel; anything else is a
+/// full pass again.
+#[tokio::test]
+async fn a_state_that_changes_only_peers_is_applied_by_a_pass_over_the_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (_, states) = operator.watch().await;
+
+    states.send(node("node-1").with(red())).unwrap();
+    assert_eq!(report_within(&mut operator, "v1").await.applied_version, 1);
+    let passes = observes(&kernel);
+
+    let joined = red().peer(
+        peer("node-4")
+            .key(&test_key(4))
+            .at("192.168.77.4:51821")
+            .allowing("10.100.3.0/24"),
+    );
+    states
+        .send(node("node-1").version(2).with(joined.clone()))
+        .unwrap();
+    assert_eq!(report_within(&mut operator, "v2").await.applied_version, 2);
+    assert_eq!(observes(&kernel), passes, "a peer alone made a full pass");
+    assert!(
+        kernel.held().wireguard["ww-red"]
+            .peers
+            .contains_key(&test_key(4))
+    );
+
+    // A member too: a full pass.
+    let mut member_gone = joined;
+    member_gone.members.pop();
+    states
+        .send(node("node-1").version(3).with(member_gone))
+        .unwrap();
     assert_eq!(report_within(&mut operator, "v3").await.applied_version, 3);
     assert_eq!(observes(&kernel), passes + 1);
     session.stop().await;
