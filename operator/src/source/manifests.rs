@@ -490,13 +490,23 @@ impl Manifests {
     }
 
     /// Watches the roots (a root that is a file through its directory, so a file replaced
-    /// by a rename is still followed). The watcher lives as long as `wake` is open.
+    /// by a rename is still followed). The watcher lives as long as `wake` is open. A file
+    /// opened, read or closed unwritten wakes nothing: reading the files is what a wake
+    /// does, so such events (inotify's `IN_OPEN`, `IN_ACCESS`, `IN_CLOSE_NOWRITE`) woke
+    /// the next read, and every process watching the files (the lab's supervisor, the
+    /// operator) read them again every few milliseconds, forever.
     fn watch_roots(&self, wake: mpsc::UnboundedSender<()>) -> Result<(), String> {
-        use notify::{RecursiveMode, Watcher};
+        use notify::event::{AccessKind, AccessMode};
+        use notify::{EventKind, RecursiveMode, Watcher};
         let closed = wake.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                let read = event.as_ref().is_ok_and(|e| match e.kind {
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+                    EventKind::Access(_) => true,
+                    _ => false,
+                });
+                if event.is_ok() && !read {
                     let _ = wake.send(());
                 }
             })

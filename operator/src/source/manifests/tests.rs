@@ -300,6 +300,26 @@ async fn the_watcher_delivers_a_change_written_to_a_file() {
     );
 }
 
+/// Reading the files wakes nothing; writing one does. (Reading woke the next read: the
+/// watchers of the lab read their files every few milliseconds, forever.)
+#[tokio::test]
+async fn reading_the_files_wakes_no_scan_and_writing_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("red.yaml");
+    std::fs::write(&file, SERVICE).unwrap();
+    let mut source = Manifests::new(vec![dir.path().to_owned()]).unwrap();
+    let (wake, mut woken) = mpsc::unbounded_channel();
+    source.watch_roots(wake).unwrap();
+    for _ in 0..20 {
+        assert_eq!(source.scan().problems, []);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(woken.try_recv().is_err(), "a read woke a scan");
+    std::fs::write(&file, POD).unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(5), woken.recv()).await;
+    assert_eq!(woke.expect("a write wakes a scan within 5 s"), Some(()));
+}
+
 /// A file removed between listing and reading is gone (a scan racing a `node-` once
 /// kept the removed pod and warned); a link to nothing is still reported.
 #[test]
