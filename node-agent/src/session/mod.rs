@@ -515,12 +515,12 @@ fn differ_in_names_only(applied: &NodeState, state: &NodeState) -> bool {
 /// Whether `state` differs from `applied` in its services' peers, and perhaps their
 /// names' records, alone.
 fn differ_in_peers_only(applied: &NodeState, state: &NodeState) -> bool {
-    let peers_differ = applied.services.len() != state.services.len()
-        || applied
-            .services
-            .iter()
-            .zip(&state.services)
-            .any(|(a, b)| a.peers != b.peers);
+    // Services added or removed are no peers-only change: `same_but` says so.
+    let peers_differ = applied
+        .services
+        .iter()
+        .zip(&state.services)
+        .any(|(a, b)| a.peers != b.peers);
     peers_differ && same_but(applied, state, |s| s.peers.clear())
 }
 
