@@ -291,10 +291,8 @@ impl Manifests {
     fn replace(&mut self, replaced: Vec<(PathBuf, Vec<Accepted>)>) -> Vec<Change> {
         let mut affected: BTreeSet<ObjectId> = BTreeSet::new();
         for (path, accepted) in replaced {
-            let old = match self.files.get_mut(&path) {
-                Some(state) => std::mem::replace(&mut state.accepted, accepted),
-                None => Vec::new(),
-            };
+            let state = self.files.entry(path.clone()).or_default();
+            let old = std::mem::replace(&mut state.accepted, accepted);
             for a in &old {
                 if let Some(holders) = self.holders.get_mut(&a.id) {
                     holders.retain(|(p, _)| *p != path);
