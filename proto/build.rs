@@ -4,6 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // A service's names go to every node carrying it: the records are written by hand
+    // (src/dns.rs) so that all those states share one copy.
+    config.extern_path(".wireway.node.v1alpha1.ServiceDns", "crate::ServiceDns");
     // The transport (channel, server) is the binaries' business; this crate stays plain data
     // and service traits.
     tonic_prost_build::configure()

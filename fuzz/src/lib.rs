@@ -146,7 +146,8 @@ fn dns_state() -> NodeState {
             record("red-a.red-members.red", &["10.100.0.1"]),
             record("red-b.red-members.red", &["10.100.0.2"]),
             record("red-members.red", &["10.100.0.1", "10.100.0.2"]),
-        ],
+        ]
+        .into(),
     });
     let mut blue = green().port(51822);
     if let Some(member) = blue.members.first_mut() {
@@ -154,7 +155,7 @@ fn dns_state() -> NodeState {
     }
     blue.dns = Some(ServiceDns {
         zone: "blue.red.wireway.internal".into(),
-        records: vec![record("red-a.blue-members.red", &["fd00:200::1"])],
+        records: vec![record("red-a.blue-members.red", &["fd00:200::1"])].into(),
     });
     let mut state = wireway_agent::testing::node("node-1");
     state.services = vec![blue, red];

@@ -19,17 +19,22 @@ use wireway_operator::plan::{Change, Planner};
 #[path = "../benches/scale.rs"]
 mod scale;
 
-/// The process's peak resident set so far (`VmHWM`), as the kernel counts it.
-fn peak_rss_mib() -> String {
+/// A memory figure of this process (`field` of /proc/self/status), as the kernel counts it.
+fn status_mib(field: &str) -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .map(|l| l.to_owned())
         })
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or_else(|| "?".into(), |kib| format!("{} MiB", kib / 1024))
+}
+
+/// The process's peak resident set so far.
+fn peak_rss_mib() -> String {
+    status_mib("VmHWM:")
 }
 
 /// Applies each change and plans, one at a time, and reports the times and how many
@@ -72,6 +77,7 @@ fn main() {
         daemonset,
     };
     let world = scale::world(scale);
+    println!("the World alone: RSS {}", status_mib("VmRSS:"));
     let start = Instant::now();
     let mut planner = Planner::new(world, None);
     let full = planner.plan();

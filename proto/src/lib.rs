@@ -15,6 +15,9 @@
 
 tonic::include_proto!("wireway.node.v1alpha1");
 
+mod dns;
+pub use dns::ServiceDns;
+
 /// The operator's status API (`wireway.status.v1alpha1`): its snapshot, for
 /// administrators only.
 pub mod status {

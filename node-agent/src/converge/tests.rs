@@ -494,7 +494,7 @@ fn named_red() -> ServiceState {
     ServiceState {
         dns: Some(wireway_proto::ServiceDns {
             zone: "red.red.wireway.internal".into(),
-            records: Vec::new(),
+            records: Default::default(),
         }),
         ..red()
     }

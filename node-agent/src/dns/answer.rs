@@ -287,7 +287,7 @@ impl Zone {
         let zone_labels = labels(&dns.zone)?;
         let apex = name(&zone_labels)?;
         let mut names: HashMap<Name, Addresses> = HashMap::new();
-        for record in &dns.records {
+        for record in dns.records.iter() {
             let Some(record_labels) = labels(&record.name) else {
                 continue;
             };

@@ -23,13 +23,13 @@ impl DnsFixture for ServiceState {
     fn zone(mut self, zone: &str) -> Self {
         self.dns = Some(ServiceDns {
             zone: zone.to_owned(),
-            records: Vec::new(),
+            records: Default::default(),
         });
         self
     }
 
     fn record(mut self, name: &str, addresses: &[&str]) -> Self {
-        self.dns.get_or_insert_default().records.push(DnsRecord {
+        std::sync::Arc::make_mut(&mut self.dns.get_or_insert_default().records).push(DnsRecord {
             name: name.to_owned(),
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
         });

@@ -532,7 +532,7 @@ fn same_but(applied: &NodeState, state: &NodeState, strip: impl Fn(&mut ServiceS
         (state.version, state.epoch) = (0, 0);
         for service in &mut state.services {
             if let Some(dns) = service.dns.as_mut() {
-                dns.records.clear();
+                dns.records = Default::default();
             }
             strip(service);
         }

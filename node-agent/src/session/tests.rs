@@ -535,7 +535,7 @@ fn a_streak_of_failed_connections_counts_once_when_it_has_lasted_30_s() {
 
 /// Red with one record more for each of `names`.
 fn red_named(names: &[&str]) -> ServiceState {
-    let records = names
+    let records: Vec<_> = names
         .iter()
         .map(|name| wireway_proto::DnsRecord {
             name: (*name).to_owned(),
@@ -545,7 +545,7 @@ fn red_named(names: &[&str]) -> ServiceState {
     ServiceState {
         dns: Some(wireway_proto::ServiceDns {
             zone: "red.red.wireway.internal".into(),
-            records,
+            records: records.into(),
         }),
         ..red()
     }

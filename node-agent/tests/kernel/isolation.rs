@@ -664,7 +664,7 @@ fn named(mut state: NodeState) -> NodeState {
     for service in &mut state.services {
         service.dns = Some(wireway_proto::ServiceDns {
             zone: format!("{}.wireway.internal", service.name.replace('/', ".")),
-            records: Vec::new(),
+            records: Default::default(),
         });
     }
     state

@@ -81,7 +81,7 @@ pub(super) fn records(zone: &str, entries: &[Entry<'_>]) -> ServiceDns {
         }
         names.entry(endpoint).or_default().push(address);
     }
-    let records = names
+    let records: Vec<DnsRecord> = names
         .into_iter()
         .map(|(name, addresses)| (name.to_ascii_lowercase(), addresses))
         .filter(|(name, _)| is_dns_name(&format!("{name}.{zone}")))
@@ -96,6 +96,6 @@ pub(super) fn records(zone: &str, entries: &[Entry<'_>]) -> ServiceDns {
         .collect();
     ServiceDns {
         zone: zone.to_owned(),
-        records,
+        records: records.into(),
     }
 }
