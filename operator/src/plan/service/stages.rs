@@ -310,8 +310,12 @@ pub(super) fn resolve_interface_conflicts(
         let Some(mine) = index.endpoints.get(&entry.endpoint) else {
             continue;
         };
+        // Cheapest first: `holds` reads a whole member list.
         let rival = index.endpoints_in(&pod.namespace).find(|(key, other)| {
             let other_target = endpoint_target(other);
+            if &other_target == target {
+                return false;
+            }
             let other_interface = other
                 .spec
                 .interface_name
@@ -322,12 +326,13 @@ pub(super) fn resolve_interface_conflicts(
                 .pod_selector
                 .as_ref()
                 .is_some_and(|sel| selector::matches(sel, &pod.labels).unwrap_or(false));
-            let wins = match (holds(other, &pod.name), holds(mine, &pod.name)) {
-                (true, false) => true,
-                (false, true) => false,
-                _ => *key < &entry.endpoint,
-            };
-            &other_target != target && selects && &other_interface == interface && wins
+            selects
+                && &other_interface == interface
+                && match (holds(other, &pod.name), holds(mine, &pod.name)) {
+                    (true, false) => true,
+                    (false, true) => false,
+                    _ => *key < &entry.endpoint,
+                }
         });
         if let Some((key, other)) = rival {
             let message = format!(
