@@ -9,6 +9,7 @@
 //! the plans are recorded and the touched nodes reassembled.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use wireway_crds::{Admission, Cidr, Endpoint, IdentityGrant, NetworkService, PeerCluster};
@@ -218,17 +219,13 @@ impl Planner {
         let replanned: BTreeSet<String> = targets.iter().map(ToString::to_string).collect();
         // Every target is planned against the World as the round found it; then the
         // overlapping ones are settled; only then is anything recorded.
-        let mut drafts: BTreeMap<ObjectKey, TargetPlan> = targets
-            .into_iter()
-            .map(|target| {
-                let across = Across {
-                    assigned: self.assigned.get(&target),
-                    refused_nodes: &self.refused_nodes,
-                };
-                let draft = service::plan_target(&self.index, &target, across);
-                (target, draft)
-            })
-            .collect();
+        let mut drafts = plan_targets(targets, |target| {
+            let across = Across {
+                assigned: self.assigned.get(target),
+                refused_nodes: &self.refused_nodes,
+            };
+            service::plan_target(&self.index, target, across)
+        });
         overlaps::settle(&self.index, &mut drafts);
         for (target, mut fresh) in drafts {
             let old = self.targets.remove(&target).unwrap_or_default();
@@ -480,6 +477,53 @@ impl Planner {
             },
         );
     }
+}
+
+/// Plans each target with `plan`, on as many threads as the process may use (targets
+/// are independent: each reads the World as the round found it). The result is the same
+/// in any order.
+fn plan_targets(
+    targets: BTreeSet<ObjectKey>,
+    plan: impl Fn(&ObjectKey) -> TargetPlan + Sync,
+) -> BTreeMap<ObjectKey, TargetPlan> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let targets: Vec<ObjectKey> = targets.into_iter().collect();
+    if threads < 2 || targets.len() < 2 {
+        return targets
+            .into_iter()
+            .map(|target| {
+                let draft = plan(&target);
+                (target, draft)
+            })
+            .collect();
+    }
+    // Each thread takes the next target not yet taken: services differ in size by orders
+    // of magnitude, so a fixed share per thread would leave threads idle.
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(target) = targets.get(i) else {
+                return done;
+            };
+            done.push((target.clone(), plan(target)));
+        }
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads.min(targets.len()))
+            .map(|_| scope.spawn(work))
+            .collect();
+        let mut drafts: BTreeMap<ObjectKey, TargetPlan> = work().into_iter().collect();
+        for helper in helpers {
+            // A panic in planning is a bug; it goes on as it would on one thread.
+            match helper.join() {
+                Ok(done) => drafts.extend(done),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        drafts
+    })
 }
 
 /// The WireGuard interface name recorded in a service's status, if it is one Wireway

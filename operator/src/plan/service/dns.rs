@@ -68,23 +68,32 @@ pub(super) fn zone(
 /// all its members (an external host's only name). Sorted, as the NodeState wants.
 pub(super) fn records(zone: &str, entries: &[Entry<'_>]) -> ServiceDns {
     let mut names: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut endpoints: BTreeMap<&ObjectKey, String> = BTreeMap::new();
     for entry in entries.iter().filter(|e| e.member()) {
         let Some(address) = entry.address else {
             continue;
         };
-        let endpoint = format!("{}.{}", entry.endpoint.name, entry.endpoint.namespace);
+        let endpoint = endpoints.entry(&entry.endpoint).or_insert_with(|| {
+            format!("{}.{}", entry.endpoint.name, entry.endpoint.namespace).to_ascii_lowercase()
+        });
         if let Workload::Pod { pod, .. } = entry.kind {
-            names
-                .entry(format!("{}.{endpoint}", pod.name))
-                .or_default()
-                .push(address);
+            let mut name = format!("{}.{endpoint}", pod.name);
+            name.make_ascii_lowercase();
+            names.entry(name).or_default().push(address);
         }
-        names.entry(endpoint).or_default().push(address);
+        match names.get_mut(endpoint.as_str()) {
+            Some(addresses) => addresses.push(address),
+            None => {
+                names.insert(endpoint.clone(), vec![address]);
+            }
+        }
     }
     let records: Vec<DnsRecord> = names
         .into_iter()
-        .map(|(name, addresses)| (name.to_ascii_lowercase(), addresses))
-        .filter(|(name, _)| is_dns_name(&format!("{name}.{zone}")))
+        // The name under the zone: the name, a dot, the zone.
+        .filter(|(name, _)| {
+            name.len() + 1 + zone.len() <= 253 && is_dns_name(name) && is_dns_name(zone)
+        })
         .map(|(name, mut addresses)| {
             addresses.sort();
             addresses.dedup();

@@ -293,6 +293,28 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
             })
         })
         .collect();
+    let mut members_by_node: BTreeMap<&str, Vec<Member>> = BTreeMap::new();
+    for e in entries.iter().filter(|e| e.admitted) {
+        let Workload::Pod { pod, interface } = &e.kind else {
+            continue;
+        };
+        let (Some(node), Some(address)) = (pod.node.as_deref(), e.address) else {
+            continue;
+        };
+        let locator = match &pod.netns {
+            Some(path) => netns_locator::Locator::Path(path.clone()),
+            None => netns_locator::Locator::PodUid(pod.uid.clone()),
+        };
+        members_by_node.entry(node).or_default().push(Member {
+            id: format!("{}/{}", pod.namespace, pod.name),
+            netns: Some(NetnsLocator {
+                locator: Some(locator),
+            }),
+            interface_name: interface.clone(),
+            host_interface_name: String::new(),
+            address: address.to_string(),
+        });
+    }
     prefixes
         .iter()
         .map(|(node, prefix)| {
@@ -308,29 +330,7 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
                 )
                 .collect();
             peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
-            let mut members: Vec<Member> = entries
-                .iter()
-                .filter(|e| e.admitted)
-                .filter_map(|e| {
-                    let Workload::Pod { pod, interface } = &e.kind else {
-                        return None;
-                    };
-                    (pod.node.as_deref() == Some(node.as_str())).then_some(())?;
-                    let locator = match &pod.netns {
-                        Some(path) => netns_locator::Locator::Path(path.clone()),
-                        None => netns_locator::Locator::PodUid(pod.uid.clone()),
-                    };
-                    Some(Member {
-                        id: format!("{}/{}", pod.namespace, pod.name),
-                        netns: Some(NetnsLocator {
-                            locator: Some(locator),
-                        }),
-                        interface_name: interface.clone(),
-                        host_interface_name: String::new(),
-                        address: e.address?.to_string(),
-                    })
-                })
-                .collect();
+            let mut members = members_by_node.remove(node.as_str()).unwrap_or_default();
             members.sort_by(|a, b| a.id.cmp(&b.id));
             let state = ServiceState {
                 name: target.to_string(),
