@@ -630,13 +630,7 @@ fn drift_is_restored_exactly() {
         ]);
     } else {
         let socket = format!("{}/wireguard/ww-red.sock", lab.state_dir("n1"));
-        let key_hex: String = {
-            use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(&keys["n2"])
-                .unwrap();
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        };
+        let key_hex = hex_of_base64(&keys["n2"]);
         let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
         std::io::Write::write_all(
             &mut stream,
@@ -816,6 +810,10 @@ fn a_peers_allowed_ips_change_with_traffic_flowing_and_the_device_keeps_answerin
         .find(|p| p.name == "n2")
         .unwrap();
     peer.allowed_ips.push("10.100.9.1/32".into());
+    // The peer is changed, not made anew: its session (and so its last handshake) stays.
+    let userspace = lab.backend("n1") == "userspace";
+    let handshake = || userspace_handshake(&lab, "n1", "ww-red", &keys["n2"]);
+    let before = userspace.then(handshake);
     let pinger: Child = Command::new("ip")
         .args([
             "netns",
@@ -847,4 +845,49 @@ fn a_peers_allowed_ips_change_with_traffic_flowing_and_the_device_keeps_answerin
         (0, 0),
         "the device answers, and holds the change"
     );
+    if let Some(before) = before {
+        assert_ne!(before, 0, "a handshake was made before the change");
+        // The device derives the time from a monotonic clock: it moves by nanoseconds
+        // between two reads. A new session's handshake comes milliseconds later.
+        let after = handshake();
+        assert!(
+            before.abs_diff(after) < 1_000_000,
+            "the session of the changed peer is kept: last handshake {before} ns, then {after} ns"
+        );
+    }
+}
+
+/// The last handshake (nanoseconds since the epoch, 0 for none) of the peer with
+/// `public_key` (base64), as the userspace device of `interface` on `node` reports it.
+fn userspace_handshake(lab: &Lab, node: &str, interface: &str, public_key: &str) -> u128 {
+    use std::io::{BufRead, BufReader, Write};
+    let socket = format!("{}/wireguard/{interface}.sock", lab.state_dir(node));
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.write_all(b"get=1\n\n").unwrap();
+    let key = hex_of_base64(public_key);
+    let (mut ours, mut nanos) = (false, 0u128);
+    for line in BufReader::new(stream).lines() {
+        let line = line.unwrap();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once('=').unwrap_or_default();
+        let value: u128 = value.parse().unwrap_or(0);
+        match name {
+            "public_key" => ours = line.ends_with(&key),
+            "last_handshake_time_sec" if ours => nanos += value * 1_000_000_000,
+            "last_handshake_time_nsec" if ours => nanos += value,
+            _ => {}
+        }
+    }
+    nanos
+}
+
+/// A key as the WireGuard UAPI writes it: hexadecimal, from base64.
+fn hex_of_base64(key: &str) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -311,6 +311,60 @@ fn an_agent_killed_at_any_point_of_a_pass_converges_on_restart_and_orphans_nothi
     );
 }
 
+/// A device process still starting when a pass begins (one an agent killed a moment ago
+/// left behind, its key not yet read or its TUN device not yet made) is waited for and
+/// used. The pass starts no second one beside it: that one would find the TUN name taken
+/// or take it first, and either way one device would run with no one to find it.
+#[test]
+fn a_device_still_starting_when_a_pass_begins_is_used_not_doubled() {
+    if !root_or_skip("a_device_still_starting...") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    let services = [&red()];
+    lab.apply("n2", &node_state(&lab, "n2", &services, &keys));
+    lab.apply("n1", &node("n1"));
+    if lab.backend("n1") != "userspace" {
+        eprintln!("the kernel backend runs no device processes: nothing to test");
+        return;
+    }
+    let state_dir = lab.state_dir("n1");
+    std::fs::create_dir_all(format!("{state_dir}/wireguard")).unwrap();
+    // As an agent starts a device: in the node's namespace, the key to come on stdin.
+    let mut starting = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("n1"), AGENT, "wireguard-userspace"])
+        .args(["--interface", "ww-red", "--socket"])
+        .arg(format!("{state_dir}/wireguard/ww-red.sock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let key = hex_of_base64(&std::fs::read_to_string(format!("{state_dir}/private.key")).unwrap());
+    std::thread::scope(|scope| {
+        let pass = scope.spawn(|| lab.apply("n1", &node_state(&lab, "n1", &services, &keys)));
+        // The pass has found the device starting by now; it gets its key late.
+        std::thread::sleep(Duration::from_millis(700));
+        let mut stdin = starting.stdin.take().unwrap();
+        stdin.write_all(format!("{key}\n").as_bytes()).unwrap();
+        pass.join().unwrap();
+    });
+    assert_eq!(device_processes(&lab, "n1"), ["ww-red"]);
+    assert!(
+        starting.try_wait().unwrap().is_none(),
+        "the device that was starting is the one that runs"
+    );
+    assert_eq!(
+        lab.apply("n1", &node_state(&lab, "n1", &services, &keys)),
+        (0, 0)
+    );
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+    lab.apply("n1", &node("n1"));
+    assert!(device_processes(&lab, "n1").is_empty());
+    let _ = starting.wait();
+}
+
 /// A tmpfs mounted for a test, unmounted on drop.
 struct Tmpfs(String);
 

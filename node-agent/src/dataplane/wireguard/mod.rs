@@ -42,8 +42,13 @@ pub enum WireGuardError {
     #[error("a WireGuard key is not 32 bytes of base64")]
     Key,
     /// The device did not come up.
-    #[error("the WireGuard device {0} did not start")]
-    Start(String),
+    #[error("the WireGuard device {interface} did not start: {reason}")]
+    Start {
+        /// The interface.
+        interface: String,
+        /// What happened instead.
+        reason: String,
+    },
 }
 
 /// A peer's health as the device reports it.

@@ -2,9 +2,10 @@
 //! process of its own.
 //!
 //! Why GotaTun: it was measured against boringtun (which it forks) and wireguard-go in
-//! one rig (`bench/throughput.sh`, `docs/benchmarks.md`); it is maintained, and it
-//! changes a peer it has in place (boringtun 0.7 panicked on that and stopped the
-//! device).
+//! one rig (`bench/throughput.sh`, `docs/benchmarks.md`); it is maintained, and its
+//! library changes a peer it has in place (boringtun 0.7 panicked on that and stopped the
+//! device; GotaTun's own UAPI `set` makes the peer anew, ending its session, so the
+//! device process changes peers it has through the library instead).
 //!
 //! Why a child process: a device's teardown, its threads and its signals stay out of
 //! the agent. The child outlives the agent on purpose, so an agent restart drops no
@@ -21,16 +22,20 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use gotatun::device::DeviceBuilder;
 use gotatun::device::uapi::UapiServer;
-use gotatun::device::uapi::command::Request;
+use gotatun::device::uapi::command::{Request, Set, SetPeer, SetUnset};
+use gotatun::device::{Device, DeviceTransports};
 use gotatun::x25519::StaticSecret;
 use ipnet::IpNet;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::oneshot;
 
 use super::{
     DeviceState, PeerChange, PeerStats, WireGuardError, endpoint_address, handshake_age, key_bytes,
@@ -68,24 +73,60 @@ impl Userspace {
 
     /// Starts a device named `interface` with `private_key` (base64), in the calling
     /// thread's network namespace, and waits until it answers.
+    ///
+    /// A device process may already live without answering yet: one started by an agent
+    /// killed a moment ago, still making its TUN device. Each device process holds a lock
+    /// on `<interface>.lock` for its whole life, so a new one is started only when none
+    /// holds it, and the one that lives is waited for, never doubled (a second would find
+    /// the TUN name taken, and the first would be left running with no one to find it).
     pub fn create(&self, interface: &str, private_key: &str) -> Result<(), WireGuardError> {
         let io = |source| WireGuardError::Io {
             interface: interface.to_owned(),
             source,
         };
         std::fs::create_dir_all(&self.socket_dir).map_err(io)?;
-        let socket = self.socket(interface);
-        let _ = std::fs::remove_file(&socket);
+        let lock = lock_path(&self.socket(interface));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut child: Option<Child> = None;
+        let mut attempts = 0;
+        loop {
+            if self.request(interface, "get=1\n\n").is_ok() {
+                return Ok(());
+            }
+            // Ours ended: it lost the lock to another device process (which is waited
+            // for), or it failed.
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                child = None;
+                if !device_process_lives(&lock).map_err(io)? && attempts == 3 {
+                    return Err(self.not_started(interface, &format!("its process {status}")));
+                }
+            }
+            if child.is_none() && attempts < 3 && !device_process_lives(&lock).map_err(io)? {
+                child = Some(self.spawn(interface, private_key)?);
+                attempts += 1;
+            }
+            if Instant::now() > deadline {
+                return Err(self.not_started(interface, "no answer within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a device process for `interface` and hands it the key.
+    fn spawn(&self, interface: &str, private_key: &str) -> Result<Child, WireGuardError> {
+        let io = |source| WireGuardError::Io {
+            interface: interface.to_owned(),
+            source,
+        };
         // The device outlives the agent, so it must not hold the agent's output open (a
         // caller waiting for the agent's output would wait for the device too): it logs to
         // a file beside its socket.
-        let log =
-            std::fs::File::create(self.socket_dir.join(format!("{interface}.log"))).map_err(io)?;
+        let log = std::fs::File::create(self.log(interface)).map_err(io)?;
         let key = hex(&key_bytes(private_key)?);
         let mut command = Command::new(&self.program);
         command
             .args(["wireguard-userspace", "--interface", interface, "--socket"])
-            .arg(&socket)
+            .arg(self.socket(interface))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log);
@@ -99,14 +140,25 @@ impl Userspace {
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(format!("{key}\n").as_bytes()).map_err(io)?;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.request(interface, "get=1\n\n").is_err() {
-            if Instant::now() > deadline {
-                return Err(WireGuardError::Start(interface.to_owned()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        Ok(child)
+    }
+
+    fn log(&self, interface: &str) -> PathBuf {
+        self.socket_dir.join(format!("{interface}.log"))
+    }
+
+    /// Why the device did not start: `what` happened, and the last line its process
+    /// logged.
+    fn not_started(&self, interface: &str, what: &str) -> WireGuardError {
+        let logged = std::fs::read_to_string(self.log(interface)).unwrap_or_default();
+        let last = logged.lines().rev().find(|l| !l.trim().is_empty());
+        WireGuardError::Start {
+            interface: interface.to_owned(),
+            reason: match last {
+                Some(line) => format!("{what}; it logged: {}", line.trim()),
+                None => what.to_owned(),
+            },
         }
-        Ok(())
     }
 
     /// Stops the device: the child exits and the kernel removes its TUN interface.
@@ -218,6 +270,39 @@ fn errno(response: &str) -> i32 {
         .unwrap_or(-1)
 }
 
+/// The lock a device process holds for its life, beside its control socket.
+fn lock_path(socket: &Path) -> PathBuf {
+    socket.with_extension("lock")
+}
+
+/// Opens the lock file (never through a link planted at its path).
+fn open_lock(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
+/// Takes `lock` if no one holds it: `Ok(None)` when a device process does (one lives for
+/// that interface). The lock is held until the returned guard is dropped.
+fn try_lock(lock: &Path) -> std::io::Result<Option<Flock<std::fs::File>>> {
+    match Flock::lock(open_lock(lock)?, FlockArg::LockExclusiveNonblock) {
+        Ok(guard) => Ok(Some(guard)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(errno.into()),
+    }
+}
+
+/// Whether a device process holds `lock` (one lives for that interface).
+fn device_process_lives(lock: &Path) -> std::io::Result<bool> {
+    Ok(try_lock(lock)?.is_none())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -299,6 +384,14 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
         interface: interface.to_owned(),
         source,
     };
+    // Held until the process ends: while it is, no other device process starts for
+    // this interface, and an agent waits for this one instead.
+    let Some(_lock) = try_lock(&lock_path(socket)).map_err(io)? else {
+        return Err(WireGuardError::Start {
+            interface: interface.to_owned(),
+            reason: "another device process serves it".to_owned(),
+        });
+    };
     let mut key = String::new();
     std::io::stdin().read_line(&mut key).map_err(io)?;
     // Nothing readable: the agent died before it could hand the key over, so no device.
@@ -330,9 +423,27 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
             )
             .map_err(failed)?
     };
+    // The device is owned by one task: it changes peers in place when asked, and ends
+    // the process when the device fails.
+    let (in_place, mut asked) = tokio::sync::mpsc::channel::<(Set, oneshot::Sender<Set>)>(1);
     let name = interface.to_owned();
     runtime.spawn(async move {
-        device.wait().await;
+        loop {
+            tokio::select! {
+                () = device.wait() => break,
+                Some((set, answer)) = asked.recv() => {
+                    match change_in_place(&mut device, set).await {
+                        Ok(rest) => {
+                            let _ = answer.send(rest);
+                        }
+                        Err(e) => {
+                            eprintln!("error: the WireGuard device {name} failed a change: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         eprintln!("error: the WireGuard device {name} failed; it ends, to be made again");
         std::process::exit(1);
     });
@@ -354,13 +465,26 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
             .parse::<Request>()
         {
             Ok(request) => {
+                let request = match request {
+                    Request::Set(set) => {
+                        let (answer, answered) = oneshot::channel();
+                        // The task ends only with the process.
+                        let _ = in_place.blocking_send((set, answer));
+                        Request::Set(
+                            answered
+                                .blocking_recv()
+                                .map_err(|e| io(std::io::Error::other(e)))?,
+                        )
+                    }
+                    other => other,
+                };
                 let response = uapi
                     .send_sync(request)
                     .map_err(|e| io(std::io::Error::other(e.to_string())))?;
                 format!("{response}\n")
             }
             // Not a request the device knows: refused, as the kernel refuses it.
-            Err(_) => format!("errno={}\n\n", nix::errno::Errno::EINVAL as i32),
+            Err(_) => format!("errno={}\n\n", Errno::EINVAL as i32),
         };
         // A client gone before its answer (an agent killed in the middle of a pass) is no
         // reason to stop the device: that would drop the tunnel's traffic until the next
@@ -368,6 +492,62 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
         let _ = client.get_mut().write_all(response.as_bytes());
     }
     Ok(())
+}
+
+/// Makes the changes of `set` to peers the device has, in place, and gives back the rest
+/// of it for the device's own `set`. GotaTun's `set` removes a peer it has and adds it
+/// anew: the peer's session ends and packets wait for a new handshake (the kernel tests
+/// lost a ping to each allowed-IP change). A `set` the device would refuse (a key named
+/// twice, an unknown protocol version) or one that replaces every peer is given back
+/// whole, for the device to answer as it does.
+async fn change_in_place<T: DeviceTransports>(
+    device: &mut Device<T>,
+    mut set: Set,
+) -> Result<Set, gotatun::device::Error> {
+    let mut keys = BTreeSet::new();
+    if set.replace_peers
+        || set.protocol_version.as_deref().is_some_and(|v| v != "1")
+        || !set.peers.iter().all(|p| keys.insert(p.peer.public_key.0))
+    {
+        return Ok(set);
+    }
+    let mut rest = Vec::new();
+    for change in std::mem::take(&mut set.peers) {
+        if change.remove || !modify(device, &change).await? {
+            rest.push(change);
+        }
+    }
+    set.peers = rest;
+    Ok(set)
+}
+
+/// Changes the peer `change` names as it asks; `false` if the device has no such peer.
+async fn modify<T: DeviceTransports>(
+    device: &mut Device<T>,
+    change: &SetPeer,
+) -> Result<bool, gotatun::device::Error> {
+    let wanted = &change.peer;
+    let key = gotatun::x25519::PublicKey::from(wanted.public_key.0);
+    device
+        .modify_peer(&key, |peer| {
+            if change.replace_allowed_ips {
+                peer.clear_allowed_ips();
+            }
+            peer.add_allowed_ips(wanted.allowed_ip.iter().copied());
+            if let Some(endpoint) = wanted.endpoint {
+                peer.set_endpoint(Some(endpoint));
+            }
+            if let Some(seconds) = wanted.persistent_keepalive_interval {
+                peer.set_keepalive(Some(seconds));
+            }
+            match &wanted.preshared_key {
+                // All zero removes it, as in the protocol.
+                Some(SetUnset::Set(key)) if key.0 != [0; 32] => peer.set_preshared_key(Some(key.0)),
+                Some(_) => peer.set_preshared_key(None),
+                None => {}
+            }
+        })
+        .await
 }
 
 #[cfg(test)]
