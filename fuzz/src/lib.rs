@@ -10,6 +10,7 @@
 //! --features libfuzzer`); `tests/corpora.rs` replays every committed corpus file through
 //! them on stable, so `make test` re-checks everything the fuzzer once found interesting.
 
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use prost::Message;
@@ -36,22 +37,36 @@ pub const TARGETS: [(&str, Target); 6] = [
 /// A manifest file: split into documents and each validated as the API server would.
 /// Anything goes in; out come documents, problems and verdicts, never a panic.
 pub fn manifest(data: &[u8]) {
+    manifest_rules(data);
+}
+
+/// What [`manifest`] does, returning the rules that rejected something in `data` (CEL
+/// rules as written in the CRDs, schema keywords by name): the corpus replay checks that
+/// some input breaks every CEL rule.
+pub fn manifest_rules(data: &[u8]) -> BTreeSet<String> {
     static VALIDATOR: OnceLock<Option<Validator>> = OnceLock::new();
+    let mut rules = BTreeSet::new();
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return rules;
     };
     let Some(validator) = VALIDATOR.get_or_init(|| Validator::new().ok()) else {
         panic!("the CRDs' schemas do not compile");
     };
     let documents: Vec<_> = manifest::documents(text).into_iter().flatten().collect();
+    let mut verdict = |object, old| {
+        if let Err(violations) = validator.validate(object, old) {
+            rules.extend(violations.into_iter().map(|v| v.rule));
+        }
+    };
     for (i, document) in documents.iter().enumerate() {
-        let _ = validator.validate(&document.value, None);
+        verdict(&document.value, None);
         // Every object also as an update of the one before it: the transition rules
         // (oldSelf) see two unrelated objects.
         if let Some(previous) = i.checked_sub(1).map(|p| &documents[p].value) {
-            let _ = validator.validate(&document.value, Some(previous));
+            verdict(&document.value, Some(previous));
         }
     }
+    rules
 }
 
 /// A SPIFFE ID: what parses prints back to itself and parses again to the same ID, and a
