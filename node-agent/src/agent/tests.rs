@@ -186,6 +186,7 @@ async fn a_failed_operation_does_not_stop_the_rest_and_is_reported_with_its_cate
             allowed_ips: BTreeSet::from(["10.100.255.9/32".parse().unwrap()]),
             persistent_keepalive: 0,
         },
+        replace_allowed_ips: false,
     };
     kernel.refuse(route_b.clone());
     kernel.refuse(vm.clone());

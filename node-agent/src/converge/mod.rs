@@ -186,11 +186,14 @@ fn peers(interface: &str, want: &WireGuard, have: &WireGuard, ops: &mut Vec<Op>)
         });
     }
     for (key, peer) in &want.peers {
-        if !peer_in_sync(peer, have.peers.get(key)) {
+        let held = have.peers.get(key);
+        if !peer_in_sync(peer, held) {
             ops.push(Op::SetPeer {
                 interface: interface.to_owned(),
                 public_key: key.clone(),
                 peer: peer.clone(),
+                replace_allowed_ips: held
+                    .is_some_and(|held| !held.allowed_ips.is_subset(&peer.allowed_ips)),
             });
         }
     }

@@ -110,6 +110,9 @@ pub enum Op {
         public_key: String,
         /// What it must be.
         peer: Peer,
+        /// The device holds allowed IPs for it that it must no longer: they are replaced
+        /// (on the kernel, a moment without any). `false` when `peer`'s are only added.
+        replace_allowed_ips: bool,
     },
     /// Add a policy rule.
     AddRule(Rule),

@@ -212,6 +212,37 @@ fn peers_and_ports_change_in_place() {
     );
 }
 
+/// A peer whose allowed IPs only grow has them added, not replaced: the kernel replaces
+/// by removing every one and adding them back, and a packet to a prefix it keeps, routed
+/// in between, would be dropped. One that loses an allowed IP has them replaced.
+#[test]
+fn allowed_ips_that_only_grow_are_added_and_those_that_shrink_are_replaced() {
+    let want = plane(vec![red()]);
+    let set_peer = |held: &Plane| {
+        let ops = converge(&want, held);
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        match &ops[0] {
+            Op::SetPeer {
+                replace_allowed_ips,
+                ..
+            } => *replace_allowed_ips,
+            other => panic!("not a peer change: {other}"),
+        }
+    };
+    let mut fewer = as_observed(&want);
+    let held = fewer.wireguard.get_mut("ww-red").unwrap();
+    let (_, peer) = held.peers.iter_mut().next().unwrap();
+    let first = *peer.allowed_ips.iter().next().unwrap();
+    peer.allowed_ips.remove(&first);
+    assert!(!set_peer(&fewer), "growing only adds");
+
+    let mut more = as_observed(&want);
+    let held = more.wireguard.get_mut("ww-red").unwrap();
+    let (_, peer) = held.peers.iter_mut().next().unwrap();
+    peer.allowed_ips.insert("10.100.99.0/24".parse().unwrap());
+    assert!(set_peer(&more), "shrinking replaces");
+}
+
 #[test]
 fn drift_is_restored_exactly() {
     let want = plane(vec![red()]);
@@ -246,7 +277,8 @@ fn drift_is_restored_exactly() {
         [Op::SetPeer {
             interface: "ww-red".into(),
             public_key: test_key(2),
-            peer
+            peer,
+            replace_allowed_ips: false,
         }]
     );
 

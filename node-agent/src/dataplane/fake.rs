@@ -204,25 +204,14 @@ impl Model {
                 w.addresses.extend(add_addresses);
                 w.routes.extend(add_routes);
             }
-            Op::RemovePeer {
-                interface,
-                public_key,
-            } => self
-                .configure_peers(interface, &[(public_key, None)])
-                .map_err(|source| ApplyError::WireGuard {
-                    action: op.to_string(),
-                    source,
-                })?,
-            Op::SetPeer {
-                interface,
-                public_key,
-                peer,
-            } => self
-                .configure_peers(interface, &[(public_key, Some(peer))])
-                .map_err(|source| ApplyError::WireGuard {
-                    action: op.to_string(),
-                    source,
-                })?,
+            Op::SetPeer { interface, .. } | Op::RemovePeer { interface, .. } => {
+                let change = super::peer_change(op).map(|(_, change)| change);
+                self.configure_peers(interface, change.as_slice())
+                    .map_err(|source| ApplyError::WireGuard {
+                        action: op.to_string(),
+                        source,
+                    })?
+            }
             Op::AddRule(rule) => {
                 if !held.rules.insert(rule.clone()) {
                     return Err(refusal(op, EXISTS));
@@ -284,13 +273,21 @@ impl Model {
             .get_mut(interface)
             .ok_or_else(|| refused(NO_DEVICE))?;
         let mut peers = device.peers.clone();
-        for (key, change) in changes {
-            match change {
+        for change in changes {
+            let key = change.public_key;
+            match change.peer {
                 Some(peer) => {
-                    peers.insert((*key).to_owned(), (*peer).clone());
+                    let mut peer = peer.clone();
+                    // Added to what the device holds, as the kernel adds them.
+                    if !change.replace_allowed_ips
+                        && let Some(held) = peers.get(key)
+                    {
+                        peer.allowed_ips.extend(held.allowed_ips.iter().copied());
+                    }
+                    peers.insert(key.to_owned(), peer);
                 }
                 None => {
-                    peers.remove(*key).ok_or_else(|| refused(NOT_THERE))?;
+                    peers.remove(key).ok_or_else(|| refused(NOT_THERE))?;
                 }
             }
         }
@@ -451,7 +448,7 @@ impl Dataplane for FakeKernel {
             interface: interface.to_owned(),
             changes: changes
                 .iter()
-                .map(|(key, peer)| ((*key).to_owned(), peer.cloned()))
+                .map(|change| (change.public_key.to_owned(), change.peer.cloned()))
                 .collect(),
         });
         let refused = changes.iter().any(|change| {

@@ -428,23 +428,13 @@ impl Dataplane for Kernel {
                 .set_listen_port(name, *port)
                 .await
                 .map_err(wg),
-            Op::SetPeer {
-                interface,
-                public_key,
-                peer,
-            } => self
-                .wireguard
-                .configure_peers(interface, &[(public_key, Some(peer))])
-                .await
-                .map_err(wg),
-            Op::RemovePeer {
-                interface,
-                public_key,
-            } => self
-                .wireguard
-                .configure_peers(interface, &[(public_key, None)])
-                .await
-                .map_err(wg),
+            Op::SetPeer { interface, .. } | Op::RemovePeer { interface, .. } => {
+                let change = super::peer_change(op).map(|(_, change)| change);
+                self.wireguard
+                    .configure_peers(interface, change.as_slice())
+                    .await
+                    .map_err(wg)
+            }
             Op::SetLink { name, mtu, up } => {
                 let index = self.index_of(name, &action).await?;
                 self.netlink

@@ -249,11 +249,26 @@ fn peer_change(op: &Op) -> Option<(&str, PeerChange<'_>)> {
             interface,
             public_key,
             peer,
-        } => Some((interface, (public_key, Some(peer)))),
+            replace_allowed_ips,
+        } => Some((
+            interface,
+            PeerChange {
+                public_key,
+                peer: Some(peer),
+                replace_allowed_ips: *replace_allowed_ips,
+            },
+        )),
         Op::RemovePeer {
             interface,
             public_key,
-        } => Some((interface, (public_key, None))),
+        } => Some((
+            interface,
+            PeerChange {
+                public_key,
+                peer: None,
+                replace_allowed_ips: false,
+            },
+        )),
         _ => None,
     }
 }

@@ -114,16 +114,19 @@ impl KernelWireGuard {
         changes: &[PeerChange<'_>],
     ) -> Result<(), WireGuardError> {
         let mut peers = Vec::new();
-        for (public_key, peer) in changes {
-            let mut attributes = vec![WireguardPeerAttribute::PublicKey(key_bytes(public_key)?)];
-            match peer {
+        for change in changes {
+            let key = key_bytes(change.public_key)?;
+            let mut attributes = vec![WireguardPeerAttribute::PublicKey(key)];
+            match change.peer {
                 None => {
                     attributes.push(WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe))
                 }
                 Some(peer) => {
-                    attributes.push(WireguardPeerAttribute::Flags(
-                        WireguardPeerFlags::ReplaceAllowedIps,
-                    ));
+                    if change.replace_allowed_ips {
+                        attributes.push(WireguardPeerAttribute::Flags(
+                            WireguardPeerFlags::ReplaceAllowedIps,
+                        ));
+                    }
                     if let Some(endpoint) = &peer.endpoint {
                         attributes.push(WireguardPeerAttribute::Endpoint(endpoint_address(
                             endpoint,

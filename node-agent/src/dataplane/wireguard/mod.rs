@@ -73,9 +73,19 @@ pub struct DeviceState {
     pub stats: BTreeMap<String, PeerStats>,
 }
 
-/// One peer change of a configuration transaction: (public key, the peer as it must be,
-/// or `None` to remove it).
-pub type PeerChange<'a> = (&'a str, Option<&'a Peer>);
+/// One peer change of a configuration transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerChange<'a> {
+    /// The peer's public key (base64).
+    pub public_key: &'a str,
+    /// The peer as it must be; `None` removes it.
+    pub peer: Option<&'a Peer>,
+    /// Whether the device may hold allowed IPs for the peer that `peer` does not name,
+    /// so they are all replaced. Otherwise `peer`'s are added to those it holds: the
+    /// kernel replaces by removing every one and adding them back, and a packet routed in
+    /// between is dropped (Linux before 6.13 cannot remove one alone).
+    pub replace_allowed_ips: bool,
+}
 
 /// The WireGuard implementation the agent drives, chosen at start.
 #[derive(Debug, Clone)]

@@ -221,18 +221,23 @@ impl Userspace {
 }
 
 /// The body of a `set` that makes `changes`: each peer once (the device refuses a key
-/// named twice). A peer it has is changed in place: its allowed IPs replaced, and its
-/// endpoint kept when it is wanted without one (it dials in from behind NAT, and the
+/// named twice). A peer it has is changed in place: its allowed IPs replaced (or added
+/// to, when that is all the change asks), and its endpoint kept when it is wanted without one (it dials in from behind NAT, and the
 /// device learned where from).
 pub fn transaction(changes: &[PeerChange<'_>]) -> Result<String, WireGuardError> {
     let mut body = String::new();
-    for (public_key, peer) in changes {
-        body.push_str(&format!("public_key={}\n", hex(&key_bytes(public_key)?)));
-        let Some(peer) = peer else {
+    for change in changes {
+        body.push_str(&format!(
+            "public_key={}\n",
+            hex(&key_bytes(change.public_key)?)
+        ));
+        let Some(peer) = change.peer else {
             body.push_str("remove=true\n");
             continue;
         };
-        body.push_str("replace_allowed_ips=true\n");
+        if change.replace_allowed_ips {
+            body.push_str("replace_allowed_ips=true\n");
+        }
         if let Some(endpoint) = &peer.endpoint {
             body.push_str(&format!("endpoint={}\n", endpoint_address(endpoint)?));
         }
@@ -577,17 +582,23 @@ mod tests {
     }
 
     /// A transaction names each peer once (the device refuses a key named twice): a
-    /// removal says so and nothing else; a change replaces the allowed IPs and leaves
-    /// out an endpoint it is not given (the device keeps the one it learned).
+    /// removal says so and nothing else; a change replaces the allowed IPs when it must
+    /// (only adds them otherwise) and leaves out an endpoint it is not given (the device
+    /// keeps the one it learned).
     #[test]
-    fn each_peer_once_removals_say_remove_and_changes_replace_allowed_ips() {
+    fn each_peer_once_removals_say_remove_and_changes_replace_allowed_ips_when_they_must() {
         let (a, b, c) = (test_key(1), test_key(2), test_key(3));
         let with_endpoint = wanted(Some("192.0.2.1:52000"), &["10.100.1.0/24"]);
         let behind_nat = wanted(None, &["10.100.64.1/32", "10.100.64.2/32"]);
-        let changes: Vec<PeerChange<'_>> = vec![
-            (&a, Some(&with_endpoint)),
-            (&b, Some(&behind_nat)),
-            (&c, None),
+        let change = |public_key, peer, replace_allowed_ips| PeerChange {
+            public_key,
+            peer,
+            replace_allowed_ips,
+        };
+        let changes = [
+            change(&a, Some(&with_endpoint), true),
+            change(&b, Some(&behind_nat), false),
+            change(&c, None, false),
         ];
         let body = transaction(&changes).unwrap();
         let hex_of = |k: &str| hex(&key_bytes(k).unwrap());
@@ -609,7 +620,6 @@ mod tests {
         assert_eq!(
             sections[1].1,
             [
-                "replace_allowed_ips=true",
                 "persistent_keepalive_interval=25",
                 "allowed_ip=10.100.64.1/32",
                 "allowed_ip=10.100.64.2/32"
