@@ -88,7 +88,7 @@ impl Userspace {
         let lock = lock_path(&self.socket(interface));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut child: Option<Child> = None;
-        let mut attempts = 0;
+        let (mut attempts, mut ended) = (0, None);
         loop {
             if self.request(interface, "get=1\n\n").is_ok() {
                 return Ok(());
@@ -96,12 +96,12 @@ impl Userspace {
             // Ours ended: it lost the lock to another device process (which is waited
             // for), or it failed.
             if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                child = None;
-                if !device_process_lives(&lock).map_err(io)? && attempts == 3 {
+                (child, ended) = (None, Some(status));
+            }
+            if child.is_none() && !device_process_lives(&lock).map_err(io)? {
+                if let (3, Some(status)) = (attempts, ended) {
                     return Err(self.not_started(interface, &format!("its process {status}")));
                 }
-            }
-            if child.is_none() && attempts < 3 && !device_process_lives(&lock).map_err(io)? {
                 child = Some(self.spawn(interface, private_key)?);
                 attempts += 1;
             }
