@@ -312,6 +312,8 @@ pub enum Call {
         /// The changes, in order.
         changes: Vec<(String, Option<Peer>)>,
     },
+    /// [`Dataplane::peer_stats`].
+    PeerStats,
 }
 
 /// The fake kernel's state: the model, the calls so far, what it refuses.
@@ -394,7 +396,8 @@ impl Dataplane for FakeKernel {
     }
 
     async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {
-        let fake = self.lock();
+        let mut fake = self.lock();
+        fake.calls.push(Call::PeerStats);
         let interfaces = &fake.model.held().wireguard;
         Ok(interfaces
             .iter()

@@ -31,6 +31,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, Query};
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
@@ -54,6 +55,9 @@ pub const EDNS_PAYLOAD: u16 = 1232;
 
 /// The most a reply over UDP holds when its query had no EDNS (RFC 1035).
 const UDP_PAYLOAD: usize = 512;
+
+/// The longest name, as text without the final dot (255 bytes on the wire).
+const MAX_NAME_TEXT: usize = 253;
 
 /// The most a reply over TCP holds: its length prefix is two bytes.
 const TCP_PAYLOAD: usize = u16::MAX as usize;
@@ -93,7 +97,7 @@ pub enum Response {
 #[derive(Debug, Clone, Default)]
 pub struct Zones {
     /// Every zone of the state that has a valid name.
-    zones: Vec<Zone>,
+    zones: Vec<Arc<Zone>>,
     /// Each zone's apex, to its index in `zones` (more than one only if services share a
     /// zone, which the operator never plans; each is then seen only by its own members).
     by_apex: HashMap<Name, Vec<usize>>,
@@ -104,6 +108,8 @@ pub struct Zones {
 /// One service's zone.
 #[derive(Debug, Clone)]
 struct Zone {
+    /// What it was made from.
+    source: ServiceDns,
     /// Its apex, lower case, absolute.
     apex: Name,
     /// Every name under the apex that exists, lower case, absolute: records' names with
@@ -138,12 +144,27 @@ impl Zones {
     /// A service without `dns`, or whose zone is not a valid name, has no zone; its
     /// members' veths are still known (and refused its siblings' zones).
     pub fn new(state: &NodeState) -> Self {
+        Self::after(state, &Self::default())
+    }
+
+    /// The zones of `state`, as [`Zones::new`] makes them, taking from `previous` each
+    /// zone whose service's names did not change (a member joining one service rebuilds
+    /// that service's zone alone).
+    pub fn after(state: &NodeState, previous: &Self) -> Self {
+        let zone_of = |dns: &ServiceDns| {
+            previous
+                .zones
+                .iter()
+                .find(|zone| zone.source == *dns)
+                .cloned()
+                .or_else(|| Zone::new(dns).map(Arc::new))
+        };
         let mut zones = Vec::new();
         let mut by_apex: HashMap<Name, Vec<usize>> = HashMap::new();
         // The zone of each service, in the state's order.
         let mut of_service = Vec::with_capacity(state.services.len());
         for service in &state.services {
-            let zone = service.dns.as_ref().and_then(Zone::new).map(|zone| {
+            let zone = service.dns.as_ref().and_then(zone_of).map(|zone| {
                 let index = zones.len();
                 by_apex.entry(zone.apex.clone()).or_default().push(index);
                 zones.push(zone);
@@ -186,6 +207,15 @@ impl Zones {
             by_apex,
             by_veth,
         }
+    }
+
+    /// How many of these zones are `other`'s very own (taken by [`Zones::after`]).
+    #[cfg(test)]
+    pub fn zones_shared_with(&self, other: &Zones) -> usize {
+        self.zones
+            .iter()
+            .filter(|zone| other.zones.iter().any(|o| Arc::ptr_eq(zone, o)))
+            .count()
     }
 
     /// The answer to one DNS message (its wire bytes, without TCP's length prefix) that
@@ -270,7 +300,7 @@ impl Zones {
                     .iter()
                     .find(|index| seen.contains(index))
                     .and_then(|&index| self.zones.get(index))
-                    .map_or(Owner::Other, Owner::Member);
+                    .map_or(Owner::Other, |zone| Owner::Member(zone));
             }
             if candidate.is_root() {
                 return Owner::None;
@@ -286,23 +316,23 @@ impl Zone {
     fn new(dns: &ServiceDns) -> Option<Self> {
         let zone_labels = labels(&dns.zone)?;
         let apex = name(&zone_labels)?;
-        let mut names: HashMap<Name, Addresses> = HashMap::new();
+        let apex_len = text_len(&zone_labels);
+        let mut names: HashMap<Name, Addresses> = HashMap::with_capacity(dns.records.len() + 1);
         for record in dns.records.iter() {
-            let Some(record_labels) = labels(&record.name) else {
+            let Some(full) = labels(&record.name)
+                .filter(|l| text_len(l) + 1 + apex_len <= MAX_NAME_TEXT)
+                .and_then(|l| Name::from_labels(l.iter().map(Vec::as_slice)).ok())
+                .and_then(|relative| relative.append_domain(&apex).ok())
+            else {
                 continue;
             };
-            let all: Vec<Vec<u8>> = record_labels
-                .into_iter()
-                .chain(zone_labels.clone())
-                .collect();
-            let Some(full) = name(&all) else {
-                continue;
-            };
-            // Empty non-terminals: every name between the record and the apex.
-            for start in 1..all.len() - zone_labels.len() {
-                if let Some(between) = all.get(start..).and_then(name) {
-                    names.entry(between).or_default();
-                }
+            // Empty non-terminals: every name between the record and the apex. A name
+            // already held has every name above it held too, so the walk stops there.
+            let mut between = full.base_name();
+            while between.num_labels() > apex.num_labels() && !names.contains_key(&between) {
+                let above = between.base_name();
+                names.insert(between, Addresses::default());
+                between = above;
             }
             let addresses = names.entry(full).or_default();
             for address in &record.addresses {
@@ -333,7 +363,12 @@ impl Zone {
                 TTL,
             )),
         );
-        Some(Self { apex, names, soa })
+        Some(Self {
+            source: dns.clone(),
+            apex,
+            names,
+            soa,
+        })
     }
 
     /// The reply to `question`, a name in this zone, built on `reply`.
@@ -465,7 +500,7 @@ fn truncated(bytes: &[u8]) -> bool {
 /// `None` if it is not a valid name: an empty label, a label over 63 bytes, or over 253
 /// characters in all.
 fn labels(text: &str) -> Option<Vec<Vec<u8>>> {
-    if text.len() > 253 {
+    if text.len() > MAX_NAME_TEXT {
         return None;
     }
     text.split('.')
@@ -479,11 +514,15 @@ fn labels(text: &str) -> Option<Vec<Vec<u8>>> {
 /// The absolute name made of `labels`, or `None` if it is too long for DNS (253
 /// characters as text, 255 bytes on the wire).
 fn name(labels: &[Vec<u8>]) -> Option<Name> {
-    let text_len = labels.iter().map(Vec::len).sum::<usize>() + labels.len().saturating_sub(1);
-    if text_len > 253 {
+    if text_len(labels) > MAX_NAME_TEXT {
         return None;
     }
     Name::from_labels(labels.iter().map(Vec::as_slice)).ok()
+}
+
+/// The length of the name made of `labels`, as text without the final dot.
+fn text_len(labels: &[Vec<u8>]) -> usize {
+    labels.iter().map(Vec::len).sum::<usize>() + labels.len().saturating_sub(1)
 }
 
 /// Whether `name` is equal to or under [`RESERVED_SUFFIX`], in any case.

@@ -232,11 +232,20 @@ impl Server {
     /// every member veth of a service with names, and stops listening on the others.
     /// Returns what could not be opened, for the pass's problems.
     pub fn follow(&self, state: &NodeState) -> Vec<String> {
+        // Built outside the lock: queries are answered from the zones before meanwhile.
+        let previous = Arc::clone(
+            &self
+                .shared
+                .zones
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let zones = Arc::new(Zones::after(state, &previous));
         *self
             .shared
             .zones
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Zones::new(state));
+            .unwrap_or_else(PoisonError::into_inner) = zones;
         let wanted: BTreeMap<&str, bool> = state
             .services
             .iter()

@@ -907,3 +907,49 @@ fn the_upstream_is_the_first_nameserver_of_resolv_conf() {
     );
     assert_eq!(first_nameserver("options ndots:5\n"), None);
 }
+
+#[test]
+fn zones_after_a_change_take_the_unchanged_zones_and_answer_as_new_ones() {
+    let before = Zones::new(&three_services());
+    let mut state = three_services();
+    // A member joins red: red's names change, green's and blue's do not.
+    let red = state
+        .services
+        .iter_mut()
+        .find(|s| s.name == "red/red")
+        .unwrap();
+    *red = red.clone().record("web-2.web.red", &["10.100.0.3"]);
+
+    let after = Zones::after(&state, &before);
+    let fresh = Zones::new(&state);
+
+    assert_eq!(after.zones_shared_with(&before), 2);
+    assert_eq!(fresh.zones_shared_with(&before), 0);
+    let asked = [
+        (WEB_0, "web-2.web.red.red.red.wireway.internal."),
+        (WEB_1, "web-0.web.red.red.red.wireway.internal."),
+        (WEB_0, "red.red.red.wireway.internal."),
+        (WEB_0, "gone.red.red.red.wireway.internal."),
+        (API_0, "api-0.api.green.green.green.wireway.internal."),
+        (API_0, "web.red.red.red.wireway.internal."),
+        (WEB_0_IN_BLUE, "db.blue.blue.blue.wireway.internal."),
+    ];
+    for (veth, name) in asked {
+        for kind in [RecordType::A, RecordType::AAAA, RecordType::SOA] {
+            assert_eq!(
+                ask(&after, veth, name, kind).to_vec().unwrap(),
+                ask(&fresh, veth, name, kind).to_vec().unwrap(),
+                "{veth} {name} {kind}"
+            );
+        }
+    }
+    assert_eq!(
+        addresses(&ask(
+            &after,
+            WEB_0,
+            "web-2.web.red.red.red.wireway.internal.",
+            RecordType::A
+        )),
+        ips(&["10.100.0.3"])
+    );
+}

@@ -50,6 +50,9 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::fr
 const RETRY_PROBLEMS: Duration = Duration::from_secs(1);
 /// How long connections to the operator must fail in a row before it counts as an error.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(30);
+/// How long a state that changed only names may wait to be written to disk (the states
+/// that follow meanwhile are written once, with it).
+const SAVE_NAMES_WITHIN: Duration = Duration::from_secs(1);
 
 /// How the agent reaches the operator and introduces itself.
 #[derive(Debug, Clone)]
@@ -93,6 +96,20 @@ pub struct Session<D> {
     errors: BTreeMap<&'static str, (u64, String)>,
     /// The members' DNS service, following each applied state.
     dns: Option<Server>,
+    /// When the applied state, which changed only names, must be on disk at the latest;
+    /// `None` when the file holds it.
+    save_by: Option<Instant>,
+    /// The peers as read for the last report, while no pass has run since.
+    read_peers: Option<Vec<PeerStatus>>,
+}
+
+/// How a state was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Its names alone changed: the DNS service took them, the kernel was not touched.
+    Names,
+    /// By a pass over the kernel.
+    Pass,
 }
 
 /// What woke the loop.
@@ -103,6 +120,8 @@ enum Wake {
     Resolved,
     Resync,
     Report,
+    /// The applied state is due on disk.
+    Save,
     Stop,
 }
 
@@ -128,6 +147,8 @@ impl<D: Dataplane> Session<D> {
             problems: Vec::new(),
             errors: BTreeMap::new(),
             dns: None,
+            save_by: None,
+            read_peers: None,
         }
     }
 
@@ -185,6 +206,7 @@ impl<D: Dataplane> Session<D> {
         let mut report_at = Instant::now() + self.config.report_every;
         tokio::pin!(stop);
         loop {
+            let save_by = self.save_by;
             let wake = tokio::select! {
                 received = async {
                     match &mut stream {
@@ -196,6 +218,12 @@ impl<D: Dataplane> Session<D> {
                 () = resolver.changed() => Wake::Resolved,
                 () = tokio::time::sleep_until(resync_at) => Wake::Resync,
                 () = tokio::time::sleep_until(report_at), if stream.is_some() => Wake::Report,
+                () = async {
+                    match save_by {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Save,
                 () = &mut stop => Wake::Stop,
             };
             match wake {
@@ -221,10 +249,11 @@ impl<D: Dataplane> Session<D> {
                         .desired_version
                         .set(i64::try_from(state.version).unwrap_or(i64::MAX));
                     if (state.epoch, state.version) > self.applied() {
-                        self.converge(state).await;
+                        let taken = self.converge(state).await;
                         resync_at = Instant::now() + self.resync_interval();
                         if let Some((client, _)) = &mut stream {
-                            self.report(client).await;
+                            // Names alone changed no peer: the last reading stands.
+                            self.report(client, taken == Taken::Pass).await;
                         }
                         report_at = Instant::now() + self.config.report_every;
                     }
@@ -254,11 +283,15 @@ impl<D: Dataplane> Session<D> {
                 }
                 Wake::Report => {
                     if let Some((client, _)) = &mut stream {
-                        self.report(client).await;
+                        self.report(client, true).await;
                     }
                     report_at = Instant::now() + self.config.report_every;
                 }
+                Wake::Save => self.save(),
                 Wake::Stop => {
+                    if self.save_by.is_some() {
+                        self.save();
+                    }
                     tracing::info!("stopping; the kernel keeps the applied state");
                     return;
                 }
@@ -325,7 +358,7 @@ impl<D: Dataplane> Session<D> {
     /// of them would cost what the member's own node's does. Likewise a state that
     /// differs only in its peers (and names), as when a node joins or leaves a service,
     /// gets a pass over the WireGuard peers alone ([`Agent::converge_peers`]).
-    async fn converge(&mut self, state: NodeState) {
+    async fn converge(&mut self, state: NodeState) -> Taken {
         let names_only = self.problems.is_empty()
             && self
                 .applied
@@ -336,9 +369,10 @@ impl<D: Dataplane> Session<D> {
                 self.problems = dns.follow(&state);
             }
             tracing::debug!(version = state.version, "only names changed: no pass");
-            self.keep(state);
-            return;
+            self.keep(state, Taken::Names);
+            return Taken::Names;
         }
+        self.read_peers = None;
         let peers_only = self.problems.is_empty()
             && self
                 .applied
@@ -370,7 +404,7 @@ impl<D: Dataplane> Session<D> {
                     .inc();
                 self.error_if_new(&earlier, e.category(), message.clone());
                 self.problems = vec![message];
-                return;
+                return Taken::Pass;
             }
         };
         self.metrics.operations.inc_by(pass.ops.len() as u64);
@@ -408,25 +442,78 @@ impl<D: Dataplane> Session<D> {
                 "converged"
             );
         }
-        self.keep(state);
+        self.keep(state, Taken::Pass);
+        Taken::Pass
     }
 
-    /// Keeps `state` as the one applied: on disk, in the metrics, for the reports.
-    fn keep(&mut self, state: NodeState) {
-        if self.applied.as_ref() != Some(&state)
-            && let Err(e) = self.file.save(&state)
-        {
-            self.error(category::STORE, crate::chain(&e));
-        }
+    /// Keeps `state` as the one applied: on disk, in the metrics, for the reports. A
+    /// state that changed only names (`taken` [`Taken::Names`]) goes to disk within
+    /// [`SAVE_NAMES_WITHIN`], with any that follow it meanwhile: the kernel holds the same
+    /// either way, and a member joining anywhere changes every carrying node's names.
+    /// Any other state goes to disk before it is reported.
+    fn keep(&mut self, state: NodeState, taken: Taken) {
+        let changed = self.applied.as_ref() != Some(&state);
         self.metrics
             .applied_version
             .set(i64::try_from(state.version).unwrap_or(i64::MAX));
         self.applied = Some(state);
         self.readiness.set_ready();
+        if changed {
+            match taken {
+                Taken::Names => {
+                    self.save_by
+                        .get_or_insert_with(|| Instant::now() + SAVE_NAMES_WITHIN);
+                }
+                Taken::Pass => self.save(),
+            }
+        }
     }
 
-    /// Reads the tunnels' health and tells the operator; updates the peer metrics.
-    async fn report(&mut self, client: &mut Client) {
+    /// Writes the applied state to disk.
+    fn save(&mut self) {
+        self.save_by = None;
+        let Some(state) = &self.applied else { return };
+        if let Err(e) = self.file.save(state) {
+            self.error(category::STORE, crate::chain(&e));
+        }
+    }
+
+    /// Tells the operator the applied state and the tunnels' health. The peers are read
+    /// (and the peer metrics updated) when `read` is set or nothing was read since the
+    /// last pass; else the last reading is sent again (its handshake times are absolute;
+    /// its byte counts as of that reading, at most one report interval old).
+    async fn report(&mut self, client: &mut Client, read: bool) {
+        let peers = match self.read_peers.take() {
+            Some(last) if !read => last,
+            _ => self.read_peers().await,
+        };
+        let report = AgentReport {
+            node: self.config.node.clone(),
+            applied_epoch: self.applied().0,
+            applied_version: self.applied().1,
+            peers: peers.clone(),
+            errors: self
+                .errors
+                .iter()
+                .map(|(category, (count, last))| ErrorCount {
+                    category: (*category).to_owned(),
+                    count: *count,
+                    last_message: last.clone(),
+                })
+                .collect(),
+            problems: self.problems.clone(),
+        };
+        self.read_peers = Some(peers);
+        if let Err(status) = client.report(report).await {
+            self.error(
+                category::OPERATOR,
+                format!("report refused: {}", status.message()),
+            );
+        }
+    }
+
+    /// Reads the tunnels' health, for the report and the peer metrics (which it updates).
+    async fn read_peers(&mut self) -> Vec<PeerStatus> {
         let names: BTreeMap<&str, &str> = self
             .applied
             .iter()
@@ -460,28 +547,7 @@ impl<D: Dataplane> Session<D> {
             });
         }
         self.metrics.peers.set(samples);
-        let report = AgentReport {
-            node: self.config.node.clone(),
-            applied_epoch: self.applied().0,
-            applied_version: self.applied().1,
-            peers,
-            errors: self
-                .errors
-                .iter()
-                .map(|(category, (count, last))| ErrorCount {
-                    category: (*category).to_owned(),
-                    count: *count,
-                    last_message: last.clone(),
-                })
-                .collect(),
-            problems: self.problems.clone(),
-        };
-        if let Err(status) = client.report(report).await {
-            self.error(
-                category::OPERATOR,
-                format!("report refused: {}", status.message()),
-            );
-        }
+        peers
     }
 }
 

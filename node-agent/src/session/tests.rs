@@ -186,6 +186,18 @@ fn errors(report: &AgentReport) -> Vec<(&str, u64)> {
     errors.map(|e| (e.category.as_str(), e.count)).collect()
 }
 
+/// How many times the peers were read for a report.
+fn peer_reads(kernel: &FakeKernel) -> usize {
+    let calls = kernel.calls();
+    calls.iter().filter(|c| **c == Call::PeerStats).count()
+}
+
+/// The version of the state on disk.
+fn stored_version(dir: &Path) -> Option<u64> {
+    let file = StateFile(dir.join("node-state.json"));
+    file.load().unwrap().map(|s| s.version)
+}
+
 fn observes(kernel: &FakeKernel) -> usize {
     let calls = kernel.calls();
     calls.iter().filter(|c| **c == Call::Observe).count()
@@ -574,10 +586,9 @@ async fn a_state_that_changes_only_names_is_applied_without_a_pass() {
         .unwrap();
     assert_eq!(report_within(&mut operator, "v2").await.applied_version, 2);
     assert_eq!(observes(&kernel), passes, "names alone made a pass");
-    let stored = StateFile(dir.path().join("node-state.json"))
-        .load()
-        .unwrap();
-    assert_eq!(stored.map(|s| s.version), Some(2));
+    assert_eq!(peer_reads(&kernel), 1, "names alone read the peers again");
+    // On disk within a second, not before the report.
+    until("v2 on disk", || stored_version(dir.path()) == Some(2)).await;
 
     // Names off: the rules and routes that deliver DNS go, so that is a pass.
     states.send(node("node-1").version(3).with(red())).unwrap();
@@ -626,5 +637,82 @@ async fn a_state_that_changes_only_peers_is_applied_by_a_pass_over_the_peers() {
         .unwrap();
     assert_eq!(report_within(&mut operator, "v3").await.applied_version, 3);
     assert_eq!(observes(&kernel), passes + 1);
+    session.stop().await;
+}
+
+/// States that change only names, one after the other, are written once; a stop writes
+/// the last one; a pass reads the peers again for its report.
+#[tokio::test]
+async fn names_alone_are_written_once_within_a_second_and_at_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (_, states) = operator.watch().await;
+    states.send(node("node-1").with(red_named(&[]))).unwrap();
+    assert_eq!(report_within(&mut operator, "v1").await.applied_version, 1);
+    assert_eq!(
+        stored_version(dir.path()),
+        Some(1),
+        "a pass is on disk when reported"
+    );
+
+    for version in 2..=4 {
+        let names: Vec<String> = (0..version)
+            .map(|n| format!("red-{n}.red-members.red"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        states
+            .send(node("node-1").version(version).with(red_named(&names)))
+            .unwrap();
+        let report = report_within(&mut operator, "names").await;
+        assert_eq!(report.applied_version, version);
+        assert_eq!(
+            report.peers.len(),
+            3,
+            "the last reading of the peers is sent again"
+        );
+    }
+    assert_eq!(stored_version(dir.path()), Some(1));
+    assert_eq!(peer_reads(&kernel), 1);
+    session.stop().await;
+    assert_eq!(
+        stored_version(dir.path()),
+        Some(4),
+        "stopping writes what is due"
+    );
+}
+
+/// A pass after names-only states reads the peers again for its report.
+#[tokio::test]
+async fn a_pass_reads_the_peers_again_for_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = Served::start(dir.path()).await;
+    let kernel = FakeKernel::default();
+    let session = Running::start(dir.path(), &operator.address, &kernel);
+    let (_, states) = operator.watch().await;
+    states.send(node("node-1").with(red_named(&[]))).unwrap();
+    report_within(&mut operator, "v1").await;
+    states
+        .send(
+            node("node-1")
+                .version(2)
+                .with(red_named(&["red-a.red-members.red"])),
+        )
+        .unwrap();
+    report_within(&mut operator, "v2").await;
+    assert_eq!(peer_reads(&kernel), 1);
+
+    let joined = red_named(&["red-a.red-members.red"]).peer(
+        peer("node-4")
+            .key(&test_key(4))
+            .at("192.168.77.4:51821")
+            .allowing("10.100.3.0/24"),
+    );
+    states.send(node("node-1").version(3).with(joined)).unwrap();
+    let report = report_within(&mut operator, "v3").await;
+    assert_eq!(peer_reads(&kernel), 2);
+    assert_eq!(report.peers.len(), 4, "node-4 is read");
+    assert_eq!(stored_version(dir.path()), Some(3));
     session.stop().await;
 }
