@@ -332,33 +332,34 @@ fn base64_of_hex(hex: &str) -> Option<String> {
 /// Parses a `get=1` response (what the device process answers: anything, to the parser).
 pub fn parse_get(response: &str) -> DeviceState {
     let mut state = DeviceState::default();
-    let mut current: Option<String> = None;
+    // The peer being read: its lines follow its `public_key` line, up to the next one.
+    let mut current: Option<(String, Peer, PeerStats)> = None;
+    let keep = |state: &mut DeviceState, peer: Option<(String, Peer, PeerStats)>| {
+        if let Some((key, peer, stats)) = peer {
+            state.peers.insert(key.clone(), peer);
+            state.stats.insert(key, stats);
+        }
+    };
     for line in response.lines() {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
         if key == "public_key" {
-            current = base64_of_hex(value);
-            if let Some(peer) = &current {
-                state.peers.insert(
-                    peer.clone(),
-                    Peer {
-                        endpoint: None,
-                        allowed_ips: BTreeSet::new(),
-                        persistent_keepalive: 0,
-                    },
-                );
-                state.stats.insert(peer.clone(), PeerStats::default());
-            }
+            let next = base64_of_hex(value).map(|key| {
+                let peer = Peer {
+                    endpoint: None,
+                    allowed_ips: BTreeSet::new(),
+                    persistent_keepalive: 0,
+                };
+                (key, peer, PeerStats::default())
+            });
+            keep(&mut state, std::mem::replace(&mut current, next));
             continue;
         }
-        let Some(peer) = current.as_ref() else {
+        let Some((_, p, s)) = current.as_mut() else {
             if key == "listen_port" {
                 state.listen_port = value.parse().unwrap_or(0);
             }
-            continue;
-        };
-        let (Some(p), Some(s)) = (state.peers.get_mut(peer), state.stats.get_mut(peer)) else {
             continue;
         };
         match key {
@@ -377,6 +378,7 @@ pub fn parse_get(response: &str) -> DeviceState {
             _ => {}
         }
     }
+    keep(&mut state, current);
     state
 }
 
