@@ -142,16 +142,11 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         let (store, stored) = match &config.state_dir {
             Some(dir) => {
-                let mut opened = Store::open(dir)?;
+                let opened = Store::open(dir)?;
                 if let Some(set_aside) = &opened.set_aside {
                     metrics.error(category::STORE);
                     tracing::error!(error = %chain(set_aside), "starting from nothing");
                 }
-                let counted = metrics.clone();
-                opened.store.when_failed(move |e| {
-                    counted.error(category::STORE);
-                    tracing::error!(error = %chain(e), "the operator's state is not saved; a restart may renumber");
-                });
                 (Some(opened.store), opened.stored)
             }
             None => (None, Stored::default()),

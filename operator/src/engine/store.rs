@@ -15,13 +15,6 @@
 //! emptied. Each line carries a sequence number and the whole state the number of the
 //! last change it holds, so a crash between the two leaves nothing applied twice.
 //!
-//! The engine decides and encodes each save; a thread of the store's own writes it
-//! (appends and `fsync`s, or writes the whole state), so the engine goes on planning and
-//! serving while the disk works. Lines waiting together are flushed with one `fsync`; a
-//! whole state waiting makes the lines before it moot. A write that fails is counted
-//! (see [`Store::when_failed`]); the lines after it are dropped and the next save writes
-//! the whole state.
-//!
 //! Guarantees:
 //! * a save is all or nothing: a crash leaves the state of the last save or of the one
 //!   before, never part of a save (a line cut short, the log's last, is dropped and cut
@@ -35,7 +28,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 
 use serde::{Deserialize, Serialize};
 use wireway_crds::{
@@ -300,65 +292,16 @@ struct Loaded {
 pub struct Store {
     snapshot: PathBuf,
     log_path: PathBuf,
-    /// The state's length and the log's, once what was handed to the writer is written.
+    /// The log, once opened for appending.
+    log: Option<std::fs::File>,
     snapshot_len: u64,
     log_len: u64,
-    /// What the files hold once the writer is done, but the node states, which
-    /// `versions` stands for.
+    /// What the files hold, but the node states, which `versions` stands for.
     last: Stored,
-    /// The version of each node state the files hold once the writer is done.
+    /// The version of each node state the files hold.
     versions: BTreeMap<String, u64>,
     /// The log's size, beyond the state's, at which the state is written whole.
     log_at_most: u64,
-    writer: Writer,
-}
-
-/// What the writer is handed: the bytes of one save.
-#[derive(Debug)]
-enum Job {
-    /// A line for the log.
-    Line(Vec<u8>),
-    /// A whole state: it replaces the state file, and the log is emptied.
-    Whole(Vec<u8>),
-}
-
-/// What is told when a write fails.
-type Failed = Arc<dyn Fn(&StoreError) + Send + Sync>;
-
-/// How far the writer is.
-#[derive(Debug, Default)]
-struct Progress {
-    /// Jobs handed over, and jobs done (written, or dropped after a failure).
-    handed: u64,
-    done: u64,
-    /// A write failed since the last whole state: lines are dropped until the next one.
-    broken: bool,
-}
-
-/// The engine's end of the writer thread.
-struct Writer {
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    progress: Arc<(Mutex<Progress>, Condvar)>,
-    failed: Failed,
-    files: Option<Files>,
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").finish_non_exhaustive()
-    }
-}
-
-/// The files, as the writer thread holds them.
-#[derive(Debug)]
-struct Files {
-    snapshot: PathBuf,
-    log_path: PathBuf,
-    /// The log, once opened for appending.
-    log: Option<std::fs::File>,
-    /// The length of the log's whole lines.
-    log_len: u64,
 }
 
 impl Store {
@@ -406,29 +349,15 @@ impl Store {
             .into_iter()
             .map(|(node, state)| (node, state.version))
             .collect();
-        let files = Files {
-            snapshot: snapshot.clone(),
-            log_path: log_path.clone(),
-            log: None,
-            log_len: loaded.log_len,
-        };
         let store = Self {
             snapshot,
             log_path,
+            log: None,
             snapshot_len: loaded.snapshot_len,
             log_len: loaded.log_len,
             last,
             versions,
             log_at_most: LOG_AT_MOST,
-            writer: Writer {
-                jobs: None,
-                thread: None,
-                progress: Arc::default(),
-                failed: Arc::new(
-                    |e| tracing::error!(error = %e, "the operator's state is not saved"),
-                ),
-                files: Some(files),
-            },
         };
         Ok(Opened {
             store,
@@ -444,16 +373,10 @@ impl Store {
         Ok(loaded.stored)
     }
 
-    /// Tells `failed` of every write that fails (from the writer's thread).
-    pub fn when_failed(&mut self, failed: impl Fn(&StoreError) + Send + Sync + 'static) {
-        self.writer.failed = Arc::new(failed);
-    }
-
-    /// Saves what differs from the last save, if anything: one line for the log, or the
-    /// whole state when the log has grown as large as it or a write failed since the last
-    /// whole state. The writer thread writes it; [`Store::flush`] waits for it. All or
-    /// nothing: a failed write leaves the files as they were, and the next save writes
-    /// the whole state.
+    /// Saves what differs from the last save, if anything: one line appended to the
+    /// log, or the whole state when the log has grown as large as it. All or nothing: on
+    /// an error the files hold the last save, and the next save writes this one's
+    /// changes too.
     pub fn save(&mut self, now: Current<'_>) -> Result<(), StoreError> {
         let entry = Entry::between(&self.last, &self.versions, now);
         if entry.is_empty() {
@@ -465,26 +388,11 @@ impl Store {
         })?;
         line.push(b'\n');
         let grown = self.log_len + line.len() as u64;
-        let whole = self.writer.broken()
-            || self.snapshot_len == 0
-            || grown > self.snapshot_len.max(self.log_at_most);
-        let job = if whole {
-            let snapshot = Snapshot {
-                sequence: entry.sequence,
-                state: now,
-            };
-            let text = serde_json::to_vec(&snapshot).map_err(|source| StoreError::Encode {
-                path: self.snapshot.clone(),
-                source,
-            })?;
-            self.snapshot_len = text.len() as u64;
-            self.log_len = 0;
-            Job::Whole(text)
+        if self.snapshot_len == 0 || grown > self.snapshot_len.max(self.log_at_most) {
+            self.write_snapshot(entry.sequence, now)?;
         } else {
-            self.log_len = grown;
-            Job::Line(line)
-        };
-        self.writer.hand(job);
+            self.append(&line)?;
+        }
         let nodes = entry
             .node_states
             .iter()
@@ -498,130 +406,22 @@ impl Store {
         Ok(())
     }
 
-    /// Waits until everything saved so far is written (or its write failed).
-    pub fn flush(&self) {
-        let (progress, changed) = &*self.writer.progress;
-        let mut now = progress.lock().unwrap_or_else(PoisonError::into_inner);
-        while now.done < now.handed {
-            now = changed.wait(now).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-impl Drop for Store {
-    /// Writes what is waiting before the store goes.
-    fn drop(&mut self) {
-        self.writer.jobs = None;
-        if let Some(thread) = self.writer.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Writer {
-    fn broken(&self) -> bool {
-        let (progress, _) = &*self.progress;
-        progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .broken
-    }
-
-    /// Hands `job` to the writer thread, started with the first.
-    fn hand(&mut self, job: Job) {
-        if let Some(files) = self.files.take() {
-            let files_log = files.log_path.clone();
-            let (jobs, waiting) = mpsc::channel();
-            let progress = Arc::clone(&self.progress);
-            let failed = Arc::clone(&self.failed);
-            let thread = std::thread::Builder::new()
-                .name("store".into())
-                .spawn(move || write(files, &waiting, &progress, &*failed));
-            match thread {
-                Ok(thread) => {
-                    self.jobs = Some(jobs);
-                    self.thread = Some(thread);
-                }
-                Err(e) => {
-                    let e = FileError::on("start the writer of", &files_log)(e);
-                    (self.failed)(&e.into());
-                }
-            }
-        }
-        let (progress, _) = &*self.progress;
-        let mut now = progress.lock().unwrap_or_else(PoisonError::into_inner);
-        if self
-            .jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok())
-        {
-            now.handed += 1;
-        } else {
-            now.broken = true;
-        }
-    }
-}
-
-/// The writer thread: writes what it is handed, in order, until the store goes.
-fn write(
-    mut files: Files,
-    waiting: &mpsc::Receiver<Job>,
-    progress: &(Mutex<Progress>, Condvar),
-    failed: &(dyn Fn(&StoreError) + Send + Sync),
-) {
-    while let Ok(first) = waiting.recv() {
-        let mut batch = vec![first];
-        batch.extend(waiting.try_iter());
-        let (state, changed) = progress;
-        let broken = state.lock().unwrap_or_else(PoisonError::into_inner).broken;
-        // A whole state holds every line before it.
-        let from = batch
-            .iter()
-            .rposition(|job| matches!(job, Job::Whole(_)))
-            .unwrap_or(0);
-        let written = files.write(&batch[from..], broken);
-        if let Err(e) = &written {
-            failed(e);
-        }
-        let mut now = state.lock().unwrap_or_else(PoisonError::into_inner);
-        now.broken = match written {
-            Ok(whole) => broken && !whole,
-            Err(_) => true,
+    /// Writes the whole state as of change `sequence`, then empties the log.
+    fn write_snapshot(&mut self, sequence: u64, now: Current<'_>) -> Result<(), StoreError> {
+        let snapshot = Snapshot {
+            sequence,
+            state: now,
         };
-        now.done += batch.len() as u64;
-        changed.notify_all();
-    }
-}
-
-impl Files {
-    /// Writes `jobs`: a whole state first, if it is one, then the lines with one
-    /// `fsync`; lines are dropped while `broken` and no whole state comes first. Returns
-    /// whether a whole state was written.
-    fn write(&mut self, jobs: &[Job], broken: bool) -> Result<bool, StoreError> {
-        let mut lines = Vec::new();
-        let mut whole = false;
-        for job in jobs {
-            match job {
-                Job::Whole(text) => {
-                    self.write_snapshot(text)?;
-                    whole = true;
-                }
-                Job::Line(line) => lines.extend_from_slice(line),
-            }
-        }
-        if !lines.is_empty() && (whole || !broken) {
-            self.append(&lines)?;
-        }
-        Ok(whole)
-    }
-
-    /// Writes `text` as the whole state, then empties the log.
-    fn write_snapshot(&mut self, text: &[u8]) -> Result<(), StoreError> {
-        files::write_private(&self.snapshot, text)
+        let text = serde_json::to_vec(&snapshot).map_err(|source| StoreError::Encode {
+            path: self.snapshot.clone(),
+            source,
+        })?;
+        files::write_private(&self.snapshot, &text)
             .map_err(FileError::on("write", &self.snapshot))?;
+        self.snapshot_len = text.len() as u64;
         if self.log_len > 0 {
-            // The log's lines are all at or below the state's sequence now: a crash
-            // before this leaves them to be skipped.
+            // The log's lines are all at or below `sequence` now: a crash before this
+            // leaves them to be skipped.
             let empty = |log: &std::fs::File| {
                 log.set_len(0)?;
                 log.sync_all()
@@ -633,19 +433,19 @@ impl Files {
         Ok(())
     }
 
-    /// Appends `lines` to the log, durably; on an error, cuts the log back to what it was.
-    fn append(&mut self, lines: &[u8]) -> Result<(), StoreError> {
+    /// Appends `line` to the log, durably; on an error, cuts the log back to what it was.
+    fn append(&mut self, line: &[u8]) -> Result<(), StoreError> {
         use std::io::Write as _;
         let before = self.log_len;
         let path = self.log_path.clone();
         let mut log = self.log()?;
-        let written = log.write_all(lines).and_then(|()| log.sync_data());
+        let written = log.write_all(line).and_then(|()| log.sync_data());
         if let Err(e) = written {
             // Best effort: a line left cut short is dropped at the next start anyway.
             let _ = log.set_len(before);
             return Err(FileError::on("append to", &path)(e).into());
         }
-        self.log_len = before + lines.len() as u64;
+        self.log_len = before + line.len() as u64;
         Ok(())
     }
 
@@ -784,27 +584,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap().store;
         store.save(current(&stored())).unwrap();
-        store.flush();
         let opened = Store::open(dir.path()).unwrap();
         assert_eq!(opened.stored, at(1, &stored()));
         assert!(opened.set_aside.is_none());
         assert_eq!(names(dir.path()), ["state.json"]);
-    }
-
-    /// The engine goes on while the writer writes; a store that goes writes what waits.
-    #[test]
-    fn what_is_saved_is_written_by_the_time_the_store_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap().store;
-        let mut state = stored();
-        for version in 1..=20 {
-            state
-                .node_states
-                .insert("node-a".into(), node_state(version, "red/red"));
-            store.save(current(&state)).unwrap();
-        }
-        drop(store);
-        assert_eq!(Store::read(dir.path()).unwrap(), at(20, &state));
     }
 
     #[test]
@@ -821,7 +604,6 @@ mod tests {
             .endpoints
             .insert("red/a".into(), EndpointStatus::default());
         store.save(current(&first)).unwrap();
-        store.flush();
         let whole = std::fs::read(dir.path().join("state.json")).unwrap();
 
         // A node state changed (its version with it), one gone, an agent and a status
@@ -841,7 +623,6 @@ mod tests {
             },
         );
         store.save(current(&second)).unwrap();
-        store.flush();
         assert_eq!(std::fs::read(dir.path().join("state.json")).unwrap(), whole);
         let log = std::fs::read_to_string(dir.path().join("state.log")).unwrap();
         assert_eq!(log.lines().count(), 1, "{log}");
@@ -850,7 +631,6 @@ mod tests {
 
         // Nothing new: nothing written.
         store.save(current(&second)).unwrap();
-        store.flush();
         assert_eq!(len(dir.path().join("state.log")), log.len() as u64);
         assert_eq!(Store::open(dir.path()).unwrap().stored, at(2, &second));
     }
@@ -868,7 +648,6 @@ mod tests {
                 .insert("node-a".into(), node_state(version, "red/red"));
             let before = len(dir.path().join("state.log"));
             store.save(current(&state)).unwrap();
-            store.flush();
             if len(dir.path().join("state.log")) < before {
                 emptied += 1;
             }
@@ -883,10 +662,8 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap().store;
         let mut state = stored();
         store.save(current(&state)).unwrap();
-        store.flush();
         state.agents.insert("node-b".into(), record("b"));
         store.save(current(&state)).unwrap();
-        store.flush();
         let log = dir.path().join("state.log");
         let whole = len(log.clone());
         let mut file = files::append_private(&log).unwrap();
@@ -900,7 +677,6 @@ mod tests {
         let mut store = opened.store;
         state.agents.insert("node-c".into(), record("c"));
         store.save(current(&state)).unwrap();
-        store.flush();
         assert_eq!(Store::read(dir.path()).unwrap(), at(3, &state));
     }
 
@@ -951,7 +727,6 @@ mod tests {
             // The next save writes a good state, which the next start reads.
             let mut store = opened.store;
             store.save(current(&stored())).unwrap();
-            store.flush();
             assert_eq!(Store::open(dir.path()).unwrap().stored, at(1, &stored()));
         }
     }
