@@ -7,7 +7,8 @@
 //!   kernel stays at the last applied state, which is re-applied (repairing drift) every
 //!   resync interval, with or without the operator;
 //! * the last applied state is kept on disk and re-applied at start, before the operator
-//!   is reached, so an agent restart changes nothing;
+//!   is reached, so an agent restart changes nothing (a state that changed only names
+//!   is on disk within a second: until then a restart answers the names before it);
 //! * only states newer than the applied one are applied, ordered by (epoch, version): a
 //!   new leader's epoch is newer whatever its versions, which it numbers on its own;
 //! * the agent reconnects with exponential backoff (100 ms to 10 s);
