@@ -96,9 +96,20 @@ pub struct Pass {
     pub apply_errors: Vec<ApplyError>,
     /// Netlink writes made.
     pub writes: u64,
+    /// The data plane the pass aimed at: what the kernel holds after it when nothing was
+    /// left out and nothing failed ([`Pass::clean`]).
+    pub desired: Plane,
+    /// It went over the WireGuard peers alone and read nothing
+    /// ([`Agent::converge_peers`]).
+    pub peers_only: bool,
 }
 
 impl Pass {
+    /// Nothing was left out and nothing failed: the kernel holds [`Pass::desired`].
+    pub fn clean(&self) -> bool {
+        self.desired_errors.is_empty() && self.apply_errors.is_empty()
+    }
+
     /// What was not applied, for a person: the parts of the state left out and the
     /// operations that failed.
     pub fn problems(&self) -> Vec<String> {
@@ -222,22 +233,35 @@ impl<D: Dataplane> Agent<D> {
     /// host name has no address yet is set without one (see [`crate::resolver`]).
     #[tracing::instrument(name = "pass", skip_all, fields(version = state.version, services = state.services.len()))]
     pub async fn converge(&self, state: &NodeState) -> Result<Pass, ApplyError> {
-        self.pass(state, false).await
+        self.pass(state, None).await
     }
 
     /// Converges the WireGuard peers alone to `state`, for a state that differs from the
     /// one last applied (with nothing left out) only in its peers and names: the rest of
-    /// the data plane is taken as that pass left it, as a names-only state's is, and the
-    /// resync's full pass repairs drift. A device that does not answer makes it a full
-    /// pass, which makes the device again. A node joining or leaving a service changes
-    /// a peer on every other node of the service: a full pass on each costs every node
-    /// a read of all its links, addresses, routes, rules and nftables table.
+    /// the data plane, and the peers, are taken as that pass left them (`held`, its
+    /// [`Pass::desired`]), as a names-only state's are, and the resync's full pass
+    /// repairs drift. So only the peers that differ are sent to the devices, and nothing
+    /// is read. A device that refuses them (gone, or not answering) makes it a full pass,
+    /// which makes the device again. A node joining or leaving a service changes a peer
+    /// on every other node of the service: a full pass on each costs every node a read
+    /// of all its links, addresses, routes, rules and nftables table, and a read of every
+    /// peer of its devices would cost it the device's whole table.
     #[tracing::instrument(name = "pass", skip_all, fields(version = state.version, services = state.services.len(), peers_only = true))]
-    pub async fn converge_peers(&self, state: &NodeState) -> Result<Pass, ApplyError> {
-        self.pass(state, true).await
+    pub async fn converge_peers(
+        &self,
+        state: &NodeState,
+        held: &Plane,
+    ) -> Result<Pass, ApplyError> {
+        let pass = self.pass(state, Some(held)).await?;
+        if pass.apply_errors.is_empty() {
+            return Ok(pass);
+        }
+        tracing::info!(problems = ?pass.problems(), "peers refused: a full pass");
+        self.pass(state, None).await
     }
 
-    async fn pass(&self, state: &NodeState, peers_only: bool) -> Result<Pass, ApplyError> {
+    /// A pass; over the peers alone when given the plane the last pass left (`held`).
+    async fn pass(&self, state: &NodeState, held: Option<&Plane>) -> Result<Pass, ApplyError> {
         let before = self.dataplane.writes();
         let endpoints = self.resolver.endpoints(&converge::endpoint_names(state));
         let found = Found {
@@ -249,13 +273,9 @@ impl<D: Dataplane> Agent<D> {
         };
         let (desired, desired_errors) = converge::desired(state, &found);
         let namespaces = found.opened.into_inner();
-        let peers = match peers_only {
-            true => self.observe_peers(&desired).await,
-            false => None,
-        };
-        let observed = match peers {
-            Some(observed) => observed,
-            None => self.dataplane.observe(&desired, &namespaces).await?,
+        let (observed, peers_only) = match held.and_then(|held| with_peers_of(&desired, held)) {
+            Some(observed) => (observed, true),
+            None => (self.dataplane.observe(&desired, &namespaces).await?, false),
         };
         let ops = converge::converge(&desired, &observed);
         let apply_errors = self.dataplane.apply(&ops, &namespaces).await;
@@ -264,17 +284,9 @@ impl<D: Dataplane> Agent<D> {
             desired_errors,
             apply_errors,
             writes: self.dataplane.writes() - before,
+            desired,
+            peers_only,
         })
-    }
-
-    /// `desired` with each WireGuard interface's peers as its device holds them; `None`
-    /// when a device does not answer.
-    async fn observe_peers(&self, desired: &Plane) -> Option<Plane> {
-        let mut observed = desired.clone();
-        for (interface, wireguard) in &mut observed.wireguard {
-            wireguard.peers = self.dataplane.wireguard_peers(interface).await?;
-        }
-        Some(observed)
     }
 
     /// Every peer of every WireGuard interface with its health: (interface, public key,
@@ -290,6 +302,18 @@ impl<D: Dataplane> Agent<D> {
             .observe(&Plane::default(), &Namespaces::default())
             .await
     }
+}
+
+/// `desired` with each WireGuard interface's peers as `held` has them; `None` when
+/// `held` lacks one of its interfaces.
+fn with_peers_of(desired: &Plane, held: &Plane) -> Option<Plane> {
+    let mut observed = desired.clone();
+    for (interface, wireguard) in &mut observed.wireguard {
+        wireguard
+            .peers
+            .clone_from(&held.wireguard.get(interface)?.peers);
+    }
+    Some(observed)
 }
 
 #[cfg(test)]

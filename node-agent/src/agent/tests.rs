@@ -122,35 +122,40 @@ async fn peer_changes_of_one_interface_go_to_the_device_as_one_transaction() {
     assert_eq!(pass.writes, 0, "peers are WireGuard's, not netlink's");
 }
 
-/// A pass over the peers alone reads each device's peers and nothing else, and changes
-/// them as a full pass would; a device that does not answer makes it a full pass.
+/// A pass over the peers alone reads nothing: it sends the devices the peers that differ
+/// from what the last pass left, as a full pass would; a device that refuses them (here:
+/// gone) makes it a full pass, which makes the device again.
 #[tokio::test]
-async fn a_peers_only_pass_reads_and_changes_the_devices_alone() {
-    let (dir, kernel, agent) = red_and_green().await;
+async fn a_peers_only_pass_sends_what_differs_from_the_last_pass_and_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = FakeKernel::default();
+    let agent = Agent::new(kernel.clone(), pods_in(dir.path(), &PODS).unwrap());
+    let first = agent
+        .converge(&node("node-1").with(red()).with(green()))
+        .await
+        .unwrap();
+    assert!(first.clean(), "{:?}", first.problems());
     let mut changed = red();
     changed.peers.remove(1);
     let state = node("node-1").version(2).with(changed).with(green());
     kernel.clear_calls();
-    let pass = agent.converge_peers(&state).await.unwrap();
-    assert!(pass.apply_errors.is_empty(), "{:?}", pass.problems());
+    let pass = agent.converge_peers(&state, &first.desired).await.unwrap();
+    assert!(pass.clean(), "{:?}", pass.problems());
     assert_eq!(
         kernel.calls(),
-        [
-            Call::WireGuardPeers("ww-green".into()),
-            Call::WireGuardPeers("ww-red".into()),
-            Call::ConfigurePeers {
-                interface: "ww-red".into(),
-                changes: vec![(test_key(3), None)],
-            },
-        ]
+        [Call::ConfigurePeers {
+            interface: "ww-red".into(),
+            changes: vec![(test_key(3), None)],
+        }]
     );
     // What a full pass finds then: nothing to do.
     assert_eq!(agent.converge(&state).await.unwrap().ops, []);
 
-    // No device (a new service's, or one gone): a full pass, which makes it.
+    // The device is gone (its process died): refused, then a full pass makes it again.
     let fresh = FakeKernel::default();
     let agent = Agent::new(fresh.clone(), pods_in(dir.path(), &PODS).unwrap());
-    let pass = agent.converge_peers(&state).await.unwrap();
+    let pass = agent.converge_peers(&state, &first.desired).await.unwrap();
+    assert!(pass.clean(), "{:?}", pass.problems());
     assert!(fresh.calls().contains(&Call::Observe));
     assert!(
         pass.ops

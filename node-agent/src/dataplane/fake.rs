@@ -301,8 +301,6 @@ impl Model {
 pub enum Call {
     /// [`Dataplane::observe`].
     Observe,
-    /// [`Dataplane::wireguard_peers`] of this interface.
-    WireGuardPeers(String),
     /// [`Dataplane::apply_op`] with this operation.
     Apply(Op),
     /// [`Dataplane::configure_peers`]: one transaction of (public key, peer or `None`).
@@ -386,13 +384,6 @@ impl Dataplane for FakeKernel {
         let mut fake = self.lock();
         fake.calls.push(Call::Observe);
         Ok(fake.model.observe(desired))
-    }
-
-    async fn wireguard_peers(&self, interface: &str) -> Option<BTreeMap<String, Peer>> {
-        let mut fake = self.lock();
-        fake.calls.push(Call::WireGuardPeers(interface.to_owned()));
-        let held = fake.model.held().wireguard.get(interface)?;
-        Some(held.peers.clone())
     }
 
     async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {

@@ -29,8 +29,8 @@ use super::wireguard::{Backend, PeerChange, PeerStats, PrivateKey, WireGuardErro
 use super::{ApplyError, Dataplane};
 use crate::converge::firewall;
 use crate::converge::{
-    DNS_TABLE, Forwarding, GATEWAY_V6, LOCAL_DEVICE, MemberLink, NetnsId, Op, Peer, Plane,
-    ROUTE_TABLES, Route, Rule, WireGuard, WorkloadSide,
+    DNS_TABLE, Forwarding, GATEWAY_V6, LOCAL_DEVICE, MemberLink, NetnsId, Op, Plane, ROUTE_TABLES,
+    Route, Rule, WireGuard, WorkloadSide,
 };
 
 /// Priority of the rules `iif <dev> ipproto <udp|tcp> dport 53 lookup <DNS_TABLE>`, right
@@ -221,13 +221,6 @@ impl Dataplane for Kernel {
 
     fn writes(&self) -> u64 {
         self.netlink.writes()
-    }
-
-    async fn wireguard_peers(&self, interface: &str) -> Option<BTreeMap<String, Peer>> {
-        self.wireguard
-            .get(interface)
-            .await
-            .map(|device| device.peers)
     }
 
     async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {

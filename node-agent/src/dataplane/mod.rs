@@ -15,10 +15,10 @@ pub mod nftables;
 pub mod pods;
 pub mod wireguard;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 
-use crate::converge::{Op, Peer, Plane};
+use crate::converge::{Op, Plane};
 use netlink::NetlinkError;
 use netns::Namespaces;
 use nftables::NftError;
@@ -111,13 +111,6 @@ pub trait Dataplane: Send + Sync {
         desired: &Plane,
         namespaces: &Namespaces,
     ) -> impl Future<Output = Result<Plane, ApplyError>> + Send;
-
-    /// The peers the WireGuard device of `interface` holds; `None` when no device
-    /// answers.
-    fn wireguard_peers(
-        &self,
-        interface: &str,
-    ) -> impl Future<Output = Option<BTreeMap<String, Peer>>> + Send;
 
     /// Every peer of every WireGuard interface of the agent's, with its health:
     /// (interface, public key, stats).

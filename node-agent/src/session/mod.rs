@@ -40,6 +40,7 @@ use wireway_runtime::listen::grpc_channel;
 use wireway_runtime::tls::{BearerToken, Pem};
 
 use crate::agent::Agent;
+use crate::converge::Plane;
 use crate::dataplane::Dataplane;
 use crate::dns::server::Server;
 use crate::metrics::{Metrics, PeerSample, category};
@@ -100,8 +101,12 @@ pub struct Session<D> {
     /// When the applied state, which changed only names, must be on disk at the latest;
     /// `None` when the file holds it.
     save_by: Option<Instant>,
-    /// The peers as read for the last report, while no pass has run since.
+    /// The peers as read for the last report, while no full pass has run since (a pass
+    /// over the peers alone keeps it, with the peers it set).
     read_peers: Option<Vec<PeerStatus>>,
+    /// The data plane the last pass left, when it left nothing out and nothing failed: a
+    /// state that changes only peers is converged from it without reading the kernel.
+    held: Option<Plane>,
 }
 
 /// How a state was taken.
@@ -111,6 +116,10 @@ enum Taken {
     Names,
     /// By a pass over the kernel.
     Pass,
+    /// By a pass over the WireGuard peers alone, which read nothing: its report sends the
+    /// last reading of the peers, with the peers it added (no handshake yet) and without
+    /// those it removed.
+    Peers,
 }
 
 /// What woke the loop.
@@ -150,6 +159,7 @@ impl<D: Dataplane> Session<D> {
             dns: None,
             save_by: None,
             read_peers: None,
+            held: None,
         }
     }
 
@@ -373,17 +383,18 @@ impl<D: Dataplane> Session<D> {
             self.keep(state, Taken::Names);
             return Taken::Names;
         }
-        self.read_peers = None;
-        let peers_only = self.problems.is_empty()
-            && self
-                .applied
-                .as_ref()
-                .is_some_and(|applied| differ_in_peers_only(applied, &state));
+        let last_reading = self.read_peers.take();
+        let held = std::mem::take(&mut self.held).filter(|_| {
+            self.problems.is_empty()
+                && self
+                    .applied
+                    .as_ref()
+                    .is_some_and(|applied| differ_in_peers_only(applied, &state))
+        });
         let started = std::time::Instant::now();
-        let result = if peers_only {
-            self.agent.converge_peers(&state).await
-        } else {
-            self.agent.converge(&state).await
+        let result = match &held {
+            Some(held) => self.agent.converge_peers(&state, held).await,
+            None => self.agent.converge(&state).await,
         };
         self.metrics
             .pass_duration
@@ -443,8 +454,15 @@ impl<D: Dataplane> Session<D> {
                 "converged"
             );
         }
-        self.keep(state, Taken::Pass);
-        Taken::Pass
+        let taken = if pass.peers_only && pass.clean() {
+            self.read_peers = last_reading.map(|reading| peers_of(reading, &pass.desired));
+            Taken::Peers
+        } else {
+            Taken::Pass
+        };
+        self.held = pass.clean().then_some(pass.desired);
+        self.keep(state, taken);
+        taken
     }
 
     /// Keeps `state` as the one applied: on disk, in the metrics, for the reports. A
@@ -465,7 +483,7 @@ impl<D: Dataplane> Session<D> {
                     self.save_by
                         .get_or_insert_with(|| Instant::now() + SAVE_NAMES_WITHIN);
                 }
-                Taken::Pass => self.save(),
+                Taken::Pass | Taken::Peers => self.save(),
             }
         }
     }
@@ -481,7 +499,7 @@ impl<D: Dataplane> Session<D> {
 
     /// Tells the operator the applied state and the tunnels' health. The peers are read
     /// (and the peer metrics updated) when `read` is set or nothing was read since the
-    /// last pass; else the last reading is sent again (its handshake times are absolute;
+    /// last full pass; else the last reading is sent again (its handshake times are absolute;
     /// its byte counts as of that reading, at most one report interval old).
     async fn report(&mut self, client: &mut Client, read: bool) {
         let peers = match self.read_peers.take() {
@@ -550,6 +568,29 @@ impl<D: Dataplane> Session<D> {
         self.metrics.peers.set(samples);
         peers
     }
+}
+
+/// The peers of `plane`'s WireGuard interfaces, with their health as `reading` has it;
+/// a peer it lacks has none yet (no handshake, no bytes).
+fn peers_of(reading: Vec<PeerStatus>, plane: &Plane) -> Vec<PeerStatus> {
+    let mut read: BTreeMap<(String, String), PeerStatus> = reading
+        .into_iter()
+        .map(|p| ((p.interface_name.clone(), p.public_key.clone()), p))
+        .collect();
+    let mut peers = Vec::new();
+    for (interface, wireguard) in &plane.wireguard {
+        for key in wireguard.peers.keys() {
+            let peer = read
+                .remove(&(interface.clone(), key.clone()))
+                .unwrap_or_else(|| PeerStatus {
+                    interface_name: interface.clone(),
+                    public_key: key.clone(),
+                    ..PeerStatus::default()
+                });
+            peers.push(peer);
+        }
+    }
+    peers
 }
 
 /// A run of failed connections to the operator: it counts as one error, once it has
