@@ -37,6 +37,9 @@ const EMPTY_NODES: usize = 3;
 /// How long a change may take before the benchmark gives up.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often the operator's status is read while a change is in flight.
+const POLL: Duration = Duration::from_millis(20);
+
 /// Why the benchmark stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -337,7 +340,10 @@ pub async fn run(
                     timeout: CHANGE_TIMEOUT,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // The latency comes from the operator's timestamps, not from when a poll
+            // sees them: polling only finds when the change is done, and polling more
+            // often would take the CPU the lab is measured on.
+            tokio::time::sleep(POLL).await;
         };
         let named = match asking {
             Some(thread) => tokio::task::spawn_blocking(move || thread.join().ok().flatten())

@@ -563,6 +563,74 @@ fn red_named(names: &[&str]) -> ServiceState {
     }
 }
 
+/// A state that differs in anything but its version, its names' records and (for a
+/// peers-only change) its peers is neither a names-only nor a peers-only change.
+#[test]
+fn any_other_difference_makes_a_state_neither_names_nor_peers_only() {
+    let applied = node("node-1").with(red_named(&["red-a.red-members.red"]));
+    let names = |state: &mut NodeState| {
+        state.services[0] = ServiceState {
+            dns: red_named(&["red-a.red-members.red", "red-c.red-members.red"]).dns,
+            ..state.services[0].clone()
+        };
+    };
+    let peers = |state: &mut NodeState| {
+        state.services[0].peers.pop();
+    };
+    let changed = |change: &dyn Fn(&mut NodeState)| {
+        let mut state = applied.clone();
+        (state.version, state.epoch) = (2, 1);
+        change(&mut state);
+        state
+    };
+    assert!(differ_in_names_only(&applied, &changed(&names)));
+    assert!(differ_in_peers_only(&applied, &changed(&peers)));
+    assert!(differ_in_peers_only(
+        &applied,
+        &changed(&|s| {
+            names(s);
+            peers(s);
+        })
+    ));
+    /// What else differs, named.
+    type Other = (&'static str, fn(&mut NodeState));
+    let others: [Other; 11] = [
+        ("node", |s| s.node = "node-2".into()),
+        ("service", |s| s.services[0].name = "red/blue".into()),
+        ("interface", |s| {
+            s.services[0].interface_name = "ww-blue".into()
+        }),
+        ("port", |s| s.services[0].listen_port += 1),
+        ("mtu", |s| s.services[0].mtu += 1),
+        ("cidr", |s| s.services[0].cidr = "10.99.0.0/16".into()),
+        ("prefix", |s| {
+            s.services[0].node_prefix = "10.99.1.0/24".into()
+        }),
+        ("table", |s| s.services[0].route_table += 1),
+        ("members", |s| {
+            s.services[0].members.pop();
+        }),
+        ("zone", |s| {
+            if let Some(dns) = s.services[0].dns.as_mut() {
+                dns.zone = "blue.red.wireway.internal".into();
+            }
+        }),
+        ("services", |s| s.services.push(green())),
+    ];
+    for (what, other) in others {
+        let with_names = changed(&|s| {
+            names(s);
+            other(s);
+        });
+        assert!(!differ_in_names_only(&applied, &with_names), "{what}");
+        let with_peers = changed(&|s| {
+            other(s);
+            peers(s);
+        });
+        assert!(!differ_in_peers_only(&applied, &with_peers), "{what}");
+    }
+}
+
 /// A member joining on another node changes only this node's names: the state is kept
 /// and reported without a pass over the kernel; anything else (a peer, names turned
 /// off) is a pass again.
