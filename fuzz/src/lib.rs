@@ -1,8 +1,9 @@
 //! Hostile bytes against the parsers that read what others write: manifests (anyone who
 //! can commit to a GitOps repository), SPIFFE IDs (tenants' Endpoints and Admissions),
 //! NodeStates (the operator, or whoever impersonates it), what a userspace WireGuard
-//! device answers, the cgroup names the agent reads to find pods, and the DNS queries
-//! members send their gateway.
+//! device answers, the cgroup names the agent reads to find pods, the DNS queries
+//! members send their gateway, and what a peer cluster's operator (another company's)
+//! sends over federation.
 //!
 //! Each function here is one fuzz target: it must return for every input, never panic,
 //! and it checks what must hold for any input, not only that nothing crashed. The
@@ -10,7 +11,7 @@
 //! --features libfuzzer`); `tests/corpora.rs` replays every committed corpus file through
 //! them on stable, so `make test` re-checks everything the fuzzer once found interesting.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use prost::Message;
@@ -25,13 +26,14 @@ use wireway_proto::{NetnsLocator, NodeState};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `corpus/` name them.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("manifest", manifest),
     ("spiffe_id", spiffe_id),
     ("node_state", node_state),
     ("uapi", uapi),
     ("cgroup_name", cgroup_name),
     ("dns_query", dns_query),
+    ("federation", federation),
 ];
 
 /// A manifest file: split into documents and each validated as the API server would.
@@ -205,5 +207,167 @@ pub fn cgroup_name(data: &[u8]) {
             uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
             "{uid:?}"
         );
+    }
+}
+
+/// A peer cluster's federation update, as its operator (another company's) may send
+/// it: decoded, taken by the exchange as the first update of a connection, and planned
+/// into this cluster's World, where it shares red/red (10.100.0.0/16; this cluster's
+/// slice the lower half, the peer's the upper) and red admits the peer's trust domain.
+/// Whatever it says, this cluster's own nodes keep exactly what they hold without it
+/// (members, addresses, prefixes, their peers among themselves, names), and what it adds
+/// to them is WireGuard peers with a key of their own (no local node's, no other
+/// peer's), the keepalive, and allowed IPs that are single addresses of its slice; what
+/// it says of this cluster's members is clipped.
+pub fn federation(data: &[u8]) {
+    federation_peers(data);
+}
+
+/// What [`federation`] does, returning how many WireGuard peers the update gave this
+/// cluster's nodes: the corpus replay checks that some input gets that far.
+pub fn federation_peers(data: &[u8]) -> usize {
+    use wireway_operator::federation::exchange::Inbox;
+    use wireway_operator::plan::{self, status::PEER_TEXT_MAX};
+    use wireway_proto::federation::FederationUpdate;
+    static ALONE: OnceLock<plan::Plan> = OnceLock::new();
+    let Ok(update) = FederationUpdate::decode(data) else {
+        return 0;
+    };
+    let shared = BTreeSet::from([plan::ObjectKey::new("red", "red")]);
+    let first = FederationUpdate {
+        sequence: 1,
+        full: true,
+        ..update
+    };
+    let Ok(halves) = Inbox::default().apply(first, &shared).cloned() else {
+        panic!("the first full update of a connection is refused");
+    };
+    let alone = ALONE.get_or_init(|| plan::plan(&federated_world(BTreeMap::new()), None));
+    let with = plan::plan(&federated_world(halves), None);
+    let slice: ipnet::IpNet = FEDERATION_SLICE.parse().unwrap_or_else(|e| panic!("{e}"));
+    let mut added = 0;
+    assert_eq!(
+        with.nodes.keys().collect::<Vec<_>>(),
+        alone.nodes.keys().collect::<Vec<_>>(),
+        "the peer changed which nodes hold a state"
+    );
+    for (node, state) in &with.nodes {
+        let mut own = state.clone();
+        for service in &mut own.services {
+            service.peers.retain(|p| !p.name.starts_with("peer:"));
+        }
+        assert_eq!(
+            &own, &alone.nodes[node],
+            "the peer changed {node}'s own state"
+        );
+        for service in &state.services {
+            let mut keys = BTreeSet::new();
+            for peer in &service.peers {
+                assert!(
+                    keys.insert(&peer.public_key),
+                    "{node}: key {} twice",
+                    peer.public_key
+                );
+                if !peer.name.starts_with("peer:") {
+                    continue;
+                }
+                added += 1;
+                assert_eq!(plan::key_length(&peer.public_key), Some(32), "{peer:?}");
+                assert_eq!(peer.persistent_keepalive, 25, "{peer:?}");
+                assert!(
+                    peer.endpoint.is_empty()
+                        || peer.endpoint.parse::<std::net::SocketAddr>().is_ok(),
+                    "{peer:?}"
+                );
+                assert!(!peer.allowed_ips.is_empty(), "{peer:?}");
+                for allowed in &peer.allowed_ips {
+                    let net: ipnet::IpNet =
+                        allowed.parse().unwrap_or_else(|e| panic!("{allowed}: {e}"));
+                    assert!(
+                        net.prefix_len() == net.max_prefix_len() && slice.contains(&net),
+                        "{node}: {} may send from {net}",
+                        peer.name
+                    );
+                }
+            }
+        }
+    }
+    for (key, status) in &with.endpoints {
+        let mut members = status.members.clone();
+        for member in &mut members {
+            for said in std::mem::take(&mut member.peers) {
+                assert!(said.reason.len() <= PEER_TEXT_MAX && said.message.len() <= PEER_TEXT_MAX);
+            }
+        }
+        assert_eq!(
+            members, alone.endpoints[key].members,
+            "the peer changed {key}'s members"
+        );
+    }
+    added
+}
+
+/// An object of the World, as JSON.
+fn object<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
+    serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The peer cluster's slice of red/red.
+const FEDERATION_SLICE: &str = "10.100.128.0/17";
+
+/// This cluster (trust domain `a.example`): red/red with red-a on node-1 and red-b on
+/// node-2, admitting trust domain `b.example`, shared with PeerCluster `b` (of that
+/// trust domain), whose halves are `halves`.
+fn federated_world(
+    halves: BTreeMap<wireway_operator::plan::ObjectKey, wireway_operator::plan::Half>,
+) -> wireway_operator::plan::World {
+    use wireway_operator::plan::{Bounds, Node, ObjectKey, Peer, Pod, World};
+    let node = |n: u8| Node {
+        name: format!("node-{n}"),
+        public_key: Some(format!("{}{}=", "A".repeat(42), char::from(b'A' + 4 * n))),
+        underlay: Some(std::net::IpAddr::from([192, 0, 2, n])),
+        ..Node::default()
+    };
+    let pod = |name: &str, node: &str| Pod {
+        namespace: "red".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        node: Some(node.into()),
+        service_account: "default".into(),
+        labels: [("net".to_owned(), "red".to_owned())].into(),
+        netns: None,
+    };
+    World {
+        trust_domain: "a.example".into(),
+        now: object(serde_json::json!("2026-01-01T00:00:00Z")),
+        nodes: vec![node(1), node(2)],
+        namespaces: Vec::new(),
+        pods: vec![pod("red-a", "node-1"), pod("red-b", "node-2")],
+        network_services: vec![object(serde_json::json!({
+            "apiVersion": "wireway.dev/v1alpha1", "kind": "NetworkService",
+            "metadata": {"namespace": "red", "name": "red", "generation": 1},
+            "spec": {"cidr": "10.100.0.0/16", "clusterPrefix": "10.100.0.0/17", "nodePrefixLength": 24},
+        }))],
+        endpoints: vec![object(serde_json::json!({
+            "apiVersion": "wireway.dev/v1alpha1", "kind": "Endpoint",
+            "metadata": {"namespace": "red", "name": "members", "generation": 1},
+            "spec": {"networkService": {"name": "red"}, "podSelector": {"matchLabels": {"net": "red"}}},
+        }))],
+        admissions: vec![object(serde_json::json!({
+            "apiVersion": "wireway.dev/v1alpha1", "kind": "Admission",
+            "metadata": {"namespace": "red", "name": "admit-b", "generation": 1},
+            "spec": {"networkService": "red", "allow": [{"trustDomain": "b.example"}]},
+        }))],
+        identity_grants: Vec::new(),
+        service_cidrs: Vec::new(),
+        bounds: Bounds::default(),
+        peers: vec![Peer {
+            name: "b".into(),
+            trust_domain: "b.example".into(),
+            shares: BTreeMap::from([(ObjectKey::new("red", "red"), FEDERATION_SLICE.to_owned())]),
+            connected: true,
+            last_sync: None,
+            halves,
+        }],
     }
 }

@@ -26,6 +26,21 @@ fn replay(name: &str, mut target: impl FnMut(&[u8])) {
     }
 }
 
+/// Some input of the federation corpus gets past the exchange and the planner's checks to
+/// a WireGuard peer on this cluster's nodes, so the fuzzer starts where a peer's words
+/// become the data plane.
+#[test]
+fn some_federation_input_gives_this_clusters_nodes_a_peer() {
+    let mut peers = 0;
+    replay("federation", |data| {
+        peers += wireway_fuzz::federation_peers(data)
+    });
+    assert!(
+        peers > 0,
+        "no input of fuzz/corpus/federation installs a peer"
+    );
+}
+
 #[test]
 fn every_corpus_file_passes_its_target() {
     // The manifest corpus is replayed by the test below, which also counts what it breaks.
