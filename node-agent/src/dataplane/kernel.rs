@@ -183,72 +183,13 @@ impl Kernel {
         })
     }
 
-    async fn index_of(&self, name: &str, action: &str) -> Result<u32, ApplyError> {
-        link_named(&self.netlink, name, action)
-            .await
-            .map(|l| l.index)
-    }
-
-    /// A netlink connection in a workload's namespace (open as `fd`), made once per pass:
-    /// a socket stays in the namespace it was opened in.
-    async fn netlink_in(&self, netns: NetnsId, fd: &OwnedFd) -> Result<Netlink, NetlinkError> {
-        let mut open = self.namespaces.lock().await;
-        if let Some(netlink) = open.get(&netns) {
-            return Ok(netlink.clone());
-        }
-        let netlink = self.netlink.connect_in(fd).await?;
-        open.insert(netns, netlink.clone());
-        Ok(netlink)
-    }
-}
-
-/// The namespace `netns` as the pass opened it.
-fn opened<'a>(
-    namespaces: &'a Namespaces,
-    netns: &NetnsId,
-    action: &str,
-) -> Result<&'a OwnedFd, ApplyError> {
-    namespaces.get(netns).ok_or_else(|| ApplyError::Io {
-        action: action.to_owned(),
-        source: std::io::Error::other("its network namespace was not opened for this pass"),
-    })
-}
-
-impl Dataplane for Kernel {
-    fn backend(&self) -> &'static str {
-        self.wireguard.name()
-    }
-
-    fn writes(&self) -> u64 {
-        self.netlink.writes()
-    }
-
-    async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {
-        let links = self
-            .netlink
-            .links()
-            .await
-            .map_err(|source| ApplyError::Netlink {
-                action: "read the kernel's links".into(),
-                source,
-            })?;
-        let mut peers = Vec::new();
-        for link in links
-            .iter()
-            .filter(|l| l.name.starts_with(WIREGUARD_PREFIX))
-        {
-            let Some(device) = self.wireguard.get(&link.name).await else {
-                continue;
-            };
-            for (key, stats) in device.stats {
-                peers.push((link.name.clone(), key, stats));
-            }
-        }
-        Ok(peers)
-    }
-
-    async fn observe(&self, desired: &Plane, namespaces: &Namespaces) -> Result<Plane, ApplyError> {
-        self.namespaces.lock().await.clear();
+    /// What [`Dataplane::observe`] reads through netlink, the devices and sysctls: all
+    /// but the nftables table.
+    async fn observe_links(
+        &self,
+        desired: &Plane,
+        namespaces: &Namespaces,
+    ) -> Result<Plane, ApplyError> {
         let read = |source| ApplyError::Netlink {
             action: "read the kernel's state".into(),
             source,
@@ -362,8 +303,81 @@ impl Dataplane for Kernel {
             })
             .cloned()
             .collect();
+        Ok(plane)
+    }
+
+    async fn index_of(&self, name: &str, action: &str) -> Result<u32, ApplyError> {
+        link_named(&self.netlink, name, action)
+            .await
+            .map(|l| l.index)
+    }
+
+    /// A netlink connection in a workload's namespace (open as `fd`), made once per pass:
+    /// a socket stays in the namespace it was opened in.
+    async fn netlink_in(&self, netns: NetnsId, fd: &OwnedFd) -> Result<Netlink, NetlinkError> {
+        let mut open = self.namespaces.lock().await;
+        if let Some(netlink) = open.get(&netns) {
+            return Ok(netlink.clone());
+        }
+        let netlink = self.netlink.connect_in(fd).await?;
+        open.insert(netns, netlink.clone());
+        Ok(netlink)
+    }
+}
+
+/// The namespace `netns` as the pass opened it.
+fn opened<'a>(
+    namespaces: &'a Namespaces,
+    netns: &NetnsId,
+    action: &str,
+) -> Result<&'a OwnedFd, ApplyError> {
+    namespaces.get(netns).ok_or_else(|| ApplyError::Io {
+        action: action.to_owned(),
+        source: std::io::Error::other("its network namespace was not opened for this pass"),
+    })
+}
+
+impl Dataplane for Kernel {
+    fn backend(&self) -> &'static str {
+        self.wireguard.name()
+    }
+
+    fn writes(&self) -> u64 {
+        self.netlink.writes()
+    }
+
+    async fn peer_stats(&self) -> Result<Vec<(String, String, PeerStats)>, ApplyError> {
+        let links = self
+            .netlink
+            .links()
+            .await
+            .map_err(|source| ApplyError::Netlink {
+                action: "read the kernel's links".into(),
+                source,
+            })?;
+        let mut peers = Vec::new();
+        for link in links
+            .iter()
+            .filter(|l| l.name.starts_with(WIREGUARD_PREFIX))
+        {
+            let Some(device) = self.wireguard.get(&link.name).await else {
+                continue;
+            };
+            for (key, stats) in device.stats {
+                peers.push((link.name.clone(), key, stats));
+            }
+        }
+        Ok(peers)
+    }
+
+    async fn observe(&self, desired: &Plane, namespaces: &Namespaces) -> Result<Plane, ApplyError> {
+        self.namespaces.lock().await.clear();
+        // `nft` lists the table in a process of its own, while the rest is read.
+        let (firewall, plane) =
+            tokio::join!(nftables::list(), self.observe_links(desired, namespaces));
+        let mut plane = plane?;
         // A table that cannot be listed is taken as missing: replacing it then says why.
-        plane.firewall = nftables::list().await.ok().flatten();
+        plane.firewall = firewall.ok().flatten();
         Ok(plane)
     }
 

@@ -52,6 +52,10 @@ pub struct Userspace {
     pub socket_dir: PathBuf,
 }
 
+/// The least time between two starts of one device's process: one that failed at
+/// once (its TUN name still held by one ending) is not retried in a busy loop.
+const RESPAWN_AFTER: Duration = Duration::from_millis(20);
+
 impl Userspace {
     fn socket(&self, interface: &str) -> PathBuf {
         self.socket_dir.join(format!("{interface}.sock"))
@@ -89,6 +93,10 @@ impl Userspace {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut child: Option<Child> = None;
         let (mut attempts, mut ended) = (0, None);
+        // A device answers within some milliseconds of its start: asked again soon, then
+        // less often.
+        let mut wait = Duration::from_millis(1);
+        let mut spawned: Option<Instant> = None;
         loop {
             if self.request(interface, "get=1\n\n").is_ok() {
                 return Ok(());
@@ -98,17 +106,19 @@ impl Userspace {
             if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 (child, ended) = (None, Some(status));
             }
-            if child.is_none() && !device_process_lives(&lock).map_err(io)? {
+            let respawn = spawned.is_none_or(|at| at.elapsed() >= RESPAWN_AFTER);
+            if child.is_none() && respawn && !device_process_lives(&lock).map_err(io)? {
                 if let (3, Some(status)) = (attempts, ended) {
                     return Err(self.not_started(interface, &format!("its process {status}")));
                 }
                 child = Some(self.spawn(interface, private_key)?);
-                attempts += 1;
+                (attempts, spawned) = (attempts + 1, Some(Instant::now()));
             }
             if Instant::now() > deadline {
                 return Err(self.not_started(interface, "no answer within 10 s"));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_millis(20));
         }
     }
 
