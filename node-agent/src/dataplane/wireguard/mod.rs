@@ -3,6 +3,8 @@
 //! processes ([`userspace`]); and what both speak: device state, peer health, keys.
 
 pub mod kernel;
+pub mod tun;
+pub mod udp;
 pub mod userspace;
 
 use std::collections::BTreeMap;

@@ -428,12 +428,12 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
     let mut device = {
         // The TUN device registers with the runtime's reactor as it is made.
         let _runtime = runtime.enter();
+        let (writer, reader) = super::tun::open(interface).map_err(io)?;
         runtime
             .block_on(
                 DeviceBuilder::new()
-                    .with_default_udp()
-                    .create_tun(interface)
-                    .map_err(failed)?
+                    .with_udp(super::udp::Sockets::default())
+                    .with_ip_pair(writer, reader)
                     .with_private_key(StaticSecret::from(key))
                     .with_uapi(server)
                     .build(),
