@@ -857,6 +857,89 @@ fn a_peers_allowed_ips_change_with_traffic_flowing_and_the_device_keeps_answerin
     }
 }
 
+/// A counter of `link` in the namespace of `node` (`/sys/class/net/<link>/statistics`).
+fn link_counter(lab: &Lab, node: &str, link: &str, counter: &str) -> u64 {
+    let path = format!("/sys/class/net/{link}/statistics/{counter}");
+    ok(&["ip", "netns", "exec", &lab.ns(node), "cat", &path])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The bytes a test stream carries: a xorshift sequence, so that a byte out of place,
+/// lost or doubled shows.
+fn stream_bytes(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_tcp_stream_through_the_tunnel_arrives_whole_and_in_large_segments() {
+    if !root_or_skip("a_tcp_stream_through_the_tunnel_arrives_whole_and_in_large_segments") {
+        return;
+    }
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    apply_all(&lab, &[&red()], &keys);
+    assert!(lab.reachable("red-a", "10.100.2.1"));
+    const LEN: usize = 16 << 20;
+    let counters = |lab: &Lab| {
+        [
+            link_counter(lab, "n1", "ww-red", "tx_packets"),
+            link_counter(lab, "n1", "eth0", "tx_packets"),
+            link_counter(lab, "n2", "ww-red", "rx_packets"),
+        ]
+    };
+    let before = counters(&lab);
+    let listener = probes::in_netns(&lab.ns("red-b"), || {
+        TcpListener::bind("10.100.2.1:5001").unwrap()
+    });
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = Vec::with_capacity(LEN);
+        stream.read_to_end(&mut received).unwrap();
+        received
+    });
+    probes::in_netns(&lab.ns("red-a"), || {
+        let mut stream = TcpStream::connect("10.100.2.1:5001").unwrap();
+        stream.write_all(&stream_bytes(LEN)).unwrap();
+    });
+    let received = receiver.join().unwrap();
+    assert_eq!(received.len(), LEN, "every byte arrives");
+    assert!(received == stream_bytes(LEN), "and each in its place");
+    if lab.backend("n1") != "userspace" {
+        return;
+    }
+    // The stream's segments: the MSS on a path of MTU 1420 with timestamps (1368 bytes).
+    let segments = LEN as u64 / 1368;
+    let after = counters(&lab);
+    let [read, sent, written] = [0, 1, 2].map(|i| after[i] - before[i]);
+    // The kernel hands n1's device TCP segments of many packets (segmentation offload)...
+    assert!(
+        read * 2 <= segments,
+        "{read} reads of n1's TUN device for {segments} segments"
+    );
+    // ... which it sends to n2 in bursts the kernel splits late (UDP segmentation)...
+    assert!(
+        sent * 2 <= segments,
+        "{sent} packets on n1's underlay for {segments} segments"
+    );
+    // ... and n2's device writes back coalesced (receive offload).
+    assert!(
+        written * 2 <= segments,
+        "{written} writes to n2's TUN device for {segments} segments"
+    );
+}
+
 /// The last handshake (nanoseconds since the epoch, 0 for none) of the peer with
 /// `public_key` (base64), as the userspace device of `interface` on `node` reports it.
 fn userspace_handshake(lab: &Lab, node: &str, interface: &str, public_key: &str) -> u128 {
