@@ -414,7 +414,7 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
     // Nothing readable: the agent died before it could hand the key over, so no device.
     let key = key_of_hex(key.trim()).ok_or(WireGuardError::Key)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(device_threads())
         .thread_name("wireguard")
         .enable_all()
         .build()
@@ -509,6 +509,14 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
         let _ = client.get_mut().write_all(response.as_bytes());
     }
     Ok(())
+}
+
+/// The device's worker threads: half the cores this process may use, at least one. The
+/// kernel's share of a tunnel's traffic (TCP, UDP, the TUN device, softirqs) is as large
+/// as the device's own, and on two cores one worker moved more than two
+/// (`docs/benchmarks.md`, "Userspace WireGuard throughput").
+fn device_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// Makes the changes of `set` to peers the device has, in place, and gives back the rest
