@@ -2,14 +2,19 @@
 //! can commit to a GitOps repository), SPIFFE IDs (tenants' Endpoints and Admissions),
 //! NodeStates (the operator, or whoever impersonates it), what a userspace WireGuard
 //! device answers, the cgroup names the agent reads to find pods, the DNS queries
-//! members send their gateway, and what a peer cluster's operator (another company's)
-//! sends over federation.
+//! members send their gateway, what a peer cluster's operator (another company's)
+//! sends over federation, and the packets a peer sends through the tunnel as the
+//! userspace device writes them to its TUN interface.
 //!
 //! Each function here is one fuzz target: it must return for every input, never panic,
 //! and it checks what must hold for any input, not only that nothing crashed. The
 //! targets in `fuzz_targets/` call these under libFuzzer (`cargo fuzz run TARGET
 //! --features libfuzzer`); `tests/corpora.rs` replays every committed corpus file through
 //! them on stable, so `make test` re-checks everything the fuzzer once found interesting.
+
+mod tun_writes;
+
+pub use tun_writes::{tun_writes, tun_writes_coalesced};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
@@ -26,7 +31,7 @@ use wireway_proto::{NetnsLocator, NodeState};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `corpus/` name them.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("manifest", manifest),
     ("spiffe_id", spiffe_id),
     ("node_state", node_state),
@@ -34,6 +39,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("cgroup_name", cgroup_name),
     ("dns_query", dns_query),
     ("federation", federation),
+    ("tun_writes", tun_writes),
 ];
 
 /// A manifest file: split into documents and each validated as the API server would.

@@ -93,3 +93,17 @@ fn cel_rules(schema: &Value, rules: &mut BTreeSet<String>) {
         _ => {}
     }
 }
+
+/// Some input of the tun_writes corpus is coalesced, so the fuzzer starts where a peer's
+/// packets are joined into one write.
+#[test]
+fn some_tun_writes_input_is_coalesced() {
+    let mut coalesced = 0;
+    replay("tun_writes", |data| {
+        coalesced += wireway_fuzz::tun_writes_coalesced(data)
+    });
+    assert!(
+        coalesced > 0,
+        "no input of fuzz/corpus/tun_writes is coalesced"
+    );
+}

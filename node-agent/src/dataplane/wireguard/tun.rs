@@ -30,7 +30,7 @@ use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_
 const LARGEST_READ: usize = VIRTIO_NET_HDR_LEN + u16::MAX as usize;
 
 /// Room before a packet to be written, for the virtio-net header the coalescing writes.
-const HEADROOM: usize = 16;
+pub const HEADROOM: usize = 16;
 
 /// Packets decrypted and waiting for the TUN device: a burst is written coalesced.
 const QUEUE: usize = 1024;
@@ -157,20 +157,10 @@ impl IpSend for TunWriter {
 /// Writes what is queued, each burst coalesced, until the interface is gone.
 async fn write(tun: Arc<AsyncDevice>, mut queued: mpsc::Receiver<Packet<Ip>>) {
     let mut packets = Vec::with_capacity(IDEAL_BATCH_SIZE);
-    // Each with room for a coalesced 64 KiB packet, kept between bursts.
-    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+    let mut bufs = Vec::with_capacity(IDEAL_BATCH_SIZE);
     let mut table = GROTable::default();
     while queued.recv_many(&mut packets, IDEAL_BATCH_SIZE).await > 0 {
-        let n = packets.len();
-        for (i, packet) in packets.drain(..).enumerate() {
-            if bufs.len() == i {
-                bufs.push(Vec::with_capacity(2 * HEADROOM + u16::MAX as usize));
-            }
-            let buf = &mut bufs[i];
-            buf.clear();
-            buf.resize(HEADROOM, 0);
-            buf.extend_from_slice(&packet.into_bytes());
-        }
+        let n = stage(&mut bufs, packets.drain(..).map(Packet::into_bytes));
         // A packet the kernel refused (the link down, say) is lost, as on any link.
         if let Err(e) = tun
             .send_multiple(&mut table, &mut bufs[..n], HEADROOM)
@@ -180,6 +170,24 @@ async fn write(tun: Arc<AsyncDevice>, mut queued: mpsc::Receiver<Packet<Ip>>) {
             return;
         }
     }
+}
+
+/// Puts each packet of a burst into a buffer of its own after [`HEADROOM`] bytes, as
+/// `tun-rs` coalesces them (each buffer with room for a coalesced 64 KiB packet; buffers
+/// are kept between bursts); the number of packets.
+pub fn stage<P: AsRef<[u8]>>(bufs: &mut Vec<Vec<u8>>, packets: impl Iterator<Item = P>) -> usize {
+    let mut n = 0;
+    for (i, packet) in packets.enumerate() {
+        if bufs.len() == i {
+            bufs.push(Vec::with_capacity(2 * HEADROOM + u16::MAX as usize));
+        }
+        let buf = &mut bufs[i];
+        buf.clear();
+        buf.resize(HEADROOM, 0);
+        buf.extend_from_slice(packet.as_ref());
+        n = i + 1;
+    }
+    n
 }
 
 /// Whether a TUN device's error means the interface is gone (deleted, or its descriptor
