@@ -286,7 +286,8 @@ pub fn tun_writes(data: &[u8]) {
             VIRTIO_NET_HDR_GSO_UDP_L4 => packet[0] >> 4 == 6,
             other => panic!("packet {i} written with GSO type {other}"),
         };
-        let mut split = vec![vec![0u8; 65_536]; tun_rs::IDEAL_BATCH_SIZE];
+        // Segments are no longer than the packets a burst is made of (at most 1,602 bytes).
+        let mut split = vec![vec![0u8; 2048]; tun_rs::IDEAL_BATCH_SIZE];
         let mut sizes = vec![0; tun_rs::IDEAL_BATCH_SIZE];
         let count = gso_split(&mut packet.to_vec(), hdr, &mut split, &mut sizes, 0, v6)
             .unwrap_or_else(|e| panic!("coalesced packet {i} does not split: {e}"));

@@ -889,7 +889,27 @@ fn a_tcp_stream_through_the_tunnel_arrives_whole_and_in_large_segments() {
     let keys = seeds(&mut lab);
     apply_all(&lab, &[&red()], &keys);
     // The MSS on a path of MTU 1420 with TCP timestamps: 1420 - 20 - 20 - 12.
-    stream_arrives_whole(&lab, ("red-a", "red-b", "10.100.2.1"), "ww-red", 1368);
+    stream_arrives_whole(&lab, ("red-a", "red-b", "10.100.2.1"), "ww-red", 1368, None);
+}
+
+/// A sender (or a receiver that says so) may make a TCP stream's segments as small as it
+/// likes: a 64 KiB segment of 200-byte ones is more packets than the device splits a read
+/// into, so the interface must never be handed one (its `gso_max_segs`).
+#[test]
+fn a_tcp_stream_of_small_segments_arrives_whole() {
+    if !root_or_skip("a_tcp_stream_of_small_segments_arrives_whole") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let keys = seeds(&mut lab);
+    apply_all(&lab, &[&red()], &keys);
+    stream_arrives_whole(
+        &lab,
+        ("red-a", "red-b", "10.100.2.1"),
+        "ww-red",
+        200,
+        Some(200),
+    );
 }
 
 #[test]
@@ -900,15 +920,27 @@ fn an_ipv6_tcp_stream_through_the_tunnel_arrives_whole_and_in_large_segments() {
     let mut lab = Lab::new();
     let keys = seeds_with_blue(&mut lab);
     apply_all(&lab, &[&blue()], &keys);
-    stream_arrives_whole(&lab, ("blue-a", "blue-b", "fd00:b:0:2::1"), "ww-blue", 1348);
+    stream_arrives_whole(
+        &lab,
+        ("blue-a", "blue-b", "fd00:b:0:2::1"),
+        "ww-blue",
+        1348,
+        None,
+    );
 }
 
 /// Sends 16 MiB over TCP from the workload `from` on n1 to `to` at `address` on n2, and
 /// checks every byte arrives in its place; with the userspace device, that the offloads
 /// are in effect along the way: the reads of n1's TUN device (`link`), the packets on its
 /// underlay and the writes to n2's TUN device are each at most half the stream's
-/// segments of `mss` bytes.
-fn stream_arrives_whole(lab: &Lab, (from, to, address): (&str, &str, &str), link: &str, mss: u64) {
+/// segments of `mss` bytes. `clamp` is the MSS the sender asks for, if any.
+fn stream_arrives_whole(
+    lab: &Lab,
+    (from, to, address): (&str, &str, &str),
+    link: &str,
+    mss: u64,
+    clamp: Option<u32>,
+) {
     use std::io::{Read, Write};
     use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
     const LEN: usize = 16 << 20;
@@ -925,13 +957,33 @@ fn stream_arrives_whole(lab: &Lab, (from, to, address): (&str, &str, &str), link
     let listener = probes::in_netns(&lab.ns(to), move || TcpListener::bind(server).unwrap());
     let receiver = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
+        // A stream that stalls fails here rather than holding the suite.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut received = Vec::with_capacity(LEN);
         stream.read_to_end(&mut received).unwrap();
         received
     });
     probes::in_netns(&lab.ns(from), move || {
-        let mut stream = TcpStream::connect(server).unwrap();
-        stream.write_all(&stream_bytes(LEN)).unwrap();
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, connect, setsockopt, socket,
+            sockopt,
+        };
+        use std::os::fd::AsRawFd;
+        let family = if server.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let socket = socket(family, SockType::Stream, SockFlag::empty(), None).unwrap();
+        if let Some(clamp) = clamp {
+            setsockopt(&socket, sockopt::TcpMaxSeg, &clamp).unwrap();
+        }
+        connect(socket.as_raw_fd(), &SockaddrStorage::from(server)).unwrap();
+        TcpStream::from(socket)
+            .write_all(&stream_bytes(LEN))
+            .unwrap();
     });
     let received = receiver.join().unwrap();
     assert_eq!(received.len(), LEN, "every byte arrives");

@@ -334,6 +334,16 @@ impl Netlink {
         Ok(())
     }
 
+    /// Caps the segments of one offloaded packet the kernel hands link `index`
+    /// (`gso_max_segs`; larger ones it splits itself before).
+    pub async fn limit_gso_segments(&self, index: u32, segments: u32) -> Result<(), NetlinkError> {
+        self.count();
+        let mut message = LinkUnspec::new_with_index(index).build();
+        message.attributes.push(LinkAttribute::GsoMaxSegs(segments));
+        self.handle.link().set(message).execute().await?;
+        Ok(())
+    }
+
     /// Deletes a link.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         self.count();

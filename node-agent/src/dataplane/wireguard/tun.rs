@@ -26,6 +26,8 @@ use nix::errno::Errno;
 use tokio::sync::{mpsc, watch};
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use crate::dataplane::netlink::Netlink;
+
 /// The largest segment the kernel hands over, with its virtio-net header.
 const LARGEST_READ: usize = VIRTIO_NET_HDR_LEN + u16::MAX as usize;
 
@@ -41,8 +43,13 @@ const MTU_EVERY: Duration = Duration::from_secs(3);
 
 /// Makes the TUN interface `name` with offloads and gives its two halves: what the device
 /// writes decrypted packets to and what it reads packets to encrypt from. The link is
-/// left down, as the agent brings it up once it is configured. Runs in a tokio runtime.
-pub fn open(name: &str) -> io::Result<(TunWriter, TunReader)> {
+/// left down, as the agent brings it up once it is configured.
+///
+/// The kernel is told to hand it no packet of more segments than a read is split into
+/// ([`IDEAL_BATCH_SIZE`]; it splits larger ones itself): a sender that makes a stream's
+/// segments small (a 64 KiB packet of 200-byte segments is 328 of them) would otherwise
+/// have every read of its stream refused, and the stream stall.
+pub async fn open(name: &str) -> io::Result<(TunWriter, TunReader)> {
     let tun = Arc::new(
         DeviceBuilder::new()
             .name(name)
@@ -50,6 +57,11 @@ pub fn open(name: &str) -> io::Result<(TunWriter, TunReader)> {
             .inherit_enable_state()
             .build_async()?,
     );
+    Netlink::connect()
+        .map_err(io::Error::other)?
+        .limit_gso_segments(tun.if_index()?, IDEAL_BATCH_SIZE as u32)
+        .await
+        .map_err(io::Error::other)?;
     let (mtu_changed, mtu) = watch::channel(tun.mtu()?);
     tokio::spawn(watch_mtu(Arc::downgrade(&tun), mtu_changed));
     let (queue, queued) = mpsc::channel(QUEUE);

@@ -427,18 +427,17 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
     let failed = |e: gotatun::device::Error| io(std::io::Error::other(e.to_string()));
     let mut device = {
         // The TUN device registers with the runtime's reactor as it is made.
-        let _runtime = runtime.enter();
-        let (writer, reader) = super::tun::open(interface).map_err(io)?;
-        runtime
-            .block_on(
-                DeviceBuilder::new()
-                    .with_udp(super::udp::Sockets::default())
-                    .with_ip_pair(writer, reader)
-                    .with_private_key(StaticSecret::from(key))
-                    .with_uapi(server)
-                    .build(),
-            )
-            .map_err(failed)?
+        runtime.block_on(async {
+            let (writer, reader) = super::tun::open(interface).await.map_err(io)?;
+            DeviceBuilder::new()
+                .with_udp(super::udp::Sockets::default())
+                .with_ip_pair(writer, reader)
+                .with_private_key(StaticSecret::from(key))
+                .with_uapi(server)
+                .build()
+                .await
+                .map_err(failed)
+        })?
     };
     // The device is owned by one task: it changes peers in place when asked, and ends
     // the process when the device fails.
