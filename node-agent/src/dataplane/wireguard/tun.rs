@@ -129,12 +129,25 @@ impl IpRecv for TunReader {
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
         self.slots
             .resize_with(IDEAL_BATCH_SIZE, || Slot(pool.get()));
-        let n = self
-            .tun
-            .recv_multiple(&mut self.read, &mut self.slots, &mut self.sizes, 0)
-            .await?;
+        let n = loop {
+            match self
+                .tun
+                .recv_multiple(&mut self.read, &mut self.slots, &mut self.sizes, 0)
+                .await
+            {
+                Ok(n) => break n,
+                // A read that could not be split (more segments than a read holds, on a
+                // kernel that ignored `gso_max_segs`; a header that makes no sense) is
+                // lost, as a NIC drops a frame it cannot take. Returned, it would end
+                // the device (GotaTun takes an invalid-input error for a TUN device gone),
+                // and with it every peer's traffic, for one sender's packet.
+                Err(e) if e.raw_os_error().is_none() => {}
+                Err(e) => return Err(e),
+            }
+        };
         let sizes = &self.sizes[..n];
-        // Not IP (the kernel gives a TUN device nothing else): dropped, as GotaTun does.
+        // Not IP (the kernel gives a TUN device nothing else): dropped, as GotaTun's own
+        // reader dropped it.
         Ok(self
             .slots
             .drain(..n)
