@@ -62,7 +62,7 @@ use wireway_proto::NodeState;
 
 pub use key::ObjectKey;
 pub use node_keys::key_length;
-pub use planner::Planner;
+pub use planner::{Planner, Round};
 pub use progress::Statuses;
 pub use world::{
     Bounds, Change, Half, HalfMember, HalfNode, Labels, ListenPorts, MemberDecision, Namespace,

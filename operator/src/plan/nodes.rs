@@ -17,6 +17,9 @@ pub fn assemble(
     kept: &[ServiceState],
     replaced: &[ServiceState],
 ) -> Vec<ServiceState> {
+    if services.is_empty() {
+        return services;
+    }
     let mut taken: BTreeSet<String> = kept
         .iter()
         .flat_map(|s| &s.members)

@@ -17,7 +17,7 @@ use wireway_proto::{NodeState, ServiceState};
 
 use super::index::Index;
 use super::node_keys::{self, Refused};
-use super::service::{self, Across, Assigned, TargetPlan};
+use super::service::{self, Across, Assigned, ChangedPods, MemberEdit, TargetPlan};
 use super::world::{Change, World};
 use super::{ObjectKey, Plan, Statuses, grants, names, nodes, overlaps, status};
 
@@ -34,6 +34,15 @@ struct Footprint {
     peers: Vec<String>,
 }
 
+/// How the last [`Planner::plan`] planned the targets it planned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Targets planned whole.
+    pub whole: usize,
+    /// Targets planned for their changed pods alone.
+    pub by_members: usize,
+}
+
 /// Plans a World and keeps planning it as it changes.
 #[derive(Debug, Clone)]
 pub struct Planner {
@@ -44,9 +53,14 @@ pub struct Planner {
     refused_nodes: Refused,
     plan: Plan,
     dirty_targets: BTreeSet<ObjectKey>,
+    /// Targets only pods changed for, with those pods as they were: planned for those
+    /// pods alone where that is the same as planning them whole.
+    dirty_members: BTreeMap<ObjectKey, ChangedPods>,
     dirty_nodes: BTreeSet<String>,
     dirty_grants: BTreeSet<ObjectKey>,
     dirty_peer_clusters: BTreeSet<ObjectKey>,
+    /// How the last plan went.
+    round: Round,
     /// Until the first plan, node states come from `previous` (for versions and veth
     /// names) and every service in them is rebuilt.
     rebuild: bool,
@@ -75,16 +89,36 @@ impl Planner {
             refused_nodes: Refused::new(),
             plan,
             dirty_targets,
+            dirty_members: BTreeMap::new(),
             dirty_nodes,
             dirty_grants,
             dirty_peer_clusters: BTreeSet::new(),
+            round: Round::default(),
             rebuild: true,
         }
     }
 
     /// Applies a change; the next [`Planner::plan`] plans what it affects.
     pub fn apply(&mut self, change: Change) {
-        let affected = self.index.apply(change);
+        let pod = match &change {
+            Change::Pod(p) => Some((p.namespace.clone(), p.name.clone())),
+            Change::PodDeleted(namespace, name) => Some((namespace.clone(), name.clone())),
+            _ => None,
+        };
+        let was = pod.as_ref().map(|(namespace, name)| {
+            self.index
+                .pods
+                .get(namespace)
+                .and_then(|p| p.get(name))
+                .cloned()
+        });
+        let mut affected = self.index.apply(change);
+        if let (Some(pod), Some(was)) = (pod, was) {
+            for target in std::mem::take(&mut affected.targets) {
+                let pods = self.dirty_members.entry(target).or_default();
+                pods.entry(pod.clone()).or_insert_with(|| was.clone());
+            }
+        }
         for node in &affected.nodes {
             // A node's key, underlay or MTU is in the peers and MTU of every service it
             // carries.
@@ -135,6 +169,11 @@ impl Planner {
     /// The result of the last [`Planner::plan`] (empty before the first).
     pub fn last_plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// How the last [`Planner::plan`] planned the targets it planned.
+    pub fn last_round(&self) -> Round {
+        self.round
     }
 
     /// The nodes of the World.
@@ -211,11 +250,13 @@ impl Planner {
         self.plan_peer_clusters();
         let mut touched = std::mem::take(&mut self.dirty_nodes);
         let mut shares: BTreeMap<String, Vec<ServiceState>> = BTreeMap::new();
-        let targets = overlaps::closure(
-            &self.index,
-            std::mem::take(&mut self.dirty_targets),
-            |target| self.targets.get(target).and_then(|f| f.cidr),
-        );
+        let whole = std::mem::take(&mut self.dirty_targets);
+        let members = std::mem::take(&mut self.dirty_members);
+        let (targets, edits) = self.split(whole, members);
+        self.round = Round {
+            whole: targets.len(),
+            by_members: edits.len(),
+        };
         let replanned: BTreeSet<String> = targets.iter().map(ToString::to_string).collect();
         // Every target is planned against the World as the round found it; then the
         // overlapping ones are settled; only then is anything recorded.
@@ -243,13 +284,72 @@ impl Planner {
                 self.targets.insert(target, footprint);
             }
         }
+        let mut edited = BTreeSet::new();
+        for (target, edit) in &edits {
+            let changed = service::apply_members(&mut self.index, &mut self.plan, target, edit);
+            edited.extend(changed);
+        }
+        touched.extend(edited.iter().cloned());
         self.plan.changed_nodes.clear();
         for node in touched {
             let share = shares.remove(&node).unwrap_or_default();
-            self.reassemble(&node, share, &replanned);
+            let edited = edited.contains(&node);
+            self.reassemble(&node, share, &replanned, edited);
         }
         self.rebuild = false;
         &self.plan
+    }
+
+    /// Splits what changed into the targets to plan whole (`whole` and every target
+    /// overlapping one of them: see `overlaps`) and the edits of targets whose pods alone
+    /// changed and that can be planned for those pods alone. A target that cannot is
+    /// planned whole, and so are the targets it overlaps.
+    fn split(
+        &self,
+        mut whole: BTreeSet<ObjectKey>,
+        mut members: BTreeMap<ObjectKey, ChangedPods>,
+    ) -> (BTreeSet<ObjectKey>, BTreeMap<ObjectKey, MemberEdit>) {
+        if self.rebuild {
+            whole.extend(members.into_keys());
+            members = BTreeMap::new();
+        }
+        let mut edits = BTreeMap::new();
+        loop {
+            let closure = overlaps::closure(&self.index, whole.clone(), |target| {
+                self.targets.get(target).and_then(|f| f.cidr)
+            });
+            edits.retain(|target, _| !closure.contains(target));
+            let mut declined = false;
+            for (target, pods) in &members {
+                if closure.contains(target) || edits.contains_key(target) {
+                    continue;
+                }
+                let planned = self.targets.get(target).is_some_and(|f| f.peers.is_empty());
+                let edit = planned
+                    .then(|| {
+                        service::plan_members(
+                            &self.index,
+                            target,
+                            pods,
+                            &self.plan,
+                            &self.refused_nodes,
+                        )
+                    })
+                    .flatten();
+                match edit {
+                    Some(edit) => {
+                        edits.insert(target.clone(), edit);
+                    }
+                    None => {
+                        whole.insert(target.clone());
+                        declined = true;
+                    }
+                }
+            }
+            if !declined {
+                return (closure, edits);
+            }
+        }
     }
 
     /// Listen ports and interface names are unique across services, so they are assigned
@@ -432,9 +532,16 @@ impl Planner {
     /// Rebuilds one node's state; a node whose state changed gets the next version.
     ///
     /// The node's services of targets not planned again stay as they are; those of
-    /// `replanned` targets are replaced by `shares`. A node neither known nor carrying
+    /// `replanned` targets are replaced by `shares`; `edited` says a change of members
+    /// already changed it in place. A node neither known nor carrying
     /// anything loses its state, and its version is kept aside for its return.
-    fn reassemble(&mut self, node: &str, shares: Vec<ServiceState>, replanned: &BTreeSet<String>) {
+    fn reassemble(
+        &mut self,
+        node: &str,
+        shares: Vec<ServiceState>,
+        replanned: &BTreeSet<String>,
+        edited: bool,
+    ) {
         let previous = self.plan.nodes.remove(node);
         let retired = self.plan.retired_versions.get(node).copied().unwrap_or(0);
         let had_state = previous.is_some();
@@ -452,7 +559,7 @@ impl Planner {
             return;
         }
         self.plan.retired_versions.remove(node);
-        let changed = !had_state || fresh != replaced;
+        let changed = !had_state || edited || fresh != replaced;
         let mut services = kept;
         services.extend(fresh);
         services.sort_by(|a, b| a.name.cmp(&b.name));

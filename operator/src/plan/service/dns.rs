@@ -68,32 +68,17 @@ pub(super) fn zone(
 /// all its members (an external host's only name). Sorted, as the NodeState wants.
 pub(super) fn records(zone: &str, entries: &[Entry<'_>]) -> ServiceDns {
     let mut names: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-    let mut endpoints: BTreeMap<&ObjectKey, String> = BTreeMap::new();
     for entry in entries.iter().filter(|e| e.member()) {
         let Some(address) = entry.address else {
             continue;
         };
-        let endpoint = endpoints.entry(&entry.endpoint).or_insert_with(|| {
-            format!("{}.{}", entry.endpoint.name, entry.endpoint.namespace).to_ascii_lowercase()
-        });
-        if let Workload::Pod { pod, .. } = entry.kind {
-            let mut name = format!("{}.{endpoint}", pod.name);
-            name.make_ascii_lowercase();
+        for name in names_of(entry) {
             names.entry(name).or_default().push(address);
-        }
-        match names.get_mut(endpoint.as_str()) {
-            Some(addresses) => addresses.push(address),
-            None => {
-                names.insert(endpoint.clone(), vec![address]);
-            }
         }
     }
     let records: Vec<DnsRecord> = names
         .into_iter()
-        // The name under the zone: the name, a dot, the zone.
-        .filter(|(name, _)| {
-            name.len() + 1 + zone.len() <= 253 && is_dns_name(name) && is_dns_name(zone)
-        })
+        .filter(|(name, _)| recordable(name, zone))
         .map(|(name, mut addresses)| {
             addresses.sort();
             addresses.dedup();
@@ -107,4 +92,124 @@ pub(super) fn records(zone: &str, entries: &[Entry<'_>]) -> ServiceDns {
         zone: zone.to_owned(),
         records: records.into(),
     }
+}
+
+/// The names a member answers to, relative to the zone: its own (a pod's) and its
+/// Endpoint's.
+fn names_of(entry: &Entry<'_>) -> Vec<String> {
+    let endpoint =
+        format!("{}.{}", entry.endpoint.name, entry.endpoint.namespace).to_ascii_lowercase();
+    match entry.kind {
+        Workload::Pod { pod, .. } => {
+            let own = format!("{}.{endpoint}", pod.name).to_ascii_lowercase();
+            vec![own, endpoint]
+        }
+        Workload::External { .. } => vec![endpoint],
+    }
+}
+
+/// Whether `name` under `zone` is a name a record can have.
+fn recordable(name: &str, zone: &str) -> bool {
+    name.len() + 1 + zone.len() <= 253 && is_dns_name(name) && is_dns_name(zone)
+}
+
+/// One address to take from a name, or to give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NameChange {
+    name: String,
+    address: IpAddr,
+    add: bool,
+}
+
+/// What members leaving (`gone`) and joining (`joined`) change in the records of
+/// `dns`; `None` when that cannot be told from the records alone (a name two members'
+/// names could share: an Endpoint name with a dot). A member changed in place is in both.
+pub(super) fn changes(
+    dns: &ServiceDns,
+    gone: &[(&Entry<'_>, IpAddr)],
+    joined: &[(&Entry<'_>, IpAddr)],
+) -> Option<Vec<NameChange>> {
+    let mut changes: Vec<NameChange> = Vec::new();
+    let ops = gone
+        .iter()
+        .map(|m| (m, false))
+        .chain(joined.iter().map(|m| (m, true)));
+    for ((entry, address), add) in ops {
+        if entry.endpoint.name.contains('.') {
+            return None;
+        }
+        for name in names_of(entry) {
+            if !recordable(&name, &dns.zone) {
+                continue;
+            }
+            let opposite = changes
+                .iter()
+                .position(|c| c.name == name && c.address == *address && c.add != add);
+            match opposite {
+                Some(i) => {
+                    changes.remove(i);
+                }
+                None => changes.push(NameChange {
+                    name,
+                    address: *address,
+                    add,
+                }),
+            }
+        }
+    }
+    // Each change must find the records as the members leaving and joining say.
+    let holds = |name: &str, address: IpAddr| {
+        find(&dns.records, name)
+            .ok()
+            .is_some_and(|i| position(&dns.records[i].addresses, address).is_ok())
+    };
+    changes
+        .iter()
+        .all(|c| holds(&c.name, c.address) != c.add)
+        .then_some(changes)
+}
+
+/// Makes `changes` (from [`changes`] on these records) in `records`.
+pub(super) fn apply(records: &mut Vec<DnsRecord>, changes: &[NameChange]) {
+    for change in changes {
+        let at = find(records, &change.name);
+        match (at, change.add) {
+            (Ok(i), true) => {
+                let addresses = &mut records[i].addresses;
+                if let Err(j) = position(addresses, change.address) {
+                    addresses.insert(j, change.address.to_string());
+                }
+            }
+            (Err(i), true) => records.insert(
+                i,
+                DnsRecord {
+                    name: change.name.clone(),
+                    addresses: vec![change.address.to_string()],
+                },
+            ),
+            (Ok(i), false) => {
+                let addresses = &mut records[i].addresses;
+                if let Ok(j) = position(addresses, change.address) {
+                    addresses.remove(j);
+                }
+                if addresses.is_empty() {
+                    records.remove(i);
+                }
+            }
+            (Err(_), false) => {}
+        }
+    }
+}
+
+/// Where the record `name` is in records sorted by name.
+fn find(records: &[DnsRecord], name: &str) -> Result<usize, usize> {
+    records.binary_search_by(|r| r.name.as_str().cmp(name))
+}
+
+/// Where `address` is in a record's addresses, sorted as addresses (not as text).
+fn position(addresses: &[String], address: IpAddr) -> Result<usize, usize> {
+    addresses.binary_search_by(|a| {
+        a.parse::<IpAddr>()
+            .map_or(std::cmp::Ordering::Less, |a| a.cmp(&address))
+    })
 }

@@ -12,6 +12,7 @@
 
 mod dns;
 mod federation;
+mod members;
 mod projections;
 mod stages;
 
@@ -30,6 +31,7 @@ use super::admission::{InvalidRule, Policy};
 use super::index::Index;
 use super::node_keys::Refused;
 use super::world::{Half, Pod};
+pub use members::{ChangedPods, MemberEdit, apply_members, plan_members};
 pub use stages::parse_spec;
 /// WireGuard's overhead over the underlay: 80 bytes covers an IPv6 outer header.
 pub const WIREGUARD_OVERHEAD: u32 = 80;
@@ -132,6 +134,27 @@ enum Workload<'i> {
 }
 
 impl<'i> Entry<'i> {
+    /// A workload asking to join through `endpoint`, not yet decided.
+    fn new(
+        endpoint: ObjectKey,
+        workload: String,
+        identity: Result<SpiffeId, String>,
+        kind: Workload<'i>,
+    ) -> Self {
+        Self {
+            endpoint,
+            workload,
+            identity,
+            kind,
+            settled: false,
+            granted_by: None,
+            admitted: false,
+            reason: wireway_crds::conditions::reason::NOT_ADMITTED,
+            message: String::new(),
+            address: None,
+        }
+    }
+
     /// Refuses it before admission: admission will not look at it.
     fn settle(&mut self, reason: &'static str, message: String) {
         self.reject(reason, message);

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use wireway_crds::conditions::reason;
 use wireway_crds::{
-    AdmissionStatus, EndpointStatus, MemberStatus, NetworkService, NetworkServiceStatus,
+    AdmissionStatus, Endpoint, EndpointStatus, MemberStatus, NetworkService, NetworkServiceStatus,
     NodePrefix, PeerDecision,
 };
 use wireway_proto::{Member, NetnsLocator, Peer, ROUTE_TABLE_BASE, ServiceState, netns_locator};
@@ -162,15 +162,7 @@ fn service_status(index: &Index, decided: &Decided<'_>) -> NetworkServiceStatus 
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
-        None => (
-            true,
-            reason::READY,
-            format!(
-                "{} on {}",
-                status::count_of(members, "member"),
-                status::count_of(carrying.len(), "node")
-            ),
-        ),
+        None => (true, reason::READY, ready_message(members, carrying.len())),
     };
     let previous = svc.status.as_ref().map(|s| s.conditions.as_slice());
     let generation = svc.metadata.generation;
@@ -198,6 +190,15 @@ fn service_status(index: &Index, decided: &Decided<'_>) -> NetworkServiceStatus 
         dns_zone: zone.clone(),
         peers: remotes.iter().map(|r| r.status.clone()).collect(),
     }
+}
+
+/// What a Ready service's condition says.
+pub(super) fn ready_message(members: usize, nodes: usize) -> String {
+    format!(
+        "{} on {}",
+        status::count_of(members, "member"),
+        status::count_of(nodes, "node")
+    )
 }
 
 /// A target that cannot be planned: the service is missing or invalid. Its Endpoints and
@@ -294,26 +295,8 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
         })
         .collect();
     let mut members_by_node: BTreeMap<&str, Vec<Member>> = BTreeMap::new();
-    for e in entries.iter().filter(|e| e.admitted) {
-        let Workload::Pod { pod, interface } = &e.kind else {
-            continue;
-        };
-        let (Some(node), Some(address)) = (pod.node.as_deref(), e.address) else {
-            continue;
-        };
-        let locator = match &pod.netns {
-            Some(path) => netns_locator::Locator::Path(path.clone()),
-            None => netns_locator::Locator::PodUid(pod.uid.clone()),
-        };
-        members_by_node.entry(node).or_default().push(Member {
-            id: format!("{}/{}", pod.namespace, pod.name),
-            netns: Some(NetnsLocator {
-                locator: Some(locator),
-            }),
-            interface_name: interface.clone(),
-            host_interface_name: String::new(),
-            address: address.to_string(),
-        });
+    for (node, member) in entries.iter().filter_map(node_member) {
+        members_by_node.entry(node).or_default().push(member);
     }
     prefixes
         .iter()
@@ -349,6 +332,37 @@ fn node_states(index: &Index, decided: &Decided<'_>, port: u16) -> BTreeMap<Stri
         .collect()
 }
 
+/// A member's place in its node's state: the node, and the member with its host veth
+/// name left empty. `None` for a workload that is no member there (not admitted, no
+/// address, an external host).
+pub(super) fn node_member<'e>(e: &Entry<'e>) -> Option<(&'e str, Member)> {
+    let Workload::Pod { pod, interface } = &e.kind else {
+        return None;
+    };
+    let (true, Some(node), Some(address)) = (e.admitted, pod.node.as_deref(), e.address) else {
+        return None;
+    };
+    let locator = match &pod.netns {
+        Some(path) => netns_locator::Locator::Path(path.clone()),
+        None => netns_locator::Locator::PodUid(pod.uid.clone()),
+    };
+    let member = Member {
+        id: member_id(&pod.namespace, &pod.name),
+        netns: Some(NetnsLocator {
+            locator: Some(locator),
+        }),
+        interface_name: interface.clone(),
+        host_interface_name: String::new(),
+        address: address.to_string(),
+    };
+    Some((node, member))
+}
+
+/// The id of a pod's member in a node's state.
+pub(super) fn member_id(namespace: &str, pod: &str) -> String {
+    format!("{namespace}/{pod}")
+}
+
 /// The status of every Endpoint naming the target.
 pub(super) fn endpoint_statuses(
     index: &Index,
@@ -363,75 +377,91 @@ pub(super) fn endpoint_statuses(
             let mut members: Vec<MemberStatus> = entries
                 .iter()
                 .filter(|entry| &entry.endpoint == key)
-                .map(|entry| MemberStatus {
-                    workload: entry.workload.clone(),
-                    node: entry.pod().and_then(|p| p.node.clone()),
-                    identity: entry
-                        .identity
-                        .as_ref()
-                        .map_or_else(|_| String::new(), ToString::to_string),
-                    admitted: entry.admitted,
-                    reason: entry.reason.to_owned(),
-                    message: entry.message.clone(),
-                    address: entry.address.map(|a| a.to_string()),
-                    peers: entry
-                        .address
-                        .map(|address| peer_decisions(remotes, address))
-                        .unwrap_or_default(),
-                })
+                .map(|entry| member_status(entry, remotes))
                 .collect();
             members.sort_by(|a, b| a.workload.cmp(&b.workload));
-            let admitted = members
-                .iter()
-                .filter(|m| m.admitted && m.address.is_some())
-                .count();
-            let rejected = members.iter().filter(|m| !m.admitted).count();
-            let (ready, why, message): (bool, &str, String) = match problems.get(key) {
-                Some(problem) => (false, problem.reason, problem.message.clone()),
-                None => match members.iter().find(|m| !m.admitted || m.address.is_none()) {
-                    Some(m) if !m.admitted => (
-                        false,
-                        m.reason.as_str(),
-                        format!(
-                            "{rejected} of {} not admitted; first: {}: {}",
-                            status::count_of(members.len(), "workload"),
-                            m.workload,
-                            m.message
-                        ),
-                    ),
-                    Some(m) => (
-                        false,
-                        reason::ADDRESS_POOL_EXHAUSTED,
-                        format!("{} has no address: {}", m.workload, m.message),
-                    ),
-                    None if members.is_empty() => (
-                        true,
-                        reason::NO_MEMBERS,
-                        "the Endpoint selects no scheduled pod".to_owned(),
-                    ),
-                    None => (
-                        true,
-                        reason::READY,
-                        format!("{} admitted", status::count_of(admitted, "workload")),
-                    ),
-                },
-            };
-            let previous = e
-                .status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
-            let generation = e.metadata.generation;
-            let status = EndpointStatus {
-                observed_generation: generation,
-                conditions: status::ready(ready, why, message, generation, previous, &index.now),
-                admitted_count: count(admitted),
-                rejected_count: count(rejected),
-                members,
-            };
+            let status = endpoint_status(index, e, members, problems.get(key));
             (key.clone(), status)
         })
         .collect()
+}
+
+/// What the Endpoint's status says of one workload.
+pub(super) fn member_status(entry: &Entry<'_>, remotes: &[Remote]) -> MemberStatus {
+    MemberStatus {
+        workload: entry.workload.clone(),
+        node: entry.pod().and_then(|p| p.node.clone()),
+        identity: entry
+            .identity
+            .as_ref()
+            .map_or_else(|_| String::new(), ToString::to_string),
+        admitted: entry.admitted,
+        reason: entry.reason.to_owned(),
+        message: entry.message.clone(),
+        address: entry.address.map(|a| a.to_string()),
+        peers: entry
+            .address
+            .map(|address| peer_decisions(remotes, address))
+            .unwrap_or_default(),
+    }
+}
+
+/// An Endpoint's status with `members` (sorted by workload): Ready unless `problem`, or
+/// a member not admitted or without an address, says otherwise.
+pub(super) fn endpoint_status(
+    index: &Index,
+    e: &Endpoint,
+    members: Vec<MemberStatus>,
+    problem: Option<&Problem>,
+) -> EndpointStatus {
+    let admitted = members
+        .iter()
+        .filter(|m| m.admitted && m.address.is_some())
+        .count();
+    let rejected = members.iter().filter(|m| !m.admitted).count();
+    let (ready, why, message): (bool, &str, String) = match problem {
+        Some(problem) => (false, problem.reason, problem.message.clone()),
+        None => match members.iter().find(|m| !m.admitted || m.address.is_none()) {
+            Some(m) if !m.admitted => (
+                false,
+                m.reason.as_str(),
+                format!(
+                    "{rejected} of {} not admitted; first: {}: {}",
+                    status::count_of(members.len(), "workload"),
+                    m.workload,
+                    m.message
+                ),
+            ),
+            Some(m) => (
+                false,
+                reason::ADDRESS_POOL_EXHAUSTED,
+                format!("{} has no address: {}", m.workload, m.message),
+            ),
+            None if members.is_empty() => (
+                true,
+                reason::NO_MEMBERS,
+                "the Endpoint selects no scheduled pod".to_owned(),
+            ),
+            None => (
+                true,
+                reason::READY,
+                format!("{} admitted", status::count_of(admitted, "workload")),
+            ),
+        },
+    };
+    let previous = e
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = e.metadata.generation;
+    EndpointStatus {
+        observed_generation: generation,
+        conditions: status::ready(ready, why, message, generation, previous, &index.now),
+        admitted_count: count(admitted),
+        rejected_count: count(rejected),
+        members,
+    }
 }
 
 /// What each peer cluster said of the member at `address`.

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use wireway_crds::conditions::reason;
 use wireway_crds::{Cidr, Endpoint, NetworkService, SpiffeId};
 
@@ -16,7 +17,7 @@ use crate::plan::admission::{Candidate, Decision, InvalidRule, Policy};
 use crate::plan::grants::{self, Claim};
 use crate::plan::index::{Index, endpoint_target};
 use crate::plan::node_keys::Refused;
-use crate::plan::world::Labels;
+use crate::plan::world::{Labels, Pod};
 use crate::plan::{ObjectKey, bounds, ipam, names, selector};
 
 /// Parses a spec the API server should have validated; what it let through (an object
@@ -108,48 +109,17 @@ pub(super) fn gather<'i>(
     let mut entries = Vec::new();
     let mut problems = BTreeMap::new();
     for (key, e) in index.endpoints_for(target) {
-        let entry = |workload: String, identity, kind| Entry {
-            endpoint: key.clone(),
-            workload,
-            identity,
-            kind,
-            settled: false,
-            granted_by: None,
-            admitted: false,
-            reason: reason::NOT_ADMITTED,
-            message: String::new(),
-            address: None,
-        };
         match (&e.spec.pod_selector, &e.spec.external) {
-            (Some(sel), None) => {
-                if let Err(err) = selector::matches(sel, &Labels::new()) {
-                    let message = format!("spec.podSelector: {err}");
-                    problems.insert(key.clone(), Problem::new(reason::INVALID_SPEC, message));
-                    continue;
+            (Some(_), None) => match pod_selection(target, e) {
+                Some(Ok((sel, interface))) => {
+                    let selected = index.pods_in(&key.namespace).filter(|p| selects(sel, p));
+                    entries.extend(selected.map(|pod| pod_entry(index, key, &interface, pod)));
                 }
-                let interface = e
-                    .spec
-                    .interface_name
-                    .clone()
-                    .unwrap_or_else(|| names::default_member_interface(&target.name));
-                for pod in index.pods_in(&key.namespace) {
-                    if pod.node.is_none() || !selector::matches(sel, &pod.labels).unwrap_or(false) {
-                        continue;
-                    }
-                    let identity = index.trust_domain.clone().and_then(|td| {
-                        SpiffeId::for_pod(&td, &pod.namespace, &pod.service_account)
-                            .map_err(|e| e.to_string())
-                    });
-                    entries.push(entry(
-                        pod.name.clone(),
-                        identity,
-                        Workload::Pod {
-                            pod,
-                            interface: interface.clone(),
-                        },
-                    ));
+                Some(Err(problem)) => {
+                    problems.insert(key.clone(), problem);
                 }
-            }
+                None => {}
+            },
             (None, Some(ext)) => {
                 let identity = ext
                     .spiffe_id
@@ -157,7 +127,8 @@ pub(super) fn gather<'i>(
                     .map_err(|e: wireway_crds::SpiffeIdError| {
                         format!("spec.external.spiffeId: {e}")
                     });
-                entries.push(entry(
+                entries.push(Entry::new(
+                    key.clone(),
                     key.name.clone(),
                     identity,
                     Workload::External { endpoint: e },
@@ -170,6 +141,59 @@ pub(super) fn gather<'i>(
         }
     }
     (entries, problems)
+}
+
+/// The entries one pod makes through the Endpoints of `target` that select it, in the
+/// order [`gather`] puts them (none while it is unscheduled).
+pub(super) fn gather_pod<'i>(index: &'i Index, target: &ObjectKey, pod: &'i Pod) -> Vec<Entry<'i>> {
+    index
+        .endpoints_for(target)
+        .filter(|(key, _)| key.namespace == pod.namespace)
+        .filter_map(|(key, e)| {
+            let (sel, interface) = pod_selection(target, e)?.ok()?;
+            selects(sel, pod).then(|| pod_entry(index, key, &interface, pod))
+        })
+        .collect()
+}
+
+/// An Endpoint's pod selector and the interface its members get; `None` when it does not
+/// attach pods, the problem when its selector is invalid.
+fn pod_selection<'e>(
+    target: &ObjectKey,
+    e: &'e Endpoint,
+) -> Option<Result<(&'e LabelSelector, String), Problem>> {
+    let sel = e
+        .spec
+        .pod_selector
+        .as_ref()
+        .filter(|_| e.spec.external.is_none())?;
+    if let Err(err) = selector::matches(sel, &Labels::new()) {
+        let message = format!("spec.podSelector: {err}");
+        return Some(Err(Problem::new(reason::INVALID_SPEC, message)));
+    }
+    let interface = e
+        .spec
+        .interface_name
+        .clone()
+        .unwrap_or_else(|| names::default_member_interface(&target.name));
+    Some(Ok((sel, interface)))
+}
+
+/// Whether a valid selector takes `pod`: scheduled, and labelled to match.
+fn selects(sel: &LabelSelector, pod: &Pod) -> bool {
+    pod.node.is_some() && selector::matches(sel, &pod.labels).unwrap_or(false)
+}
+
+/// The entry of `pod` through the Endpoint `key`.
+fn pod_entry<'i>(index: &Index, key: &ObjectKey, interface: &str, pod: &'i Pod) -> Entry<'i> {
+    let identity = index.trust_domain.clone().and_then(|td| {
+        SpiffeId::for_pod(&td, &pod.namespace, &pod.service_account).map_err(|e| e.to_string())
+    });
+    let kind = Workload::Pod {
+        pod,
+        interface: interface.to_owned(),
+    };
+    Entry::new(key.clone(), pod.name.clone(), identity, kind)
 }
 
 /// Stage: an external host may claim only an identity its Endpoint's namespace owns (its
