@@ -111,7 +111,13 @@ pub fn world(scale: Scale) -> World {
         .map(|n| Node {
             name: format!("node-{n}"),
             public_key: Some(format!("key-{n:040}")),
-            underlay: Some(IpAddr::from([10, 0, (n / 256) as u8, (n % 256) as u8])),
+            // The benchmarking range 198.18.0.0/15, clear of every service's range.
+            underlay: Some(IpAddr::from([
+                198,
+                18 + (n / 65536) as u8,
+                (n / 256 % 256) as u8,
+                (n % 256) as u8,
+            ])),
             underlay_mtu: Some(1500),
             ..Node::default()
         })
@@ -122,7 +128,13 @@ pub fn world(scale: Scale) -> World {
     let mut endpoints = Vec::new();
     for s in 0..scale.services {
         let ns = format!("svc-{s}");
-        services.push(network_service(&ns, format!("10.{}.0.0/16", 100 + s % 150)));
+        // One service alone may be as large as the scale: it takes all of 10.0.0.0/8.
+        let cidr = if scale.services == 1 {
+            "10.0.0.0/8".to_owned()
+        } else {
+            format!("10.{}.0.0/16", 100 + s % 150)
+        };
+        services.push(network_service(&ns, cidr));
         endpoints.push(endpoint(
             &ns,
             LabelSelector {

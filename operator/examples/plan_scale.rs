@@ -9,12 +9,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use prost::Message;
 use wireway_operator::plan::{Change, Planner};
+use wireway_proto::NodeState;
 
 #[path = "../benches/scale.rs"]
 mod scale;
@@ -37,24 +37,43 @@ fn peak_rss_mib() -> String {
     status_mib("VmHWM:")
 }
 
-/// Applies each change and plans, one at a time, and reports the times and how many
-/// nodes' states changed.
-fn runs(planner: &mut Planner, what: &str, changes: Vec<Change>) {
+/// Applies each change and plans, one at a time, and reports the times, how many nodes'
+/// states changed and how many targets were planned for their changed pods alone. As the
+/// engine does, `hub` keeps a copy of each node's latest state (sharing what the states
+/// share); copying the changed states into it is timed apart, as "publish".
+fn runs(
+    planner: &mut Planner,
+    hub: &mut BTreeMap<String, NodeState>,
+    what: &str,
+    changes: Vec<Change>,
+) {
     let count = changes.len();
     let mut times = Vec::new();
+    let mut publish = Vec::new();
     let mut changed = BTreeSet::new();
+    let mut by_members = 0;
     for change in changes {
         let start = Instant::now();
         planner.apply(change);
-        let n = planner.plan().changed_nodes.len();
+        let plan = planner.plan();
         times.push(start.elapsed().as_secs_f64() * 1e3);
-        changed.insert(n);
+        let start = Instant::now();
+        for node in &plan.changed_nodes {
+            if let Some(state) = plan.nodes.get(node) {
+                hub.insert(node.clone(), state.clone());
+            }
+        }
+        publish.push(start.elapsed().as_secs_f64() * 1e3);
+        changed.insert(plan.changed_nodes.len());
+        by_members += planner.last_round().by_members;
     }
     times.sort_by(f64::total_cmp);
+    publish.sort_by(f64::total_cmp);
     println!(
-        "{what} ({count} runs): p50 {:.2} ms, max {:.2} ms; nodes changed per run: {changed:?}",
+        "{what} ({count} runs): plan p50 {:.3} ms, max {:.3} ms; publish p50 {:.3} ms; nodes changed per run: {changed:?}; targets planned by members: {by_members}",
         times[times.len() / 2],
         times[times.len() - 1],
+        publish[publish.len() / 2],
     );
 }
 
@@ -113,18 +132,24 @@ fn main() {
 
     // The engine publishes a clone of every changed state to the hub, which keeps the
     // latest one per node: hold such a copy and see what it adds.
-    let hub: Vec<Arc<_>> = full.nodes.values().cloned().map(Arc::new).collect();
+    let mut hub = full.nodes.clone();
     println!(
         "with one more copy of every node state (as the hub holds): peak RSS {}",
         peak_rss_mib()
     );
-    drop(hub);
 
     if services > 0 {
         let added = (0..50)
             .map(|i| Change::Pod(scale::pod(scale, i % services, 1_000_000 + i)))
             .collect();
-        runs(&mut planner, "one member added", added);
+        runs(&mut planner, &mut hub, "one member added", added);
+        let removed = (0..50)
+            .map(|i| {
+                let pod = scale::pod(scale, i % services, 1_000_000 + i);
+                Change::PodDeleted(pod.namespace, pod.name)
+            })
+            .collect();
+        runs(&mut planner, &mut hub, "that member removed", removed);
     }
     if daemonset {
         let ns = scale::DAEMONSET_NAMESPACE;
@@ -135,13 +160,19 @@ fn main() {
             .collect();
         runs(
             &mut planner,
+            &mut hub,
             "daemonset: one member added on a carrying node",
             added,
         );
         let removed = (0..50)
             .map(|i| Change::PodDeleted(ns.into(), extra(i)))
             .collect();
-        runs(&mut planner, "daemonset: that member removed", removed);
+        runs(
+            &mut planner,
+            &mut hub,
+            "daemonset: that member removed",
+            removed,
+        );
         // A node's only member leaves (its node leaves the mesh, every other node loses
         // a peer), then comes back (every other node gains it): a node drained and
         // rejoining, or a node added to the cluster.
@@ -150,13 +181,19 @@ fn main() {
             .collect();
         runs(
             &mut planner,
+            &mut hub,
             "daemonset: a node's only member removed",
             left,
         );
         let back = (0..25)
             .map(|n| Change::Pod(scale::daemon_pod(&format!("ds-{n}"), n)))
             .collect();
-        runs(&mut planner, "daemonset: a node's only member added", back);
+        runs(
+            &mut planner,
+            &mut hub,
+            "daemonset: a node's only member added",
+            back,
+        );
     }
     println!("peak RSS at the end: {}", peak_rss_mib());
 }

@@ -593,9 +593,14 @@ fn plan_targets(
     targets: BTreeSet<ObjectKey>,
     plan: impl Fn(&ObjectKey) -> TargetPlan + Sync,
 ) -> BTreeMap<ObjectKey, TargetPlan> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let targets: Vec<ObjectKey> = targets.into_iter().collect();
-    if threads < 2 || targets.len() < 2 {
+    // Asked only when there is a choice: the answer reads cgroup files each time.
+    let threads = if targets.len() < 2 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    };
+    if threads < 2 {
         return targets
             .into_iter()
             .map(|target| {
