@@ -14,13 +14,14 @@
 //! Where things are: [`world`] is the input and `index` keeps it keyed; `planner` plans
 //! incrementally, one target (a NetworkService key) at a time, through the stages of
 //! `service` (its decisions in `service::stages`, its outputs in
-//! `service::projections`), after what is decided across services: listen ports and
-//! interface names (`planner`), nodes presenting another node's key (`node_keys`),
-//! overlapping services sharing a node (`overlaps`); `nodes` completes each node's
-//! services (host veth names); [`progress`] turns plans into the statuses in effect while
-//! nodes catch up; [`events`] says what changed between two sets of statuses. Helpers:
-//! [`admission`] (rules), [`ipam`], [`names`] (interface names), [`selector`] (label
-//! selectors), [`status`] (conditions), [`key`].
+//! `service::projections`) — or, when only pods changed and the change reaches no
+//! further than them, for those pods alone (`service::members`) — after what is decided
+//! across services: listen ports and interface names (`planner`), nodes presenting
+//! another node's key (`node_keys`), overlapping services sharing a node (`overlaps`);
+//! `nodes` completes each node's services (host veth names); [`progress`] turns plans
+//! into the statuses in effect while nodes catch up; [`events`] says what changed
+//! between two sets of statuses. Helpers: [`admission`] (rules), [`ipam`], [`names`]
+//! (interface names), [`selector`] (label selectors), [`status`] (conditions), [`key`].
 //!
 //! Guarantees:
 //! * no address is used twice within a service; every member's address lies in its node's
