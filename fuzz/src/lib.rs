@@ -158,9 +158,11 @@ pub fn dns_query(data: &[u8]) {
 fn dns_state() -> NodeState {
     use wireway_agent::testing::{ServiceFixture, green, red};
     use wireway_proto::{DnsRecord, ServiceDns};
-    let record = |name: &str, addresses: &[&str]| DnsRecord {
-        name: name.to_owned(),
-        addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+    let record = |name: &str, addresses: &[&str]| {
+        std::sync::Arc::new(DnsRecord {
+            name: name.to_owned(),
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+        })
     };
     let mut red = red();
     red.dns = Some(ServiceDns {

@@ -1,7 +1,9 @@
 //! `ServiceDns`, written by hand rather than generated: its records are shared. Every
 //! node carrying a service holds the same names (a record per member), so the operator's
-//! states of those nodes share one list instead of a copy each; on the wire and in files
-//! it is the message `node.proto` describes.
+//! states of those nodes share one list instead of a copy each; and each record is shared
+//! on its own, so a list edited while another holds it (the operator's hub, the last
+//! version sent) copies its pointers and the records edited, not every record. On the
+//! wire and in files it is the message `node.proto` describes.
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ pub struct ServiceDns {
     /// Its names, sorted by name and relative to the zone: "<member>.<endpoint>.<namespace>"
     /// for each pod member and "<endpoint>.<namespace>" for each Endpoint (all its members;
     /// an external host's only name).
-    pub records: Arc<Vec<DnsRecord>>,
+    pub records: Arc<Vec<Arc<DnsRecord>>>,
 }
 
 const ZONE: u32 = 1;
@@ -32,7 +34,7 @@ impl prost::Message for ServiceDns {
             encoding::string::encode(ZONE, &self.zone, buf);
         }
         for record in self.records.iter() {
-            encoding::message::encode(RECORDS, record, buf);
+            encoding::message::encode(RECORDS, &**record, buf);
         }
     }
 
@@ -45,12 +47,12 @@ impl prost::Message for ServiceDns {
     ) -> Result<(), prost::DecodeError> {
         match tag {
             ZONE => encoding::string::merge(wire_type, &mut self.zone, buf, ctx),
-            RECORDS => encoding::message::merge_repeated(
-                wire_type,
-                Arc::make_mut(&mut self.records),
-                buf,
-                ctx,
-            ),
+            RECORDS => {
+                let mut record = DnsRecord::default();
+                encoding::message::merge(wire_type, &mut record, buf, ctx)?;
+                Arc::make_mut(&mut self.records).push(Arc::new(record));
+                Ok(())
+            }
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -61,7 +63,12 @@ impl prost::Message for ServiceDns {
         } else {
             encoding::string::encoded_len(ZONE, &self.zone)
         };
-        zone + encoding::message::encoded_len_repeated(RECORDS, &self.records)
+        let records: usize = self
+            .records
+            .iter()
+            .map(|r| encoding::message::encoded_len(RECORDS, &**r))
+            .sum();
+        zone + records
     }
 
     fn clear(&mut self) {
@@ -117,7 +124,7 @@ mod tests {
         for generated in cases {
             let ours = ServiceDns {
                 zone: generated.zone.clone(),
-                records: generated.records.clone().into(),
+                records: Arc::new(generated.records.iter().cloned().map(Arc::new).collect()),
             };
             let bytes = generated.encode_to_vec();
             assert_eq!(ours.encode_to_vec(), bytes);

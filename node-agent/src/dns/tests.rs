@@ -29,10 +29,11 @@ impl DnsFixture for ServiceState {
     }
 
     fn record(mut self, name: &str, addresses: &[&str]) -> Self {
-        std::sync::Arc::make_mut(&mut self.dns.get_or_insert_default().records).push(DnsRecord {
+        let record = DnsRecord {
             name: name.to_owned(),
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
-        });
+        };
+        std::sync::Arc::make_mut(&mut self.dns.get_or_insert_default().records).push(record.into());
         self
     }
 }

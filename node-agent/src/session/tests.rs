@@ -549,9 +549,11 @@ fn a_streak_of_failed_connections_counts_once_when_it_has_lasted_30_s() {
 fn red_named(names: &[&str]) -> ServiceState {
     let records: Vec<_> = names
         .iter()
-        .map(|name| wireway_proto::DnsRecord {
-            name: (*name).to_owned(),
-            addresses: vec!["10.100.1.7".into()],
+        .map(|name| {
+            std::sync::Arc::new(wireway_proto::DnsRecord {
+                name: (*name).to_owned(),
+                addresses: vec!["10.100.1.7".into()],
+            })
         })
         .collect();
     ServiceState {

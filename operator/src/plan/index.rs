@@ -56,6 +56,9 @@ pub struct Index {
     grants_by_namespace: BTreeMap<String, BTreeSet<ObjectKey>>,
     /// Nodes by the WireGuard public key they present.
     nodes_by_key: BTreeMap<String, BTreeSet<String>>,
+    /// The keys of `nodes_by_key` two or more nodes present (kept, so that a plan need not
+    /// look through every node's key for them).
+    shared_keys: BTreeSet<String>,
     /// Endpoints by the target they name.
     endpoints_by_target: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Admissions by the target they govern.
@@ -167,6 +170,7 @@ impl Index {
             peer_clusters: BTreeMap::new(),
             grants_by_namespace: BTreeMap::new(),
             nodes_by_key: BTreeMap::new(),
+            shared_keys: BTreeSet::new(),
             endpoints_by_target: BTreeMap::new(),
             admissions_by_target: BTreeMap::new(),
             peers_by_target: BTreeMap::new(),
@@ -181,11 +185,13 @@ impl Index {
                 .or_default()
                 .insert(key.clone());
         }
-        for node in index.nodes.values() {
-            if let Some(key) = &node.public_key {
-                let holders = index.nodes_by_key.entry(key.clone()).or_default();
-                holders.insert(node.name.clone());
-            }
+        let keys: Vec<(String, String)> = index
+            .nodes
+            .values()
+            .filter_map(|n| Some((n.public_key.clone()?, n.name.clone())))
+            .collect();
+        for (key, node) in keys {
+            index.hold_key(key, node);
         }
         for (key, e) in &index.endpoints {
             index
@@ -272,10 +278,9 @@ impl Index {
 
     /// The WireGuard keys two or more nodes present, with those nodes.
     pub fn shared_keys(&self) -> impl Iterator<Item = (&str, &BTreeSet<String>)> {
-        self.nodes_by_key
+        self.shared_keys
             .iter()
-            .filter(|(_, nodes)| nodes.len() > 1)
-            .map(|(key, nodes)| (key.as_str(), nodes))
+            .filter_map(|key| Some((key.as_str(), self.nodes_by_key.get(key)?)))
     }
 
     /// The services whose cidr overlaps one of `ranges`.
@@ -314,8 +319,7 @@ impl Index {
                     &mut affected,
                 );
                 if let Some(key) = &node.public_key {
-                    let holders = self.nodes_by_key.entry(key.clone()).or_default();
-                    holders.insert(node.name.clone());
+                    self.hold_key(key.clone(), node.name.clone());
                 }
                 self.nodes.insert(node.name.clone(), node);
             }
@@ -488,11 +492,23 @@ impl Index {
             && let Some(holders) = self.nodes_by_key.get_mut(key)
         {
             holders.remove(name);
+            if holders.len() < 2 {
+                self.shared_keys.remove(key);
+            }
             if holders.is_empty() {
                 self.nodes_by_key.remove(key);
             }
         }
         Some(old)
+    }
+
+    /// Records that `node` presents `key`.
+    fn hold_key(&mut self, key: String, node: String) {
+        let holders = self.nodes_by_key.entry(key.clone()).or_default();
+        holders.insert(node);
+        if holders.len() > 1 {
+            self.shared_keys.insert(key);
+        }
     }
 
     fn remove_grant(&mut self, key: &ObjectKey, affected: &mut Affected) -> Option<IdentityGrant> {

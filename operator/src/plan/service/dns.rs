@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use wireway_crds::NetworkService;
 use wireway_crds::conditions::reason;
@@ -76,16 +77,16 @@ pub(super) fn records(zone: &str, entries: &[Entry<'_>]) -> ServiceDns {
             names.entry(name).or_default().push(address);
         }
     }
-    let records: Vec<DnsRecord> = names
+    let records: Vec<Arc<DnsRecord>> = names
         .into_iter()
         .filter(|(name, _)| recordable(name, zone))
         .map(|(name, mut addresses)| {
             addresses.sort();
             addresses.dedup();
-            DnsRecord {
+            Arc::new(DnsRecord {
                 name,
                 addresses: addresses.iter().map(ToString::to_string).collect(),
-            }
+            })
         })
         .collect();
     ServiceDns {
@@ -169,26 +170,27 @@ pub(super) fn changes(
         .then_some(changes)
 }
 
-/// Makes `changes` (from [`changes`] on these records) in `records`.
-pub(super) fn apply(records: &mut Vec<DnsRecord>, changes: &[NameChange]) {
+/// Makes `changes` (from [`changes`] on these records) in `records`: a record shared
+/// with another list is copied before it is edited, the others stay shared.
+pub(super) fn apply(records: &mut Vec<Arc<DnsRecord>>, changes: &[NameChange]) {
     for change in changes {
         let at = find(records, &change.name);
         match (at, change.add) {
             (Ok(i), true) => {
-                let addresses = &mut records[i].addresses;
+                let addresses = &mut Arc::make_mut(&mut records[i]).addresses;
                 if let Err(j) = position(addresses, change.address) {
                     addresses.insert(j, change.address.to_string());
                 }
             }
             (Err(i), true) => records.insert(
                 i,
-                DnsRecord {
+                Arc::new(DnsRecord {
                     name: change.name.clone(),
                     addresses: vec![change.address.to_string()],
-                },
+                }),
             ),
             (Ok(i), false) => {
-                let addresses = &mut records[i].addresses;
+                let addresses = &mut Arc::make_mut(&mut records[i]).addresses;
                 if let Ok(j) = position(addresses, change.address) {
                     addresses.remove(j);
                 }
@@ -202,7 +204,7 @@ pub(super) fn apply(records: &mut Vec<DnsRecord>, changes: &[NameChange]) {
 }
 
 /// Where the record `name` is in records sorted by name.
-fn find(records: &[DnsRecord], name: &str) -> Result<usize, usize> {
+fn find(records: &[Arc<DnsRecord>], name: &str) -> Result<usize, usize> {
     records.binary_search_by(|r| r.name.as_str().cmp(name))
 }
 

@@ -265,7 +265,9 @@ pub fn plan_members(
             counts_before.get(&key).copied().unwrap_or_default(),
             counts_after.get(&key).copied().unwrap_or_default(),
         );
-        admission_counts.insert(key, (now.0 - b.0 + a.0, now.1 - b.1 + a.1));
+        let count =
+            |now: i32, before: i32, after: i32| now.saturating_sub(before).saturating_add(after);
+        admission_counts.insert(key, (count(now.0, b.0, a.0), count(now.1, b.1, a.1)));
     }
     Some(MemberEdit {
         endpoints,
