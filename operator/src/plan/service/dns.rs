@@ -215,3 +215,65 @@ fn position(addresses: &[String], address: IpAddr) -> Result<usize, usize> {
             .map_or(std::cmp::Ordering::Less, |a| a.cmp(&address))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, addresses: &[&str]) -> Arc<DnsRecord> {
+        Arc::new(DnsRecord {
+            name: name.to_owned(),
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+        })
+    }
+
+    fn change(name: &str, address: &str, add: bool) -> NameChange {
+        NameChange {
+            name: name.to_owned(),
+            address: address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            add,
+        }
+    }
+
+    /// Edited while another list holds the same records (the hub's last version), the
+    /// records a change names are copied and edited, the others stay shared, and the
+    /// list the other holds is as it was.
+    #[test]
+    fn an_edit_copies_only_the_records_it_changes() {
+        let held = vec![
+            record("a.members.red", &["10.0.0.1"]),
+            record("b.members.red", &["10.0.0.9"]),
+            record("members.red", &["10.0.0.1", "10.0.0.9"]),
+        ];
+        let mut records = held.clone();
+        apply(
+            &mut records,
+            &[
+                change("c.members.red", "10.0.0.10", true),
+                change("members.red", "10.0.0.10", true),
+                change("a.members.red", "10.0.0.1", false),
+                change("members.red", "10.0.0.1", false),
+            ],
+        );
+        let names: Vec<(&str, Vec<&str>)> = records
+            .iter()
+            .map(|r| {
+                let addresses = r.addresses.iter().map(String::as_str).collect();
+                (r.name.as_str(), addresses)
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("b.members.red", vec!["10.0.0.9"]),
+                ("c.members.red", vec!["10.0.0.10"]),
+                // Sorted as addresses: .9 before .10.
+                ("members.red", vec!["10.0.0.9", "10.0.0.10"]),
+            ]
+        );
+        assert!(Arc::ptr_eq(&records[0], &held[1]), "b was copied");
+        assert!(!Arc::ptr_eq(&records[2], &held[2]));
+        assert_eq!(held[2].addresses, ["10.0.0.1", "10.0.0.9"]);
+        assert_eq!(held[0].addresses, ["10.0.0.1"]);
+    }
+}
