@@ -15,8 +15,9 @@
 //! leave the service (every node's peers change, and node prefixes are allocated over all
 //! nodes); a node is out of addresses, or a member already there would move; a changed
 //! pod is refused for its node's key; or the service's names cannot be edited from the
-//! records alone. The property test `incremental_planning_equals_planning_from_scratch`
-//! holds both ways to the plan from scratch.
+//! records alone. The property tests `incremental_planning_equals_planning_from_scratch`
+//! and `member_changes_planned_alone_equal_planning_from_scratch` (where most targets take
+//! this path) hold both ways to the plan from scratch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
