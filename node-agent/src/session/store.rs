@@ -54,12 +54,18 @@ mod tests {
         };
         file.save(&state).unwrap();
         assert_eq!(file.load().unwrap(), Some(state));
-        std::fs::write(&file.0, "{ not json").unwrap();
-        let err = file.load().unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("failed to parse the last applied state"),
-            "{err}"
-        );
+        // Not a state, empty (a crash before any byte of a write that bypassed the
+        // rename), or cut short: each an error naming the file, never a panic and never a
+        // part of a state taken for the whole.
+        let whole = std::fs::read_to_string(&file.0).unwrap();
+        for text in ["{ not json", "", &whole[..whole.len() / 2]] {
+            std::fs::write(&file.0, text).unwrap();
+            let err = file.load().unwrap_err().to_string();
+            assert!(
+                err.contains("failed to parse the last applied state")
+                    && err.contains("node-state.json"),
+                "{text:?}: {err}"
+            );
+        }
     }
 }
