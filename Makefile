@@ -35,8 +35,11 @@ test: tools lint control-plane ## formatting, clippy, then every test: unit, man
 	cargo nextest run --workspace --no-fail-fast
 	$(MAKE) test-vm
 
-test-vm: ## the agent's kernel tests in a stock Debian kernel under QEMU (root; exit 77 = skipped)
-	bash tests/vm/vm.sh test || { status=$$?; [ $$status -eq 77 ] && echo "test-vm: SKIPPED (infrastructure), see above"; [ $$status -eq 77 ]; }
+test-vm: ## the agent's kernel tests in a stock Debian kernel under QEMU (root; exit 77 = skipped, a failure under CI)
+	bash tests/vm/vm.sh test || { status=$$?; \
+	  if [ $$status -eq 77 ] && [ -z "$${CI:-}" ]; then echo "test-vm: SKIPPED (infrastructure), see above"; exit 0; fi; \
+	  [ $$status -ne 77 ] || echo "test-vm: the VM could not be set up (see above), and CI runs every test: failing"; \
+	  exit $$status; }
 
 tools: $(TOOLS)/.installed ## install the test tools (kubectl, kubernetes-validate, shellcheck) into .tools/
 
