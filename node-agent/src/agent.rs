@@ -79,6 +79,12 @@ impl StateDir {
         Ok(private)
     }
 
+    /// The file whose presence records that the agent turned IPv6 forwarding on
+    /// node-wide (kernels before Linux 6.17), to turn it off when no service needs it.
+    pub fn ipv6_forwarding_turned_on(&self) -> PathBuf {
+        self.0.join("ipv6-forwarding-turned-on")
+    }
+
     /// Where the userspace WireGuard devices' control sockets are.
     pub fn sockets(&self) -> PathBuf {
         self.0.join("wireguard")
@@ -191,7 +197,12 @@ impl Agent<Kernel> {
             socket_dir: state.sockets(),
         };
         let backend = Backend::detect(userspace).await;
-        let kernel = Kernel::new(Netlink::connect()?, backend, private_key);
+        let kernel = Kernel::new(
+            Netlink::connect()?,
+            backend,
+            private_key,
+            state.ipv6_forwarding_turned_on(),
+        );
         Ok(Self::new(kernel, netns))
     }
 

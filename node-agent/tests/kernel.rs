@@ -781,13 +781,42 @@ fn forwarding_is_turned_on_only_on_the_links_a_service_needs() {
                 "{link}"
             );
         }
+        assert_eq!(
+            sysctl(&lab, "n1", "net/ipv6/conf/eth0/accept_ra"),
+            accept_ra
+        );
     } else {
+        // Only node-wide here (before Linux 6.17): on, and the uplink still takes router
+        // advertisements (as a router: 2), or the node would lose its SLAAC routes.
         eprintln!("this kernel forwards IPv6 only node-wide (no force_forwarding)");
+        assert_eq!(sysctl(&lab, "n1", "net/ipv6/conf/all/forwarding"), "1");
+        let taken = if accept_ra == "1" { "2" } else { &accept_ra };
+        assert_eq!(sysctl(&lab, "n1", "net/ipv6/conf/eth0/accept_ra"), taken);
     }
+
+    // The IPv6 service goes: IPv6 forwarding node-wide with it, IPv4 stays on red's links.
+    apply_all(&lab, &[&red(), &green()], &keys);
+    assert_eq!(sysctl(&lab, "n1", "net/ipv6/conf/all/forwarding"), "0");
+    assert!(lab.reachable("red-a", "10.100.2.1"), "red-a -> red-b");
     assert_eq!(
-        sysctl(&lab, "n1", "net/ipv6/conf/eth0/accept_ra"),
-        accept_ra
+        sysctl(&lab, "n1", &format!("net/ipv4/conf/{red_a}/forwarding")),
+        "1"
     );
+
+    // Someone else's node-wide IPv6 forwarding is theirs: it stays when the service goes.
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.ns("n1"),
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
+    apply_all(&lab, &[&red(), &green(), &blue()], &keys);
+    assert!(lab.reachable("blue-a", "fd00:b:0:2::1"), "blue-a -> blue-b");
+    apply_all(&lab, &[&red(), &green()], &keys);
+    assert_eq!(sysctl(&lab, "n1", "net/ipv6/conf/all/forwarding"), "1");
 }
 
 #[test]

@@ -14,7 +14,11 @@
 //!   packets arrive on (each behind its fence and rules), routes last (they need the
 //!   links);
 //! * forwarding is turned on only where a service needs it (its links, its family),
-//!   never node-wide, and never turned off: a link that goes takes its own with it;
+//!   and not turned off: a link that goes takes its own with it. The exception is the
+//!   kernel's: before Linux 6.17 IPv6 forwards only node-wide, so an IPv6 service turns
+//!   that on (the kernel shell keeps the node taking router advertisements), and it is
+//!   turned off again, after what goes away, once no IPv6 service needs it and only if
+//!   the agent turned it on;
 //! * only objects the agent owns (its name prefixes, tables, rule priorities and its
 //!   nftables table) appear in `observed`, so nothing else is ever touched.
 //!
@@ -44,6 +48,7 @@ pub fn converge(desired: &Plane, observed: &Plane) -> Vec<Op> {
     let mut ops = Vec::new();
     delete_links(&gone, &mut ops);
     remove_rules_and_routes(desired, observed, &gone, &mut ops);
+    ipv6_forwarding_node_wide(desired, observed, &mut ops);
     firewall_table(desired, observed, &mut ops);
     wireguard_interfaces(desired, observed, &gone, &mut ops);
     member_veths(desired, observed, &gone, &mut ops);
@@ -103,6 +108,14 @@ fn remove_rules_and_routes(
             .cloned()
             .map(Op::RemoveRoute),
     );
+}
+
+/// 2b. IPv6 forwarding node-wide off, once no IPv6 service needs it (only ever on because
+///     the agent turned it on, see [`Plane::ipv6_forwarding_node_wide`]).
+fn ipv6_forwarding_node_wide(desired: &Plane, observed: &Plane, ops: &mut Vec<Op>) {
+    if observed.ipv6_forwarding_node_wide && desired.forwarding.iter().all(|f| f.ipv4) {
+        ops.push(Op::DisableIpv6ForwardingNodeWide);
+    }
 }
 
 /// 3. The nftables table: deleted when no service wants it; made anew when it is missing or

@@ -156,4 +156,9 @@ pub struct Plane {
     pub forwarding: BTreeSet<Forwarding>,
     /// The agent's nftables table; `None` when there is none (no service on the node).
     pub firewall: Option<Firewall>,
+    /// IPv6 forwarding node-wide (`conf/all/forwarding`), on because the agent turned it
+    /// on: kernels before Linux 6.17 cannot forward IPv6 per link, so an IPv6 service's
+    /// [`Forwarding`] turns it on for every link. Observed only (never desired): it goes
+    /// off when no IPv6 service needs it. On by someone else, it reads `false` and stays.
+    pub ipv6_forwarding_node_wide: bool,
 }

@@ -118,6 +118,9 @@ pub enum Op {
     AddRule(Rule),
     /// Turn forwarding on for packets arriving on a link, in one family.
     EnableForwarding(Forwarding),
+    /// Turn IPv6 forwarding node-wide off again: the agent turned it on (for an IPv6
+    /// service, on a kernel that cannot forward IPv6 per link) and no service needs it.
+    DisableIpv6ForwardingNodeWide,
     /// Add a route.
     AddRoute(Route),
     /// Make the agent's nftables table anew (it is missing, or a set, chain or rule
@@ -207,6 +210,12 @@ impl fmt::Display for Op {
                 "enable {} forwarding on {device}",
                 if *ipv4 { "IPv4" } else { "IPv6" }
             ),
+            Self::DisableIpv6ForwardingNodeWide => {
+                write!(
+                    f,
+                    "disable IPv6 forwarding node-wide (no IPv6 service needs it)"
+                )
+            }
             Self::AddRoute(r) => write!(
                 f,
                 "add route {} dev {} table {}",

@@ -145,6 +145,30 @@ fn forwarding_is_on_each_service_links_in_its_family_only() {
     assert_eq!(plane(vec![]).forwarding, BTreeSet::new());
 }
 
+/// IPv6 forwarding the agent turned on node-wide (a kernel without per-link IPv6
+/// forwarding) goes off once no IPv6 service needs it, after what goes away; it stays
+/// while one does, and the agent never turns off what it did not turn on.
+#[test]
+fn ipv6_forwarding_node_wide_goes_off_with_the_last_ipv6_service() {
+    let turned_on = |services| Plane {
+        ipv6_forwarding_node_wide: true,
+        ..plane(services)
+    };
+    let off = Op::DisableIpv6ForwardingNodeWide;
+    // Green (IPv6) goes, red (IPv4) stays: off, after green's links.
+    let ops = converge(&plane(vec![red()]), &turned_on(vec![red(), green()]));
+    let disabled = ops.iter().position(|o| *o == off);
+    let deleted = ops.iter().rposition(|o| matches!(o, Op::DeleteLink { .. }));
+    assert!(disabled > deleted && deleted.is_some(), "{ops:#?}");
+    // The last service goes: off too.
+    assert!(converge(&plane(vec![]), &turned_on(vec![red()])).contains(&off));
+    // An IPv6 service stays: on.
+    let both = plane(vec![red(), green()]);
+    assert_eq!(converge(&both, &turned_on(vec![red(), green()])), vec![]);
+    // On, but not by the agent (observed false): left alone.
+    assert!(!converge(&plane(vec![]), &plane(vec![red(), green()])).contains(&off));
+}
+
 /// The node API carries no routes: the agent derives them, so they always point at the
 /// links it makes.
 #[test]

@@ -224,6 +224,7 @@ impl Model {
                 }
                 held.forwarding.insert(forwarding.clone());
             }
+            Op::DisableIpv6ForwardingNodeWide => held.ipv6_forwarding_node_wide = false,
             Op::AddRoute(route) => {
                 let device = &route.device;
                 let link = held.wireguard.contains_key(device) || held.members.contains_key(device);
@@ -423,6 +424,7 @@ impl Dataplane for FakeKernel {
                 | Op::SetPeer { .. }
                 | Op::RemovePeer { .. }
                 | Op::EnableForwarding(_)
+                | Op::DisableIpv6ForwardingNodeWide
                 | Op::ReplaceFirewall { .. }
                 | Op::SetFirewallSources { .. }
                 | Op::DeleteFirewall

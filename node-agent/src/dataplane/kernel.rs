@@ -17,10 +17,12 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use rtnetlink::packet_route::IpProtocol;
 use wireway_proto::{HOST_VETH_PREFIX, WIREGUARD_PREFIX};
+use wireway_runtime::files;
 
 use super::netlink::{Link, Netlink, NetlinkError, RuleSpec, on_thread_in};
 use super::netns::Namespaces;
@@ -55,6 +57,10 @@ pub struct Kernel {
     netlink: Netlink,
     wireguard: Backend,
     private_key: PrivateKey,
+    /// A file whose presence records that the agent turned IPv6 forwarding on node-wide
+    /// (in its state directory: it outlives a restart, so the agent turns off what it
+    /// turned on, and never what someone else did).
+    ipv6_forwarding_turned_on: PathBuf,
     /// Connections into workload namespaces, for one pass (cleared by `observe`).
     namespaces: tokio::sync::Mutex<BTreeMap<NetnsId, Netlink>>,
 }
@@ -72,23 +78,42 @@ fn proxy_delay_path(device: &str) -> String {
     format!("/proc/sys/net/ipv4/neigh/{device}/proxy_delay")
 }
 
-/// The sysctls that must read 1 for packets arriving on a link to be forwarded, in the
+/// The sysctl that must read 1 for packets arriving on a link to be forwarded, in the
 /// calling thread's namespace. IPv4: the link's own `forwarding` (the kernel checks the
 /// input link's; `net.ipv4.ip_forward` would turn on every link). IPv6: the link's
-/// `force_forwarding` (Linux 6.17+), which forwards regardless of `conf/all`; on older
-/// kernels only `conf/all/forwarding` forwards IPv6, and that makes every interface of
-/// the node a router (no router advertisements taken; `docs/operations.md`).
-fn forwarding_sysctls(forwarding: &Forwarding) -> String {
+/// `force_forwarding` (Linux 6.17+), which forwards regardless of `conf/all`. `None` on
+/// older kernels, where only [`IPV6_FORWARDING_NODE_WIDE`] forwards IPv6.
+fn forwarding_sysctl(forwarding: &Forwarding) -> Option<String> {
     let Forwarding { device, ipv4 } = forwarding;
     if *ipv4 {
-        return sysctl_path(true, device, "forwarding");
+        return Some(sysctl_path(true, device, "forwarding"));
     }
     let force = sysctl_path(false, device, "force_forwarding");
-    if std::path::Path::new(&force).exists() {
-        force
-    } else {
-        "/proc/sys/net/ipv6/conf/all/forwarding".to_owned()
+    std::path::Path::new(&force).exists().then_some(force)
+}
+
+/// IPv6 forwarding for every link of the calling thread's namespace: it makes every
+/// interface a router, and a router takes no router advertisements where `accept_ra` is 1.
+const IPV6_FORWARDING_NODE_WIDE: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Whether a sysctl reads 1.
+fn reads_one(path: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Every interface of the calling thread's namespace that takes router advertisements
+/// (`accept_ra` 1: as a host only), and the default for new ones, takes them as a router
+/// too (2): a SLAAC node keeps its addresses and default route when IPv6 forwarding goes
+/// on node-wide. 2 means the same as 1 once forwarding is off again, so it stays.
+fn keep_taking_router_advertisements() -> std::io::Result<()> {
+    for entry in std::fs::read_dir("/proc/sys/net/ipv6/conf")? {
+        let entry = entry?;
+        let path = entry.path().join("accept_ra");
+        if entry.file_name() != "all" && reads_one(&path.to_string_lossy()) {
+            std::fs::write(&path, "2")?;
+        }
     }
+    Ok(())
 }
 
 /// Turns IPv6 on or off on `device` in the calling thread's namespace. Without IPv6 in
@@ -102,14 +127,34 @@ fn set_ipv6(device: &str, on: bool) -> std::io::Result<()> {
 }
 
 impl Kernel {
-    /// The kernel of the calling thread's network namespace.
-    pub fn new(netlink: Netlink, wireguard: Backend, private_key: String) -> Self {
+    /// The kernel of the calling thread's network namespace; `ipv6_forwarding_turned_on`
+    /// is where the agent records that it turned IPv6 forwarding on node-wide.
+    pub fn new(
+        netlink: Netlink,
+        wireguard: Backend,
+        private_key: String,
+        ipv6_forwarding_turned_on: PathBuf,
+    ) -> Self {
         Self {
             netlink,
             wireguard,
             private_key: PrivateKey::new(private_key),
+            ipv6_forwarding_turned_on,
             namespaces: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// IPv6 forwarding on for every link (kernels before Linux 6.17), unless it is already
+    /// (by the agent, or by someone else: then it stays theirs). Recorded first, so a
+    /// crash after the write still leaves the agent knowing it turned it on; the node
+    /// keeps taking router advertisements.
+    fn forward_ipv6_node_wide(&self) -> std::io::Result<()> {
+        if reads_one(IPV6_FORWARDING_NODE_WIDE) {
+            return Ok(());
+        }
+        files::write_private(&self.ipv6_forwarding_turned_on, b"")?;
+        keep_taking_router_advertisements()?;
+        std::fs::write(IPV6_FORWARDING_NODE_WIDE, "1")
     }
 
     /// MTU of the link that holds `address` (the underlay's), if one does.
@@ -299,10 +344,12 @@ impl Kernel {
             .iter()
             .filter(|f| names.values().any(|n| *n == f.device))
             .filter(|f| {
-                std::fs::read_to_string(forwarding_sysctls(f)).is_ok_and(|v| v.trim() == "1")
+                reads_one(&forwarding_sysctl(f).unwrap_or(IPV6_FORWARDING_NODE_WIDE.into()))
             })
             .cloned()
             .collect();
+        plane.ipv6_forwarding_node_wide =
+            self.ipv6_forwarding_turned_on.exists() && reads_one(IPV6_FORWARDING_NODE_WIDE);
         Ok(plane)
     }
 
@@ -575,8 +622,16 @@ impl Dataplane for Kernel {
                 Ok(())
             }
             Op::AddRule(rule) => self.netlink.add_rule(spec(rule)).await.map_err(nl),
-            Op::EnableForwarding(forwarding) => {
-                std::fs::write(forwarding_sysctls(forwarding), "1").map_err(sys)
+            Op::EnableForwarding(forwarding) => match forwarding_sysctl(forwarding) {
+                Some(sysctl) => std::fs::write(sysctl, "1").map_err(sys),
+                None => self.forward_ipv6_node_wide().map_err(sys),
+            },
+            Op::DisableIpv6ForwardingNodeWide => {
+                std::fs::write(IPV6_FORWARDING_NODE_WIDE, "0").map_err(sys)?;
+                match std::fs::remove_file(&self.ipv6_forwarding_turned_on) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(sys(e)),
+                    _ => Ok(()),
+                }
             }
             Op::AddRoute(route) => {
                 let index = self.index_of(&route.device, &action).await?;
