@@ -219,7 +219,7 @@ impl<D: Dataplane> Agent<D> {
         Self {
             dataplane,
             netns,
-            resolver: Resolver::new(System, Limits::default()),
+            resolver: Resolver::new(System::configured(), Limits::default()),
         }
     }
 

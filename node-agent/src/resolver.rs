@@ -3,23 +3,24 @@
 //! A pass only reads what is known ([`Resolver::endpoints`]) and never waits for a lookup:
 //! a name it asks for that is not followed yet starts being looked up in the background,
 //! and its peer is set without an endpoint meanwhile (it can still dial in to this node).
-//! Each followed name is looked up again [`Limits::refresh`] after an answer, and after a
-//! failure when [`Limits::retry`] says, so a name that never resolves costs a lookup now
-//! and then, never a pass.
+//! Each followed name is looked up again when its answer expires (its DNS TTL, within
+//! [`Limits::shortest_refresh`] and [`Limits::refresh`]; an answer without one, from
+//! `/etc/hosts`, is used [`Limits::refresh`]), and after a failure when [`Limits::retry`]
+//! says, so a name that never resolves costs a lookup now and then, never a pass.
 //!
 //! Guarantees:
 //! * at most [`Limits::concurrent`] lookups run at once. A lookup is given up after
-//!   [`Limits::timeout`], but keeps its place until it really ends: the system's
-//!   resolver cannot be cancelled, and the bound is also one on the threads it holds;
+//!   [`Limits::timeout`], but keeps its place until it really ends, so the bound is also
+//!   one on what lookups hold;
 //! * a name's last good address is kept until a new one arrives: a failed lookup changes
 //!   nothing a pass sees;
 //! * a name whose address changes (its first one included) wakes [`Resolver::changed`]:
 //!   one wake-up for any number of changes until it is awaited;
 //! * a name that a pass no longer asks for is forgotten and no longer looked up.
 //!
-//! The system's resolver (getaddrinfo: `/etc/hosts`, nsswitch and `resolv.conf`, as for
-//! every program on the node) does not say how long an answer is valid, so answers are
-//! refreshed at a fixed interval rather than by their TTL (`docs/agent.md`).
+//! [`System`] asks as every program on the node would through `/etc/resolv.conf` (name
+//! servers, search domains, `ndots`) and `/etc/hosts`, but with DNS itself rather than
+//! getaddrinfo, which does not say how long an answer is valid (`docs/agent.md`).
 
 use std::collections::{BTreeMap, BTreeSet, btree_map};
 use std::future::Future;
@@ -27,14 +28,27 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::AbortHandle;
 use wireway_runtime::backoff::Backoff;
 
-/// One lookup's answer, to come: the address of a name, `None` if it has none.
-pub type Answer = Pin<Box<dyn Future<Output = io::Result<Option<SocketAddr>>> + Send>>;
+/// What a lookup found: an address, and how long the answer is valid when the resolver
+/// says (a DNS answer's TTL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// The address.
+    pub address: SocketAddr,
+    /// How long it may be used before the name is looked up again; `None`: not said.
+    pub valid_for: Option<Duration>,
+}
+
+/// One lookup's answer, to come: what a name has, `None` if it has no address.
+pub type Answer = Pin<Box<dyn Future<Output = io::Result<Option<Found>>> + Send>>;
 
 /// How a `host:port` is looked up: [`System`], or in tests a resolver the test answers.
 pub trait Resolve: Send + Sync + 'static {
@@ -42,15 +56,95 @@ pub trait Resolve: Send + Sync + 'static {
     fn resolve(&self, host_port: &str) -> Answer;
 }
 
-/// The system's resolver (getaddrinfo, on tokio's blocking threads); the first address it
-/// gives (in the order of RFC 6724, as getaddrinfo sorts them).
-#[derive(Debug, Clone, Copy)]
-pub struct System;
+/// The node's resolver configuration, asked with DNS: `/etc/resolv.conf` (its name
+/// servers, search domains and options) and `/etc/hosts`, as for every program on the
+/// node, but with each answer's TTL, which getaddrinfo does not give. The first address
+/// of the answer is taken. Where `/etc/resolv.conf` cannot be read, getaddrinfo (answers
+/// then have no TTL).
+#[derive(Clone)]
+pub struct System {
+    dns: Option<TokioResolver>,
+}
+
+impl std::fmt::Debug for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.dns.is_some() {
+            "System(DNS)"
+        } else {
+            "System(getaddrinfo)"
+        })
+    }
+}
+
+impl System {
+    /// The node's configuration, read now.
+    pub fn configured() -> Self {
+        let dns = TokioResolver::builder_tokio().and_then(ResolverBuilder::build);
+        if let Err(e) = &dns {
+            tracing::warn!(
+                error = %e,
+                "cannot use /etc/resolv.conf; peers' host names are looked up with getaddrinfo, \
+                 refreshed every interval rather than by their TTL"
+            );
+        }
+        Self { dns: dns.ok() }
+    }
+
+    /// Asking the name servers at `servers` (UDP), no search domains, no hosts file.
+    pub fn with_name_servers(servers: &[SocketAddr]) -> io::Result<Self> {
+        let name_servers = servers
+            .iter()
+            .map(|server| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = server.port();
+                NameServerConfig::new(server.ip(), true, vec![udp])
+            })
+            .collect();
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(name_servers),
+            TokioRuntimeProvider::default(),
+        );
+        builder.options_mut().use_hosts_file = ResolveHosts::Never;
+        let dns = builder.build().map_err(io::Error::other)?;
+        Ok(Self { dns: Some(dns) })
+    }
+}
 
 impl Resolve for System {
     fn resolve(&self, host_port: &str) -> Answer {
         let host_port = host_port.to_owned();
-        Box::pin(async move { Ok(tokio::net::lookup_host(host_port).await?.next()) })
+        let dns = self.dns.clone();
+        Box::pin(async move {
+            if let Ok(address) = host_port.parse() {
+                return Ok(Some(Found {
+                    address,
+                    valid_for: None,
+                }));
+            }
+            let Some(dns) = dns else {
+                let address = tokio::net::lookup_host(host_port).await?.next();
+                return Ok(address.map(|address| Found {
+                    address,
+                    valid_for: None,
+                }));
+            };
+            let (host, port) = host_port
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not HOST:PORT"))?;
+            match dns.lookup_ip(host).await {
+                Ok(lookup) => Ok(lookup.iter().next().map(|ip| Found {
+                    address: SocketAddr::new(ip, port),
+                    valid_for: Some(
+                        lookup
+                            .valid_until()
+                            .saturating_duration_since(Instant::now()),
+                    ),
+                })),
+                Err(e) if e.is_no_records_found() => Ok(None),
+                Err(e) => Err(io::Error::other(e)),
+            }
+        })
     }
 }
 
@@ -61,22 +155,37 @@ pub struct Limits {
     pub concurrent: usize,
     /// How long a lookup may take before it counts as failed.
     pub timeout: Duration,
-    /// How long an answer is used before the name is looked up again.
+    /// How long an answer is used before the name is looked up again, at most: an
+    /// answer valid for longer (its TTL) is looked up again after this, one without a TTL
+    /// (`/etc/hosts`) too.
     pub refresh: Duration,
+    /// How long an answer is used at least: one valid for less (TTL 0 included) is used
+    /// this long, so a short TTL is no lookup loop.
+    pub shortest_refresh: Duration,
     /// Waits before a failed name is looked up again.
     pub retry: Backoff,
 }
 
 impl Default for Limits {
-    /// 8 lookups at once, 2 s each; answers refreshed every 60 s; failures retried from
-    /// 1 s, doubling, up to 5 min.
+    /// 8 lookups at once, 2 s each; answers used for their TTL, from 5 s to 60 s;
+    /// failures retried from 1 s, doubling, up to 5 min.
     fn default() -> Self {
         Self {
             concurrent: 8,
             timeout: Duration::from_secs(2),
             refresh: Duration::from_secs(60),
+            shortest_refresh: Duration::from_secs(5),
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
         }
+    }
+}
+
+impl Limits {
+    /// How long what `found` says is used before the name is looked up again.
+    fn reuse(&self, found: &Found) -> Duration {
+        found.valid_for.map_or(self.refresh, |ttl| {
+            ttl.max(self.shortest_refresh).min(self.refresh)
+        })
     }
 }
 
@@ -209,10 +318,10 @@ async fn follow(shared: Weak<Shared>, name: String) {
             return;
         };
         let wait = match shared.look_up(&name).await {
-            Ok(Some(address)) => {
+            Ok(Some(found)) => {
                 retry.reset();
-                shared.record(&name, Some(address));
-                shared.limits.refresh
+                shared.record(&name, Some(found.address));
+                shared.limits.reuse(&found)
             }
             answer => {
                 let wait = retry.fail();
@@ -231,7 +340,7 @@ async fn follow(shared: Weak<Shared>, name: String) {
 
 impl Shared {
     /// One lookup of `name`, within the limits.
-    async fn look_up(&self, name: &str) -> io::Result<Option<SocketAddr>> {
+    async fn look_up(&self, name: &str) -> io::Result<Option<Found>> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await

@@ -31,7 +31,7 @@ use wireway_proto::{
 
 use crate::converge::{NetnsId, Plane, ResolvedNetns};
 use crate::dataplane::netns::NetnsFinder;
-use crate::resolver::{Answer, Resolve};
+use crate::resolver::{Answer, Found, Resolve};
 use tokio::sync::{Notify, oneshot};
 
 /// The pods of [`red`] and [`green`] on node-1, by UID: `0a` and `0b` in red, `0c` in
@@ -347,7 +347,7 @@ pub struct Held {
 #[derive(Debug, Default)]
 struct Lookups {
     /// Lookups waiting for an answer: the name, and where the answer goes.
-    waiting: Vec<(String, oneshot::Sender<Option<SocketAddr>>)>,
+    waiting: Vec<(String, oneshot::Sender<Option<Found>>)>,
     asked: usize,
     in_flight: usize,
     most_in_flight: usize,
@@ -414,8 +414,19 @@ impl Held {
     }
 
     /// Answers the waiting lookups of `name` with `address` (`None`: the name has no
-    /// address); how many there were.
+    /// address), without a TTL; how many there were.
     pub fn answer(&self, name: &str, address: Option<SocketAddr>) -> usize {
+        self.answer_found(
+            name,
+            address.map(|address| Found {
+                address,
+                valid_for: None,
+            }),
+        )
+    }
+
+    /// Answers the waiting lookups of `name` with `found`; how many there were.
+    pub fn answer_found(&self, name: &str, found: Option<Found>) -> usize {
         let mut lookups = lock(&self.lookups);
         let (these, others) = std::mem::take(&mut lookups.waiting)
             .into_iter()
@@ -424,7 +435,7 @@ impl Held {
         drop(lookups);
         let answered = these.len();
         for (_, send) in these {
-            let _ = send.send(address);
+            let _ = send.send(found);
         }
         answered
     }

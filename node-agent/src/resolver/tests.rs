@@ -109,6 +109,7 @@ async fn failures_are_retried_with_backoff_and_keep_the_last_good_address() {
         concurrent: 8,
         timeout: DAY,
         refresh: Duration::from_secs(5),
+        shortest_refresh: Duration::from_secs(1),
         retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(4)),
     };
     let (dns, resolver) = held(limits);
@@ -175,7 +176,7 @@ async fn a_name_no_pass_asks_for_is_forgotten_and_no_longer_looked_up() {
 
 #[tokio::test]
 async fn the_systems_resolver_finds_localhost_and_nothing_under_invalid() {
-    let resolver = Resolver::new(System, Limits::default());
+    let resolver = Resolver::new(System::configured(), Limits::default());
     // RFC 6761: `.invalid` never resolves; `localhost` is in /etc/hosts.
     let asked = names(&["localhost:51820", "nothing.invalid:51820"]);
     assert_eq!(
@@ -189,4 +190,136 @@ async fn the_systems_resolver_finds_localhost_and_nothing_under_invalid() {
     let localhost = found["localhost:51820"];
     assert!(localhost.ip().is_loopback(), "{localhost}");
     assert_eq!(localhost.port(), 51820);
+}
+
+/// An answer is used for its TTL, within the shortest and longest refresh, and one
+/// without a TTL for the longest (each wait below the 10 s `waiting` allows).
+#[tokio::test(start_paused = true)]
+async fn an_answer_is_used_for_its_ttl_within_bounds() {
+    let limits = Limits {
+        refresh: Duration::from_secs(9),
+        shortest_refresh: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let (dns, resolver) = held(limits);
+    let vm = names(&["vm.example:51820"]);
+    let address = "192.0.2.10:51820".parse().unwrap();
+    resolver.endpoints(&vm);
+    let mut asked_after = Vec::new();
+    for ttl in [Some(7), Some(0), Some(86_400), None, Some(7)] {
+        dns.waiting(1).await;
+        let answered = tokio::time::Instant::now();
+        dns.answer_found(
+            "vm.example:51820",
+            Some(Found {
+                address,
+                valid_for: ttl.map(Duration::from_secs),
+            }),
+        );
+        dns.waiting(1).await;
+        asked_after.push(answered.elapsed().as_secs());
+    }
+    // 7 s; 0 -> 2 s (the shortest); a day -> 9 s (the longest); none -> 9 s.
+    assert_eq!(asked_after, [7, 2, 9, 9, 7]);
+}
+
+/// A name server on loopback: `A` queries for `vm.example.` get what the test sets
+/// (address, TTL), every other name NXDOMAIN.
+struct NameServer {
+    address: SocketAddr,
+    answer: Arc<Mutex<(std::net::Ipv4Addr, u32)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NameServer {
+    async fn start(address: std::net::Ipv4Addr, ttl: u32) -> Self {
+        use hickory_proto::op::{Message, Metadata, ResponseCode};
+        use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address_served = socket.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new((address, ttl)));
+        let served = Arc::clone(&answer);
+        let task = tokio::spawn(async move {
+            let mut buffer = [0; 512];
+            loop {
+                let (n, from) = socket.recv_from(&mut buffer).await.unwrap();
+                let query = Message::from_vec(&buffer[..n]).unwrap();
+                let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+                reply.metadata = Metadata::response_from_request(&query.metadata);
+                for question in &query.queries {
+                    reply.add_query(question.clone());
+                    if question.name().to_ascii() != "vm.example." {
+                        reply.metadata.response_code = ResponseCode::NXDomain;
+                    } else if question.query_type() == RecordType::A {
+                        let (address, ttl) = *lock(&served);
+                        let a = RData::A(A(address));
+                        reply.add_answer(Record::from_rdata(question.name().clone(), ttl, a));
+                    }
+                }
+                socket
+                    .send_to(&reply.to_vec().unwrap(), from)
+                    .await
+                    .unwrap();
+            }
+        });
+        Self {
+            address: address_served,
+            answer,
+            task,
+        }
+    }
+
+    fn set(&self, address: std::net::Ipv4Addr, ttl: u32) {
+        *lock(&self.answer) = (address, ttl);
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The system resolver asks DNS and takes each answer's TTL: a name found, with how long
+/// it is valid; a name that does not exist is no address, not a failure. Followed, a
+/// name with a short TTL is looked up again when it expires and its new address wakes a
+/// pass (the longest refresh, a day here, does not hold it).
+#[tokio::test]
+async fn the_system_resolver_takes_each_answers_ttl_from_dns() {
+    let server = NameServer::start([192, 0, 2, 10].into(), 300).await;
+    let system = System::with_name_servers(&[server.address]).unwrap();
+    let found = system.resolve("vm.example:51820").await.unwrap().unwrap();
+    assert_eq!(found.address, "192.0.2.10:51820".parse().unwrap());
+    let ttl = found.valid_for.expect("a DNS answer has a TTL");
+    assert!(
+        ttl <= Duration::from_secs(300) && ttl >= Duration::from_secs(290),
+        "{ttl:?}"
+    );
+    assert_eq!(system.resolve("nothing.example:51820").await.unwrap(), None);
+
+    server.set([192, 0, 2, 11].into(), 1);
+    let limits = Limits {
+        refresh: DAY,
+        shortest_refresh: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let resolver = Resolver::new(
+        System::with_name_servers(&[server.address]).unwrap(),
+        limits,
+    );
+    let vm = names(&["vm.example:51820"]);
+    resolver.endpoints(&vm);
+    resolver.changed().await;
+    assert_eq!(
+        resolver.endpoints(&vm)["vm.example:51820"],
+        "192.0.2.11:51820".parse().unwrap()
+    );
+    server.set([192, 0, 2, 12].into(), 1);
+    tokio::time::timeout(Duration::from_secs(30), resolver.changed())
+        .await
+        .expect("looked up again when the TTL of 1 s expired");
+    assert_eq!(
+        resolver.endpoints(&vm)["vm.example:51820"],
+        "192.0.2.12:51820".parse().unwrap()
+    );
 }

@@ -105,7 +105,7 @@ impl Running {
             dir,
             operator,
             kernel,
-            Resolver::new(System, Limits::default()),
+            Resolver::new(System::configured(), Limits::default()),
         )
     }
 
