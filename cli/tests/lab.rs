@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -187,7 +187,13 @@ impl Lab {
     /// `wireway status -o json` against the lab's operator, with the certificate in
     /// `pki/<who>` (`admin`, `nodes/<node>`).
     fn status_as(&self, who: &str) -> Command {
-        let socket = format!("unix:{}", self.dir.join("operator.sock").display());
+        self.status_command("operator.sock", who)
+    }
+
+    /// `wireway status -o json` against the operator whose gRPC port is `socket` in the
+    /// lab's directory, with the certificate in `pki/<who>`.
+    fn status_command(&self, socket: &str, who: &str) -> Command {
+        let socket = format!("unix:{}", self.dir.join(socket).display());
         let pki = self.dir.join("pki").join(who);
         let mut command = Command::new(WIREWAY);
         command
@@ -199,6 +205,27 @@ impl Lab {
             .arg("--tls-key")
             .arg(pki.join("tls.key"));
         command
+    }
+
+    /// `wireway status -o json` of the operator whose gRPC port is `socket` in the lab's
+    /// directory (`operator.sock`: the one agents reach; `operator-1.sock`: that one),
+    /// with the administrator's certificate (and with `--kubernetes`, the lab's token
+    /// for the status): `None` while it does not answer.
+    fn status_of(&self, socket: &str) -> Option<Value> {
+        let mut command = self.status_command(socket, "admin");
+        let token = self.dir.join("status-token");
+        if token.is_file() {
+            command.arg("--token-file").arg(token);
+        }
+        let out = command.output().unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    /// The lab's record, `None` while it is not written yet.
+    fn try_record(&self) -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(self.dir.join("lab.json")).ok()?).ok()
     }
 
     fn netns(&self, pod: &str) -> String {
@@ -540,12 +567,200 @@ fn addresses(matrix: &Value) -> BTreeMap<(String, String), String> {
         .collect()
 }
 
+/// Each admitted member's address, by (workload, service), as an operator's status shows
+/// them (its Endpoints' statuses): members the operator has planned, whether or not the
+/// matrix could ping them yet.
+fn member_addresses(status: &Value) -> BTreeMap<(String, String), String> {
+    let mut out = BTreeMap::new();
+    for endpoint in status["endpoints"].as_array().into_iter().flatten() {
+        let namespace = endpoint["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default();
+        let reference = &endpoint["spec"]["networkService"];
+        let service = format!(
+            "{}/{}",
+            reference["namespace"].as_str().unwrap_or(namespace),
+            reference["name"].as_str().unwrap_or_default()
+        );
+        let members = endpoint["status"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        for member in members {
+            if member["admitted"] == true
+                && member["node"].is_string()
+                && let (Some(workload), Some(address)) =
+                    (member["workload"].as_str(), member["address"].as_str())
+            {
+                let key = (format!("{namespace}/{workload}"), service.clone());
+                out.insert(key, address.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Every member's address as seen so far, by (workload, service): a member shown later
+/// with another address has moved.
+#[derive(Debug, Default)]
+struct Seen(BTreeMap<(String, String), String>);
+
+impl Seen {
+    fn saw(&mut self, addresses: BTreeMap<(String, String), String>, when: &str) {
+        for (member, address) in addresses {
+            let first = self
+                .0
+                .entry(member.clone())
+                .or_insert_with(|| address.clone());
+            assert_eq!(*first, address, "{member:?} moved {when}");
+        }
+    }
+}
+
+/// Whether an operator's status shows every node of the lab at the state the operator
+/// planned for it: its agent connected, and the version it applied equal to the one
+/// planned, above 0. The operator counts an applied version only when the state was of
+/// its own term (its epoch): a state another leader numbered is not its version.
+fn all_applied(lab: &Lab, status: &Value) -> bool {
+    let Some(record) = lab.try_record() else {
+        return false;
+    };
+    let shown = status["nodes"].as_array().cloned().unwrap_or_default();
+    let at_planned = |name: &str| {
+        shown.iter().any(|n| {
+            n["name"] == name
+                && n["connected"] == true
+                && n["desiredVersion"].as_u64() > Some(0)
+                && n["appliedVersion"] == n["desiredVersion"]
+        })
+    };
+    status["ready"] == true
+        && record["nodes"]
+            .as_object()
+            .is_some_and(|nodes| !nodes.is_empty() && nodes.keys().all(|n| at_planned(n)))
+}
+
+/// Each node's versions in a status, `node: applied/desired`, for messages.
+fn versions(status: Option<&Value>) -> String {
+    let Some(status) = status else {
+        return "no status".to_owned();
+    };
+    let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+    let shown: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{}: {}/{}{}",
+                n["name"].as_str().unwrap_or_default(),
+                n["appliedVersion"],
+                n["desiredVersion"],
+                if n["connected"] == true {
+                    ""
+                } else {
+                    " (not connected)"
+                }
+            )
+        })
+        .collect();
+    format!("ready: {}; {}", status["ready"], shown.join(", "))
+}
+
+/// What a pod of [`stream_changes`] ends as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joined {
+    /// A member of red (a pod of namespace red labelled `net: red`).
+    Red,
+    /// A member of green (a pod of namespace green labelled `net: green`).
+    Green,
+    /// A pod of namespace red relabelled out of red after it joined.
+    Left,
+}
+
+/// Changes applied with `kubectl apply`, one after another, about a second apart, until
+/// `done` says so (given how many were made; `made` counts them): new pods join red or
+/// green, and every fourth change relabels a pod of the stream out of red. Returns each
+/// pod of the stream, `namespace/name`, with what it ends as.
+fn stream_changes(
+    lab: &Lab,
+    made: &AtomicUsize,
+    done: impl Fn(usize) -> bool,
+) -> Vec<(String, Joined)> {
+    let manifests = tempfile::tempdir().unwrap();
+    let mut pods: Vec<(String, Joined)> = Vec::new();
+    let mut index = 0;
+    while !done(index) {
+        let name = format!("s{index}");
+        let (namespace, manifest, change) = match index % 4 {
+            1 => ("green", pod("green", &name, "green"), (name, Joined::Green)),
+            3 => {
+                // The red pod of three changes ago leaves: its label changes.
+                let joined = format!("s{}", index - 3);
+                let manifest = pod("red", &joined, "none");
+                ("red", manifest, (joined, Joined::Left))
+            }
+            _ => ("red", pod("red", &name, "red"), (name, Joined::Red)),
+        };
+        let file = manifests.path().join(format!("{index}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        let (ok, said) = lab.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(ok, "change {index}: {said}");
+        let key = format!("{namespace}/{}", change.0);
+        match pods.iter_mut().find(|(p, _)| *p == key) {
+            Some(known) => known.1 = change.1,
+            None => pods.push((key, change.1)),
+        }
+        index += 1;
+        made.store(index, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    pods
+}
+
+/// Whether the matrix shows what [`stream_changes`] made of `pod`: a member of red
+/// reaching red's members and reached by them, likewise in green, or (left) a pod that
+/// is no member and reaches none of red.
+fn in_effect(matrix: &Value, pod: &str, joined: Joined) -> bool {
+    match joined {
+        Joined::Red => {
+            reaches(matrix, pod, "red/red-a", "red/red") == Some(true)
+                && reaches(matrix, "red/red-b", pod, "red/red") == Some(true)
+        }
+        Joined::Green => {
+            reaches(matrix, pod, "green/green-a", "green/green") == Some(true)
+                && reaches(matrix, "green/green-b", pod, "green/green") == Some(true)
+        }
+        Joined::Left => {
+            rows(matrix).iter().any(|r| r == pod)
+                && reaches(matrix, pod, "red/red-a", "red/red") == Some(false)
+                && !addresses(matrix)
+                    .keys()
+                    .any(|(workload, _)| workload == pod)
+        }
+    }
+}
+
+/// Sets its flag when dropped (also when the test panics).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Two operators on the Lease (`--operators 2`: only the leader is ready, and agents
-/// reach the ready one), pings every 10 ms across nodes in both services. The leader is
-/// SIGKILLed and restarted (a new pod, a new identity) while a change is applied: the
-/// other takes the Lease over and plans from what the objects hold. No ping is lost, no
-/// member's address moves, and every agent reaches the new leader's state, the change
-/// included (how long after the kill is printed).
+/// reach the ready one), pings every 10 ms across nodes in both services, and a stream of
+/// changes (`kubectl apply`: pods join red and green, pods leave red by their label)
+/// about one a second, from before the leader is SIGKILLed until after the other has
+/// taken the Lease over. The killed one is started again (a new pod, a new identity) and
+/// stands by.
+///
+/// No ping is lost; no member's address ever differs from the first one shown for it
+/// (the old leader's statuses, the new leader's, the matrices); the new leader's status,
+/// asked of it, shows every node at the version it planned, counted only for states of
+/// its own term (its epoch: a version another leader numbered does not count); and
+/// after the stream, every change is in the matrix and every node still at the new
+/// leader's version. How long after the kill each of those held is printed.
 #[test]
 fn killing_the_leading_operator_loses_no_packet_and_moves_no_address() {
     let test = "killing_the_leading_operator_loses_no_packet_and_moves_no_address";
@@ -572,6 +787,11 @@ fn killing_the_leading_operator_loses_no_packet_and_moves_no_address() {
         .into_iter()
         .find(|r| old.starts_with(&format!("{}-{r}-", lab.name)))
         .unwrap_or_else(|| panic!("the Lease is held by {old}"));
+    let standby = if role == "operator-0" {
+        "operator-1"
+    } else {
+        "operator-0"
+    };
     let address = |workload: &str, service: &str| {
         addresses(&before)[&(workload.to_owned(), service.to_owned())].clone()
     };
@@ -590,50 +810,123 @@ fn killing_the_leading_operator_loses_no_packet_and_moves_no_address() {
             &address("green/green-b", "green/green"),
         ),
     ];
+    let mut seen = Seen::default();
+    seen.saw(addresses(&before), "in the first matrix");
     std::thread::sleep(Duration::from_secs(1));
 
-    let killed = Instant::now();
-    Command::new("kill")
-        .args(["-KILL", &lab.pid(role).to_string()])
-        .status()
-        .unwrap();
-    let manifests = tempfile::tempdir().unwrap();
-    write(manifests.path(), "red-c.yaml", &red_pod("red-c", None));
-    let red_c = manifests.path().join("red-c.yaml");
-    let (ok, said) = lab.kubectl(&["apply", "-f", red_c.to_str().unwrap()]);
-    assert!(ok, "{said}");
-    // The standby takes the Lease over; then the killed one is started again (a new
-    // pod, a new identity), as a Deployment replaces it, and stands by.
-    let standby = if role == "operator-0" {
-        "operator-1"
-    } else {
-        "operator-0"
-    };
-    loop {
-        let holder = leader();
-        if holder.starts_with(&format!("{}-{standby}-", lab.name)) {
-            break;
+    let made = AtomicUsize::new(0);
+    let last = AtomicUsize::new(usize::MAX);
+    let abandoned = AtomicBool::new(false);
+    let (stream, killed, made_before, took_over, caught_up) = std::thread::scope(|scope| {
+        // A failing test stops the stream.
+        let _stop = SetOnDrop(&abandoned);
+        let stream = scope.spawn(|| {
+            stream_changes(&lab, &made, |n| {
+                abandoned.load(Ordering::SeqCst) || n >= last.load(Ordering::SeqCst)
+            })
+        });
+        // The stream under way (the leader plans its first changes), then the kill.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while made.load(Ordering::SeqCst) < 2 {
+            if let Some(status) = lab.status_of("operator.sock") {
+                seen.saw(member_addresses(&status), "under the first leader");
+            }
+            assert!(!stream.is_finished(), "the stream stopped");
+            assert!(Instant::now() < deadline, "the stream did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let killed = Instant::now();
+        let made_before = made.load(Ordering::SeqCst);
+        Command::new("kill")
+            .args(["-KILL", &lab.pid(role).to_string()])
+            .status()
+            .unwrap();
+        // The standby takes the Lease over; the stream goes on for three more changes.
+        loop {
+            let holder = leader();
+            if holder.starts_with(&format!("{}-{standby}-", lab.name)) {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "the Lease is still held by {holder}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let took_over = killed.elapsed();
+        last.store(made.load(Ordering::SeqCst) + 3, Ordering::SeqCst);
+        // The killed one is started again, as a Deployment replaces it, and stands by.
+        lab.start();
+        // Every agent at the new leader's state, by the new leader's own account.
+        let new_leader = format!("{standby}.sock");
+        let caught_up = loop {
+            let status = lab.status_of(&new_leader);
+            if let Some(status) = &status {
+                seen.saw(member_addresses(status), "under the new leader");
+                if all_applied(&lab, status) {
+                    break killed.elapsed();
+                }
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "not every agent at the new leader's state 60 s after the kill: {}",
+                versions(status.as_ref())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stream = stream
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (stream, killed, made_before, took_over, caught_up)
+    });
+    let streamed = made.load(Ordering::SeqCst);
+    let ended = killed.elapsed();
+    assert!(
+        streamed >= made_before + 3,
+        "{streamed} changes, {made_before} before the kill"
+    );
+
+    // Every change of the stream in the mesh, and every node at the new leader's version
+    // after the last.
+    let after = lab.matrix_until("the stream's changes under the new leader", |m| {
+        stream
+            .iter()
+            .all(|(pod, joined)| in_effect(m, pod, *joined))
+    });
+    let new_leader = format!("{standby}.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settled = loop {
+        let status = lab.status_of(&new_leader);
+        if let Some(status) = &status {
+            seen.saw(member_addresses(status), "under the new leader");
+            if all_applied(&lab, status) {
+                break killed.elapsed();
+            }
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "the Lease is still held by {holder}"
+            Instant::now() < deadline,
+            "not every agent at the new leader's last state: {}",
+            versions(status.as_ref())
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-    lab.start();
-    let after = lab.matrix_until("red-c joins red under the new leader", |m| {
-        reaches(m, "red/red-c", "red/red-a", "red/red") == Some(true)
-            && reaches(m, "red/red-b", "red/red-c", "red/red") == Some(true)
-    });
+    };
+    seen.saw(addresses(&after), "in the last matrix");
     eprintln!(
-        "every agent at the new leader's state, red-c included, {:.1} s after the leader was killed",
-        killed.elapsed().as_secs_f64()
+        "{streamed} changes streamed, {made_before} before the kill, the last {:.1} s after it; \
+         the Lease taken over {:.1} s after the kill; every agent at the new leader's state \
+         (applied version of its term = planned, every node) {:.1} s after it; the stream's \
+         changes in the matrix and every agent at the new leader's last state {:.1} s after it",
+        ended.as_secs_f64(),
+        took_over.as_secs_f64(),
+        caught_up.as_secs_f64(),
+        settled.as_secs_f64(),
     );
     std::thread::sleep(Duration::from_secs(1));
     for flow in flows.map(stop) {
         assert!(flow.sent > 100, "{flow:?}");
         flow.assert_none_lost(&format!("{flow:?}"));
     }
+    // The members of the first matrix are all still there, where they were.
     let now = addresses(&after);
     for (member, address) in addresses(&before) {
         assert_eq!(now.get(&member), Some(&address), "{member:?} moved");
@@ -666,6 +959,15 @@ fn red_pod(name: &str, node: Option<&str>) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: red, labels: {{net: red}}}}\n\
          spec: {{{pin}containers: [{{name: app, image: busybox}}]}}\n"
+    )
+}
+
+/// A Pod of `namespace` labelled `net: <net>`.
+fn pod(namespace: &str, name: &str, net: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\n\
+         metadata: {{name: {name}, namespace: {namespace}, labels: {{net: {net}}}}}\n\
+         spec: {{containers: [{{name: app, image: busybox}}]}}\n"
     )
 }
 
@@ -1131,6 +1433,21 @@ fn dig(lab: &Lab, pod: &str, server: &str, name: &str, kind: &str) -> (String, V
     (status, addresses)
 }
 
+/// The samples plus blue, an IPv6 service of red's pods (`net: red`: red-a, red-b and
+/// bridge), in a directory of the test's own.
+fn samples_with_blue() -> tempfile::TempDir {
+    let manifests = copy_samples();
+    write(
+        manifests.path(),
+        "90-blue.yaml",
+        "apiVersion: wireway.dev/v1alpha1\nkind: NetworkService\nmetadata: {name: blue, namespace: red}\n\
+         spec: {cidr: \"fd00:300::/48\", nodePrefixLength: 64}\n---\n\
+         apiVersion: wireway.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: blue-members, namespace: red}\n\
+         spec: {networkService: {name: blue}, podSelector: {matchLabels: {net: red}}}\n",
+    );
+    manifests
+}
+
 /// The samples plus blue, an IPv6 service of red's pods, and the lab's upstream: every
 /// member resolves its services' names on its gateway (A and AAAA, a member's own name
 /// and an Endpoint's all-members name), other services' names are refused, names outside
@@ -1141,16 +1458,8 @@ fn members_resolve_their_services_names_and_no_others() {
     if !root_or_skip("members_resolve_their_services_names_and_no_others") {
         return;
     }
-    let manifests = copy_samples();
+    let manifests = samples_with_blue();
     let dir = manifests.path();
-    write(
-        dir,
-        "90-blue.yaml",
-        "apiVersion: wireway.dev/v1alpha1\nkind: NetworkService\nmetadata: {name: blue, namespace: red}\n\
-         spec: {cidr: \"fd00:300::/48\", nodePrefixLength: 64}\n---\n\
-         apiVersion: wireway.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: blue-members, namespace: red}\n\
-         spec: {networkService: {name: blue}, podSelector: {matchLabels: {net: red}}}\n",
-    );
     let lab = Lab::new();
     let upstream = format!("{UPSTREAM}:53");
     let (matrix, ok) = lab.up_with(dir, &["--dns-upstream", &upstream]);
@@ -1299,6 +1608,142 @@ fn members_resolve_their_services_names_and_no_others() {
         "A",
     );
     assert!(!left.contains(&of("red/red-b", "red/red")), "{left:?}");
+}
+
+/// How many times [`the_first_ping_after_a_reported_apply_is_answered_in_20_starts`]
+/// starts its lab.
+const STARTS: usize = 20;
+
+/// "Applied" means packets flow. The samples with blue (an IPv6 service of red's three
+/// pods, on three nodes), started [`STARTS`] times in a row: every start makes every
+/// member's addresses anew. The moment the operator shows every agent at the version
+/// it planned, every member of each service (blue, red, green) pings every other member
+/// of it once: one packet each (`ping -c 1`), answered within 2 s or lost. The matrix
+/// of `wireway lab up` proves less: it waits for the versions to hold 300 ms, and each
+/// of its pings sends again every 0.2 s for up to 3 s, so an address still in duplicate
+/// address detection (tentative: it takes no packet, and sends none, for a second or
+/// more) passes there. Every first ping is answered.
+#[test]
+fn the_first_ping_after_a_reported_apply_is_answered_in_20_starts() {
+    if !root_or_skip("the_first_ping_after_a_reported_apply_is_answered_in_20_starts") {
+        return;
+    }
+    let manifests = samples_with_blue();
+    let began = Instant::now();
+    let mut lost = Vec::new();
+    let mut pings = 0;
+    let mut applied_after = Vec::new();
+    let mut pinged_after = Vec::new();
+    let mut slowest: f64 = 0.0;
+    for start in 1..=STARTS {
+        let lab = Lab::new();
+        let started = Instant::now();
+        let mut up = Command::new(WIREWAY)
+            .args(["lab", "--name", &lab.name, "--dir"])
+            .arg(&lab.dir)
+            .arg("up")
+            .arg(manifests.path())
+            .args(["--json", "--timeout", "90"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Every agent's report of the planned version, as soon as the operator shows it.
+        let status = loop {
+            let status = lab.status_of("operator.sock");
+            if let Some(status) = &status
+                && all_applied(&lab, status)
+            {
+                break status.clone();
+            }
+            if up.try_wait().unwrap().is_some() {
+                let out = up.wait_with_output().unwrap();
+                panic!(
+                    "start {start}: lab up ended before every agent applied its state: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "start {start}: not every agent at its planned version in 60 s: {}",
+                versions(status.as_ref())
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let applied = started.elapsed();
+        let members = member_addresses(&status);
+        let record = lab.record();
+        let mut sent = Vec::new();
+        for (from, service) in members.keys() {
+            for ((to, other), address) in &members {
+                if other != service || to == from {
+                    continue;
+                }
+                let netns = record["pods"][from]["netns"].as_str().unwrap();
+                let family = if address.contains(':') { "-6" } else { "-4" };
+                let ping = Command::new("ip")
+                    .args(["netns", "exec", netns, "ping", family, "-n", "-c", "1"])
+                    .args(["-W", "2", address])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                sent.push((format!("{from} -> {to} {address} in {service}"), ping));
+            }
+        }
+        let pinged = started.elapsed();
+        let in_blue = members.keys().filter(|(_, s)| s == "red/blue").count();
+        assert_eq!(in_blue, 3, "start {start}: blue's members: {members:?}");
+        for (what, ping) in sent {
+            pings += 1;
+            let out = ping.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(ms) = text
+                .split("time=")
+                .nth(1)
+                .and_then(|t| t.split(' ').next()?.parse::<f64>().ok())
+            {
+                slowest = slowest.max(ms);
+            }
+            if !out.status.success() {
+                let said = text
+                    .lines()
+                    .find(|l| l.contains("packets transmitted"))
+                    .unwrap_or_default();
+                lost.push(format!(
+                    "start {start}, sent within {:.0} ms of the status showing every agent \
+                     at its version: {what}: {said}{}",
+                    (pinged - applied).as_secs_f64() * 1000.0,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        // lab up's own matrix (which tries again) is as planned too.
+        let out = up.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "start {start}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        applied_after.push(applied.as_secs_f64());
+        pinged_after.push((pinged - applied).as_secs_f64() * 1000.0);
+    }
+    let max = |values: &[f64]| values.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "{STARTS} starts in {:.0} s: every agent reported its state applied at most {:.1} s \
+         after `lab up` began; {pings} first pings were sent at most {:.0} ms after that, the \
+         slowest answered in {slowest:.0} ms",
+        began.elapsed().as_secs_f64(),
+        max(&applied_after),
+        max(&pinged_after),
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {pings} first pings after a reported apply were not answered:\n{}",
+        lost.len(),
+        lost.join("\n")
+    );
 }
 
 /// The sample of several clusters: east, west behind NAT, and a partner company.
