@@ -417,6 +417,53 @@ fn the_samples_reach_as_the_seeds_say() {
         .unwrap();
     assert_eq!(join_red["status"]["conditions"][0]["reason"], "NotAdmitted");
 
+    // A healthy start counts no error: none for the operator starting with the agents,
+    // and on the nodes carrying green only one, once, for the partner's host name, which
+    // does not resolve in the lab (its peer is set without an endpoint and can still
+    // connect in); not one per pass either a few seconds on.
+    let errors = |status: &Value| -> BTreeMap<String, Vec<(String, u64)>> {
+        let nodes = status["nodes"].as_array().unwrap().iter();
+        nodes
+            .map(|node| {
+                let errors = node["errors"].as_array().unwrap().iter();
+                let counted = errors.map(|e| {
+                    let message = e["lastMessage"].as_str().unwrap();
+                    if e["category"] == "state" {
+                        assert!(message.contains("reporter.partner.example"), "{e:#}");
+                    }
+                    let category = e["category"].as_str().unwrap().to_owned();
+                    (category, e["count"].as_u64().unwrap())
+                });
+                (node["name"].as_str().unwrap().to_owned(), counted.collect())
+            })
+            .collect()
+    };
+    let at_start = errors(&status);
+    for node in status["nodes"].as_array().unwrap() {
+        let name = node["name"].as_str().unwrap();
+        let services = node["services"].as_array().unwrap();
+        let expected = if services.iter().any(|s| s == "green/green") {
+            vec![("state".to_owned(), 1)]
+        } else {
+            vec![]
+        };
+        assert_eq!(at_start[name], expected, "{name}: {at_start:?}");
+    }
+    // The agents' own counters (their reports to the operator come every 10 s), after
+    // three passes more of each node still meeting the name.
+    std::thread::sleep(Duration::from_secs(3));
+    for (node, counted) in &at_start {
+        let metrics = scrape(&lab.dir.join("nodes").join(node).join("http.sock"));
+        let now: Vec<(String, u64)> = metrics
+            .lines()
+            .filter_map(|line| line.strip_prefix("wireway_agent_errors_total{category=\""))
+            .filter_map(|rest| rest.split_once("\"} "))
+            .map(|(category, count)| (category.to_owned(), count.trim().parse().unwrap()))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        assert_eq!(&now, counted, "{node}: errors counted again");
+    }
+
     // The status is the administrator's: a node's certificate is refused, and the HTTP
     // port, which any pod may reach, does not serve it.
     let record = lab.record();
