@@ -1,7 +1,7 @@
 //! Hostile bytes against the parsers that read what others write: manifests (anyone who
 //! can commit to a GitOps repository), SPIFFE IDs (tenants' Endpoints and Admissions),
 //! NodeStates (the operator, or whoever impersonates it), what a userspace WireGuard
-//! device answers, the cgroup names the agent reads to find pods, the DNS queries
+//! device answers, the cgroup names and files the agent reads to find pods, the DNS queries
 //! members send their gateway, what a peer cluster's operator (another company's)
 //! sends over federation, and the packets a peer sends through the tunnel as the
 //! userspace device writes them to its TUN interface.
@@ -31,12 +31,13 @@ use wireway_proto::{NetnsLocator, NodeState};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz_targets/` and `corpus/` name them.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("manifest", manifest),
     ("spiffe_id", spiffe_id),
     ("node_state", node_state),
     ("uapi", uapi),
     ("cgroup_name", cgroup_name),
+    ("pod_cgroup_files", pod_cgroup_files),
     ("dns_query", dns_query),
     ("federation", federation),
     ("tun_writes", tun_writes),
@@ -203,17 +204,64 @@ pub fn uapi(data: &[u8]) {
     }
 }
 
-/// A cgroup directory's name, as the agent reads them to find a pod: a UID found is 36
-/// characters of hexadecimal digits and dashes.
+/// A cgroup directory's name, as the agent reads them to find a pod: a UID found is one
+/// as the kubelet writes it (8-4-4-4-12 lowercase hexadecimal digits and dashes), and
+/// the name spells it, with dashes or with underscores.
 pub fn cgroup_name(data: &[u8]) {
     let Ok(name) = std::str::from_utf8(data) else {
         return;
     };
     if let Some(uid) = pods::pod_uid(name) {
-        assert_eq!(uid.len(), 36, "{uid:?}");
+        let groups: Vec<usize> = uid.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{uid:?}");
         assert!(
-            uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+            uid.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c) || c == '-'),
             "{uid:?}"
+        );
+        let systemd = uid.replace('-', "_");
+        assert!(
+            name.contains(&format!("pod{uid}")) || name.contains(&format!("pod{systemd}")),
+            "{uid:?} is not spelled in {name:?}"
+        );
+    }
+}
+
+/// The files the agent reads to find a pod's processes, as a pod's own processes could
+/// shape them (a container may name cgroups below its own): the bytes read as a
+/// process's `/proc/<pid>/cgroup` and as a `cgroup.procs`. A process is in a pod only
+/// if a whole directory of a line's path names it (so also by substring: never more
+/// than the check it replaced), every pod a directory names is one the process is in,
+/// and a listed PID is digits only.
+pub fn pod_cgroup_files(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let named: BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split('/'))
+        .filter_map(pods::pod_uid)
+        .collect();
+    for uid in &named {
+        assert!(pods::in_pod(text, uid), "{uid} is named but not found");
+    }
+    for uid in named.iter().map(String::as_str).chain([
+        "0f4e9b1c-3a2d-4c5e-8f6a-7b8c9d0e1f2a",
+        "00000000-0000-0000-0000-000000000000",
+    ]) {
+        let systemd = uid.replace('-', "_");
+        let listed = text.contains(&format!("pod{uid}")) || text.contains(&format!("pod{systemd}"));
+        assert_eq!(pods::in_pod(text, uid), named.contains(uid), "{uid}");
+        assert!(
+            !pods::in_pod(text, uid) || listed,
+            "{uid} is not even in the text"
+        );
+    }
+    for pid in pods::pids(text) {
+        assert!(
+            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()),
+            "{pid:?}"
         );
     }
 }

@@ -38,16 +38,47 @@ pub struct PodIndex {
     proc: PathBuf,
 }
 
-/// The pod UID a cgroup directory's name carries, if any.
+/// The pod UID a cgroup directory's name carries, if any: `pod` then a UID as the
+/// kubelet writes it, 32 lowercase hex digits in groups of 8-4-4-4-12, joined by dashes
+/// (cgroupfs) or by underscores (systemd), one or the other throughout, and nothing more
+/// of those characters after it. Any other spelling names no pod, so no name can stand
+/// for another pod's UID.
 pub fn pod_uid(name: &str) -> Option<String> {
     let start = name.rfind("pod")? + 3;
     let rest = &name[start..];
-    let uid: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == '_')
-        .collect();
-    // A UID is 36 characters: 32 hex digits and 4 dashes (underscores with systemd).
-    (uid.len() == 36).then(|| uid.replace('_', "-"))
+    let run = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || c == '-' || c == '_'))
+        .map_or(rest, |end| &rest[..end]);
+    let separator = if run.contains('_') { '_' } else { '-' };
+    let groups: Vec<&str> = run.split(separator).collect();
+    let canonical = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    canonical.then(|| groups.join("-"))
+}
+
+/// Whether a process whose `/proc/<pid>/cgroup` reads `cgroup` is in the cgroup of the
+/// pod `uid`: a line's path (`hierarchy-ID:controllers:path`, cgroup v1 or v2) has a
+/// directory that names that pod, as [`pod_uid`] reads names. Not a substring: a
+/// directory named `pod<uid>x` or `xpod<uid>-1` names no pod.
+pub fn in_pod(cgroup: &str, uid: &str) -> bool {
+    cgroup
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .any(|path| {
+            path.split('/')
+                .any(|dir| pod_uid(dir).as_deref() == Some(uid))
+        })
+}
+
+/// The PIDs a `cgroup.procs` file lists (decimal numbers, one per line; anything else
+/// is not a PID and is skipped).
+pub fn pids(procs: &str) -> impl Iterator<Item = &str> {
+    procs
+        .split_whitespace()
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl PodIndex {
@@ -91,12 +122,9 @@ impl PodIndex {
     }
 }
 
-/// Opens `ns/net` of process `pid` if it is (still) in the cgroup of the pod `uid`: its
+/// Opens `ns/net` of process `pid` (digits: [`pids`]) if it is (still) in the cgroup of the pod `uid`: its
 /// `/proc/<pid>` directory is opened first and everything after goes through it.
 fn open_netns(proc: &Path, pid: &str, uid: &str) -> Option<(PathBuf, OwnedFd)> {
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
     let path_only = OFlag::O_PATH | OFlag::O_CLOEXEC;
     let process = open(
         &proc.join(pid),
@@ -112,8 +140,7 @@ fn open_netns(proc: &Path, pid: &str, uid: &str) -> Option<(PathBuf, OwnedFd)> {
     )
     .ok()?;
     let cgroup = std::io::read_to_string(std::fs::File::from(cgroup)).ok()?;
-    let systemd = uid.replace('-', "_");
-    if !cgroup.contains(&format!("pod{uid}")) && !cgroup.contains(&format!("pod{systemd}")) {
+    if !in_pod(&cgroup, uid) {
         return None;
     }
     // `ns/net` is the kernel's own link to the namespace: followed, and then checked
@@ -127,7 +154,7 @@ fn first_process(dir: &Path, proc: &Path, uid: &str) -> Option<(PathBuf, OwnedFd
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.split_whitespace() {
+            for pid in pids(&procs) {
                 if let Some(found) = open_netns(proc, pid, uid) {
                     return Some(found);
                 }
@@ -251,6 +278,38 @@ mod tests {
         assert_eq!(path(PodIndex::scan(&cgroups).netns(UID)), None);
     }
 
+    /// A process's cgroup file names its pod by a whole directory, under cgroup v1 (one
+    /// line per hierarchy) or v2, with either driver; a name that only contains the pod's
+    /// UID names no pod.
+    #[test]
+    fn a_process_is_in_a_pod_when_a_directory_of_its_cgroup_names_the_pod() {
+        let systemd = UID.replace('-', "_");
+        let v1 = format!(
+            "12:pids:/kubepods.slice/kubepods-pod{systemd}.slice/cri-containerd-1.scope\n\
+             1:name=systemd:/system.slice\n0::/\n"
+        );
+        assert!(in_pod(&v1, UID));
+        assert!(in_pod(
+            &format!("0::/kubepods/burstable/pod{UID}/c1\n"),
+            UID
+        ));
+        assert!(!in_pod(&v1, "11111111-2222-3333-4444-555555555555"));
+        for decoy in [
+            format!("0::/kubepods/pod{UID}0/c1"),
+            format!("0::/kubepods/pod{UID}-1/c1"),
+            format!("pod{UID}"),
+            format!("0:pod{UID}:/"),
+        ] {
+            assert!(!in_pod(&decoy, UID), "{decoy}");
+        }
+    }
+
+    #[test]
+    fn cgroup_procs_lists_pids_and_nothing_else() {
+        let listed: Vec<_> = pids("12\n 7\n-1\n../3\n\n1e3\n40\n").collect();
+        assert_eq!(listed, ["12", "7", "40"]);
+    }
+
     #[test]
     fn pod_uids_are_read_from_names() {
         assert_eq!(pod_uid(&format!("pod{UID}")).as_deref(), Some(UID));
@@ -264,5 +323,14 @@ mod tests {
         );
         assert_eq!(pod_uid("kubepods"), None);
         assert_eq!(pod_uid("pod1234"), None);
+        // Another spelling of a UID names no pod: separators mixed or misplaced,
+        // uppercase, more of it after.
+        let mixed = format!("pod{}", UID.replacen('-', "_", 1));
+        let moved = "pod0f4e9b1c-3-a2d4c5e-8f6a-7b8c9d0e1f2a";
+        let upper = format!("pod{}", UID.to_uppercase());
+        let longer = format!("pod{UID}-0");
+        for name in [mixed.as_str(), moved, &upper, &longer] {
+            assert_eq!(pod_uid(name), None, "{name}");
+        }
     }
 }
