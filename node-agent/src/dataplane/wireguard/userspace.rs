@@ -29,7 +29,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use gotatun::device::DeviceBuilder;
 use gotatun::device::uapi::UapiServer;
-use gotatun::device::uapi::command::{Request, Set, SetPeer, SetUnset};
+use gotatun::device::uapi::command::{Request, Response, Set, SetPeer, SetResponse, SetUnset};
 use gotatun::device::{Device, DeviceTransports};
 use gotatun::x25519::StaticSecret;
 use ipnet::IpNet;
@@ -55,6 +55,14 @@ pub struct Userspace {
 /// The least time between two starts of one device's process: one that failed at
 /// once (its TUN name still held by one ending) is not retried in a busy loop.
 const RESPAWN_AFTER: Duration = Duration::from_millis(20);
+
+/// How long a device may take to answer a request, or between two lines of its answer:
+/// one that takes longer is taken as not answering. A device answers a `set` once it has
+/// made all of it, which takes time in proportion to its peers (a node's first 10,000
+/// took 2 s in a release build, 6 s in a debug one on two busy cores; with a fixed 5 s
+/// for the whole, the pass failed while the device carried on): so it makes a `set` in
+/// parts, and writes a line after each ([`PROGRESS`]).
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 impl Userspace {
     fn socket(&self, interface: &str) -> PathBuf {
@@ -139,7 +147,12 @@ impl Userspace {
             .arg(self.socket(interface))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(log)
+            // GotaTun's UAPI parser makes an error value for every line it reads, even one
+            // it takes; with `RUST_BACKTRACE=1` in the agent's environment each took a
+            // backtrace: 40% of the device's time for a node's first 10,000 peers. A
+            // panic still prints one.
+            .env("RUST_LIB_BACKTRACE", "0");
         // Its own process group: a Ctrl-C or SIGTERM to the agent's group leaves it be.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command.spawn().map_err(io)?;
@@ -193,9 +206,9 @@ impl Userspace {
         self.set(interface, &format!("listen_port={port}\n"))
     }
 
-    /// Adds, updates and removes peers, all in one configuration transaction: a node
-    /// with a thousand peers is configured in one exchange, not a thousand. `peer: None`
-    /// removes the peer.
+    /// Adds, updates and removes peers, all in one request: a node with a thousand peers
+    /// is configured in one exchange, not a thousand (the device makes it in [`parts`]).
+    /// `peer: None` removes the peer.
     pub fn configure_peers(
         &self,
         interface: &str,
@@ -222,9 +235,8 @@ impl Userspace {
             source,
         };
         let mut stream = UnixStream::connect(self.socket(interface)).map_err(io)?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(io)?;
+        // For each read: a device making a `set` in parts writes a line after each.
+        stream.set_read_timeout(Some(ANSWER_WITHIN)).map_err(io)?;
         stream.write_all(request.as_bytes()).map_err(io)?;
         read_message(&mut BufReader::new(stream)).map_err(io)
     }
@@ -480,20 +492,36 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
             .unwrap_or(&request)
             .parse::<Request>()
         {
-            Ok(request) => {
-                let request = match request {
-                    Request::Set(set) => {
-                        let (answer, answered) = oneshot::channel();
-                        // The task ends only with the process.
-                        let _ = in_place.blocking_send((set, answer));
-                        Request::Set(
-                            answered
-                                .blocking_recv()
-                                .map_err(|e| io(std::io::Error::other(e)))?,
-                        )
+            Ok(Request::Set(set)) => {
+                let mut parts = parts(set).into_iter().peekable();
+                let mut made = 0;
+                loop {
+                    let Some(part) = parts.next() else {
+                        break format!("errno={}\n\n", Errno::EINVAL as i32);
+                    };
+                    made += part.peers.len();
+                    let (answer, answered) = oneshot::channel();
+                    // The task ends only with the process.
+                    let _ = in_place.blocking_send((part, answer));
+                    let rest = answered
+                        .blocking_recv()
+                        .map_err(|e| io(std::io::Error::other(e)))?;
+                    let response = uapi
+                        .send_sync(Request::Set(rest))
+                        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+                    let refused = !matches!(response, Response::Set(SetResponse { errno: 0, .. }));
+                    if refused || parts.peek().is_none() {
+                        break format!("{response}\n");
                     }
-                    other => other,
-                };
+                    // The agent waits for the device as long as it makes progress, however
+                    // long the whole takes; a client gone is told nothing more, and the
+                    // device makes the rest all the same (see below).
+                    let _ = client
+                        .get_mut()
+                        .write_all(format!("{PROGRESS}={made}\n").as_bytes());
+                }
+            }
+            Ok(request) => {
                 let response = uapi
                     .send_sync(request)
                     .map_err(|e| io(std::io::Error::other(e.to_string())))?;
@@ -508,6 +536,44 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
         let _ = client.get_mut().write_all(response.as_bytes());
     }
     Ok(())
+}
+
+/// Peers a `set` is made in at a time ([`parts`]). The device holds its lock while it
+/// makes a part, and no packet crosses it meanwhile: a node's first 10,000 peers in one
+/// part held it for about a second (a release build; each new peer costs the device two
+/// Curve25519 multiplications, and each one changed in place or removed a walk over every
+/// allowed IP it holds: some 12 ms at 200,000). A part of 16 new peers holds it a few
+/// milliseconds.
+const PART: usize = 16;
+
+/// The line the device process writes after each part of a `set` but the last
+/// (`progress=<peers made>`), before its answer: the agent waits as long as the device
+/// makes progress ([`ANSWER_WITHIN`] between two lines), not for the whole `set` at
+/// once.
+const PROGRESS: &str = "progress";
+
+/// `set` in parts of [`PART`] peers, in its order, the first with the device's own
+/// settings: each part is made under the device's lock on its own, so packets cross the
+/// device between parts. A `set` the device would refuse (a key named twice, an unknown
+/// protocol version) or one that replaces every peer stays whole, for the device to
+/// answer as it does.
+fn parts(mut set: Set) -> Vec<Set> {
+    let mut keys = BTreeSet::new();
+    let whole = set.replace_peers
+        || set.protocol_version.as_deref().is_some_and(|v| v != "1")
+        || !set.peers.iter().all(|p| keys.insert(p.peer.public_key.0));
+    if whole || set.peers.len() <= PART {
+        return vec![set];
+    }
+    let mut peers = std::mem::take(&mut set.peers).into_iter().peekable();
+    set.peers = peers.by_ref().take(PART).collect();
+    let mut parts = vec![set];
+    while peers.peek().is_some() {
+        let mut part = Set::default();
+        part.peers = peers.by_ref().take(PART).collect();
+        parts.push(part);
+    }
+    parts
 }
 
 /// The device's worker threads: half the cores this process may use, at least one. The
@@ -645,6 +711,57 @@ mod tests {
             ]
         );
         assert_eq!(sections[2].1, ["remove=true"]);
+    }
+
+    /// A `set` as the device process takes it: `settings` then the peers of `changes`.
+    fn set_of(settings: &str, changes: &[PeerChange<'_>]) -> Set {
+        let request = format!("set=1\n{settings}{}", transaction(changes).unwrap());
+        match request.parse::<Request>().unwrap() {
+            Request::Set(set) => set,
+            Request::Get(_) => unreachable!("a set"),
+        }
+    }
+
+    /// A big `set` is made in parts of 16 peers, in its order, the device's own settings
+    /// with the first; one the device must refuse, or one that replaces every peer, stays
+    /// whole.
+    #[test]
+    fn a_set_is_made_in_parts_of_sixteen_peers_in_order_but_one_the_device_refuses_stays_whole() {
+        let keys: Vec<String> = (0..40).map(test_key).collect();
+        let peer = wanted(Some("192.0.2.1:51820"), &["10.100.1.0/24"]);
+        let changes: Vec<PeerChange<'_>> = keys
+            .iter()
+            .map(|key| PeerChange {
+                public_key: key,
+                peer: Some(&peer),
+                replace_allowed_ips: false,
+            })
+            .collect();
+        let made = parts(set_of("listen_port=51820\n", &changes));
+        let sizes: Vec<usize> = made.iter().map(|p| p.peers.len()).collect();
+        assert_eq!(sizes, [16, 16, 8]);
+        let ports: Vec<Option<u16>> = made.iter().map(|p| p.listen_port).collect();
+        assert_eq!(ports, [Some(51820), None, None]);
+        let order: Vec<[u8; 32]> = made
+            .iter()
+            .flat_map(|p| &p.peers)
+            .map(|p| p.peer.public_key.0)
+            .collect();
+        let sent: Vec<[u8; 32]> = keys.iter().map(|k| key_bytes(k).unwrap()).collect();
+        assert_eq!(order, sent);
+
+        assert_eq!(parts(set_of("", &changes[..16])).len(), 1);
+        let mut twice = changes.clone();
+        twice.push(changes[0]);
+        for (whole, peers) in [
+            (set_of("", &twice), 41),
+            (set_of("replace_peers=true\n", &changes), 40),
+            (set_of("protocol_version=2\n", &changes), 40),
+        ] {
+            let made = parts(whole);
+            assert_eq!(made.len(), 1);
+            assert_eq!(made[0].peers.len(), peers);
+        }
     }
 
     /// Found by the `uapi` fuzz target: a device that answers a key of the wrong length,
