@@ -687,6 +687,30 @@ fn all_applied(lab: &Lab, status: &Value) -> bool {
             .is_some_and(|nodes| !nodes.is_empty() && nodes.keys().all(|n| at_planned(n)))
 }
 
+/// Polls the status on the operator socket `socket` every 100 ms until it shows every
+/// node at its planned state ([`all_applied`]), noting the member addresses it shows in
+/// `seen`: when it did, or the last versions shown ([`versions`]) at `deadline`.
+fn all_applied_by(
+    lab: &Lab,
+    socket: &str,
+    seen: &mut Seen,
+    deadline: Instant,
+) -> Result<Instant, String> {
+    loop {
+        let status = lab.status_of(socket);
+        if let Some(status) = &status {
+            seen.saw(member_addresses(status), "under the new leader");
+            if all_applied(lab, status) {
+                return Ok(Instant::now());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(versions(status.as_ref()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Each node's versions in a status, `node: applied/desired`, for messages.
 fn versions(status: Option<&Value>) -> String {
     let Some(status) = status else {
@@ -906,21 +930,15 @@ fn killing_the_leading_operator_loses_no_packet_and_moves_no_address() {
         lab.start();
         // Every agent at the new leader's state, by the new leader's own account.
         let new_leader = format!("{standby}.sock");
-        let caught_up = loop {
-            let status = lab.status_of(&new_leader);
-            if let Some(status) = &status {
-                seen.saw(member_addresses(status), "under the new leader");
-                if all_applied(&lab, status) {
-                    break killed.elapsed();
-                }
-            }
-            assert!(
-                killed.elapsed() < Duration::from_secs(60),
-                "not every agent at the new leader's state 60 s after the kill: {}",
-                versions(status.as_ref())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let caught_up = all_applied_by(
+            &lab,
+            &new_leader,
+            &mut seen,
+            killed + Duration::from_secs(60),
+        )
+        .unwrap_or_else(|v| {
+            panic!("not every agent at the new leader's state 60 s after the kill: {v}")
+        }) - killed;
         let stream = stream
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -942,21 +960,9 @@ fn killing_the_leading_operator_loses_no_packet_and_moves_no_address() {
     });
     let new_leader = format!("{standby}.sock");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let settled = loop {
-        let status = lab.status_of(&new_leader);
-        if let Some(status) = &status {
-            seen.saw(member_addresses(status), "under the new leader");
-            if all_applied(&lab, status) {
-                break killed.elapsed();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every agent at the new leader's last state: {}",
-            versions(status.as_ref())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let settled = all_applied_by(&lab, &new_leader, &mut seen, deadline)
+        .unwrap_or_else(|v| panic!("not every agent at the new leader's last state: {v}"))
+        - killed;
     seen.saw(addresses(&after), "in the last matrix");
     eprintln!(
         "{streamed} changes streamed, {made_before} before the kill, the last {:.1} s after it; \
