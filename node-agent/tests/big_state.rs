@@ -35,7 +35,7 @@ use wireway_agent::dataplane::wireguard::DeviceState;
 use wireway_agent::dataplane::wireguard::userspace::Userspace;
 use wireway_operator::engine::{Hub, Input};
 use wireway_operator::metrics::{Metrics, category};
-use wireway_operator::serve::{Auth, NodeApiServer, NodeApiService};
+use wireway_operator::serve::{Auth, NodeApiService};
 use wireway_proto::{AgentReport, MAX_NODE_STATE_BYTES, NodeState, ServiceState};
 use wireway_runtime::listen::{Address, serve_grpc};
 use wireway_runtime::pki::{self, Subject};
@@ -434,7 +434,7 @@ async fn operator(socket: &Path, tls: &TlsArgs) -> (Arc<Hub>, Metrics, Engine) {
     let router = tonic::transport::Server::builder()
         .tls_config(pem.server(true))
         .unwrap()
-        .add_service(NodeApiServer::new(service).max_encoding_message_size(MAX_NODE_STATE_BYTES));
+        .add_service(service.server());
     let listener = Address::Unix(socket.to_owned()).bind().await.unwrap();
     tokio::spawn(serve_grpc(router, listener, std::future::pending()));
     let engine = Engine {

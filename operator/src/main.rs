@@ -20,11 +20,8 @@ use wireway_operator::engine::{self, Config, Engine, Hub, store::StoreError};
 use wireway_operator::federation::{Federation, tls::OwnIdentity};
 use wireway_operator::metrics::Metrics;
 use wireway_operator::plan::{Bounds, ListenPorts, bounds};
-use wireway_operator::serve::{
-    Auth, NodeApiServer, NodeApiService, StatusApiServer, StatusApiService,
-};
+use wireway_operator::serve::{Auth, NodeApiService, StatusApiServer, StatusApiService};
 use wireway_operator::source::{kubernetes, manifests::Manifests};
-use wireway_proto::MAX_NODE_STATE_BYTES;
 use wireway_runtime::backoff::Backoff;
 use wireway_runtime::errors::chain;
 use wireway_runtime::http::{self, Readiness};
@@ -398,7 +395,7 @@ async fn run(args: Args) -> Result<(), Error> {
             .map_err(Error::Certificate)?;
     }
     let router = server
-        .add_service(NodeApiServer::new(service).max_encoding_message_size(MAX_NODE_STATE_BYTES))
+        .add_service(service.server())
         .add_service(StatusApiServer::new(status));
     tracing::info!(
         node_api = %args.listen_grpc,

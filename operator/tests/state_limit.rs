@@ -3,7 +3,7 @@
 //! limit; one byte more is not sent at all (sent, it would end the stream, and the
 //! agent would reconnect to the same state again and again): the operator counts it as
 //! `state_too_large`, the agent's stream stays open, and the next state that fits
-//! arrives on it.
+//! arrives on it. A report is taken up to the same limit.
 //!
 //! `node-agent/tests/big_state.rs` shows the same with a real agent and a node of 10,000
 //! peers.
@@ -17,10 +17,10 @@ use prost::Message;
 use tokio::sync::mpsc;
 use wireway_operator::engine::{Hub, Input};
 use wireway_operator::metrics::{Metrics, category};
-use wireway_operator::serve::{Auth, NodeApiServer, NodeApiService};
+use wireway_operator::serve::{Auth, NodeApiService};
 use wireway_operator::testing::hello;
 use wireway_proto::node_api_client::NodeApiClient;
-use wireway_proto::{MAX_NODE_STATE_BYTES, NodeState, Peer, ServiceState};
+use wireway_proto::{AgentReport, MAX_NODE_STATE_BYTES, NodeState, Peer, PeerStatus, ServiceState};
 use wireway_runtime::listen::{Address, grpc_channel, serve_grpc};
 
 const NODE: &str = "node-a";
@@ -83,8 +83,7 @@ async fn a_state_over_the_limit_is_not_sent_the_stream_stays_and_the_next_that_f
     });
     let service = NodeApiService::new(hub.clone(), inputs, Auth::Plaintext, metrics.clone());
     // As the operator binary serves it.
-    let router = tonic::transport::Server::builder()
-        .add_service(NodeApiServer::new(service).max_encoding_message_size(MAX_NODE_STATE_BYTES));
+    let router = tonic::transport::Server::builder().add_service(service.server());
     let listener = Address::Unix(socket.clone()).bind().await.unwrap();
     tokio::spawn(serve_grpc(router, listener, std::future::pending()));
 
@@ -136,4 +135,25 @@ async fn a_state_over_the_limit_is_not_sent_the_stream_stays_and_the_next_that_f
     assert_eq!(metrics.pushes.get(), 2);
     assert_eq!(refused.get(), 1);
     assert!(disconnected.try_recv().is_err());
+
+    // The other way: a report naming 100,000 peers (over 4 MiB) is taken.
+    let peers = (0..100_000)
+        .map(|i| PeerStatus {
+            interface_name: "ww-red".into(),
+            public_key: format!("{i:0>43}="),
+            last_handshake_unix_seconds: 1,
+            ..PeerStatus::default()
+        })
+        .collect();
+    let report = AgentReport {
+        node: NODE.into(),
+        applied_version: 3,
+        peers,
+        ..AgentReport::default()
+    };
+    assert!(report.encoded_len() > 4 << 20, "{}", report.encoded_len());
+    client
+        .report(report)
+        .await
+        .expect("a report over 4 MiB is taken");
 }

@@ -70,6 +70,16 @@ impl NodeApiService {
         }
     }
 
+    /// The gRPC server of this service, as the operator serves it: states up to
+    /// [`MAX_NODE_STATE_BYTES`] sent (gRPC's default is 4 MiB) and reports up to as much
+    /// taken (a node's report names each of its peers: about 55 bytes a peer, so the
+    /// default would refuse the reports of a node with 75,000).
+    pub fn server(self) -> NodeApiServer<Self> {
+        NodeApiServer::new(self)
+            .max_encoding_message_size(MAX_NODE_STATE_BYTES)
+            .max_decoding_message_size(MAX_NODE_STATE_BYTES)
+    }
+
     /// Takes one of `node`'s reports, or refuses it (counted, logged at debug only: a
     /// flood must not flood the log either).
     fn throttle(&self, node: &str) -> Result<(), Status> {
