@@ -2160,6 +2160,38 @@ mod properties {
             incremental_and_scratch(&w, &ops)?;
         }
 
+        /// A new leader plans from what the objects' statuses record, with no plan of
+        /// its own and its watches listing the objects in another order: every node's
+        /// state is the one its predecessor served (addresses, prefixes, listen ports,
+        /// interface names, peers), not the lowest free values it would pick afresh
+        /// (after a service and some pods went, lower ones are free).
+        #[test]
+        fn a_new_leader_planning_from_the_statuses_alone_serves_what_its_predecessor_did(
+            w in worlds(),
+            gone in 0..12usize,
+        ) {
+            let first = plan(&w, None);
+            let mut served = w.clone();
+            record(&mut served, &first);
+            if !served.network_services.is_empty() {
+                served.network_services.remove(gone % served.network_services.len());
+            }
+            let mut i = 0;
+            served.pods.retain(|_| { i += 1; i % 3 != gone % 3 });
+            let predecessor = plan(&served, Some(&first));
+            record(&mut served, &predecessor);
+            served.pods.reverse();
+            served.endpoints.reverse();
+            served.admissions.reverse();
+            served.network_services.reverse();
+            let new_leader = plan(&served, None);
+            // Versions are each leader's own (the epoch tells them apart).
+            let services = |p: &Plan| -> Vec<(String, Vec<wireway_proto::ServiceState>)> {
+                p.nodes.iter().map(|(n, s)| (n.clone(), s.services.clone())).collect()
+            };
+            prop_assert_eq!(services(&predecessor), services(&new_leader));
+        }
+
         #[test]
         fn replanning_after_a_restart_keeps_every_address(w in worlds()) {
             let first = plan(&w, None);
