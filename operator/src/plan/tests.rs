@@ -2164,7 +2164,8 @@ mod properties {
         /// its own and its watches listing the objects in another order: every node's
         /// state is the one its predecessor served (addresses, prefixes, listen ports,
         /// interface names, peers), not the lowest free values it would pick afresh
-        /// (after a service and some pods went, lower ones are free).
+        /// (after a service and some pods went, lower ones are free); and across those
+        /// deletions what stays moves nothing (port, interface, address, veth).
         #[test]
         fn a_new_leader_planning_from_the_statuses_alone_serves_what_its_predecessor_did(
             w in worlds(),
@@ -2179,6 +2180,28 @@ mod properties {
             let mut i = 0;
             served.pods.retain(|_| { i += 1; i % 3 != gone % 3 });
             let predecessor = plan(&served, Some(&first));
+            // What stays moves nothing: a service's port and interface, a member's
+            // address and veth, wherever both plans hold them.
+            for (node, state) in &predecessor.nodes {
+                let Some(before) = first.nodes.get(node) else { continue };
+                for service in &state.services {
+                    let Some(old) = before.services.iter().find(|s| s.name == service.name) else {
+                        continue;
+                    };
+                    prop_assert_eq!(
+                        (service.listen_port, &service.interface_name),
+                        (old.listen_port, &old.interface_name)
+                    );
+                    for member in &service.members {
+                        if let Some(was) = old.members.iter().find(|m| m.id == member.id) {
+                            prop_assert_eq!(
+                                (&member.address, &member.host_interface_name),
+                                (&was.address, &was.host_interface_name)
+                            );
+                        }
+                    }
+                }
+            }
             record(&mut served, &predecessor);
             served.pods.reverse();
             served.endpoints.reverse();
