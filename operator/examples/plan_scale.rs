@@ -83,9 +83,18 @@ fn main() {
     if daemonset {
         args.remove(0);
     }
+    // More changes than the default 50 make a profile of the incremental path.
+    let changes = match args.iter().position(|a| a == "--changes") {
+        Some(at) => {
+            let count = args.get(at + 1).and_then(|c| c.parse().ok());
+            args.drain(at..(at + 2).min(args.len()));
+            count
+        }
+        None => Some(50),
+    };
     let numbers: Vec<usize> = args.iter().map(|a| a.parse().expect("numbers")).collect();
-    let [nodes, services, members, span] = numbers[..] else {
-        eprintln!("usage: plan_scale [--daemonset] NODES SERVICES MEMBERS SPAN");
+    let (&[nodes, services, members, span], Some(changes)) = (&numbers[..], changes) else {
+        eprintln!("usage: plan_scale [--daemonset] NODES SERVICES MEMBERS SPAN [--changes N]");
         std::process::exit(2);
     };
     let scale = scale::Scale {
@@ -139,11 +148,11 @@ fn main() {
     );
 
     if services > 0 {
-        let added = (0..50)
+        let added = (0..changes)
             .map(|i| Change::Pod(scale::pod(scale, i % services, 1_000_000 + i)))
             .collect();
         runs(&mut planner, &mut hub, "one member added", added);
-        let removed = (0..50)
+        let removed = (0..changes)
             .map(|i| {
                 let pod = scale::pod(scale, i % services, 1_000_000 + i);
                 Change::PodDeleted(pod.namespace, pod.name)

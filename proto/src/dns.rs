@@ -21,7 +21,8 @@ pub struct ServiceDns {
     pub zone: String,
     /// Its names, sorted by name and relative to the zone: "<member>.<endpoint>.<namespace>"
     /// for each pod member and "<endpoint>.<namespace>" for each Endpoint (all its members;
-    /// an external host's only name).
+    /// an external host's only name). A name may have several records, sorted by address
+    /// (the operator writes one per block of 256 addresses); they are answered together.
     pub records: Arc<Vec<Arc<DnsRecord>>>,
 }
 

@@ -267,6 +267,34 @@ fn a_headless_name_answers_every_address() {
     assert_eq!(addresses(&reply), ips(&["10.100.0.1", "10.100.0.2"]));
 }
 
+/// The operator holds a name's addresses in one record per block of 256 (an Endpoint's
+/// name can hold thousands): a name's records are merged into one answer.
+#[test]
+fn a_name_held_in_several_records_answers_all_their_addresses() {
+    let state = node("node-1").with(
+        service("red/red")
+            .cidr("10.100.0.0/16")
+            .member(member("red/web-0").host_side(WEB_0).at("10.100.0.1"))
+            .zone(RED)
+            .record("web.red", &["10.100.0.1", "10.100.0.2"])
+            .record("web.red", &["10.100.1.1"])
+            .record("web.red", &["10.100.2.1"]),
+    );
+    let zones = Zones::new(&state);
+
+    let reply = ask(
+        &zones,
+        WEB_0,
+        "web.red.red.red.wireway.internal.",
+        RecordType::A,
+    );
+
+    let want = ips(&["10.100.0.1", "10.100.0.2", "10.100.1.1", "10.100.2.1"]);
+    let mut got = addresses(&reply);
+    got.sort();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn any_answers_both_families() {
     let state = node("node-1").with(

@@ -59,6 +59,10 @@ pub struct Planner {
     dirty_nodes: BTreeSet<String>,
     dirty_grants: BTreeSet<ObjectKey>,
     dirty_peer_clusters: BTreeSet<ObjectKey>,
+    /// Listen ports and interface names are to be assigned again at the next plan: a
+    /// NetworkService or a recorded status changed. (Pods alone change neither, and a
+    /// round of member changes should not cost a pass over every service.)
+    assignments_stale: bool,
     /// How the last plan went.
     round: Round,
     /// Until the first plan, node states come from `previous` (for versions and veth
@@ -93,6 +97,7 @@ impl Planner {
             dirty_nodes,
             dirty_grants,
             dirty_peer_clusters: BTreeSet::new(),
+            assignments_stale: true,
             round: Round::default(),
             rebuild: true,
         }
@@ -112,6 +117,12 @@ impl Planner {
                 .and_then(|p| p.get(name))
                 .cloned()
         });
+        if matches!(
+            change,
+            Change::NetworkService(_) | Change::NetworkServiceDeleted(_)
+        ) {
+            self.assignments_stale = true;
+        }
         let mut affected = self.index.apply(change);
         if let (Some(pod), Some(was)) = (pod, was) {
             for target in std::mem::take(&mut affected.targets) {
@@ -154,6 +165,7 @@ impl Planner {
             }
         }
         self.dirty_targets.extend(self.index.targets());
+        self.assignments_stale = true;
     }
 
     /// Sets the time conditions that change from now on are stamped with.
@@ -244,7 +256,9 @@ impl Planner {
     /// Plans what changed since the last call. `changed_nodes` of the result lists the
     /// nodes whose state differs from the last call's.
     pub fn plan(&mut self) -> &Plan {
-        self.reassign();
+        if std::mem::take(&mut self.assignments_stale) {
+            self.reassign();
+        }
         self.decide_node_keys();
         self.plan_grants();
         self.plan_peer_clusters();
@@ -268,6 +282,9 @@ impl Planner {
             service::plan_target(&self.index, target, across)
         });
         overlaps::settle(&self.index, &mut drafts);
+        // Their statuses are recorded (ports and interfaces among them): what the next
+        // assignment reads.
+        self.assignments_stale |= !drafts.is_empty();
         for (target, mut fresh) in drafts {
             let old = self.targets.remove(&target).unwrap_or_default();
             touched.extend(old.nodes.iter().cloned());

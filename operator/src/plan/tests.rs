@@ -2227,7 +2227,8 @@ mod properties {
     }
 }
 
-/// The names `service` (on `node`) carries: (name relative to its zone, addresses).
+/// The names `service` (on `node`) carries: (name relative to its zone, addresses), the
+/// records of one name (one per block of addresses) merged, as an agent merges them.
 fn names_on(plan: &Plan, node: &str, service: &str) -> (String, Vec<(String, Vec<String>)>) {
     let state = plan.nodes[node]
         .services
@@ -2235,11 +2236,15 @@ fn names_on(plan: &Plan, node: &str, service: &str) -> (String, Vec<(String, Vec
         .find(|s| s.name == service)
         .unwrap_or_else(|| panic!("{service} is not on {node}"));
     let dns = state.dns.as_ref().expect("the service has names");
-    let records = dns
-        .records
-        .iter()
-        .map(|r| (r.name.clone(), r.addresses.clone()))
-        .collect();
+    let mut records: Vec<(String, Vec<String>)> = Vec::new();
+    for record in dns.records.iter() {
+        match records.last_mut() {
+            Some((name, addresses)) if *name == record.name => {
+                addresses.extend(record.addresses.iter().cloned());
+            }
+            _ => records.push((record.name.clone(), record.addresses.clone())),
+        }
+    }
     (dns.zone.clone(), records)
 }
 

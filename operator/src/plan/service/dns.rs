@@ -64,23 +64,44 @@ pub(super) fn zone(
     is_dns_name(&zone).then_some(zone)
 }
 
+/// The block of 256 addresses `address` lies in (a /24, or a /120 in IPv6), ordered as
+/// the addresses are. A name's addresses are held in one record per block: an Endpoint's
+/// name holds every member's address, and a member joining copies one block's
+/// addresses (at most 256), not the Endpoint's (100,000 in one service at the scale of
+/// `docs/benchmarks.md`). Agents merge the records of one name.
+fn block(address: IpAddr) -> (bool, u128) {
+    match address {
+        IpAddr::V4(v4) => (false, u128::from(u32::from(v4) >> 8)),
+        IpAddr::V6(v6) => (true, u128::from(v6) >> 8),
+    }
+}
+
+/// The block of a record: its first address's.
+fn block_of(record: &DnsRecord) -> Option<(bool, u128)> {
+    record.addresses.first()?.parse().ok().map(block)
+}
+
 /// The records of the service's members under `zone`: each pod member by
 /// `<pod>.<endpoint>.<namespace>`, and each Endpoint by `<endpoint>.<namespace>` with
-/// all its members (an external host's only name). Sorted, as the NodeState wants.
+/// all its members (an external host's only name), one record per name and [`block`] of
+/// addresses. Sorted by name, then address, as the NodeState wants.
 pub(super) fn records(zone: &str, entries: &[Entry<'_>]) -> ServiceDns {
-    let mut names: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut names: BTreeMap<(String, (bool, u128)), Vec<IpAddr>> = BTreeMap::new();
     for entry in entries.iter().filter(|e| e.member()) {
         let Some(address) = entry.address else {
             continue;
         };
         for name in names_of(entry) {
-            names.entry(name).or_default().push(address);
+            names
+                .entry((name, block(address)))
+                .or_default()
+                .push(address);
         }
     }
     let records: Vec<Arc<DnsRecord>> = names
         .into_iter()
-        .filter(|(name, _)| recordable(name, zone))
-        .map(|(name, mut addresses)| {
+        .filter(|((name, _), _)| recordable(name, zone))
+        .map(|((name, _), mut addresses)| {
             addresses.sort();
             addresses.dedup();
             Arc::new(DnsRecord {
@@ -160,7 +181,7 @@ pub(super) fn changes(
     }
     // Each change must find the records as the members leaving and joining say.
     let holds = |name: &str, address: IpAddr| {
-        find(&dns.records, name)
+        find(&dns.records, name, address)
             .ok()
             .is_some_and(|i| position(&dns.records[i].addresses, address).is_ok())
     };
@@ -174,7 +195,7 @@ pub(super) fn changes(
 /// with another list is copied before it is edited, the others stay shared.
 pub(super) fn apply(records: &mut Vec<Arc<DnsRecord>>, changes: &[NameChange]) {
     for change in changes {
-        let at = find(records, &change.name);
+        let at = find(records, &change.name, change.address);
         match (at, change.add) {
             (Ok(i), true) => {
                 let addresses = &mut Arc::make_mut(&mut records[i]).addresses;
@@ -203,9 +224,11 @@ pub(super) fn apply(records: &mut Vec<Arc<DnsRecord>>, changes: &[NameChange]) {
     }
 }
 
-/// Where the record `name` is in records sorted by name.
-fn find(records: &[Arc<DnsRecord>], name: &str) -> Result<usize, usize> {
-    records.binary_search_by(|r| r.name.as_str().cmp(name))
+/// Where the record of `name` holding `address`'s [`block`] is, in records sorted by name
+/// and address.
+fn find(records: &[Arc<DnsRecord>], name: &str, address: IpAddr) -> Result<usize, usize> {
+    let wanted = Some(block(address));
+    records.binary_search_by(|r| (r.name.as_str(), block_of(r)).cmp(&(name, wanted)))
 }
 
 /// Where `address` is in a record's addresses, sorted as addresses (not as text).
@@ -275,5 +298,44 @@ mod tests {
         assert!(!Arc::ptr_eq(&records[2], &held[2]));
         assert_eq!(held[2].addresses, ["10.0.0.1", "10.0.0.9"]);
         assert_eq!(held[0].addresses, ["10.0.0.1"]);
+    }
+
+    /// A name's addresses are held by block (a /24, a /120): a member joining or leaving
+    /// copies its block's record alone, and a block left empty goes.
+    #[test]
+    fn an_edit_copies_only_the_block_of_the_address() {
+        let held = vec![
+            record("members.red", &["10.0.0.1", "10.0.0.200"]),
+            record("members.red", &["10.0.1.1"]),
+            record("members.red", &["fd00::1"]),
+        ];
+        let mut records = held.clone();
+        apply(
+            &mut records,
+            &[
+                change("members.red", "10.0.1.2", true),
+                change("members.red", "10.0.2.1", true),
+                change("members.red", "fd00::1", false),
+                change("members.red", "fd00::1:0", true),
+            ],
+        );
+        let blocks: Vec<Vec<&str>> = records
+            .iter()
+            .map(|r| r.addresses.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            blocks,
+            [
+                vec!["10.0.0.1", "10.0.0.200"],
+                vec!["10.0.1.1", "10.0.1.2"],
+                vec!["10.0.2.1"],
+                vec!["fd00::1:0"],
+            ]
+        );
+        assert!(
+            Arc::ptr_eq(&records[0], &held[0]),
+            "the first block was copied"
+        );
+        assert_eq!(held[1].addresses, ["10.0.1.1"]);
     }
 }
