@@ -124,7 +124,8 @@ pub fn plan_members(
 
     // What the statuses say of the changed pods, on every Endpoint of the target.
     let changed = |key: &ObjectKey, workload: &str| {
-        pods.contains_key(&(key.namespace.clone(), workload.to_owned()))
+        pods.keys()
+            .any(|(namespace, name)| *namespace == key.namespace && name == workload)
     };
     let mut was: BTreeMap<(ObjectKey, String), &MemberStatus> = BTreeMap::new();
     for (key, _) in index.endpoints_for(target) {
@@ -150,17 +151,41 @@ pub fn plan_members(
         }
         touched.insert(node);
     }
+    let mut endpoints_in: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
+    for (key, _) in index.endpoints_for(target) {
+        endpoints_in.entry(&key.namespace).or_default().push(key);
+    }
     for node in touched {
         let prefix = carrying.get(node)?;
+        // The node's members are those its state holds, with their addresses (a Ready
+        // service has one for every admitted member): reading every member of the
+        // Endpoints for them cost as much as the rest of the change. Where a namespace
+        // has several Endpoints of the target, the statuses say which hold the pod.
+        let held: BTreeSet<(&str, &str, &str)> = share(plan, node, target)?
+            .members
+            .iter()
+            .filter_map(|m| {
+                let (namespace, workload) = m.id.split_once('/')?;
+                Some((namespace, workload, m.address.as_str()))
+            })
+            .collect();
         let mut members: Vec<((ObjectKey, String), Option<IpAddr>)> = Vec::new();
-        for (key, e) in index.endpoints_for(target) {
-            let Some(st) = e.status.as_ref() else {
+        for (namespace, workload, address) in held {
+            let keys = endpoints_in.get(namespace).map_or(&[][..], Vec::as_slice);
+            if let [key] = keys {
+                if !changed(key, workload) {
+                    let key = ((*key).clone(), workload.to_owned());
+                    members.push((key, Some(address.parse().ok()?)));
+                }
                 continue;
-            };
-            for m in &st.members {
-                if m.admitted && m.node.as_deref() == Some(node) && !changed(key, &m.workload) {
+            }
+            for key in keys {
+                let Some(m) = status_of(index, key, workload) else {
+                    continue;
+                };
+                if m.admitted && m.node.as_deref() == Some(node) && !changed(key, workload) {
                     let (_, address) = recorded(m);
-                    members.push(((key.clone(), m.workload.clone()), Some(address?)));
+                    members.push((((*key).clone(), m.workload.clone()), Some(address?)));
                 }
             }
         }
