@@ -22,8 +22,8 @@ use super::world::{Change, World};
 use super::{ObjectKey, Plan, Statuses, grants, names, nodes, overlaps, status};
 
 /// What a planned target leaves in the plan: the objects whose statuses it wrote, the
-/// nodes carrying it (and those it would if their key were their own), and the cidr it
-/// was planned with. (Its share of each node lives in that node's state only.)
+/// nodes carrying it and every other node an admitted pod of it runs on (see
+/// `TargetPlan::pod_nodes`), and the cidr it was planned with. (Its share of each node lives in that node's state only.)
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Footprint {
     endpoints: Vec<ObjectKey>,
@@ -507,7 +507,7 @@ impl Planner {
     /// recorded allocations the next planning keeps; keeps what node assembly needs.
     fn record(&mut self, target: &ObjectKey, fresh: TargetPlan) -> Footprint {
         let mut footprint = Footprint {
-            nodes: fresh.refused_nodes,
+            nodes: fresh.pod_nodes,
             cidr: overlaps::cidr(&self.index, target),
             ..Footprint::default()
         };

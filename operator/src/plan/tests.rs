@@ -715,6 +715,39 @@ fn two_services_cannot_give_a_pod_one_interface_name_twice() {
     );
 }
 
+/// A pod lost to another service's Endpoint for its interface name is still that
+/// service's business: when the pod's node is refused for its key (and the winner loses
+/// the pod for it), both services say so, as a plan from scratch does. (Found by the
+/// property test: the loser was not planned again, its node not being one it carried.)
+#[test]
+fn a_service_that_lost_a_pod_to_an_interface_name_is_planned_again_when_its_node_is_refused() {
+    let mut w = seeds();
+    second_red_for_bridge(&mut w);
+    let mut planner = Planner::new(w.clone(), None);
+    let first = planner.plan().clone();
+    let loser = member(&first, "red/red-members", "bridge");
+    assert_eq!(loser.reason, reason::INTERFACE_NAME_CONFLICT);
+    // node-3, where the bridge runs, copies node-1's key.
+    let mut impostor = w.nodes[2].clone();
+    impostor.public_key = Some("node-1-key".into());
+    planner.apply(Change::Node(impostor.clone()));
+    let incremental = planner.plan().clone();
+
+    for endpoint in ["red/bridge-to-green-red", "red/red-members"] {
+        assert_eq!(
+            member(&incremental, endpoint, "bridge").reason,
+            reason::DUPLICATE_NODE_KEY,
+            "{endpoint}"
+        );
+    }
+    let mut changed = w.clone();
+    record(&mut changed, &first);
+    changed.nodes[2] = impostor;
+    let scratch = plan(&changed, Some(&first));
+    assert_eq!(incremental.endpoints, scratch.endpoints);
+    assert_eq!(incremental.network_services, scratch.network_services);
+}
+
 #[test]
 fn ipv6_services_work_like_ipv4_ones() {
     let mut w = world();

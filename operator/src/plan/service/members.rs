@@ -120,7 +120,14 @@ pub fn plan_members(
     if !problems.is_empty() {
         return None;
     }
+    // A pod left out for an interface name another service gives it may be on a node
+    // the target's footprint does not name (it is planned again when that node's key is
+    // refused or no longer is): only a whole plan records it.
+    let admitted = after.iter().filter(|e| e.admitted).count();
     stages::resolve_interface_conflicts(index, target, &mut after);
+    if after.iter().filter(|e| e.admitted).count() != admitted {
+        return None;
+    }
 
     // What the statuses say of the changed pods, on every Endpoint of the target.
     let changed = |key: &ObjectKey, workload: &str| {
@@ -395,35 +402,9 @@ pub fn apply_members(
         let Some(at) = state.services.iter().position(|s| s.name == name) else {
             continue;
         };
-        let old = state.services.remove(at);
-        let mut fresh = old.clone();
-        // A member set as it is keeps its host veth name.
-        let sets: Vec<(String, Option<Member>)> = sets
-            .iter()
-            .filter(|(id, member)| {
-                let now = old.members.iter().find(|m| &m.id == id);
-                match (now, member) {
-                    (Some(now), Some(m)) => {
-                        let mut same = m.clone();
-                        same.host_interface_name
-                            .clone_from(&now.host_interface_name);
-                        *now != same
-                    }
-                    (None, None) => false,
-                    _ => true,
-                }
-            })
-            .cloned()
-            .collect();
-        if sets.is_empty() {
-            state.services.insert(at, old);
-            continue;
+        if nodes::edit_members(&mut state.services, at, sets) {
+            changed.insert(node.clone());
         }
-        edit_sorted(&mut fresh.members, &sets, |m| &m.id);
-        let fresh = nodes::assemble(vec![fresh], &state.services, std::slice::from_ref(&old));
-        state.services.extend(fresh);
-        state.services.sort_by(|a, b| a.name.cmp(&b.name));
-        changed.insert(node.clone());
     }
     if !edit.names.is_empty() {
         let carrying: Vec<String> = plan

@@ -101,9 +101,11 @@ pub struct TargetPlan {
     /// The service's share of each carrying node's state. Host veth names are left
     /// empty: they are unique per node, so the node assembly picks them.
     pub nodes: BTreeMap<String, ServiceState>,
-    /// Nodes that would carry the service but present another node's key: the target is
-    /// planned again when that changes.
-    pub refused_nodes: BTreeSet<String>,
+    /// Every node an admitted pod of the target runs on, carrying it or left out (for
+    /// presenting another node's key, or for an interface name another service's
+    /// Endpoint gives the pod, which that one may lose for its node's key): the target is
+    /// planned again when one of them is refused for its key or no longer is.
+    pub pod_nodes: BTreeSet<String>,
     /// This cluster's half of the service for each peer cluster sharing it.
     pub federation: BTreeMap<String, Half>,
 }
@@ -216,8 +218,8 @@ struct Decided<'i> {
     admission_counts: BTreeMap<ObjectKey, (i32, i32)>,
     /// The carrying nodes, with their prefixes.
     carrying: BTreeMap<String, IpNet>,
-    /// Nodes left out for presenting another node's key.
-    refused_nodes: BTreeSet<String>,
+    /// Every node an admitted pod runs on (see [`TargetPlan::pod_nodes`]).
+    pod_nodes: BTreeSet<String>,
     /// What was decided about each peer cluster's half.
     remotes: Vec<federation::Remote>,
     /// What keeps the service from being Ready, in the order the stages found it.
@@ -260,8 +262,12 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
     let (mut entries, endpoint_problems) = stages::gather(index, target);
     stages::confine_identities(index, &mut entries);
     let mut admission_counts = stages::admit(index, &policy, target, &mut entries);
-    let refused_nodes =
-        stages::leave_out_refused_nodes(across.refused_nodes, &mut entries, &mut problems);
+    let pod_nodes = entries
+        .iter()
+        .filter(|e| e.admitted)
+        .filter_map(|e| e.pod()?.node.clone())
+        .collect();
+    stages::leave_out_refused_nodes(across.refused_nodes, &mut entries, &mut problems);
     stages::resolve_interface_conflicts(index, target, &mut entries);
     let external_addresses = stages::place_externals(&spec, &mut entries);
     let prefixes =
@@ -285,7 +291,7 @@ pub fn plan_target(index: &Index, target: &ObjectKey, across: Across<'_>) -> Tar
             endpoint_problems,
             admission_counts,
             carrying,
-            refused_nodes,
+            pod_nodes,
             remotes,
             problems,
         },

@@ -125,7 +125,7 @@ pub(super) fn planned(index: &Index, decided: &Decided<'_>) -> TargetPlan {
         nodes: d
             .listen_port
             .map_or_else(BTreeMap::new, |port| node_states(index, d, port)),
-        refused_nodes: d.refused_nodes.clone(),
+        pod_nodes: d.pod_nodes.clone(),
         federation: super::federation::halves(
             index,
             &d.spec,
@@ -225,7 +225,7 @@ fn unplanned(
             &BTreeMap::new(),
         ),
         nodes: BTreeMap::new(),
-        refused_nodes: Default::default(),
+        pod_nodes: Default::default(),
         federation: BTreeMap::new(),
     }
 }

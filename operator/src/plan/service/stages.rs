@@ -286,12 +286,12 @@ pub(super) fn tally(counts: &mut BTreeMap<ObjectKey, (i32, i32)>, decision: &Dec
 }
 
 /// Stage: a node presenting another node's WireGuard key carries no service: its pods are
-/// not members, and the service says why. Returns the nodes left out.
+/// not members, and the service says why (once per node).
 pub(super) fn leave_out_refused_nodes(
     refused: &Refused,
     entries: &mut [Entry<'_>],
     problems: &mut Vec<Problem>,
-) -> BTreeSet<String> {
+) {
     let mut left_out = BTreeSet::new();
     for entry in entries.iter_mut().filter(|e| e.admitted) {
         let Some(node) = entry.pod().and_then(|p| p.node.as_deref()) else {
@@ -307,7 +307,6 @@ pub(super) fn leave_out_refused_nodes(
             }
         }
     }
-    left_out
 }
 
 /// Stage: a pod cannot hold two interfaces of one name. When an Endpoint of another
