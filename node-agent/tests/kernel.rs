@@ -1063,22 +1063,25 @@ fn stream_arrives_whole(
     if clamp.is_some() || lab.backend("n1") != "userspace" {
         return;
     }
+    // Without offloads each counts one per segment. With them, n2's receive coalescing
+    // once gave 1.88 segments per write on a machine busy with a VM beside the test: at
+    // least 1.5 segments per count tells the two apart.
     let segments = len as u64 / mss;
     let after = counters(lab);
     let [read, sent, written] = [0, 1, 2].map(|i| after[i] - before[i]);
     // The kernel hands n1's device TCP segments of many packets (segmentation offload)...
     assert!(
-        read * 2 <= segments,
+        read * 3 <= segments * 2,
         "{read} reads of n1's TUN device for {segments} segments"
     );
     // ... which it sends to n2 in bursts the kernel splits late (UDP segmentation)...
     assert!(
-        sent * 2 <= segments,
+        sent * 3 <= segments * 2,
         "{sent} packets on n1's underlay for {segments} segments"
     );
     // ... and n2's device writes back coalesced (receive offload).
     assert!(
-        written * 2 <= segments,
+        written * 3 <= segments * 2,
         "{written} writes to n2's TUN device for {segments} segments"
     );
 }

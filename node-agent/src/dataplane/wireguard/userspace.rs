@@ -493,12 +493,10 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
             .parse::<Request>()
         {
             Ok(Request::Set(set)) => {
-                let mut parts = parts(set).into_iter().peekable();
+                let (mut part, more) = parts(set);
+                let mut more = more.into_iter();
                 let mut made = 0;
                 loop {
-                    let Some(part) = parts.next() else {
-                        break format!("errno={}\n\n", Errno::EINVAL as i32);
-                    };
                     made += part.peers.len();
                     let (answer, answered) = oneshot::channel();
                     // The task ends only with the process.
@@ -510,8 +508,9 @@ pub fn run_device(interface: &str, socket: &Path) -> Result<(), WireGuardError> 
                         .send_sync(Request::Set(rest))
                         .map_err(|e| io(std::io::Error::other(e.to_string())))?;
                     let refused = !matches!(response, Response::Set(SetResponse { errno: 0, .. }));
-                    if refused || parts.peek().is_none() {
-                        break format!("{response}\n");
+                    match more.next() {
+                        Some(next) if !refused => part = next,
+                        _ => break format!("{response}\n"),
                     }
                     // The agent waits for the device as long as it makes progress, however
                     // long the whole takes; a client gone is told nothing more, and the
@@ -556,24 +555,24 @@ const PROGRESS: &str = "progress";
 /// settings: each part is made under the device's lock on its own, so packets cross the
 /// device between parts. A `set` the device would refuse (a key named twice, an unknown
 /// protocol version) or one that replaces every peer stays whole, for the device to
-/// answer as it does.
-fn parts(mut set: Set) -> Vec<Set> {
+/// answer as it does. Returns the first part and the rest.
+fn parts(mut set: Set) -> (Set, Vec<Set>) {
     let mut keys = BTreeSet::new();
     let whole = set.replace_peers
         || set.protocol_version.as_deref().is_some_and(|v| v != "1")
         || !set.peers.iter().all(|p| keys.insert(p.peer.public_key.0));
     if whole || set.peers.len() <= PART {
-        return vec![set];
+        return (set, Vec::new());
     }
     let mut peers = std::mem::take(&mut set.peers).into_iter().peekable();
     set.peers = peers.by_ref().take(PART).collect();
-    let mut parts = vec![set];
+    let mut rest = Vec::new();
     while peers.peek().is_some() {
         let mut part = Set::default();
         part.peers = peers.by_ref().take(PART).collect();
-        parts.push(part);
+        rest.push(part);
     }
-    parts
+    (set, rest)
 }
 
 /// The device's worker threads: half the cores this process may use, at least one. The
@@ -737,7 +736,8 @@ mod tests {
                 replace_allowed_ips: false,
             })
             .collect();
-        let made = parts(set_of("listen_port=51820\n", &changes));
+        let (first, rest) = parts(set_of("listen_port=51820\n", &changes));
+        let made: Vec<Set> = std::iter::once(first).chain(rest).collect();
         let sizes: Vec<usize> = made.iter().map(|p| p.peers.len()).collect();
         assert_eq!(sizes, [16, 16, 8]);
         let ports: Vec<Option<u16>> = made.iter().map(|p| p.listen_port).collect();
@@ -750,7 +750,7 @@ mod tests {
         let sent: Vec<[u8; 32]> = keys.iter().map(|k| key_bytes(k).unwrap()).collect();
         assert_eq!(order, sent);
 
-        assert_eq!(parts(set_of("", &changes[..16])).len(), 1);
+        assert!(parts(set_of("", &changes[..16])).1.is_empty());
         let mut twice = changes.clone();
         twice.push(changes[0]);
         for (whole, peers) in [
@@ -758,9 +758,9 @@ mod tests {
             (set_of("replace_peers=true\n", &changes), 40),
             (set_of("protocol_version=2\n", &changes), 40),
         ] {
-            let made = parts(whole);
-            assert_eq!(made.len(), 1);
-            assert_eq!(made[0].peers.len(), peers);
+            let (first, rest) = parts(whole);
+            assert!(rest.is_empty());
+            assert_eq!(first.peers.len(), peers);
         }
     }
 
