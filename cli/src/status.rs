@@ -362,7 +362,7 @@ pub fn render_snapshot(snapshot: &Snapshot, wide: bool) -> String {
             message,
         ]);
         if wide {
-            for m in &status.members {
+            for m in status.members.iter() {
                 endpoints.push(vec![
                     String::new(),
                     format!("  {}", m.workload),

@@ -1,5 +1,6 @@
 //! `Endpoint`: workloads that attach to a NetworkService.
 
+use crate::Members;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -147,9 +148,9 @@ pub struct EndpointStatus {
     /// rule behind it, and its address. Addresses recorded here are kept across operator
     /// restarts, and a pod recreated under the same name on the same node (a StatefulSet
     /// pod) gets its address back.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Members::is_empty")]
     #[schemars(schema_with = "members")]
-    pub members: Vec<MemberStatus>,
+    pub members: Members,
 }
 
 /// One workload of an Endpoint.

@@ -30,6 +30,7 @@ pub mod endpoint;
 mod generate;
 pub mod identity_grant;
 pub mod manifest;
+pub mod members;
 pub mod network_service;
 pub mod peer_cluster;
 mod schema;
@@ -44,6 +45,7 @@ pub use endpoint::{
 };
 pub use generate::{CrdFile, crd_files};
 pub use identity_grant::{GrantedIdentity, IdentityGrant, IdentityGrantSpec, IdentityGrantStatus};
+pub use members::Members;
 pub use network_service::{
     NetworkService, NetworkServiceSpec, NetworkServiceStatus, NodePrefix, ServiceDns, ServicePeer,
 };

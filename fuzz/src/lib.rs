@@ -24,7 +24,7 @@ use wireway_agent::converge::{self, NetnsId, ResolvedNetns};
 use wireway_agent::dataplane::{pods, wireguard::userspace};
 use wireway_agent::dns::answer::{Response, Zones};
 use wireway_crds::validation::Validator;
-use wireway_crds::{SpiffeId, manifest};
+use wireway_crds::{Members, SpiffeId, manifest};
 use wireway_proto::{NetnsLocator, NodeState};
 
 /// A fuzz target: any bytes in, a panic if what must hold does not.
@@ -349,14 +349,22 @@ pub fn federation_peers(data: &[u8]) -> usize {
         }
     }
     for (key, status) in &with.endpoints {
-        let mut members = status.members.clone();
-        for member in &mut members {
-            for said in std::mem::take(&mut member.peers) {
-                assert!(said.reason.len() <= PEER_TEXT_MAX && said.message.len() <= PEER_TEXT_MAX);
-            }
-        }
+        let members: Vec<_> = status
+            .members
+            .iter()
+            .cloned()
+            .map(|mut member| {
+                for said in std::mem::take(&mut member.peers) {
+                    assert!(
+                        said.reason.len() <= PEER_TEXT_MAX && said.message.len() <= PEER_TEXT_MAX
+                    );
+                }
+                member
+            })
+            .collect();
         assert_eq!(
-            members, alone.endpoints[key].members,
+            Members::from(members),
+            alone.endpoints[key].members,
             "the peer changed {key}'s members"
         );
     }

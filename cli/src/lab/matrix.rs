@@ -157,7 +157,7 @@ pub fn expect_clusters(clusters: &[ClusterView<'_>]) -> Expectation {
                 reference.namespace.as_deref().unwrap_or(&namespace),
                 reference.name
             );
-            let members = endpoint.status.iter().flat_map(|s| &s.members);
+            let members = endpoint.status.iter().flat_map(|s| s.members.iter());
             for member in members {
                 let in_lab = member.node.is_some();
                 let local = format!("{namespace}/{}", member.workload);

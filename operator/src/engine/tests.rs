@@ -199,13 +199,14 @@ fn a_new_leader_keeps_the_addresses_its_predecessor_handed_out() {
     // of node-a's prefix.
     let mut endpoint = hub.snapshot().endpoints[0].clone();
     let status = endpoint.status.as_mut().unwrap();
-    let member = status.members.iter_mut().find(|m| m.workload == "red-a");
+    let mut member = status.members.get("red-a").unwrap().clone();
     let leaders = if own == "10.100.0.9" {
         "10.100.0.8"
     } else {
         "10.100.0.9"
     };
-    member.unwrap().address = Some(leaders.into());
+    member.address = Some(leaders.into());
+    status.members.set(member);
     engine.handle(Input::Source(source::Event::Changes(vec![
         Change::Endpoint(endpoint),
     ])));
@@ -247,13 +248,14 @@ fn a_leader_back_in_its_own_term_keeps_what_it_served() {
     // What the objects hold lags: red-a at another address.
     let mut endpoint = hub.snapshot().endpoints[0].clone();
     let status = endpoint.status.as_mut().unwrap();
-    let member = status.members.iter_mut().find(|m| m.workload == "red-a");
+    let mut member = status.members.get("red-a").unwrap().clone();
     let lagging = if served == "10.100.0.9" {
         "10.100.0.8"
     } else {
         "10.100.0.9"
     };
-    member.unwrap().address = Some(lagging.into());
+    member.address = Some(lagging.into());
+    status.members.set(member);
     engine.handle(Input::Source(source::Event::Changes(vec![
         Change::Endpoint(endpoint),
     ])));

@@ -72,7 +72,7 @@ pub fn events(old: &Statuses, new: &Statuses) -> Vec<Event> {
     }
     for (key, status) in &new.endpoints {
         let before = old.endpoints.get(key);
-        for member in &status.members {
+        for member in status.members.iter() {
             let previous =
                 before.and_then(|b| b.members.iter().find(|m| m.workload == member.workload));
             let changed = previous.is_none_or(|p| {
@@ -176,7 +176,7 @@ mod tests {
             endpoints: [(
                 ObjectKey::new("red", "members"),
                 EndpointStatus {
-                    members,
+                    members: members.into(),
                     ..EndpointStatus::default()
                 },
             )]

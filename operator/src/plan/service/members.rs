@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use wireway_crds::conditions::{READY, reason};
-use wireway_crds::{Cidr, MemberStatus};
+use wireway_crds::{Cidr, MemberStatus, Members};
 use wireway_proto::{Member, ServiceState};
 
 use super::dns::{self, NameChange};
@@ -66,11 +66,15 @@ fn recorded(status: &MemberStatus) -> (Option<&str>, Option<IpAddr>) {
     (status.node.as_deref(), address)
 }
 
-/// The status of `workload` in the Endpoint `key`'s member list (sorted by workload).
+/// The status of `workload` in the Endpoint `key`'s member list.
 fn status_of<'i>(index: &'i Index, key: &ObjectKey, workload: &str) -> Option<&'i MemberStatus> {
-    let members = &index.endpoints.get(key)?.status.as_ref()?.members;
-    let at = members.binary_search_by(|m| m.workload.as_str().cmp(workload));
-    members.get(at.ok()?)
+    index
+        .endpoints
+        .get(key)?
+        .status
+        .as_ref()?
+        .members
+        .get(workload)
 }
 
 /// Plans the change of `pods` to `target`, or says it must be planned whole (`None`).
@@ -321,25 +325,6 @@ fn share<'p>(plan: &'p Plan, node: &str, target: &ObjectKey) -> Option<&'p Servi
         .find(|s| s.name == name)
 }
 
-/// Sets (or removes) entries of a list sorted by `key`.
-fn edit_sorted<T: Clone>(
-    list: &mut Vec<T>,
-    sets: &[(String, Option<T>)],
-    key: impl Fn(&T) -> &str,
-) {
-    for (name, value) in sets {
-        let at = list.binary_search_by(|x| key(x).cmp(name.as_str()));
-        match (at, value) {
-            (Ok(i), Some(v)) => list[i] = v.clone(),
-            (Err(i), Some(v)) => list.insert(i, v.clone()),
-            (Ok(i), None) => {
-                list.remove(i);
-            }
-            (Err(_), None) => {}
-        }
-    }
-}
-
 /// Makes `edit` (from [`plan_members`] on this index and plan) in the statuses, kept both
 /// in `plan` and in `index`, and in the node states. Returns the nodes whose state
 /// changed.
@@ -353,18 +338,26 @@ pub fn apply_members(
         let Some(status) = plan.endpoints.get_mut(key) else {
             continue;
         };
+        // The index holds the plan's list (the two share its parts): let go of it first,
+        // so the parts edited are not copied.
+        if let Some(held) = index.endpoints.get_mut(key).and_then(|e| e.status.as_mut()) {
+            held.members = Members::default();
+        }
         let mut members = std::mem::take(&mut status.members);
-        edit_sorted(&mut members, sets, |m| &m.workload);
+        for (workload, value) in sets {
+            match value {
+                Some(member) => members.set(member.clone()),
+                None => {
+                    members.remove(workload);
+                }
+            }
+        }
         let Some(endpoint) = index.endpoints.get(key) else {
             continue;
         };
         let fresh = projections::endpoint_status(index, endpoint, members, None);
-        if let Some(held) = index.endpoints.get_mut(key).and_then(|e| e.status.as_mut()) {
-            edit_sorted(&mut held.members, sets, |m| &m.workload);
-            held.observed_generation = fresh.observed_generation;
-            held.conditions.clone_from(&fresh.conditions);
-            held.admitted_count = fresh.admitted_count;
-            held.rejected_count = fresh.rejected_count;
+        if let Some(endpoint) = index.endpoints.get_mut(key) {
+            endpoint.status = Some(fresh.clone());
         }
         *status = fresh;
     }

@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use wireway_crds::conditions::reason;
 use wireway_crds::{
-    AdmissionStatus, Endpoint, EndpointStatus, MemberStatus, NetworkService, NetworkServiceStatus,
-    NodePrefix, PeerDecision,
+    AdmissionStatus, Endpoint, EndpointStatus, MemberStatus, Members, NetworkService,
+    NetworkServiceStatus, NodePrefix, PeerDecision,
 };
 use wireway_proto::{Member, NetnsLocator, Peer, ROUTE_TABLE_BASE, ServiceState, netns_locator};
 
@@ -374,12 +374,11 @@ pub(super) fn endpoint_statuses(
     index
         .endpoints_for(target)
         .map(|(key, e)| {
-            let mut members: Vec<MemberStatus> = entries
+            let members: Members = entries
                 .iter()
                 .filter(|entry| &entry.endpoint == key)
                 .map(|entry| member_status(entry, remotes))
                 .collect();
-            members.sort_by(|a, b| a.workload.cmp(&b.workload));
             let status = endpoint_status(index, e, members, problems.get(key));
             (key.clone(), status)
         })
@@ -406,22 +405,20 @@ pub(super) fn member_status(entry: &Entry<'_>, remotes: &[Remote]) -> MemberStat
     }
 }
 
-/// An Endpoint's status with `members` (sorted by workload): Ready unless `problem`, or
-/// a member not admitted or without an address, says otherwise.
+/// An Endpoint's status with `members`: Ready unless `problem`, or a member not admitted
+/// or without an address, says otherwise. (The list keeps its counts: this reads no
+/// member but the first with a problem.)
 pub(super) fn endpoint_status(
     index: &Index,
     e: &Endpoint,
-    members: Vec<MemberStatus>,
+    members: Members,
     problem: Option<&Problem>,
 ) -> EndpointStatus {
-    let admitted = members
-        .iter()
-        .filter(|m| m.admitted && m.address.is_some())
-        .count();
-    let rejected = members.iter().filter(|m| !m.admitted).count();
+    let admitted = members.admitted_count();
+    let rejected = members.rejected_count();
     let (ready, why, message): (bool, &str, String) = match problem {
         Some(problem) => (false, problem.reason, problem.message.clone()),
-        None => match members.iter().find(|m| !m.admitted || m.address.is_none()) {
+        None => match members.first_problem() {
             Some(m) if !m.admitted => (
                 false,
                 m.reason.as_str(),

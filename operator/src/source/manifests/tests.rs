@@ -119,7 +119,7 @@ fn the_samples_external_hosts_are_admitted() {
     ] {
         let (namespace, name) = key.split_once('/').unwrap();
         let status = &plan.endpoints[&ObjectKey::new(namespace, name)];
-        let member = &status.members[0];
+        let member = status.members.iter().next().unwrap();
         assert_eq!(member.identity, identity);
         assert!(
             member.admitted,
