@@ -59,10 +59,11 @@ fn is_problem(m: &MemberStatus) -> bool {
 }
 
 /// An Endpoint's members, sorted by workload, one per workload (see the module's
-/// documentation). Cloning shares the parts.
+/// documentation). Cloning shares the list; an edit of a shared list copies a pointer
+/// per part and the part it edits.
 #[derive(Clone, Default)]
 pub struct Members {
-    parts: Vec<Arc<Part>>,
+    parts: Arc<Vec<Arc<Part>>>,
     len: usize,
 }
 
@@ -101,11 +102,12 @@ impl Members {
 
     /// Sets the member for its workload, in place of the one there was.
     pub fn set(&mut self, member: MemberStatus) {
-        if self.parts.is_empty() {
-            self.parts.push(Arc::default());
-        }
         let p = self.part_of(&member.workload);
-        let part = Arc::make_mut(&mut self.parts[p]);
+        let parts = Arc::make_mut(&mut self.parts);
+        if parts.is_empty() {
+            parts.push(Arc::default());
+        }
+        let part = Arc::make_mut(&mut parts[p]);
         part.count(&member, 1);
         match part
             .members
@@ -121,7 +123,7 @@ impl Members {
                 if part.members.len() > 2 * PART {
                     let rest = part.members.split_off(PART);
                     *part = Part::new(std::mem::take(&mut part.members));
-                    self.parts.insert(p + 1, Arc::new(Part::new(rest)));
+                    parts.insert(p + 1, Arc::new(Part::new(rest)));
                 }
             }
         }
@@ -136,12 +138,13 @@ impl Members {
             .members
             .binary_search_by(|m| m.workload.as_str().cmp(workload))
             .ok()?;
-        let part = Arc::make_mut(&mut self.parts[p]);
+        let parts = Arc::make_mut(&mut self.parts);
+        let part = Arc::make_mut(&mut parts[p]);
         let old = part.members.remove(at);
         part.count(&old, -1);
         self.len -= 1;
         if part.members.is_empty() {
-            self.parts.remove(p);
+            parts.remove(p);
         }
         Some(old)
     }
@@ -181,7 +184,10 @@ impl From<Vec<MemberStatus>> for Members {
             }
             parts.push(Arc::new(Part::new(part)));
         }
-        Self { parts, len }
+        Self {
+            parts: Arc::new(parts),
+            len,
+        }
     }
 }
 
@@ -193,13 +199,8 @@ impl FromIterator<MemberStatus> for Members {
 
 impl PartialEq for Members {
     fn eq(&self, other: &Self) -> bool {
-        let shared = self.parts.len() == other.parts.len()
-            && self
-                .parts
-                .iter()
-                .zip(&other.parts)
-                .all(|(a, b)| Arc::ptr_eq(a, b));
-        shared || (self.len == other.len && self.iter().eq(other.iter()))
+        Arc::ptr_eq(&self.parts, &other.parts)
+            || (self.len == other.len && self.iter().eq(other.iter()))
     }
 }
 

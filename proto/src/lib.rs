@@ -16,7 +16,7 @@
 tonic::include_proto!("wireway.node.v1alpha1");
 
 mod dns;
-pub use dns::ServiceDns;
+pub use dns::{At, DnsRecords, ServiceDns};
 
 /// The operator's status API (`wireway.status.v1alpha1`): its snapshot, for
 /// administrators only.

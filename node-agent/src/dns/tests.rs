@@ -33,7 +33,7 @@ impl DnsFixture for ServiceState {
             name: name.to_owned(),
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
         };
-        std::sync::Arc::make_mut(&mut self.dns.get_or_insert_default().records).push(record.into());
+        self.dns.get_or_insert_default().records.push(record.into());
         self
     }
 }

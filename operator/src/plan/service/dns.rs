@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use wireway_crds::NetworkService;
 use wireway_crds::conditions::reason;
-use wireway_proto::{DnsRecord, ServiceDns};
+use wireway_proto::{At, DnsRecord, DnsRecords, ServiceDns};
 
 use super::{Entry, Problem, Workload};
 use crate::plan::ObjectKey;
@@ -183,7 +183,8 @@ pub(super) fn changes(
     let holds = |name: &str, address: IpAddr| {
         find(&dns.records, name, address)
             .ok()
-            .is_some_and(|i| position(&dns.records[i].addresses, address).is_ok())
+            .and_then(|at| dns.records.get(at))
+            .is_some_and(|r| position(&r.addresses, address).is_ok())
     };
     changes
         .iter()
@@ -191,32 +192,40 @@ pub(super) fn changes(
         .then_some(changes)
 }
 
-/// Makes `changes` (from [`changes`] on these records) in `records`: a record shared
-/// with another list is copied before it is edited, the others stay shared.
-pub(super) fn apply(records: &mut Vec<Arc<DnsRecord>>, changes: &[NameChange]) {
+/// Makes `changes` (from [`changes`] on these records) in `records`: a part or record
+/// shared with another list is copied before it is edited, the others stay shared.
+pub(super) fn apply(records: &mut DnsRecords, changes: &[NameChange]) {
     for change in changes {
         let at = find(records, &change.name, change.address);
         match (at, change.add) {
-            (Ok(i), true) => {
-                let addresses = &mut Arc::make_mut(&mut records[i]).addresses;
-                if let Err(j) = position(addresses, change.address) {
-                    addresses.insert(j, change.address.to_string());
+            (Ok(at), true) => {
+                let Some(record) = records.get(at) else {
+                    continue;
+                };
+                if let Err(j) = position(&record.addresses, change.address)
+                    && let Some(record) = records.get_mut(at)
+                {
+                    record.addresses.insert(j, change.address.to_string());
                 }
             }
-            (Err(i), true) => records.insert(
-                i,
-                Arc::new(DnsRecord {
+            (Err(at), true) => records.insert(
+                at,
+                DnsRecord {
                     name: change.name.clone(),
                     addresses: vec![change.address.to_string()],
-                }),
+                },
             ),
-            (Ok(i), false) => {
-                let addresses = &mut Arc::make_mut(&mut records[i]).addresses;
-                if let Ok(j) = position(addresses, change.address) {
-                    addresses.remove(j);
-                }
-                if addresses.is_empty() {
-                    records.remove(i);
+            (Ok(at), false) => {
+                let Some(record) = records.get(at) else {
+                    continue;
+                };
+                let Ok(j) = position(&record.addresses, change.address) else {
+                    continue;
+                };
+                if record.addresses.len() == 1 {
+                    records.remove(at);
+                } else if let Some(record) = records.get_mut(at) {
+                    record.addresses.remove(j);
                 }
             }
             (Err(_), false) => {}
@@ -226,9 +235,9 @@ pub(super) fn apply(records: &mut Vec<Arc<DnsRecord>>, changes: &[NameChange]) {
 
 /// Where the record of `name` holding `address`'s [`block`] is, in records sorted by name
 /// and address.
-fn find(records: &[Arc<DnsRecord>], name: &str, address: IpAddr) -> Result<usize, usize> {
+fn find(records: &DnsRecords, name: &str, address: IpAddr) -> Result<At, At> {
     let wanted = Some(block(address));
-    records.binary_search_by(|r| (r.name.as_str(), block_of(r)).cmp(&(name, wanted)))
+    records.search_by(|r| (r.name.as_str(), block_of(r)).cmp(&(name, wanted)))
 }
 
 /// Where `address` is in a record's addresses, sorted as addresses (not as text).
@@ -250,6 +259,16 @@ mod tests {
         })
     }
 
+    /// The `n`th record of `records`.
+    fn nth<'r>(records: &'r DnsRecords) -> impl Fn(usize) -> &'r Arc<DnsRecord> {
+        move |n| {
+            records
+                .iter()
+                .nth(n)
+                .unwrap_or_else(|| panic!("no record {n}"))
+        }
+    }
+
     fn change(name: &str, address: &str, add: bool) -> NameChange {
         NameChange {
             name: name.to_owned(),
@@ -263,11 +282,12 @@ mod tests {
     /// list the other holds is as it was.
     #[test]
     fn an_edit_copies_only_the_records_it_changes() {
-        let held = vec![
+        let held: DnsRecords = vec![
             record("a.members.red", &["10.0.0.1"]),
             record("b.members.red", &["10.0.0.9"]),
             record("members.red", &["10.0.0.1", "10.0.0.9"]),
-        ];
+        ]
+        .into();
         let mut records = held.clone();
         apply(
             &mut records,
@@ -294,21 +314,23 @@ mod tests {
                 ("members.red", vec!["10.0.0.9", "10.0.0.10"]),
             ]
         );
-        assert!(Arc::ptr_eq(&records[0], &held[1]), "b was copied");
-        assert!(!Arc::ptr_eq(&records[2], &held[2]));
-        assert_eq!(held[2].addresses, ["10.0.0.1", "10.0.0.9"]);
-        assert_eq!(held[0].addresses, ["10.0.0.1"]);
+        let (records, held) = (nth(&records), nth(&held));
+        assert!(Arc::ptr_eq(records(0), held(1)), "b was copied");
+        assert!(!Arc::ptr_eq(records(2), held(2)));
+        assert_eq!(held(2).addresses, ["10.0.0.1", "10.0.0.9"]);
+        assert_eq!(held(0).addresses, ["10.0.0.1"]);
     }
 
     /// A name's addresses are held by block (a /24, a /120): a member joining or leaving
     /// copies its block's record alone, and a block left empty goes.
     #[test]
     fn an_edit_copies_only_the_block_of_the_address() {
-        let held = vec![
+        let held: DnsRecords = vec![
             record("members.red", &["10.0.0.1", "10.0.0.200"]),
             record("members.red", &["10.0.1.1"]),
             record("members.red", &["fd00::1"]),
-        ];
+        ]
+        .into();
         let mut records = held.clone();
         apply(
             &mut records,
@@ -332,10 +354,11 @@ mod tests {
                 vec!["fd00::1:0"],
             ]
         );
+        let (records, held) = (nth(&records), nth(&held));
         assert!(
-            Arc::ptr_eq(&records[0], &held[0]),
+            Arc::ptr_eq(records(0), held(0)),
             "the first block was copied"
         );
-        assert_eq!(held[1].addresses, ["10.0.1.1"]);
+        assert_eq!(held(1).addresses, ["10.0.1.1"]);
     }
 }

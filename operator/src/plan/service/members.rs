@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use wireway_crds::conditions::{READY, reason};
@@ -400,33 +399,31 @@ pub fn apply_members(
         }
     }
     if !edit.names.is_empty() {
-        let carrying: Vec<String> = plan
+        let carrying: Vec<&str> = plan
             .network_services
             .get(target)
-            .map(|s| s.node_prefixes.iter().map(|np| np.node.clone()).collect())
+            .map(|s| s.node_prefixes.iter().map(|np| np.node.as_str()).collect())
             .unwrap_or_default();
-        // Taken out of every node's state first, the records are this plan's alone, and
-        // are edited in place unless someone else holds them too.
-        let mut held = None;
-        for node in &carrying {
-            let share = plan
-                .nodes
-                .get_mut(node)
-                .and_then(|s| s.services.iter_mut().find(|s| s.name == name));
-            if let Some(dns) = share.and_then(|s| s.dns.take()) {
-                held = Some(dns);
-            }
-        }
-        if let Some(mut dns) = held {
-            dns::apply(Arc::make_mut(&mut dns.records), &edit.names);
+        // Every carrying node's state shares one list of records, held in shared parts:
+        // edited, it copies the parts it edits; set in each node's state, it is shared
+        // again.
+        let records = carrying
+            .first()
+            .and_then(|node| share(plan, node, target)?.dns.as_ref())
+            .map(|dns| {
+                let mut records = dns.records.clone();
+                dns::apply(&mut records, &edit.names);
+                records
+            });
+        if let Some(records) = records {
             for node in carrying {
                 let share = plan
                     .nodes
-                    .get_mut(&node)
+                    .get_mut(node)
                     .and_then(|s| s.services.iter_mut().find(|s| s.name == name));
-                if let Some(share) = share {
-                    share.dns = Some(dns.clone());
-                    changed.insert(node);
+                if let Some(dns) = share.and_then(|s| s.dns.as_mut()) {
+                    dns.records = records.clone();
+                    changed.insert(node.to_owned());
                 }
             }
         }
