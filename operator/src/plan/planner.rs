@@ -559,6 +559,21 @@ impl Planner {
         replanned: &BTreeSet<String>,
         edited: bool,
     ) {
+        let seen = self.index.nodes.get(node).map_or(0, |n| n.seen_version);
+        // Nothing of the node's planned again (a change of members edited it in place, or
+        // it is touched for its version): it stays as it is but for its version.
+        if shares.is_empty()
+            && !self.rebuild
+            && let Some(state) = self.plan.nodes.get_mut(node)
+            && !state.services.is_empty()
+            && !state.services.iter().any(|s| replanned.contains(&s.name))
+        {
+            if edited || state.version < seen {
+                state.version = state.version.max(seen).saturating_add(1);
+                self.plan.changed_nodes.insert(node.to_owned());
+            }
+            return;
+        }
         let previous = self.plan.nodes.remove(node);
         let retired = self.plan.retired_versions.get(node).copied().unwrap_or(0);
         let had_state = previous.is_some();
@@ -583,7 +598,6 @@ impl Planner {
         // A node that has seen a newer version than this one (this operator lost its
         // state, another one planned for it) gets a version above it: an agent applies
         // only versions newer than its own.
-        let seen = known.map_or(0, |n| n.seen_version);
         let version = if changed || version < seen {
             self.plan.changed_nodes.insert(node.to_owned());
             version.max(seen).saturating_add(1)
