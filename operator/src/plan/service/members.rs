@@ -98,11 +98,13 @@ pub fn plan_members(
     if !invalid_rules.is_empty() {
         return None;
     }
-    let carrying: BTreeMap<&str, IpNet> = svc_status
-        .node_prefixes
-        .iter()
-        .filter_map(|np| Some((np.node.as_str(), np.prefix.parse::<Cidr>().ok()?.net())))
-        .collect();
+    // The prefix of a node carrying the service (the status lists them sorted by node, as
+    // the plan wrote them; a node not found there makes the change planned whole).
+    let prefixes = &svc_status.node_prefixes;
+    let prefix_of = |node: &str| -> Option<IpNet> {
+        let at = prefixes.binary_search_by(|np| np.node.as_str().cmp(node));
+        Some(prefixes.get(at.ok()?)?.prefix.parse::<Cidr>().ok()?.net())
+    };
 
     // The changed pods' entries as they were (for the counts their decisions made) and
     // as they are now.
@@ -156,9 +158,7 @@ pub fn plan_members(
         .collect();
     for entry in after.iter().filter(|e| e.admitted) {
         let node = entry.pod().and_then(|p| p.node.as_deref())?;
-        if !carrying.contains_key(node) {
-            return None;
-        }
+        prefix_of(node)?;
         touched.insert(node);
     }
     let mut endpoints_in: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
@@ -166,7 +166,7 @@ pub fn plan_members(
         endpoints_in.entry(&key.namespace).or_default().push(key);
     }
     for node in touched {
-        let prefix = carrying.get(node)?;
+        let prefix = &prefix_of(node)?;
         // The node's members are those its state holds, with their addresses (a Ready
         // service has one for every admitted member): reading every member of the
         // Endpoints for them cost as much as the rest of the change. Where a namespace
@@ -251,7 +251,7 @@ pub fn plan_members(
         + joined.len();
     let names = match &svc_status.dns_zone {
         Some(_) => {
-            let node = carrying.keys().next()?;
+            let node = &prefixes.first()?.node;
             let dns = share(plan, node, target)?.dns.as_ref()?;
             dns::changes(dns, &gone, &joined)?
         }
