@@ -3,10 +3,11 @@
 //! An Endpoint may select thousands of workloads (a DaemonSet, a large StatefulSet), and
 //! its status lists each. The operator keeps that list where it plans and where it last
 //! wrote it; a member joining should not copy or move the other thousands. So the list
-//! is held in parts of at most [`PART`] members each, shared between clones: setting or
-//! removing one member copies (if another clone holds it) and moves one part, and the
-//! counts the Endpoint's condition reports are kept per part. On the wire it is a plain
-//! list; a list read back that is not sorted by workload is sorted.
+//! is held in parts of at most twice [`PART`] members each (a part that grows past that
+//! is split in two), shared between clones: setting or removing one member copies (if
+//! another clone holds it) and moves one part, and the counts the Endpoint's condition
+//! reports are kept per part. On the wire it is a plain list; a list read back that is
+//! not sorted by workload is sorted, and of entries with one workload the last is kept.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::MemberStatus;
 
-/// Most members of a part: setting one copies at most this many when the part is
-/// shared, and moves at most twice this many.
+/// Half the most members of a part: a part over twice this many is split in two, so
+/// setting one member copies (when the part is shared) or moves at most twice this many.
 const PART: usize = 64;
 
 /// A run of the list, with its counts.

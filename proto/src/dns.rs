@@ -29,7 +29,9 @@ pub struct ServiceDns {
     pub records: DnsRecords,
 }
 
-/// Most records of a part: an edit copies at most twice this many pointers.
+/// Half the most records of a part: a part over twice this many is split in two, so an
+/// edit of a shared list copies at most twice this many record pointers (and one pointer
+/// per part).
 const PART: usize = 64;
 
 /// A list of records held in shared parts of shared records: cloning it shares the
@@ -97,7 +99,9 @@ impl DnsRecords {
     pub fn insert(&mut self, at: At, record: DnsRecord) {
         let parts = Arc::make_mut(&mut self.parts);
         if parts.is_empty() {
-            parts.push(Arc::default());
+            parts.push(Arc::new(vec![Arc::new(record)]));
+            self.len = 1;
+            return;
         }
         let Some(shared) = parts.get_mut(at.part) else {
             return;

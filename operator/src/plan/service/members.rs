@@ -334,12 +334,14 @@ pub fn apply_members(
     edit: &MemberEdit,
 ) -> BTreeSet<String> {
     for (key, sets) in &edit.endpoints {
-        let Some(status) = plan.endpoints.get_mut(key) else {
+        let (Some(status), Some(endpoint)) =
+            (plan.endpoints.get_mut(key), index.endpoints.get_mut(key))
+        else {
             continue;
         };
         // The index holds the plan's list (the two share its parts): let go of it first,
         // so the parts edited are not copied.
-        if let Some(held) = index.endpoints.get_mut(key).and_then(|e| e.status.as_mut()) {
+        if let Some(held) = endpoint.status.as_mut() {
             held.members = Members::default();
         }
         let mut members = std::mem::take(&mut status.members);
