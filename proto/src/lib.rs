@@ -48,6 +48,63 @@ pub const HOST_VETH_PREFIX: &str = "wwv";
 /// tables from here to `ROUTE_TABLE_BASE + 65535`.
 pub const ROUTE_TABLE_BASE: u32 = 0x5757_0000;
 
+impl NodeState {
+    /// Whether the two states are the same but for their versions, their services' peers
+    /// and their names' records: the same services with the same settings and members.
+    /// The agent applies such a change to its WireGuard devices and its DNS alone, without
+    /// touching a link, address, route, rule or the nftables table; the operator sends the
+    /// states that differ in more first, as they take an agent longest to apply.
+    pub fn same_but_peers_and_records(&self, other: &Self) -> bool {
+        let Self {
+            node,
+            version: _,
+            services,
+            epoch: _,
+        } = self;
+        *node == other.node
+            && services.len() == other.services.len()
+            && services
+                .iter()
+                .zip(&other.services)
+                .all(|(a, b)| a.same_but_peers_and_records(b))
+    }
+}
+
+impl ServiceState {
+    /// Whether the two are the same but for their peers and their names' records (see
+    /// [`NodeState::same_but_peers_and_records`]).
+    pub fn same_but_peers_and_records(&self, other: &Self) -> bool {
+        // Every field named, so that a new one is a decision here.
+        let Self {
+            name,
+            interface_name,
+            listen_port,
+            mtu,
+            cidr,
+            node_prefix,
+            route_table,
+            members,
+            peers: _,
+            dns,
+        } = self;
+        *name == other.name
+            && *interface_name == other.interface_name
+            && *listen_port == other.listen_port
+            && *mtu == other.mtu
+            && *cidr == other.cidr
+            && *node_prefix == other.node_prefix
+            && *route_table == other.route_table
+            && *members == other.members
+            && zone(dns) == zone(&other.dns)
+    }
+}
+
+/// The zone of a service's names, if it has any.
+fn zone(dns: &Option<ServiceDns>) -> Option<&str> {
+    dns.as_ref()
+        .map(|ServiceDns { zone, records: _ }| zone.as_str())
+}
+
 impl WireGuardBackend {
     /// The word reports, metrics and statuses use: `kernel`, `userspace` or `unknown`.
     pub fn label(self) -> &'static str {

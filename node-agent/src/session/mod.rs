@@ -615,38 +615,29 @@ impl Streak {
 /// Whether `state` differs from `applied` in the records of its services' names alone
 /// (which names are answered, not which services have names: that changes rules).
 fn differ_in_names_only(applied: &NodeState, state: &NodeState) -> bool {
-    let names =
-        |state: &NodeState| -> Vec<_> { state.services.iter().map(|s| s.dns.clone()).collect() };
-    names(applied) != names(state) && same_but(applied, state, |_| {})
+    applied.same_but_peers_and_records(state)
+        && !any_service(applied, state, |a, b| a.peers != b.peers)
+        && any_service(applied, state, |a, b| a.dns != b.dns)
 }
 
 /// Whether `state` differs from `applied` in its services' peers, and perhaps their
 /// names' records, alone.
 fn differ_in_peers_only(applied: &NodeState, state: &NodeState) -> bool {
-    // Services added or removed are no peers-only change: `same_but` says so.
-    let peers_differ = applied
+    applied.same_but_peers_and_records(state)
+        && any_service(applied, state, |a, b| a.peers != b.peers)
+}
+
+/// Whether `differ` holds for some service of two states with the same services.
+fn any_service(
+    applied: &NodeState,
+    state: &NodeState,
+    differ: impl Fn(&ServiceState, &ServiceState) -> bool,
+) -> bool {
+    applied
         .services
         .iter()
         .zip(&state.services)
-        .any(|(a, b)| a.peers != b.peers);
-    peers_differ && same_but(applied, state, |s| s.peers.clear())
-}
-
-/// Whether the two states are the same but for their versions, their names' records and
-/// what `strip` takes from each service.
-fn same_but(applied: &NodeState, state: &NodeState, strip: impl Fn(&mut ServiceState)) -> bool {
-    let stripped = |state: &NodeState| {
-        let mut state = state.clone();
-        (state.version, state.epoch) = (0, 0);
-        for service in &mut state.services {
-            if let Some(dns) = service.dns.as_mut() {
-                dns.records = Default::default();
-            }
-            strip(service);
-        }
-        state
-    };
-    stripped(applied) == stripped(state)
+        .any(|(a, b)| differ(a, b))
 }
 
 #[cfg(test)]

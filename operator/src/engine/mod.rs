@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::mpsc;
-use wireway_proto::{AgentHello, AgentReport};
+use wireway_proto::{AgentHello, AgentReport, NodeState};
 use wireway_runtime::errors::chain;
 use wireway_runtime::http::Readiness;
 
@@ -446,6 +446,7 @@ impl Engine {
         } else {
             plan.changed_nodes.iter().collect()
         };
+        let pushed = longest_first(pushed, &plan.nodes, |node| self.hub.current(node));
         tracing::debug!(pushed = pushed.len(), took = ?started.elapsed(), "planned");
         for node in pushed {
             match plan.nodes.get(node) {
@@ -610,6 +611,23 @@ impl Engine {
             tracing::error!(error = %chain(&e), "the operator's state is not saved; a restart may renumber");
         }
     }
+}
+
+/// `nodes` in the order their states are published: first those that take their agents
+/// longest, whose state differs from the one `sent` in more than peers and names (a
+/// service, member or setting changed: links, addresses, routes and rules), so that their
+/// passes start while the others are still being sent; otherwise as given.
+fn longest_first<'a>(
+    mut nodes: Vec<&'a String>,
+    planned: &BTreeMap<String, NodeState>,
+    sent: impl Fn(&str) -> Option<Arc<NodeState>>,
+) -> Vec<&'a String> {
+    nodes.sort_by_cached_key(|node| {
+        planned.get(*node).is_some_and(|state| {
+            sent(node).is_some_and(|sent| sent.same_but_peers_and_records(state))
+        })
+    });
+    nodes
 }
 
 #[cfg(test)]

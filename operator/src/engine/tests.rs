@@ -691,3 +691,54 @@ fn a_full_store_keeps_planning_and_serving_and_counts_the_error() {
     assert_eq!(stored_version(), 3);
     assert_eq!(store_errors(&engine), 1);
 }
+
+#[test]
+fn states_that_take_their_agents_longest_are_published_first() {
+    use wireway_proto::{Member, Peer, ServiceState};
+    let state = |node: &str, version: u64, members: &[&str], peers: &[&str]| NodeState {
+        node: node.into(),
+        version,
+        services: vec![ServiceState {
+            name: "red/red".into(),
+            members: members
+                .iter()
+                .map(|id| Member {
+                    id: (*id).into(),
+                    ..Member::default()
+                })
+                .collect(),
+            peers: peers
+                .iter()
+                .map(|key| Peer {
+                    public_key: (*key).into(),
+                    ..Peer::default()
+                })
+                .collect(),
+            ..ServiceState::default()
+        }],
+        epoch: 0,
+    };
+    let sent: BTreeMap<String, Arc<NodeState>> = [
+        state("a", 1, &["a1"], &["b"]),
+        state("b", 1, &["b1"], &["a"]),
+        state("c", 1, &["c1"], &["a", "b"]),
+    ]
+    .into_iter()
+    .map(|s| (s.node.clone(), Arc::new(s)))
+    .collect();
+    // a and c gain a peer; b a member; d is new; e is gone.
+    let planned: BTreeMap<String, NodeState> = [
+        state("a", 2, &["a1"], &["b", "d"]),
+        state("b", 2, &["b1", "b2"], &["a"]),
+        state("c", 2, &["c1"], &["a", "b", "d"]),
+        state("d", 1, &["d1"], &["a", "b", "c"]),
+    ]
+    .into_iter()
+    .map(|s| (s.node.clone(), s))
+    .collect();
+    let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).into();
+    let order = longest_first(names.iter().collect(), &planned, |node| {
+        sent.get(node).cloned()
+    });
+    assert_eq!(order, ["b", "d", "e", "a", "c"]);
+}
