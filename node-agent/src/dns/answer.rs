@@ -29,7 +29,7 @@
 //!
 //! All parsing and serialising is hickory-proto's.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -115,16 +115,23 @@ struct Zone {
     /// Every name under the apex that exists, lower case, absolute: records' names with
     /// their addresses, and empty non-terminals (proper suffixes of records' names) with
     /// none.
-    names: HashMap<Name, Addresses>,
+    names: HashMap<Name, Held>,
     /// The zone's SOA record, owned by the apex.
     soa: Record,
 }
 
-/// A name's addresses, by family, sorted and without duplicates.
-#[derive(Debug, Clone, Default)]
-struct Addresses {
-    v4: BTreeSet<Ipv4Addr>,
-    v6: BTreeSet<Ipv6Addr>,
+/// A name of a zone: its addresses, and what makes it exist. Counted, so that a zone
+/// changes by the records that changed (see [`Zone::changed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Held {
+    /// Its addresses by family, sorted, each with the number of its records that hold it.
+    v4: BTreeMap<Ipv4Addr, u32>,
+    v6: BTreeMap<Ipv6Addr, u32>,
+    /// How many records have this name.
+    records: u32,
+    /// How many names beneath it have records: while any do, it exists (an empty
+    /// non-terminal, when it has no records of its own).
+    below: u32,
 }
 
 /// The zone a question's name falls in, for one member.
@@ -148,16 +155,18 @@ impl Zones {
     }
 
     /// The zones of `state`, as [`Zones::new`] makes them, taking from `previous` each
-    /// zone whose service's names did not change (a member joining one service rebuilds
-    /// that service's zone alone).
+    /// zone whose service's names did not change, and changing a zone whose names did by
+    /// the records that changed (a member joining one service adds its records to that
+    /// service's zone alone).
     pub fn after(state: &NodeState, previous: &Self) -> Self {
         let zone_of = |dns: &ServiceDns| {
-            previous
-                .zones
-                .iter()
-                .find(|zone| zone.source == *dns)
-                .cloned()
-                .or_else(|| Zone::new(dns).map(Arc::new))
+            let same = previous.zones.iter().find(|zone| zone.source == *dns);
+            let same_apex = || previous.zones.iter().find(|z| z.source.zone == dns.zone);
+            match (same, same_apex()) {
+                (Some(zone), _) => Some(zone.clone()),
+                (None, Some(zone)) => Some(Arc::new(zone.changed(dns))),
+                (None, None) => Zone::new(dns).map(Arc::new),
+            }
         };
         let mut zones = Vec::new();
         let mut by_apex: HashMap<Name, Vec<usize>> = HashMap::new();
@@ -216,6 +225,18 @@ impl Zones {
             .iter()
             .filter(|zone| other.zones.iter().any(|o| Arc::ptr_eq(zone, o)))
             .count()
+    }
+
+    /// Whether these zones hold the same names, addresses and counts as `other`'s, in
+    /// the same order.
+    #[cfg(test)]
+    pub fn same_names_as(&self, other: &Zones) -> bool {
+        self.zones.len() == other.zones.len()
+            && self
+                .zones
+                .iter()
+                .zip(&other.zones)
+                .all(|(a, b)| a.apex == b.apex && a.names == b.names)
     }
 
     /// The answer to one DNS message (its wire bytes, without TCP's length prefix) that
@@ -314,39 +335,7 @@ impl Zone {
     /// The zone of `dns`, or `None` if its name is not a valid DNS name. Records whose
     /// names are not valid are skipped, and so are addresses that do not parse.
     fn new(dns: &ServiceDns) -> Option<Self> {
-        let zone_labels = labels(&dns.zone)?;
-        let apex = name(&zone_labels)?;
-        let apex_len = text_len(&zone_labels);
-        let mut names: HashMap<Name, Addresses> = HashMap::with_capacity(dns.records.len() + 1);
-        for record in dns.records.iter() {
-            let Some(full) = labels(&record.name)
-                .filter(|l| text_len(l) + 1 + apex_len <= MAX_NAME_TEXT)
-                .and_then(|l| Name::from_labels(l.iter().map(Vec::as_slice)).ok())
-                .and_then(|relative| relative.append_domain(&apex).ok())
-            else {
-                continue;
-            };
-            // Empty non-terminals: every name between the record and the apex. A name
-            // already held has every name above it held too, so the walk stops there.
-            let mut between = full.base_name();
-            while between.num_labels() > apex.num_labels() && !names.contains_key(&between) {
-                let above = between.base_name();
-                names.insert(between, Addresses::default());
-                between = above;
-            }
-            let addresses = names.entry(full).or_default();
-            for address in &record.addresses {
-                match address.parse::<IpAddr>() {
-                    Ok(IpAddr::V4(v4)) => {
-                        addresses.v4.insert(v4);
-                    }
-                    Ok(IpAddr::V6(v6)) => {
-                        addresses.v6.insert(v6);
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
+        let apex = name(&labels(&dns.zone)?)?;
         let rname = apex
             .prepend_label("hostmaster")
             .unwrap_or_else(|_| apex.clone());
@@ -363,12 +352,95 @@ impl Zone {
                 TTL,
             )),
         );
-        Some(Self {
+        let mut zone = Self {
             source: dns.clone(),
             apex,
-            names,
+            names: HashMap::with_capacity(dns.records.len() + 1),
             soa,
-        })
+        };
+        for record in dns.records.iter() {
+            zone.count(&record.name, &record.addresses, true);
+        }
+        Some(zone)
+    }
+
+    /// This zone with the records of `dns` instead of its own (the same zone): the
+    /// records it lacks are added and those `dns` lacks taken away, each as often as it
+    /// is there more or less. What it answers is what [`Zone::new`] of `dns` would.
+    fn changed(&self, dns: &ServiceDns) -> Self {
+        let mut difference: HashMap<(&str, &[String]), i64> = HashMap::new();
+        for (records, sign) in [(&self.source.records, -1), (&dns.records, 1)] {
+            for record in records.iter() {
+                *difference
+                    .entry((record.name.as_str(), record.addresses.as_slice()))
+                    .or_default() += sign;
+            }
+        }
+        let mut zone = Self {
+            source: dns.clone(),
+            ..self.clone()
+        };
+        // Added first, so that a name whose record only changes its addresses is not let
+        // go and made again with the names above it (the counts end the same either way).
+        let mut changes: Vec<_> = difference.into_iter().filter(|(_, n)| *n != 0).collect();
+        changes.sort_by_key(|(_, n)| *n < 0);
+        for ((name, addresses), n) in changes {
+            for _ in 0..n.unsigned_abs() {
+                zone.count(name, addresses, n > 0);
+            }
+        }
+        zone
+    }
+
+    /// Counts one record with `addresses` for the name `text` (relative to the apex) in,
+    /// or out: a name exists while records have it or names beneath it, and an address
+    /// is its name's while a record holds it. A name that is not valid counts nothing.
+    fn count(&mut self, text: &str, addresses: &[String], into: bool) {
+        let apex_len = self.apex.len().saturating_sub(1);
+        let Some(full) = labels(text)
+            .filter(|l| text_len(l) + 1 + apex_len <= MAX_NAME_TEXT)
+            .and_then(|l| Name::from_labels(l.iter().map(Vec::as_slice)).ok())
+            .and_then(|relative| relative.append_domain(&self.apex).ok())
+        else {
+            return;
+        };
+        let held = self.names.entry(full.clone()).or_default();
+        for address in addresses {
+            match address.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => tally(&mut held.v4, v4, into),
+                Ok(IpAddr::V6(v6)) => tally(&mut held.v6, v6, into),
+                Err(_) => {}
+            }
+        }
+        let before = held.records;
+        held.records = if into {
+            before.saturating_add(1)
+        } else {
+            before.saturating_sub(1)
+        };
+        // The names between it and the apex hold one name with records more, or less.
+        let changed = (before == 0) != (held.records == 0);
+        let gone = held.records == 0 && held.below == 0;
+        if gone {
+            self.names.remove(&full);
+        }
+        if !changed {
+            return;
+        }
+        let mut between = full.base_name();
+        while between.num_labels() > self.apex.num_labels() {
+            let above = between.base_name();
+            let held = self.names.entry(between.clone()).or_default();
+            held.below = if into {
+                held.below.saturating_add(1)
+            } else {
+                held.below.saturating_sub(1)
+            };
+            if held.records == 0 && held.below == 0 {
+                self.names.remove(&between);
+            }
+            between = above;
+        }
     }
 
     /// The reply to `question`, a name in this zone, built on `reply`.
@@ -398,12 +470,12 @@ impl Zone {
                 _ => (false, false),
             };
             if v4 {
-                for &address in &addresses.v4 {
+                for &address in addresses.v4.keys() {
                     reply.add_answer(Record::from_rdata(owner.clone(), TTL, RData::A(A(address))));
                 }
             }
             if v6 {
-                for &address in &addresses.v6 {
+                for &address in addresses.v6.keys() {
                     reply.add_answer(Record::from_rdata(
                         owner.clone(),
                         TTL,
@@ -494,6 +566,18 @@ fn encode(reply: &Message, udp: bool, limit: usize) -> Response {
 /// Whether the encoded message `bytes` has TC set.
 fn truncated(bytes: &[u8]) -> bool {
     Header::read(&mut BinDecoder::new(bytes)).map_or(true, |header| header.metadata.truncation)
+}
+
+/// One record more (`into`) or fewer holding `address`: it stays while any does.
+fn tally<A: Ord>(held: &mut BTreeMap<A, u32>, address: A, into: bool) {
+    if into {
+        *held.entry(address).or_default() += 1;
+    } else if let Some(count) = held.get_mut(&address) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            held.remove(&address);
+        }
+    }
 }
 
 /// The labels of `text` (dot-separated, relative, no trailing dot), lower case, or

@@ -982,3 +982,47 @@ fn zones_after_a_change_take_the_unchanged_zones_and_answer_as_new_ones() {
         ips(&["10.100.0.3"])
     );
 }
+
+/// A record's name: one to three labels from a few (in two cases, so that two texts may
+/// be one name), or not a valid name.
+fn record_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => proptest::collection::vec(prop::sample::select(&["a", "b", "A", "web"][..]), 1..4)
+            .prop_map(|labels| labels.join(".")),
+        1 => prop::sample::select(&["", "a..b", ".a"][..]).prop_map(str::to_owned),
+    ]
+}
+
+/// A few records, some of them repeated or with addresses that do not parse.
+fn records() -> impl Strategy<Value = Vec<(String, Vec<&'static str>)>> {
+    let address = prop::sample::select(&["10.0.0.1", "10.0.0.2", "fd00::1", "junk"][..]);
+    proptest::collection::vec(
+        (record_name(), proptest::collection::vec(address, 0..3)),
+        0..10,
+    )
+}
+
+fn with_records(records: &[(String, Vec<&str>)]) -> NodeState {
+    let red = records.iter().fold(
+        ServiceState {
+            name: "red/red".into(),
+            ..ServiceState::default()
+        }
+        .zone(RED),
+        |service, (name, addresses)| service.record(name, addresses),
+    );
+    NodeState {
+        services: vec![red],
+        ..NodeState::default()
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_zone_changed_by_its_records_is_the_zone_made_anew(before in records(), after in records()) {
+        let previous = Zones::new(&with_records(&before));
+        let state = with_records(&after);
+        let changed = Zones::after(&state, &previous);
+        prop_assert!(changed.same_names_as(&Zones::new(&state)));
+    }
+}
