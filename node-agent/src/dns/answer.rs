@@ -129,9 +129,25 @@ struct Held {
     v6: BTreeMap<Ipv6Addr, u32>,
     /// How many records have this name.
     records: u32,
-    /// How many names beneath it have records: while any do, it exists (an empty
+    /// How many names directly beneath it exist: while any do, it exists (an empty
     /// non-terminal, when it has no records of its own).
     below: u32,
+}
+
+impl Held {
+    /// Whether its name is in the zone.
+    fn exists(&self) -> bool {
+        self.records > 0 || self.below > 0
+    }
+}
+
+/// One more (`up`) or one fewer, never past the ends.
+fn step(count: u32, up: bool) -> u32 {
+    if up {
+        count.saturating_add(1)
+    } else {
+        count.saturating_sub(1)
+    }
 }
 
 /// The zone a question's name falls in, for one member.
@@ -160,13 +176,15 @@ impl Zones {
     /// service's zone alone).
     pub fn after(state: &NodeState, previous: &Self) -> Self {
         let zone_of = |dns: &ServiceDns| {
-            let same = previous.zones.iter().find(|zone| zone.source == *dns);
-            let same_apex = || previous.zones.iter().find(|z| z.source.zone == dns.zone);
-            match (same, same_apex()) {
-                (Some(zone), _) => Some(zone.clone()),
-                (None, Some(zone)) => Some(Arc::new(zone.changed(dns))),
-                (None, None) => Zone::new(dns).map(Arc::new),
+            if let Some(same) = previous.zones.iter().find(|zone| zone.source == *dns) {
+                return Some(same.clone());
             }
+            let changed = previous
+                .zones
+                .iter()
+                .find(|zone| zone.source.zone == dns.zone)
+                .and_then(|zone| zone.changed(dns));
+            changed.or_else(|| Zone::new(dns)).map(Arc::new)
         };
         let mut zones = Vec::new();
         let mut by_apex: HashMap<Name, Vec<usize>> = HashMap::new();
@@ -367,7 +385,8 @@ impl Zone {
     /// This zone with the records of `dns` instead of its own (the same zone): the
     /// records it lacks are added and those `dns` lacks taken away, each as often as it
     /// is there more or less. What it answers is what [`Zone::new`] of `dns` would.
-    fn changed(&self, dns: &ServiceDns) -> Self {
+    /// `None` when more records changed than `dns` holds: made anew, it costs less.
+    fn changed(&self, dns: &ServiceDns) -> Option<Self> {
         let mut difference: HashMap<(&str, &[String]), i64> = HashMap::new();
         for (records, sign) in [(&self.source.records, -1), (&dns.records, 1)] {
             for record in records.iter() {
@@ -376,20 +395,24 @@ impl Zone {
                     .or_default() += sign;
             }
         }
+        let mut changes: Vec<_> = difference.into_iter().filter(|(_, n)| *n != 0).collect();
+        let changed: u64 = changes.iter().map(|(_, n)| n.unsigned_abs()).sum();
+        if changed > dns.records.len() as u64 {
+            return None;
+        }
         let mut zone = Self {
             source: dns.clone(),
             ..self.clone()
         };
         // Added first, so that a name whose record only changes its addresses is not let
         // go and made again with the names above it (the counts end the same either way).
-        let mut changes: Vec<_> = difference.into_iter().filter(|(_, n)| *n != 0).collect();
         changes.sort_by_key(|(_, n)| *n < 0);
         for ((name, addresses), n) in changes {
             for _ in 0..n.unsigned_abs() {
                 zone.count(name, addresses, n > 0);
             }
         }
-        zone
+        Some(zone)
     }
 
     /// Counts one record with `addresses` for the name `text` (relative to the apex) in,
@@ -405,6 +428,7 @@ impl Zone {
             return;
         };
         let held = self.names.entry(full.clone()).or_default();
+        let existed = held.exists();
         for address in addresses {
             match address.parse::<IpAddr>() {
                 Ok(IpAddr::V4(v4)) => tally(&mut held.v4, v4, into),
@@ -412,34 +436,36 @@ impl Zone {
                 Err(_) => {}
             }
         }
-        let before = held.records;
-        held.records = if into {
-            before.saturating_add(1)
-        } else {
-            before.saturating_sub(1)
-        };
-        // The names between it and the apex hold one name with records more, or less.
-        let changed = (before == 0) != (held.records == 0);
-        let gone = held.records == 0 && held.below == 0;
-        if gone {
+        held.records = step(held.records, into);
+        let exists = held.exists();
+        if !exists {
             self.names.remove(&full);
         }
-        if !changed {
-            return;
+        if existed != exists {
+            self.came_or_went(full, exists);
         }
-        let mut between = full.base_name();
-        while between.num_labels() > self.apex.num_labels() {
-            let above = between.base_name();
-            let held = self.names.entry(between.clone()).or_default();
-            held.below = if into {
-                held.below.saturating_add(1)
-            } else {
-                held.below.saturating_sub(1)
-            };
-            if held.records == 0 && held.below == 0 {
-                self.names.remove(&between);
+    }
+
+    /// `name` came into the zone or went from it (`came`): its parent has one child more
+    /// or fewer, and so on up while a parent comes or goes with it (a name already there
+    /// has every name above it there too, so the walk stops at the first).
+    fn came_or_went(&mut self, mut name: Name, came: bool) {
+        loop {
+            let parent = name.base_name();
+            if parent.num_labels() <= self.apex.num_labels() {
+                return;
             }
-            between = above;
+            let held = self.names.entry(parent.clone()).or_default();
+            let existed = held.exists();
+            held.below = step(held.below, came);
+            let exists = held.exists();
+            if !exists {
+                self.names.remove(&parent);
+            }
+            if existed == exists {
+                return;
+            }
+            name = parent;
         }
     }
 
@@ -569,15 +595,11 @@ fn truncated(bytes: &[u8]) -> bool {
 }
 
 /// One record more (`into`) or fewer holding `address`: it stays while any does.
-fn tally<A: Ord>(held: &mut BTreeMap<A, u32>, address: A, into: bool) {
-    if into {
-        *held.entry(address).or_default() += 1;
-    } else if let Some(count) = held.get_mut(&address) {
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            held.remove(&address);
-        }
-    }
+fn tally<A: Ord + Copy>(held: &mut BTreeMap<A, u32>, address: A, into: bool) {
+    match step(held.get(&address).copied().unwrap_or(0), into) {
+        0 => held.remove(&address),
+        count => held.insert(address, count),
+    };
 }
 
 /// The labels of `text` (dot-separated, relative, no trailing dot), lower case, or
